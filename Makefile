@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine (installs included):
+#   make run    - the main job (`lifecycle pipeline configs/default.yaml`) on the embedded chatterbot corpus
+#   make test   - the test suite (.ci/run runs exactly this)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-slow bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	# youtokentome 1.0.6 ships only an sdist whose setup.py imports Cython at build time and declares no build
+	# requirements: install Cython first, then build it without pip's isolated build environment.
+	$(BIN)/python -m pip install --quiet "cython>=3.0"
+	$(BIN)/python -m pip install --quiet --no-build-isolation "youtokentome==1.0.6"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/lifecycle pipeline configs/default.yaml
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/train_bench.py
+
+lint: install
+	$(BIN)/ruff check lifecycle tokenization tests benchmarks
+
+clean:
+	rm -rf $(VENV) versions build *.egg-info

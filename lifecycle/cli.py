@@ -1,0 +1,231 @@
+"""The ``lifecycle`` command line: thin Typer commands over ``lifecycle.workflows``.
+
+Imports here stay light (typer, rich, pydantic, yaml) so ``lifecycle --help`` is instant; TensorFlow, MLflow,
+gensim and youtokentome are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from lifecycle import console
+from lifecycle.config import load_config
+from lifecycle.errors import DataError, LifecycleError
+
+app = typer.Typer(
+    name="lifecycle",
+    help="Train, freeze, compress and retrain small CPU text classifiers, every version tracked in MLflow.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+tokenizer_app = typer.Typer(help="Train and compare tokenizers.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. configs/default.yaml.", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: --set train.epochs=3 (repeatable).", show_default=False),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="New version directory (default: a new folder under versions/).",
+                 show_default=False),
+]
+NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")]
+VersionArg = Annotated[str, typer.Argument(help="Version: a directory, runs:/<run_id> or models:/<name>/<n>.",
+                                           show_default=False)]
+
+
+@app.callback()
+def main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors; no progress.")] = False,
+) -> None:
+    """Train, freeze, compress and retrain small CPU text classifiers, every version tracked in MLflow."""
+    console.configure(verbose, quiet)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn library errors into one stderr line and their exit code; Ctrl-C into exit 130."""
+    try:
+        yield
+    except LifecycleError as exc:
+        console.err.print(f"[bold red]Error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.err.print("Interrupted. Run the same command again to continue from the last finished epoch.")
+        raise typer.Exit(130) from None
+
+
+def _config(path: Path | None, overrides: list[str] | None, no_track: bool, **flags: Any) -> Any:
+    flat = {key.replace("__", "."): value for key, value in flags.items()}
+    if no_track:
+        flat["tracking.enabled"] = False
+    return load_config(path, overrides or [], flat)
+
+
+def _summary(title: str, rows: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    for key, value in rows.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.out.print(table)
+
+
+def _outcome_rows(outcome: Any) -> dict[str, Any]:
+    keys = ("test_accuracy", "test_macro_f1", "train_seconds", "size_bytes", "size_bytes_checkpoint",
+            "size_bytes_optimizer", "params_total")
+    rows = {k: outcome.metrics[k] for k in keys if k in outcome.metrics}
+    rows.update(outcome.facts)
+    if outcome.run_id:
+        rows["mlflow run"] = outcome.run_id
+    if outcome.registered:
+        rows["registered"] = f"version {outcome.registered}"
+    return rows
+
+
+def _with_progress(work: Callable[[Any], Any]) -> Any:
+    with console.make_progress() as progress:
+        return work(progress)
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    output: OutputOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an interrupted run of this config.")] = False,
+    no_track: NoTrackOpt = False,
+) -> None:
+    """Train the CNN on a config's data and write a checkpoint version.
+
+    Trains the tokenizer, then the model with early stopping on validation loss, evaluates on the test split, and
+    writes manifest.json, config.yaml, tokenizer/ and model.keras. An interrupted run continues where it stopped.
+    """
+    with _errors():
+        cfg = _config(config, set_, no_track, train__epochs=epochs, train__seed=seed)
+        from lifecycle.workflows import run_train
+
+        outcome = _with_progress(lambda p: run_train(cfg, output, resume=not fresh, progress=p))
+        _summary(f"trained {cfg.name}", _outcome_rows(outcome))
+        console.out.print(str(outcome.version))
+
+
+@app.command()
+def pipeline(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (default: configs/default.yaml settings, the "
+                                                       "embedded chatterbot corpus).", show_default=False)] = None,
+    set_: SetOpt = None,
+    output: OutputOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    no_track: NoTrackOpt = False,
+) -> None:
+    """Run the main job: tokenizer, training and evaluation as one MLflow parent run.
+
+    With no CONFIG it uses the schema defaults: the chatterbot corpus that the chatterbot-corpus package ships, so it
+    needs no data files.
+    """
+    with _errors():
+        cfg = _config(config, set_, no_track, train__epochs=epochs)
+        from lifecycle.workflows import run_pipeline
+
+        outcomes = _with_progress(lambda p: run_pipeline(cfg, output, progress=p))
+        for outcome in outcomes:
+            _summary(f"{cfg.name}: {outcome.version.name if outcome.version else ''}", _outcome_rows(outcome))
+        console.out.print(str(outcomes[-1].version))
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(config: ConfigArg, set_: SetOpt = None, output: OutputOpt = None, no_track: NoTrackOpt = False
+                    ) -> None:
+    """Train a config's tokenizer and report vocabulary size, unk rate, tokens per text, truncation and size."""
+    with _errors():
+        cfg = _config(config, set_, no_track)
+        from lifecycle.workflows import run_tokenize
+
+        with console.spinner("training tokenizer"):
+            outcome = run_tokenize(cfg, output)
+        _summary(f"tokenizer {cfg.tokenizer.kind}", {**outcome.metrics, "mlflow run": outcome.run_id or "-"})
+        console.out.print(str(outcome.version))
+
+
+@app.command()
+def evaluate(
+    version: VersionArg,
+    data: Annotated[Path | None, typer.Option(help="Labelled .csv/.tsv/.jsonl file or a config .yaml (default: the "
+                                                   "version's own test split).", show_default=False)] = None,
+    text_field: Annotated[str, typer.Option(help="Text column or key of --data.")] = "text",
+    label_field: Annotated[str, typer.Option(help="Label column or key of --data.")] = "label",
+    encoding: Annotated[str, typer.Option(help="Encoding of --data.")] = "utf-8",
+    no_track: NoTrackOpt = False,
+) -> None:
+    """Score a version on labelled data: accuracy, macro-F1 and a per-class report."""
+    with _errors():
+        from lifecycle.config import DataConfig
+        from lifecycle.workflows import run_evaluate
+
+        data_cfg = DataConfig(text_field=text_field, label_field=label_field, encoding=encoding)
+        outcome = run_evaluate(version, data, data_cfg, track=not no_track)
+        table = Table("label", "precision", "recall", "f1", "support", title=f"{outcome.version}")
+        for label, row in outcome.facts["per_class"].items():
+            table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                          str(row["support"]))
+        console.out.print(table)
+        _summary("overall", {**outcome.metrics, "n": outcome.facts["n"]})
+
+
+@app.command()
+def predict(
+    version: VersionArg,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.", show_default=False)] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="UTF-8 file, one text per line.")] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Show the k most likely labels.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per text on stdout.")] = False,
+) -> None:
+    """Classify texts with a version: label and probability for each."""
+    with _errors():
+        items = list(texts or [])
+        if file is not None:
+            try:
+                items += [line for line in file.read_text(encoding="utf-8").split("\n") if line.strip()]
+            except FileNotFoundError:
+                raise DataError(f"{file}: no such file (--file). Pass a UTF-8 text file, one text per line.") from None
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{file}: not UTF-8 at byte {exc.start} (--file). Convert it to UTF-8.") from None
+        from lifecycle.workflows import run_predict
+
+        results = run_predict(version, items, top_k=top_k)
+        if as_json:
+            for r in results:
+                console.out.print_json(json.dumps({"text": r.text, "label": r.label, "probability": r.probability,
+                                                   "top": [{"label": k, "probability": p} for k, p in r.top]}))
+            return
+        table = Table("label", "probability", "text")
+        for r in results:
+            table.add_row(r.label, f"{r.probability:.3f}", r.text)
+        console.out.print(table)
+
+
+@app.command("config")
+def show_config(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (default: schema defaults).",
+                                                  show_default=False)] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print the resolved config (defaults < file < --set) as YAML."""
+    with _errors():
+        console.out.print(_config(config, set_, False).to_yaml(), highlight=False, markup=False)
+
+
+if __name__ == "__main__":
+    app()

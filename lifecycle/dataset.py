@@ -1,0 +1,51 @@
+"""Corpus + tokenizer -> padded id arrays and label ids per split (the input of ``train.fit``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lifecycle.corpus import Corpus, Examples
+from lifecycle.errors import DataError
+from lifecycle.train import Arrays
+
+if TYPE_CHECKING:
+    from tokenization.base import Tokenizer
+
+
+@dataclass(frozen=True)
+class EncodedCorpus:
+    """The three splits as arrays, with the label names (label id = index)."""
+
+    train: Arrays
+    validation: Arrays
+    test: Arrays
+    labels: tuple[str, ...]
+
+
+def encode_examples(examples: Examples, tokenizer: Tokenizer, labels: tuple[str, ...], max_len: int,
+                    source: str = "data") -> Arrays:
+    """Token ids (n x max_len, int32) and label ids (n, int32); unknown labels are a DataError."""
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({label for label in examples.labels if label not in index})
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise DataError(
+            f"{source}: labels {shown} are not among the model's {len(labels)} labels ({', '.join(labels[:8])}"
+            f"{', ...' if len(labels) > 8 else ''}). Relabel the data or retrain with those classes."
+        )
+    x = tokenizer.encode(list(examples.texts), max_len).astype(np.int32, copy=False)
+    y = np.fromiter((index[label] for label in examples.labels), dtype=np.int32, count=len(examples))
+    return Arrays(x, y)
+
+
+def encode_corpus(corpus: Corpus, tokenizer: Tokenizer, max_len: int) -> EncodedCorpus:
+    """Encode every split of a corpus with one tokenizer."""
+    return EncodedCorpus(
+        train=encode_examples(corpus.train, tokenizer, corpus.labels, max_len, corpus.source),
+        validation=encode_examples(corpus.validation, tokenizer, corpus.labels, max_len, corpus.source),
+        test=encode_examples(corpus.test, tokenizer, corpus.labels, max_len, corpus.source),
+        labels=corpus.labels,
+    )

@@ -1,0 +1,379 @@
+"""The steps wired together: tokenize, train, evaluate, predict, pipeline. Only this module knows their order.
+
+Every step runs inside one tracker run (MLflow or none); a failure inside it marks the run FAILED and leaves no
+version behind (versions are written through ``artifacts.write_version``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lifecycle import artifacts
+from lifecycle.config import Config, DataConfig, load_config
+from lifecycle.corpus import Corpus, Examples, load_corpus, read_examples
+from lifecycle.errors import ConfigError, DataError, ModelError
+from lifecycle.tracking import NullTracker, make_tracker, resolve_version
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".work"
+
+
+@dataclass(frozen=True)
+class TokenizerReport:
+    """What a trained tokenizer looks like on held-out text."""
+
+    kind: str
+    vocab_size: int
+    train_seconds: float
+    unk_rate: float
+    mean_tokens: float
+    truncation_rate: float
+    size_bytes: int
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "tokenizer_vocab_size": self.vocab_size,
+            "tokenizer_train_seconds": self.train_seconds,
+            "tokenizer_unk_rate": self.unk_rate,
+            "tokenizer_mean_tokens": self.mean_tokens,
+            "tokenizer_truncation_rate": self.truncation_rate,
+            "size_bytes_tokenizer": self.size_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """A finished step: the version it wrote (if any), its run, its metrics and a few facts to print."""
+
+    version: Path | None
+    run_id: str | None
+    registered: str | None
+    metrics: dict[str, float]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def _tokenizer_report(tokenizer: Any, directory: Path, seconds: float, texts: Sequence[str], max_len: int
+                      ) -> TokenizerReport:
+    from tokenization.base import coverage_stats, tokenizer_bytes
+
+    stats = coverage_stats(tokenizer, list(texts), max_len)
+    return TokenizerReport(
+        kind=tokenizer.kind,
+        vocab_size=int(tokenizer.vocab_size),
+        train_seconds=seconds,
+        unk_rate=stats.unk_rate,
+        mean_tokens=stats.mean_tokens,
+        truncation_rate=stats.truncation_rate,
+        size_bytes=tokenizer_bytes(directory),
+    )
+
+
+def _train_tokenizer(cfg: Config, corpus: Corpus, directory: Path) -> tuple[Any, float]:
+    """Train on the training split and save to ``directory`` (via a temp folder, renamed when complete)."""
+    from tokenization.base import load_tokenizer, train_tokenizer
+
+    if (directory / "tokenizer.json").is_file():
+        return load_tokenizer(directory), 0.0
+    started = time.perf_counter()
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tokenizer = train_tokenizer(list(corpus.train.texts), cfg.tokenizer, workdir=tmp, seed=cfg.train.seed)
+    tokenizer.save(tmp)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return load_tokenizer(directory), seconds
+
+
+def run_tokenize(cfg: Config, output: Path | None = None) -> StepOutcome:
+    """Train the config's tokenizer on its training split and save it as a tokenizer version."""
+    corpus = load_corpus(cfg.data, cfg.name)
+    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "tokenizer")
+    tracker = make_tracker(cfg.tracking, cfg.name)
+    with tracker.run("tokenize", f"tokenize-{cfg.tokenizer.kind}", {"lifecycle.tokenizer": cfg.tokenizer.kind}):
+        tracker.log_params(cfg.flat())
+        work = Path(tempfile.mkdtemp(prefix="lifecycle-tok-"))
+        try:
+            tokenizer, seconds = _train_tokenizer(cfg, corpus, work / "tokenizer")
+            report = _tokenizer_report(tokenizer, work / "tokenizer", seconds, corpus.validation.texts,
+                                       cfg.tokenizer.max_len)
+
+            def build(tmp: Path) -> dict[str, Any]:
+                artifacts.copy_tree(work / "tokenizer", tmp / artifacts.TOKENIZER_DIR)
+                (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
+                return {"max_len": cfg.tokenizer.max_len, "config": cfg.to_dict(),
+                        "metrics": report.metrics(), "run_id": tracker.run_id}
+
+            version = artifacts.write_version(output, "tokenizer", build)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        tracker.log_metrics(report.metrics())
+        tracker.log_artifacts(version.path, "tokenizer")
+    return StepOutcome(version.path, tracker.last_run_id, None, report.metrics())
+
+
+# ---------------------------------------------------------------- train
+
+
+def _log_splits(tracker: NullTracker, corpus: Corpus) -> None:
+    for context, examples in (("train", corpus.train), ("validation", corpus.validation), ("test", corpus.test)):
+        tracker.log_input(examples.texts, examples.labels, name=f"{corpus.name}-{context}", source=corpus.source,
+                          context=context)
+
+
+def _work_dir(cfg: Config, versions_dir: Path | None) -> Path:
+    """Where an unfinished training run keeps its tokenizer and per-epoch state, keyed by the config's hash."""
+    sections = ("name", "data", "tokenizer", "model", "train")
+    return (versions_dir or artifacts.versions_root()) / WORK_DIR / f"{cfg.name}-{cfg.digest(sections)}"
+
+
+def run_train(
+    cfg: Config,
+    output: Path | None = None,
+    *,
+    versions_dir: Path | None = None,
+    resume: bool = True,
+    progress: Any = None,
+) -> StepOutcome:
+    """Train the CNN end to end and write a checkpoint version.
+
+    Tokenizer -> encoded splits -> model -> fit (resumable) -> test evaluation -> version (manifest.json, config.yaml,
+    tokenizer/, model.keras with optimizer slots) -> MLflow run with params, metrics, plots, registered version.
+
+    Args:
+        cfg: the resolved config.
+        output: the version directory to create; default a new folder under the versions directory.
+        versions_dir: root for default outputs and the resume work area (tests point it at a tmp dir).
+        resume: continue an interrupted run of the same config from its last finished epoch.
+        progress: a ``rich.progress.Progress`` to drive, or None.
+
+    Returns:
+        The new version, its run id, registered version number and metrics.
+    """
+    from lifecycle import backend, evaluate, model as model_lib, train as train_lib
+    from lifecycle.dataset import encode_corpus
+
+    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
+                                                                                      versions_dir)
+    corpus = load_corpus(cfg.data, cfg.name)
+    work = _work_dir(cfg, versions_dir)
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    run_file = work / "run.json"
+    previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    tracker = make_tracker(cfg.tracking, cfg.name)
+    resume_run = previous.get("run_id") if tracker.enabled and previous.get("uri") == getattr(tracker, "uri", None) \
+        else None
+    tags = {"lifecycle.tokenizer": cfg.tokenizer.kind, "lifecycle.config_hash": cfg.digest()}
+    with tracker.run("train", f"train-{cfg.tokenizer.kind}-{cfg.model.embedding_init}", tags,
+                     resume_run_id=resume_run):
+        if tracker.run_id:
+            run_file.write_text(json.dumps({"run_id": tracker.run_id, "uri": getattr(tracker, "uri", None)}))
+        if not resume_run:
+            tracker.log_params(cfg.flat())
+            tracker.log_text(cfg.to_yaml(), "config.yaml")
+            _log_splits(tracker, corpus)
+
+        tokenizer, tok_seconds = _train_tokenizer(cfg, corpus, work / "tokenizer")
+        tok_report = _tokenizer_report(tokenizer, work / "tokenizer", tok_seconds, corpus.validation.texts,
+                                       cfg.tokenizer.max_len)
+        tracker.log_metrics(tok_report.metrics())
+        data = encode_corpus(corpus, tokenizer, cfg.tokenizer.max_len)
+
+        backend.configure(cfg.train.seed, cfg.train.threads)
+        resume_dir = work / "resume"
+        model = train_lib.load_resume_model(resume_dir) if resume else None
+        if model is None:
+            vectors = getattr(tokenizer, "vectors", None)
+            model = model_lib.build_model(cfg.model, cfg.train, vocab_size=tokenizer.vocab_size,
+                                          num_classes=len(corpus.labels), max_len=cfg.tokenizer.max_len,
+                                          embeddings=vectors if cfg.model.embedding_init != "rand" else None)
+        else:
+            log.warning("resuming %s from %s", cfg.name, resume_dir)
+
+        callbacks = []
+        if progress is not None:
+            from lifecycle.console import keras_progress
+
+            steps = -(-len(data.train) // cfg.train.batch_size)
+            callbacks.append(keras_progress(progress, cfg.train.epochs, steps))
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            tracker.log_metrics(logs, step=epoch)
+
+        result = train_lib.fit(model, data.train, data.validation, cfg.train, resume_dir=resume_dir,
+                               on_epoch=on_epoch, callbacks=callbacks)
+
+        probabilities = model.predict(data.test.x, batch_size=256, verbose=0)
+        scores = evaluate.evaluate_probabilities(probabilities, data.test.y, corpus.labels)
+        sizes = {
+            "weights_bytes": model_lib.weight_bytes(model),
+            "optimizer_bytes": model_lib.optimizer_bytes(model),
+            "tokenizer_bytes": tok_report.size_bytes,
+        }
+
+        def build(tmp: Path) -> dict[str, Any]:
+            artifacts.copy_tree(work / "tokenizer", tmp / artifacts.TOKENIZER_DIR)
+            (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
+            model.save(tmp / artifacts.KERAS_FILE)
+            sizes["checkpoint_bytes"] = (tmp / artifacts.KERAS_FILE).stat().st_size
+            return {
+                "labels": list(corpus.labels),
+                "max_len": cfg.tokenizer.max_len,
+                "input": {"name": model_lib.INPUT_NAME, "dtype": "int32", "shape": [None, cfg.tokenizer.max_len]},
+                "output": {"name": model_lib.OUTPUT_NAME},
+                "parent": None,
+                "recipe": [],
+                "run_id": tracker.run_id,
+                "params_total": model_lib.count_params(model),
+                "sizes": sizes,
+                "tensors": model_lib.tensor_table(model),
+                "metrics": scores.metrics(),
+                "training": {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                             "stopped_early": result.stopped_early, "resumed_from": result.resumed_from},
+                "data": {"source": corpus.source, "train": len(corpus.train), "validation": len(corpus.validation),
+                         "test": len(corpus.test)},
+                "config": cfg.to_dict(),
+            }
+
+        version = artifacts.write_version(output, "checkpoint", build)
+        metrics = {
+            **scores.metrics(),
+            "train_seconds": result.train_seconds,
+            "size_bytes": sizes["weights_bytes"] + sizes["tokenizer_bytes"],
+            "size_bytes_checkpoint": sizes["checkpoint_bytes"],
+            "size_bytes_weights": sizes["weights_bytes"],
+            "size_bytes_optimizer": sizes["optimizer_bytes"],
+            "params_total": version.manifest["params_total"],
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+        }
+        tracker.log_metrics(metrics)
+        _log_evaluation(tracker, scores, f"{cfg.name} test")
+        tracker.log_artifacts(version.path, "version")
+        registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.parent_run": ""})
+        tracker.set_tags({"lifecycle.version": str(version.path)})
+    shutil.rmtree(work, ignore_errors=True)
+    facts = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1,
+             "resumed_from": result.resumed_from, "vocab_size": tokenizer.vocab_size,
+             "labels": len(corpus.labels), "train/val/test": f"{len(corpus.train)}/{len(corpus.validation)}/"
+                                                              f"{len(corpus.test)}"}
+    return StepOutcome(version.path, tracker.last_run_id, registered, metrics, facts)
+
+
+def _log_evaluation(tracker: NullTracker, scores: Any, title: str, prefix: str = "test") -> None:
+    from lifecycle import evaluate
+
+    if not tracker.enabled:
+        return
+    tracker.log_table(evaluate.per_class_rows(scores), f"{prefix}_per_class.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = evaluate.plot_confusion(scores, Path(tmp) / f"{prefix}_confusion_matrix.png", title)
+        tracker.log_artifact(png)
+
+
+# ---------------------------------------------------------------- evaluate / predict
+
+
+def open_version(ref: str) -> artifacts.Version:
+    """A VERSION argument (path, runs:/, models:/) loaded and verified."""
+    return artifacts.load_version(resolve_version(ref))
+
+
+def evaluation_examples(version: artifacts.Version, data: Path | None, data_cfg: DataConfig | None = None
+                        ) -> tuple[Examples, str]:
+    """What to evaluate on: a data file or config, or (default) the version's own test split."""
+    if data is None:
+        cfg = version.config
+        corpus = load_corpus(cfg.data, cfg.name)
+        return corpus.test, f"{corpus.source} (test split)"
+    if data.suffix in (".yaml", ".yml"):
+        cfg = load_config(data)
+        corpus = load_corpus(cfg.data, cfg.name)
+        return corpus.test, f"{corpus.source} (test split)"
+    suffix = data.suffix.lower().lstrip(".")
+    if suffix not in ("csv", "tsv", "jsonl"):
+        raise DataError(f"{data}: unknown data file type {data.suffix!r}. Pass a .csv, .tsv, .jsonl or a config .yaml.")
+    base = data_cfg or DataConfig()
+    reader_cfg = base.model_copy(update={"format": suffix, "path": str(data.resolve()), "test_path": None})
+    examples, _ = read_examples(reader_cfg)
+    return examples, str(data)
+
+
+def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None = None, track: bool = True
+                 ) -> StepOutcome:
+    """Score a version on labelled data; logs an ``evaluate`` run in the version's experiment."""
+    from lifecycle import evaluate
+    from lifecycle.dataset import encode_examples
+    from lifecycle.inference import Predictor
+
+    version = open_version(ref)
+    examples, source = evaluation_examples(version, data, data_cfg)
+    if not len(examples):
+        raise DataError(f"{source}: no examples to evaluate on. Pass a non-empty data set.")
+    predictor = Predictor(version)
+    arrays = encode_examples(examples, predictor.tokenizer, predictor.labels, predictor.max_len, source)
+    probabilities = predictor.model.predict(arrays.x, batch_size=256, verbose=0)
+    scores = evaluate.evaluate_probabilities(probabilities, arrays.y, predictor.labels)
+    cfg = version.config
+    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
+    tracker = make_tracker(tracking, cfg.name)
+    tags = {"lifecycle.version": str(version.path), "lifecycle.parent_run": str(version.manifest.get("run_id") or "")}
+    with tracker.run("evaluate", f"evaluate-{version.path.name}", tags):
+        tracker.log_params({"version": str(version.path), "data": source, "n": scores.n})
+        tracker.log_metrics(scores.metrics())
+        _log_evaluation(tracker, scores, f"{version.path.name} on {Path(source).name}")
+    return StepOutcome(version.path, tracker.last_run_id, None, scores.metrics(),
+                       {"n": scores.n, "per_class": scores.per_class})
+
+
+def run_predict(ref: str, texts: Sequence[str], top_k: int = 1) -> list[Any]:
+    """Labels and probabilities for raw texts."""
+    from lifecycle.inference import Predictor
+
+    if not texts:
+        raise DataError("no texts to predict: pass TEXT arguments or --file with one text per line.")
+    return Predictor(open_version(ref)).predict(texts, top_k=top_k)
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path | None = None,
+                 progress: Any = None) -> list[StepOutcome]:
+    """The main job: tokenizer -> train -> evaluate, as child runs of one ``pipeline`` parent run.
+
+    Freeze and compression variants join this chain as they land (see the project's issues).
+    """
+    tracker = make_tracker(cfg.tracking, cfg.name)
+    outcomes: list[StepOutcome] = []
+    with ExitStack() as stack:
+        stack.enter_context(tracker.run("pipeline", f"pipeline-{cfg.name}", {"lifecycle.config_hash": cfg.digest()}))
+        tracker.log_params(cfg.flat())
+        trained = run_train(cfg, output, versions_dir=versions_dir, progress=progress)
+        outcomes.append(trained)
+        tracker.log_metrics(trained.metrics)
+        if trained.version is None:
+            raise ModelError("training produced no version")
+    return outcomes
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a ConfigError unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)
