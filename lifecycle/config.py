@@ -54,6 +54,11 @@ class DataConfig(_Section):
     label_field: str = Field("label", description="Column (csv/tsv) or key (jsonl) holding the label.")
     encoding: str = Field("utf-8", description="Text encoding of csv/tsv/jsonl files (mr is always cp1252).")
     language: str = Field("english", description="chatterbot only: the corpus language directory.")
+    deduplicate: bool = Field(
+        True,
+        description="Drop repeated (text, label) pairs before splitting, so no test text also sits in train "
+        "(chatterbot's English corpus repeats 57% of its utterances; an official test split is left as it is).",
+    )
     limit: int | None = Field(None, gt=0, description="Use only the first N examples of each split (smoke runs).")
     split: SplitConfig = SplitConfig()
 

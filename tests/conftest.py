@@ -1,0 +1,54 @@
+"""Shared fixtures: CPU-only quiet TensorFlow, a temporary SQLite MLflow store, a temporary versions directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (real data, many epochs)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --run-slow (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def shared_data_dir() -> Path:
+    """Where the published data sets are: $LIFECYCLE_DATA_DIR, else ../shared/data beside the checkout."""
+    env = os.environ.get("LIFECYCLE_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = shared_data_dir()
+    if not (path / "MR").is_dir():
+        pytest.skip(f"published data sets not found at {path} (set LIFECYCLE_DATA_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the session: creating MLflow's schema takes seconds, so it is made once."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tracking_uri: str) -> None:
+    """Every test writes versions and runs into temporary places, never into the checkout's versions/ or mlruns/."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setenv("LIFECYCLE_VERSIONS_DIR", str(tmp_path / "versions"))

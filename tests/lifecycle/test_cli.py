@@ -1,0 +1,100 @@
+"""The command line: instant --help without heavy imports, and one-line errors with their exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lifecycle.cli import app
+
+HEAVY = ("tensorflow", "keras", "mlflow", "gensim", "youtokentome", "sklearn", "pandas", "matplotlib")
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["pipeline", "--help"], ["predict", "--help"]])
+def test_help_imports_no_heavy_module(argv: list[str]) -> None:
+    code = (
+        "import sys\nfrom lifecycle.cli import app\n"
+        f"try:\n    app({argv!r}, prog_name='lifecycle')\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "Usage" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def _fails(args: list[str], code: int, *needles: str) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == code, result.output
+    text = result.stderr if result.stderr else result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in text.replace("\n", " "), text
+    return text
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    _fails(["train", str(tmp_path / "missing.yaml")], 2, "missing.yaml", "config file not found")
+
+
+def test_config_typo_names_key(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("model: {filtres: 10}\n")
+    _fails(["train", str(path), "--no-track"], 2, "typo.yaml", "model.filtres")
+
+
+def test_malformed_set(tmp_path: Path) -> None:
+    _fails(["train", "configs/default.yaml", "--set", "train.epochs"], 2, "--set", "section.key=value")
+
+
+def test_missing_data_file_names_key_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: {{format: csv, path: {tmp_path / 'nope.csv'}}}\n")
+    _fails(["train", str(path), "--no-track", "-o", str(tmp_path / "out")], 3, "nope.csv", "data.path")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_column_single_class_empty_and_undecodable(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    data = tmp_path / "d.csv"
+
+    def run(body: bytes, *extra: str) -> None:
+        data.write_bytes(body)
+        cfg.write_text(f"data: {{format: csv, path: {data}}}\n")
+        _fails(["train", str(cfg), "--no-track", "-o", str(tmp_path / "out")], 3, "d.csv", *extra)
+        assert not (tmp_path / "out").exists()
+
+    run(b"txt,label\nhello,a\nbye,b\n", "txt")
+    run(b"text,label\nhello,a\nbye,a\n", "2")
+    run(b"text,label\n", "no examples")
+    run("text,label\nna\xefve,a\nbye,b\n".encode("cp1252"), "encoding")
+
+
+def test_predict_unknown_version(tmp_path: Path) -> None:
+    _fails(["predict", str(tmp_path / "nothing"), "hello"], 4, "no such version directory")
+
+
+def test_predict_file_not_utf8(tmp_path: Path) -> None:
+    bad = tmp_path / "t.txt"
+    bad.write_bytes(b"caf\xe9\n")
+    _fails(["predict", str(tmp_path), "--file", str(bad)], 3, "t.txt", "UTF-8")
+
+
+def test_config_command_prints_resolved_yaml() -> None:
+    result = runner.invoke(app, ["config", "configs/mr-word.yaml", "--set", "train.epochs=2"])
+    assert result.exit_code == 0, result.output
+    assert "epochs: 2" in result.output and "format: mr" in result.output
+
+
+def test_json_is_valid_for_help_free_commands() -> None:
+    # `config` output round-trips through YAML, so scripts can read it back.
+    import yaml
+
+    result = runner.invoke(app, ["config"])
+    assert yaml.safe_load(result.output)["data"]["format"] == "chatterbot"
+    assert json.dumps(yaml.safe_load(result.output))
