@@ -161,14 +161,17 @@ def load_version(path: Path, verify: bool = True) -> Version:
         raise ModelError(f"{manifest_path}: not valid JSON ({exc}). The version is damaged; re-create it.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION or manifest.get("kind") not in KINDS:
         raise ModelError(
-            f"{manifest_path}: unsupported manifest (format {manifest.get('format') if isinstance(manifest, dict) else None}"
-            f"); this lifecycle reads format {FORMAT_VERSION}."
+            f"{manifest_path}: unsupported manifest (format "
+            f"{manifest.get('format') if isinstance(manifest, dict) else None}); this lifecycle reads format "
+            f"{FORMAT_VERSION}."
         )
     if verify:
         for rel, meta in manifest.get("files", {}).items():
             file = path / rel
             if not file.is_file():
-                raise ModelError(f"{file}: listed in the manifest but missing. The version is incomplete; re-create it.")
+                raise ModelError(
+                    f"{file}: listed in the manifest but missing. The version is incomplete; re-create it."
+                )
             if sha256_file(file) != meta["sha256"]:
                 raise ModelError(
                     f"{file}: sha256 does not match manifest.json (file altered or truncated). Restore the file or "

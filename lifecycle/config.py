@@ -129,7 +129,8 @@ class TrackingConfig(_Section):
     enabled: bool = Field(True, description="Log runs to MLflow; false uses no tracking at all.")
     uri: str | None = Field(
         None,
-        description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlruns/mlflow.db.",
+        description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else "
+        "sqlite:///<project root>/mlruns/mlflow.db.",
     )
     experiment: str | None = Field(None, description="Experiment name; default the config name.")
     register_model: bool = Field(True, description="Register each version in the model registry under the config name.")
@@ -264,7 +265,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}). Fix the syntax.") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{path}:{where} is not valid YAML ({problem}). Fix the syntax.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -38,6 +38,9 @@ def configure(verbose: int = 0, quiet: bool = False) -> None:
     root.setLevel(logging.WARNING)
     for name in ("lifecycle", "tokenization"):
         logging.getLogger(name).setLevel(level)
+    # gensim and MLflow narrate every step at INFO; keep them to warnings unless -vv.
+    for name in ("gensim", "mlflow", "alembic", "smart_open"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 def show_progress() -> bool:

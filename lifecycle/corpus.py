@@ -92,6 +92,7 @@ class Corpus:
         labels: Sorted label names; a label's id is its index here.
         source: Where the data came from (format and resolved paths), for logs and run records.
         name: The config name the corpus was loaded for.
+        location: The one file or directory the data came from (a resolvable dataset source for MLflow).
     """
 
     train: Examples
@@ -100,6 +101,7 @@ class Corpus:
     labels: tuple[str, ...]
     source: str
     name: str
+    location: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -141,6 +143,7 @@ class _Read:
     data: Examples
     test: Examples | None
     source: str
+    location: str = ""
 
 
 def read_examples(cfg: DataConfig) -> tuple[Examples, Examples | None]:
@@ -236,7 +239,8 @@ def load_corpus(cfg: DataConfig, name: str) -> Corpus:
         len(test),
         len(labels),
     )
-    return Corpus(train=train, validation=validation, test=test, labels=labels, source=read.source, name=name)
+    return Corpus(train=train, validation=validation, test=test, labels=labels, source=read.source, name=name,
+                  location=read.location)
 
 
 def describe(corpus: Corpus) -> dict[str, Any]:
@@ -300,7 +304,7 @@ def _read_table(cfg: DataConfig) -> _Read:
     path, test_path = _table_paths(cfg)
     data = _read_table_file(cfg, path)
     test = _read_table_file(cfg, test_path) if test_path is not None else None
-    return _Read(data, test, _table_source(cfg, path, test_path))
+    return _Read(data, test, _table_source(cfg, path, test_path), str(path))
 
 
 def _read_table_file(cfg: DataConfig, path: Path) -> Examples:
@@ -363,7 +367,7 @@ def _read_jsonl(cfg: DataConfig) -> _Read:
     path, test_path = _table_paths(cfg)
     data = _read_jsonl_file(cfg, path)
     test = _read_jsonl_file(cfg, test_path) if test_path is not None else None
-    return _Read(data, test, _table_source(cfg, path, test_path))
+    return _Read(data, test, _table_source(cfg, path, test_path), str(path))
 
 
 def _read_jsonl_file(cfg: DataConfig, path: Path) -> Examples:
@@ -426,7 +430,7 @@ def _read_mr(cfg: DataConfig) -> _Read:
         _nonempty(Examples(kept, [label] * len(kept)), path)
         texts.extend(kept)
         labels.extend([label] * len(kept))
-    return _Read(Examples(texts, labels), None, f"mr: {', '.join(map(str, paths))}")
+    return _Read(Examples(texts, labels), None, f"mr: {', '.join(map(str, paths))}", str(folder))
 
 
 def _read_trec(cfg: DataConfig) -> _Read:
@@ -435,7 +439,7 @@ def _read_trec(cfg: DataConfig) -> _Read:
     folder = _format_dir(cfg, "trec", expected)
     train_path, test_path = (_member(folder, filename, "trec", expected) for filename in expected)
     source = f"trec: {train_path} (test: {test_path})"
-    return _Read(_read_trec_file(train_path), _read_trec_file(test_path), source)
+    return _Read(_read_trec_file(train_path), _read_trec_file(test_path), source, str(folder))
 
 
 def _read_trec_file(path: Path) -> Examples:
@@ -498,7 +502,7 @@ def _read_stackoverflow(cfg: DataConfig) -> _Read:
         labels.append(STACKOVERFLOW_LABELS[int(raw_id) - 1])
     _log_skipped(titles_path, blank=blank, empty_text=empty_text)
     data = _nonempty(Examples(texts, labels), titles_path, empty_text=empty_text)
-    return _Read(data, None, f"stackoverflow: {titles_path}, {labels_path}")
+    return _Read(data, None, f"stackoverflow: {titles_path}, {labels_path}", str(folder))
 
 
 def _read_chatterbot(cfg: DataConfig) -> _Read:
@@ -531,7 +535,7 @@ def _read_chatterbot(cfg: DataConfig) -> _Read:
         labels.extend([entry.name.rsplit(".", 1)[0]] * len(utterances))
     version = getattr(chatterbot_corpus, "__version__", "unknown")
     source = f"chatterbot-corpus {version}: {folder} ({len(topic_files)} topic files)"
-    return _Read(_nonempty(Examples(texts, labels), Path(str(folder))), None, source)
+    return _Read(_nonempty(Examples(texts, labels), Path(str(folder))), None, source, str(folder))
 
 
 def _chatterbot_utterances(entry: Traversable) -> list[str]:

@@ -57,27 +57,24 @@ def build_model(
         raise ConfigError(f"a classifier needs at least 2 classes. Received: {num_classes}.")
     policy = {"float32": "float32", "mixed_bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[train.precision]
 
-    if cfg.embedding_init == "rand":
-        # Kim 2014 draws unknown-word vectors from U[-a, a] with a = 0.25 (same variance as the pretrained ones).
-        initializer: Any = keras.initializers.RandomUniform(-0.25, 0.25)
-    else:
-        if embeddings is None or embeddings.shape != (vocab_size, cfg.embedding_dim):
-            got = None if embeddings is None else embeddings.shape
-            raise ConfigError(
-                f"model.embedding_init={cfg.embedding_init} needs word2vec vectors of shape "
-                f"({vocab_size}, {cfg.embedding_dim}). Received: {got}."
-            )
-        initializer = keras.initializers.Constant(embeddings.astype("float32"))
+    if cfg.embedding_init != "rand" and (embeddings is None or embeddings.shape != (vocab_size, cfg.embedding_dim)):
+        got = None if embeddings is None else embeddings.shape
+        raise ConfigError(
+            f"model.embedding_init={cfg.embedding_init} needs word2vec vectors of shape "
+            f"({vocab_size}, {cfg.embedding_dim}). Received: {got}."
+        )
 
     inputs = keras.Input(shape=(max_len,), dtype="int32", name=INPUT_NAME)
-    embedded = keras.layers.Embedding(
+    embedding = keras.layers.Embedding(
         vocab_size,
         cfg.embedding_dim,
-        embeddings_initializer=initializer,
+        # Kim 2014 draws unknown-word vectors from U[-a, a] with a = 0.25 (same variance as the pretrained ones).
+        embeddings_initializer=keras.initializers.RandomUniform(-0.25, 0.25, seed=train.seed),
         trainable=cfg.embedding_init != "static",
         name="embedding",
         dtype=policy,
-    )(inputs)
+    )
+    embedded = embedding(inputs)
     pooled = []
     for width in cfg.kernel_sizes:
         conv = keras.layers.Conv1D(cfg.filters, width, activation="relu", name=f"conv_{width}", dtype=policy)(embedded)
@@ -90,6 +87,10 @@ def build_model(
         num_classes, activation="softmax", kernel_constraint=constraint, name="output", dtype="float32"
     )(features)
     model = keras.Model(inputs, outputs, name="kim_cnn")
+    if cfg.embedding_init != "rand":
+        # Assigned after building, not through a Constant initializer: that would copy the whole matrix into
+        # model.keras's config.json (the field report's bloated-MetaGraph problem all over again).
+        embedding.embeddings.assign(embeddings.astype("float32"))
     compile_model(model, train)
     return model
 

@@ -198,7 +198,9 @@ class Tracker(NullTracker):
                 tags=dict(tags or {}),
             )
         except Exception as exc:
-            raise TrackingError(f"MLflow at {self.uri} refused to register {model_name!r}: {_first_line(exc)}.") from None
+            raise TrackingError(
+                f"MLflow at {self.uri} refused to register {model_name!r}: {_first_line(exc)}."
+            ) from None
         _mlflow().set_tag("lifecycle.registered", f"models:/{model_name}/{version.version}")
         return str(version.version)
 

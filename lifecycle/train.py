@@ -114,6 +114,7 @@ def fit(
             initial_epoch=epoch,
             epochs=epoch + 1,
             verbose=0,
+            shuffle=False,  # the dataset is already shuffled with seed + epoch
             callbacks=list(callbacks or []),
         )
         logs = {key: float(values[-1]) for key, values in fitted.history.items()}

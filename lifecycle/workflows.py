@@ -20,7 +20,7 @@ from typing import Any
 from lifecycle import artifacts
 from lifecycle.config import Config, DataConfig, load_config
 from lifecycle.corpus import Corpus, Examples, load_corpus, read_examples
-from lifecycle.errors import ConfigError, DataError, ModelError
+from lifecycle.errors import DataError, ModelError
 from lifecycle.tracking import NullTracker, make_tracker, resolve_version
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,8 @@ def run_tokenize(cfg: Config, output: Path | None = None) -> StepOutcome:
 
 def _log_splits(tracker: NullTracker, corpus: Corpus) -> None:
     for context, examples in (("train", corpus.train), ("validation", corpus.validation), ("test", corpus.test)):
-        tracker.log_input(examples.texts, examples.labels, name=f"{corpus.name}-{context}", source=corpus.source,
-                          context=context)
+        tracker.log_input(examples.texts, examples.labels, name=f"{corpus.name}-{context}",
+                          source=corpus.location or corpus.source, context=context)
 
 
 def _work_dir(cfg: Config, versions_dir: Path | None) -> Path:
@@ -164,7 +164,9 @@ def run_train(
     Returns:
         The new version, its run id, registered version number and metrics.
     """
-    from lifecycle import backend, evaluate, model as model_lib, train as train_lib
+    from lifecycle import backend, evaluate
+    from lifecycle import model as model_lib
+    from lifecycle import train as train_lib
     from lifecycle.dataset import encode_corpus
 
     output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
@@ -373,7 +375,3 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
     return outcomes
 
 
-def require(condition: bool, message: str) -> None:
-    """Raise a ConfigError unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(message)

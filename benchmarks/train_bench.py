@@ -1,0 +1,129 @@
+"""Training benchmark: each tokenizer on MR, TREC and StackOverflow, plus MR under each precision policy.
+
+Runs `lifecycle.workflows.run_train` on the shipped configs (real data from ../shared/data or $LIFECYCLE_DATA_DIR),
+writes every row to benchmarks/out/train.json and the table into README.md between the `bench:train` markers.
+
+    .venv/bin/python benchmarks/train_bench.py                 # everything (about an hour on 2 cores)
+    .venv/bin/python benchmarks/train_bench.py --only trec-word,trec-bpe --no-readme
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lifecycle.config import load_config  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+KIM_RAND = {"mr": 76.1, "trec": 91.2}
+# (row name, config file, --set overrides)
+RUNS: list[tuple[str, str, list[str]]] = [
+    ("mr-word", "mr-word.yaml", []),
+    ("mr-word2vec", "mr-word2vec.yaml", []),
+    ("mr-bpe", "mr-bpe.yaml", []),
+    ("trec-word", "trec-word.yaml", []),
+    ("trec-bpe", "trec-bpe.yaml", []),
+    ("stackoverflow-word", "stackoverflow-word.yaml", []),
+    ("stackoverflow-bpe", "stackoverflow-bpe.yaml", []),
+    ("mr-word/bf16", "mr-word.yaml", ["train.precision=mixed_bfloat16"]),
+    # The field report: float16 needed a larger Adam epsilon (and a lower learning rate) to keep accuracy.
+    ("mr-word/fp16", "mr-word.yaml", ["train.precision=float16", "train.adam_epsilon=1e-4"]),
+]
+
+
+def run_one(name: str, config: str, overrides: list[str], track: bool, versions: Path) -> dict:
+    from lifecycle.workflows import run_train
+
+    cfg = load_config(ROOT / "configs" / config, [*overrides, f"tracking.enabled={str(track).lower()}"])
+    started = time.perf_counter()
+    outcome = run_train(cfg, versions / name.replace("/", "-"), versions_dir=versions, resume=False)
+    wall = time.perf_counter() - started
+    manifest = json.loads((outcome.version / "manifest.json").read_text())
+    return {
+        "name": name,
+        "data": cfg.data.format,
+        "tokenizer": cfg.tokenizer.kind,
+        "embedding_init": cfg.model.embedding_init,
+        "precision": cfg.train.precision,
+        "test_accuracy": outcome.metrics["test_accuracy"],
+        "test_macro_f1": outcome.metrics["test_macro_f1"],
+        "train_seconds": outcome.metrics["train_seconds"],
+        "wall_seconds": wall,
+        "epochs_run": outcome.facts["epochs_run"],
+        "best_epoch": outcome.facts["best_epoch"],
+        "vocab_size": outcome.facts["vocab_size"],
+        "weights_bytes": manifest["sizes"]["weights_bytes"],
+        "optimizer_bytes": manifest["sizes"]["optimizer_bytes"],
+        "checkpoint_bytes": manifest["sizes"]["checkpoint_bytes"],
+        "tokenizer_bytes": manifest["sizes"]["tokenizer_bytes"],
+        "split": manifest["data"],
+        "run_id": outcome.run_id,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| run | tokenizer | embedding | precision | test acc % | macro-F1 % | Kim rand % | train s | epochs "
+            "(best) | vocab | weights MB | checkpoint MB (with Adam) | tokenizer KB |")
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        kim = KIM_RAND.get(r["data"], "")
+        lines.append(
+            f"| {r['name']} | {r['tokenizer']} | {r['embedding_init']} | {r['precision']} | "
+            f"{100 * r['test_accuracy']:.1f} | {100 * r['test_macro_f1']:.1f} | {kim} | {r['train_seconds']:.0f} | "
+            f"{r['epochs_run']} ({r['best_epoch']}) | {r['vocab_size']} | {r['weights_bytes'] / 1e6:.1f} | "
+            f"{r['checkpoint_bytes'] / 1e6:.1f} | {r['tokenizer_bytes'] / 1e3:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(rows: list[dict], meta: str) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    block = f"<!-- bench:train:start -->\n{meta}\n\n{table(rows)}\n<!-- bench:train:end -->"
+    new, n = re.subn(r"<!-- bench:train:start -->.*?<!-- bench:train:end -->", block, text, flags=re.S)
+    if n != 1:
+        raise SystemExit("README.md has no <!-- bench:train:start --> ... <!-- bench:train:end --> block")
+    readme.write_text(new, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated run names (default: all)")
+    parser.add_argument("--track", action="store_true", help="also log the runs to MLflow (mlruns/)")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
+    args = parser.parse_args()
+    wanted = set(args.only.split(",")) if args.only else None
+    OUT.mkdir(parents=True, exist_ok=True)
+    versions = OUT / f"versions-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    results_file = OUT / "train.json"
+    previous = {r["name"]: r for r in json.loads(results_file.read_text())} if results_file.is_file() else {}
+    for name, config, overrides in RUNS:
+        if wanted and name not in wanted:
+            continue
+        print(f"== {name}", flush=True)
+        row = run_one(name, config, overrides, args.track, versions)
+        print(json.dumps(row), flush=True)
+        previous[name] = row
+        ordered = [previous[n] for n, _, _ in RUNS if n in previous]
+        results_file.write_text(json.dumps(ordered, indent=1))
+    ordered = [previous[n] for n, _, _ in RUNS if n in previous]
+    print(table(ordered))
+    if not args.no_readme:
+        import tensorflow as tf
+
+        meta = (f"Measured {datetime.now(UTC).strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
+                f"2 cores, TensorFlow {tf.__version__}, `python benchmarks/train_bench.py` (seed 13).")
+        write_readme(ordered, meta)
+
+
+if __name__ == "__main__":
+    main()

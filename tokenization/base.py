@@ -1,0 +1,284 @@
+"""The tokenizer contract, the saved-metadata format and the kind-independent entry points.
+
+Two kinds implement :class:`Tokenizer`: ``bpe`` (:mod:`tokenization.bpe`, youtokentome) and ``word``
+(:mod:`tokenization.word`, a word vocabulary plus optional word2vec vectors). Both write ``tokenizer.json`` beside their
+own files, so :func:`load_tokenizer` can dispatch on the directory alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from lifecycle.errors import TokenizerError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from lifecycle.config import TokenizerConfig
+
+# The ids youtokentome reserves by default; the word tokenizer reuses them so both kinds agree on the layout.
+PAD = 0
+UNK = 1
+BOS = 2
+EOS = 3
+N_SPECIAL = 4
+# youtokentome's own spellings, so id_to_token() reads the same for both kinds.
+SPECIAL_TOKENS: tuple[str, ...] = ("<PAD>", "<UNK>", "<BOS>", "<EOS>")
+
+METADATA_FILE = "tokenizer.json"
+BPE_MODEL_FILE = "bpe.model"
+VOCAB_FILE = "vocab.txt"
+VECTORS_FILE = "vectors.npy"
+FORMAT_VERSION = 1
+KINDS: tuple[str, ...] = ("bpe", "word")
+DEFAULT_SEED = 13
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the rest of the project may rely on, whatever the kind.
+
+    Ids 0-3 are always pad, unk, bos and eos (:data:`PAD`, :data:`UNK`, :data:`BOS`, :data:`EOS`); text never
+    encodes to pad, bos or eos.
+    """
+
+    @property
+    def kind(self) -> str:
+        """``"bpe"`` or ``"word"``."""
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, specials included; every id is in ``range(vocab_size)``."""
+        ...
+
+    @property
+    def vocab(self) -> list[str]:
+        """Tokens in id order (a copy)."""
+        ...
+
+    @property
+    def vectors(self) -> np.ndarray | None:
+        """float32 ``(vocab_size, dim)`` word2vec rows aligned to the ids, or None when there are none."""
+        ...
+
+    def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
+        """int32 ``(len(texts), max_len)`` ids, truncated at ``max_len`` and right-padded with :data:`PAD`."""
+        ...
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
+        """The tokens (words or subwords) of each text, as strings."""
+        ...
+
+    def tokenize_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Unpadded, untruncated ids per text."""
+        ...
+
+    def decode(self, ids: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
+        """One string per row of ids; pad, bos and eos are skipped, unk shows as ``<UNK>``."""
+        ...
+
+    def id_to_token(self, token_id: int) -> str:
+        """The token (word or subword) of one id."""
+        ...
+
+    def save(self, directory: Path) -> None:
+        """Write the tokenizer's files and ``tokenizer.json`` into ``directory`` (created if needed)."""
+        ...
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        """Read a tokenizer that :meth:`save` wrote."""
+        ...
+
+
+@dataclass(frozen=True)
+class CoverageStats:
+    """How well a tokenizer fits some texts.
+
+    Attributes:
+        unk_rate: unk ids over all ids, counted before truncation.
+        mean_tokens: mean number of ids per text, before truncation.
+        truncation_rate: fraction of texts with more than ``max_len`` ids.
+        n_texts: number of texts measured.
+    """
+
+    unk_rate: float
+    mean_tokens: float
+    truncation_rate: float
+    n_texts: int
+
+
+def coverage_stats(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> CoverageStats:
+    """Measure unk rate, length and truncation of ``texts`` under ``tokenizer``.
+
+    Args:
+        tokenizer: any trained tokenizer.
+        texts: texts to measure (e.g. the validation split).
+        max_len: the sequence length the model will see.
+
+    Returns:
+        The stats; all zero when ``texts`` is empty.
+    """
+    rows = tokenizer.tokenize_ids(texts)
+    if not rows:
+        return CoverageStats(unk_rate=0.0, mean_tokens=0.0, truncation_rate=0.0, n_texts=0)
+    lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+    total = int(lengths.sum())
+    unks = sum(row.count(UNK) for row in rows)
+    return CoverageStats(
+        unk_rate=unks / total if total else 0.0,
+        mean_tokens=total / len(rows),
+        truncation_rate=float(np.mean(lengths > max_len)),
+        n_texts=len(rows),
+    )
+
+
+def train_tokenizer(
+    texts: Sequence[str],
+    cfg: TokenizerConfig,
+    workdir: Path | None = None,
+    *,
+    seed: int = DEFAULT_SEED,
+) -> Tokenizer:
+    """Train the tokenizer that ``cfg.kind`` selects.
+
+    Args:
+        texts: training texts (never the validation or test split).
+        cfg: the ``tokenizer`` config section.
+        workdir: where bpe keeps its training text and model file; None uses a temporary directory.
+        seed: seed of word2vec and of the random rows of words without a trained vector (youtokentome takes none).
+
+    Returns:
+        A trained :class:`BPETokenizer` or :class:`WordTokenizer`.
+
+    Raises:
+        TokenizerError: no texts, an empty vocabulary or settings the data cannot support.
+        DependencyError: youtokentome (bpe) or gensim (word2vec) is not installed.
+    """
+    # Imported here because bpe.py and word.py import this module's constants.
+    if cfg.kind == "bpe":
+        from tokenization.bpe import BPETokenizer
+
+        return BPETokenizer.train(texts, cfg.bpe, workdir=workdir)
+    if cfg.kind == "word":
+        from tokenization.word import WordTokenizer
+
+        return WordTokenizer.train(texts, cfg.word, seed=seed)
+    raise TokenizerError(f"tokenizer.kind must be one of {', '.join(KINDS)}. Received: {cfg.kind!r}.")
+
+
+def load_tokenizer(directory: Path) -> Tokenizer:
+    """Load a saved tokenizer of either kind.
+
+    Args:
+        directory: a directory written by ``Tokenizer.save``.
+
+    Returns:
+        The tokenizer, ready to encode.
+
+    Raises:
+        TokenizerError: the directory, ``tokenizer.json`` or one of the kind's files is missing or inconsistent.
+        DependencyError: the kind's library is not installed.
+    """
+    kind = str(read_metadata(Path(directory))["kind"])
+    if kind == "bpe":
+        from tokenization.bpe import BPETokenizer
+
+        return BPETokenizer.load(directory)
+    from tokenization.word import WordTokenizer
+
+    return WordTokenizer.load(directory)
+
+
+def tokenizer_vectors(tokenizer: Tokenizer) -> np.ndarray | None:
+    """The word2vec matrix aligned to the ids (``(vocab_size, dim)`` float32), or None (bpe, or word2vec off)."""
+    return getattr(tokenizer, "vectors", None)
+
+
+def tokenizer_bytes(directory: Path) -> int:
+    """Total size in bytes of the files under ``directory`` (the ``size_bytes.tokenizer`` metric)."""
+    return sum(path.stat().st_size for path in Path(directory).rglob("*") if path.is_file())
+
+
+def write_metadata(directory: Path, metadata: dict[str, Any]) -> None:
+    """Write ``tokenizer.json``; the format version and special tokens are added here so every kind records them."""
+    specials = {token: token_id for token_id, token in enumerate(SPECIAL_TOKENS)}
+    record = {"format_version": FORMAT_VERSION, **metadata, "special_tokens": specials}
+    (directory / METADATA_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def remove_stale_files(directory: Path, keep: Sequence[str]) -> None:
+    """Delete the data files of other kinds or settings, so a reused directory holds one tokenizer and its size."""
+    for name in (BPE_MODEL_FILE, VOCAB_FILE, VECTORS_FILE):
+        if name not in keep:
+            (directory / name).unlink(missing_ok=True)
+
+
+def read_metadata(directory: Path, expected_kind: str | None = None) -> dict[str, Any]:
+    """Read and check ``tokenizer.json`` (format version, kind, vocab size); errors name the file and the fix."""
+    path = directory / METADATA_FILE
+    fix = "Point at a directory written by `lifecycle tokenize` (or Tokenizer.save), or retrain the tokenizer."
+    if not directory.is_dir():
+        raise TokenizerError(f"{directory}: tokenizer directory not found. {fix}")
+    if not path.is_file():
+        raise TokenizerError(f"{path}: missing, so this is not a saved tokenizer. {fix}")
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"{path}: not valid JSON ({exc}). {fix}") from None
+    if not isinstance(metadata, dict):
+        raise TokenizerError(f"{path}: expected a JSON object. {fix}")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise TokenizerError(
+            f"{path}: format_version {version!r} is not supported (this lifecycle reads {FORMAT_VERSION}). "
+            "Retrain the tokenizer with this version of lifecycle."
+        )
+    kind = metadata.get("kind")
+    if kind not in KINDS:
+        raise TokenizerError(f"{path}: kind must be one of {', '.join(KINDS)}. Received: {kind!r}. {fix}")
+    if expected_kind is not None and kind != expected_kind:
+        raise TokenizerError(
+            f"{path}: holds a {kind} tokenizer, not {expected_kind}. Load it with load_tokenizer(), which dispatches "
+            "on kind."
+        )
+    vocab_size = metadata.get("vocab_size")
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size <= N_SPECIAL:
+        raise TokenizerError(f"{path}: vocab_size must be an integer > {N_SPECIAL}. Received: {vocab_size!r}. {fix}")
+    return metadata
+
+
+def check_texts(texts: Sequence[str], what: str) -> None:
+    """Reject a bare string (it would be split into characters) and non-string items."""
+    if isinstance(texts, str | bytes):
+        raise TypeError(f"{what} takes a sequence of texts, not a single {type(texts).__name__}; wrap it in a list.")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{what}: text {index} is a {type(text).__name__}, not str.")
+
+
+def check_max_len(max_len: int) -> None:
+    """Reject a sequence length the padded array cannot have."""
+    if isinstance(max_len, bool) or not isinstance(max_len, int | np.integer) or max_len < 1:
+        raise TokenizerError(f"tokenizer.max_len must be an integer >= 1. Received: {max_len!r}.")
+
+
+def pad_rows(rows: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
+    """Right-pad with :data:`PAD` and truncate to ``max_len``: int32 ``(len(rows), max_len)``."""
+    out = np.full((len(rows), max_len), PAD, dtype=np.int32)
+    for index, row in enumerate(rows):
+        kept = row[:max_len]
+        out[index, : len(kept)] = kept
+    return out
+
+
+def strip_specials(row: Sequence[int] | np.ndarray) -> list[int]:
+    """Drop pad, bos and eos from a row of ids before decoding (unk stays visible)."""
+    return [int(token_id) for token_id in row if int(token_id) not in (PAD, BOS, EOS)]

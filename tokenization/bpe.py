@@ -1,0 +1,376 @@
+"""Byte-pair-encoding tokenizer over youtokentome (imported lazily: a missing install is a DependencyError).
+
+Files written by :meth:`BPETokenizer.save`: ``bpe.model`` (youtokentome's own text format) and ``tokenizer.json``.
+
+youtokentome 1.0.6 behaviour this module works around (checked by running it):
+
+- Training with ``vocab_size`` above what the data supports does not fail: it stops when no pair is left to merge
+  and returns a smaller vocabulary (printing ``WARNING merged only: N pairs``). We log a warning and record both sizes.
+- ``vocab_size`` below specials + distinct characters + 1 raises ``ValueError("... Set vocab_size>=N ...")``.
+- A corrupt ``bpe.model`` often loads without error and then aborts the whole process (``std::out_of_range``) on the
+  first encode, so the file is checked in Python before youtokentome sees it.
+- Training prints its progress to the C-level stderr; it is captured and sent to this module's logger instead.
+- Training has no seed and is not fully repeatable, even with ``n_threads=1``: near the end of a large vocabulary,
+  ties between equally rare pairs are merged in varying order (seen on 2000 MR lines at vocab_size=3000: 1 run in 6
+  gave a different model, changing the ids of 12 texts). Small vocabularies came out identical. The saved
+  ``bpe.model`` is what makes a version reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lifecycle.errors import DependencyError, TokenizerError
+from tokenization.base import (
+    BOS,
+    BPE_MODEL_FILE,
+    EOS,
+    N_SPECIAL,
+    PAD,
+    UNK,
+    check_max_len,
+    check_texts,
+    pad_rows,
+    read_metadata,
+    remove_stale_files,
+    write_metadata,
+)
+
+if TYPE_CHECKING:
+    from lifecycle.config import BPEConfig
+
+logger = logging.getLogger(__name__)
+
+TRAIN_TEXT_FILE = "bpe_train.txt"
+_TOO_SMALL = re.compile(r"vocab_size\s*>=\s*(\d+)")
+# The last line of a youtokentome model lists the special ids in this order.
+_SPECIALS_LINE = (UNK, PAD, BOS, EOS)
+
+
+class BPETokenizer:
+    """Subword tokenizer backed by a youtokentome model; see the module docstring for its files and quirks.
+
+    Build one with :meth:`train` or :meth:`load`.
+
+    Args:
+        model_path: a youtokentome model file; it is checked, then read into memory, so it may be deleted afterwards.
+        lowercase: lower-case text before encoding (it must match how the model was trained).
+        info: extra settings recorded in ``tokenizer.json`` (requested vocab size, coverage).
+
+    Raises:
+        TokenizerError: the model file is missing or malformed.
+        DependencyError: youtokentome is not installed.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, model_path: Path, *, lowercase: bool, info: Mapping[str, Any] | None = None) -> None:
+        model_path = Path(model_path)
+        self._vocab_size = check_model_file(model_path)
+        self._model_bytes = model_path.read_bytes()
+        self._bpe = _youtokentome().BPE(model=str(model_path))
+        self._lowercase = lowercase
+        self._info = dict(info or {})
+
+    @classmethod
+    def train(cls, texts: Sequence[str], cfg: BPEConfig, *, workdir: Path | None = None) -> BPETokenizer:
+        """Learn BPE merges from ``texts``.
+
+        Args:
+            texts: training texts.
+            cfg: the ``tokenizer.bpe`` section (vocab_size, coverage, threads, lowercase).
+            workdir: scratch directory that keeps the training text, model file and youtokentome's log (useful for
+                debugging); not the directory to save into. None uses a temporary directory.
+
+        Returns:
+            The trained tokenizer. Its ``vocab_size`` may be below ``cfg.vocab_size`` when the texts support no more
+            merges (a warning is logged).
+
+        Raises:
+            TokenizerError: no texts, only whitespace, or ``cfg.vocab_size`` too small for the characters in the data.
+            DependencyError: youtokentome is not installed.
+        """
+        check_texts(texts, "BPETokenizer.train")
+        if not texts:
+            raise TokenizerError("Cannot train a bpe tokenizer on 0 texts. Check the data section of the config.")
+        # youtokentome reads one sentence per line, so a text's own line breaks become spaces (it splits on them
+        # as whitespace when encoding anyway).
+        lines = [_normalize(text, cfg.lowercase).replace("\n", " ").replace("\r", " ") for text in texts]
+        if not any(line.strip() for line in lines):
+            raise TokenizerError(
+                f"The {len(texts)} training texts are empty or whitespace, so the bpe vocabulary would be empty. "
+                "Check the data section of the config."
+            )
+        yttm = _youtokentome()
+        with contextlib.ExitStack() as stack:
+            if workdir is None:
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lifecycle-bpe-")))
+            else:
+                folder = Path(workdir)
+                folder.mkdir(parents=True, exist_ok=True)
+            data_path = folder / TRAIN_TEXT_FILE
+            model_path = folder / BPE_MODEL_FILE
+            data_path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+            log_path = folder / "bpe_train.log"
+            try:
+                with _native_stderr_to(log_path):
+                    yttm.BPE.train(
+                        data=str(data_path),
+                        model=str(model_path),
+                        vocab_size=cfg.vocab_size,
+                        coverage=cfg.coverage,
+                        n_threads=cfg.threads,
+                        pad_id=PAD,
+                        unk_id=UNK,
+                        bos_id=BOS,
+                        eos_id=EOS,
+                    )
+            except ValueError as exc:
+                raise _training_error(exc, cfg) from None
+            finally:
+                _log_native_output(log_path)
+            tokenizer = cls(
+                model_path,
+                lowercase=cfg.lowercase,
+                info={"requested_vocab_size": cfg.vocab_size, "coverage": cfg.coverage},
+            )
+        if tokenizer.vocab_size < cfg.vocab_size:
+            logger.warning(
+                "tokenizer.bpe.vocab_size=%d is more than these %d texts support: youtokentome stopped at %d tokens. "
+                "Lower tokenizer.bpe.vocab_size to %d or less to silence this.",
+                cfg.vocab_size,
+                len(texts),
+                tokenizer.vocab_size,
+                tokenizer.vocab_size,
+            )
+        return tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, specials included (may be below the requested size, see :meth:`train`)."""
+        return self._vocab_size
+
+    @property
+    def vocab(self) -> list[str]:
+        """Subwords in id order; ``▁`` marks the start of a word."""
+        return list(self._bpe.vocab())
+
+    @property
+    def vectors(self) -> None:
+        """Always None: bpe tokenizers carry no pre-trained vectors."""
+        return None
+
+    @property
+    def lowercase(self) -> bool:
+        """Whether text is lower-cased before encoding."""
+        return self._lowercase
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
+        """The subwords of each text (``▁`` marks a word start; unknown characters show as themselves)."""
+        check_texts(texts, "BPETokenizer.tokenize")
+        yttm = _youtokentome()
+        prepared = [_normalize(text, self._lowercase) for text in texts]
+        return self._bpe.encode(prepared, output_type=yttm.OutputType.SUBWORD)
+
+    def tokenize_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Unpadded ids per text, without bos/eos."""
+        check_texts(texts, "BPETokenizer.tokenize_ids")
+        yttm = _youtokentome()
+        prepared = [_normalize(text, self._lowercase) for text in texts]
+        return self._bpe.encode(prepared, output_type=yttm.OutputType.ID)
+
+    def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
+        """int32 ``(len(texts), max_len)`` ids, truncated and right-padded with pad (0).
+
+        Raises:
+            TokenizerError: ``max_len`` < 1.
+        """
+        check_max_len(max_len)
+        return pad_rows(self.tokenize_ids(texts), int(max_len))
+
+    def decode(self, ids: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
+        """Text per row of ids; pad, bos and eos are skipped, unk shows as ``<UNK>``.
+
+        Raises:
+            TokenizerError: an id is outside ``range(vocab_size)``.
+        """
+        rows = [[int(token_id) for token_id in row] for row in ids]
+        for row in rows:
+            for token_id in row:
+                self._check_id(token_id)
+        return self._bpe.decode(rows, ignore_ids=[PAD, BOS, EOS]) if rows else []
+
+    def id_to_token(self, token_id: int) -> str:
+        """The subword of one id.
+
+        Raises:
+            TokenizerError: the id is outside ``range(vocab_size)``.
+        """
+        self._check_id(int(token_id))
+        return self._bpe.id_to_subword(int(token_id))
+
+    def save(self, directory: Path) -> None:
+        """Write ``bpe.model`` and ``tokenizer.json`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / BPE_MODEL_FILE).write_bytes(self._model_bytes)
+        remove_stale_files(directory, keep=[BPE_MODEL_FILE])
+        write_metadata(
+            directory,
+            {
+                "kind": self.kind,
+                "vocab_size": self.vocab_size,
+                "lowercase": self._lowercase,
+                **self._info,
+                "files": [BPE_MODEL_FILE],
+            },
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> BPETokenizer:
+        """Read a tokenizer written by :meth:`save`.
+
+        Raises:
+            TokenizerError: ``tokenizer.json`` or ``bpe.model`` is missing, malformed or disagrees with the other.
+            DependencyError: youtokentome is not installed.
+        """
+        directory = Path(directory)
+        metadata = read_metadata(directory, expected_kind="bpe")
+        if not isinstance(metadata.get("lowercase"), bool):
+            raise TokenizerError(f"{directory / 'tokenizer.json'}: lowercase is missing or not a bool. {_FIX}")
+        model_path = directory / BPE_MODEL_FILE
+        size = check_model_file(model_path)
+        if size != metadata["vocab_size"]:
+            raise TokenizerError(
+                f"{model_path}: holds {size} tokens but tokenizer.json says vocab_size={metadata['vocab_size']}; the "
+                f"files do not belong together. {_FIX}"
+            )
+        info: dict[str, Any] = {key: metadata[key] for key in ("requested_vocab_size", "coverage") if key in metadata}
+        return cls(model_path, lowercase=metadata["lowercase"], info=info)
+
+    def _check_id(self, token_id: int) -> None:
+        if not 0 <= token_id < self._vocab_size:
+            raise TokenizerError(f"Token id must be in [0, {self._vocab_size}). Received: {token_id}.")
+
+
+_FIX = "Re-run `lifecycle tokenize` (or train and save the tokenizer again) to rebuild the directory."
+
+
+def check_model_file(path: Path) -> int:
+    """Check that ``path`` is a well-formed youtokentome model with the default special ids; return its vocab size.
+
+    youtokentome itself accepts many corrupt files and then aborts the process when encoding, hence this check.
+
+    Raises:
+        TokenizerError: naming the file and the fix.
+    """
+    if not path.is_file():
+        raise TokenizerError(f"{path}: missing, but tokenizer.json describes a bpe tokenizer. {_FIX}")
+
+    def corrupt(reason: str) -> TokenizerError:
+        return TokenizerError(f"{path}: not a valid youtokentome model ({reason}). {_FIX}")
+
+    try:
+        lines = path.read_bytes().decode("ascii").split("\n")
+        rows = [tuple(int(field) for field in line.split()) for line in lines if line.strip()]
+    except (UnicodeDecodeError, ValueError):
+        raise corrupt("expected lines of integers") from None
+    if not rows or len(rows[0]) != 2:
+        raise corrupt("the first line must hold the character and merge counts")
+    n_chars, n_merges = rows[0]
+    if n_chars < 0 or n_merges < 0 or len(rows) != 1 + n_chars + n_merges + 1:
+        raise corrupt(f"the header promises {n_chars} characters and {n_merges} merges; the line count disagrees")
+    vocab_size = N_SPECIAL + n_chars + n_merges
+    known: set[int] = set()
+    for row in rows[1 : 1 + n_chars]:
+        if len(row) != 2 or not 0 <= row[0] <= sys.maxunicode or not N_SPECIAL <= row[1] < vocab_size:
+            raise corrupt(f"bad character line {' '.join(map(str, row))!r}")
+        known.add(row[1])
+    if len(known) != n_chars:
+        raise corrupt("two characters share an id")
+    for row in rows[1 + n_chars : -1]:
+        # Each merge must join two ids defined above it into a new id, or encoding looks up a missing entry.
+        if len(row) != 3 or row[0] not in known or row[1] not in known or not N_SPECIAL <= row[2] < vocab_size:
+            raise corrupt(f"bad merge line {' '.join(map(str, row))!r}")
+        if row[2] in known:
+            raise corrupt(f"merge id {row[2]} is defined twice")
+        known.add(row[2])
+    if rows[-1] != _SPECIALS_LINE:
+        raise corrupt(f"special ids must be unk, pad, bos, eos = {' '.join(map(str, _SPECIALS_LINE))}")
+    return vocab_size
+
+
+def _youtokentome() -> Any:
+    """Import youtokentome on first use, so importing this package stays light."""
+    try:
+        import youtokentome
+    except ImportError:
+        raise DependencyError(
+            "youtokentome is not installed; tokenizer.kind=bpe needs it.",
+            hint="Run `pip install Cython` then `pip install --no-build-isolation youtokentome==1.0.6` (it ships only "
+            "as source), or use tokenizer.kind=word.",
+        ) from None
+    return youtokentome
+
+
+def _normalize(text: str, lowercase: bool) -> str:
+    return text.lower() if lowercase else text
+
+
+def _training_error(exc: ValueError, cfg: BPEConfig) -> TokenizerError:
+    """Turn youtokentome's training ValueError into a one-line TokenizerError naming the config key."""
+    message = str(exc).strip()
+    needed = _TOO_SMALL.search(message)
+    if needed:
+        return TokenizerError(
+            f"tokenizer.bpe.vocab_size={cfg.vocab_size} is too small for these texts: youtokentome needs at least "
+            f"{needed.group(1)} (4 specials, one id per distinct character, one merge). Raise tokenizer.bpe.vocab_size "
+            "or lower tokenizer.bpe.coverage."
+        )
+    return TokenizerError(
+        f"youtokentome could not train with tokenizer.bpe.vocab_size={cfg.vocab_size}, coverage={cfg.coverage}, "
+        f"threads={cfg.threads}: {message}. Check these settings."
+    )
+
+
+@contextlib.contextmanager
+def _native_stderr_to(path: Path) -> Iterator[None]:
+    """Point file descriptor 2 at ``path`` for the duration: youtokentome's C++ code prints there, not sys.stderr."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        saved = -1
+    if saved < 0:
+        # No usable descriptor 2 (a daemon, say): nothing to redirect, so youtokentome's output goes nowhere anyway.
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        with path.open("wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _log_native_output(path: Path) -> None:
+    """Forward youtokentome's captured training output to the debug log."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return
+    if text:
+        logger.debug("youtokentome training output:\n%s", text)
