@@ -120,7 +120,10 @@ class TrainConfig(_Section):
     precision: Literal["float32", "mixed_bfloat16", "float16"] = Field(
         "float32", description="Compute dtype; variables stay float32 under the mixed policies."
     )
-    patience: int = Field(3, ge=1, description="Early stopping: epochs without a better validation loss.")
+    patience: int = Field(3, ge=1, description="Early stopping: epochs without a better monitored value.")
+    monitor: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss", description="Validation metric that picks the kept epoch and drives early stopping."
+    )
     seed: int = Field(13, description="Seed of weights, shuffling and dropout.")
     threads: int = Field(0, ge=0, description="CPU threads for TensorFlow ops (intra and inter); 0: TF's default.")
 

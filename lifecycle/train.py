@@ -1,4 +1,4 @@
-"""fit(): epochs with seeded shuffling, early stopping on validation loss, and resume after an interruption.
+"""fit(): epochs with seeded shuffling, early stopping on a validation metric, and resume after an interruption.
 
 One ``model.fit`` call per epoch, shuffled with ``seed + epoch``, so an interrupted run continued from its last saved
 epoch sees exactly the batches an uninterrupted run would have. After every epoch the full model (with optimizer
@@ -84,12 +84,12 @@ def fit(
     on_epoch: EpochCallback | None = None,
     callbacks: list[Any] | None = None,
 ) -> TrainResult:
-    """Train with early stopping; keep the best validation-loss weights.
+    """Train with early stopping; keep the weights of the best epoch by ``cfg.monitor``.
 
     Args:
         model: a compiled model (from ``build_model`` or ``load_resume_model``).
         train: training ids and labels.
-        validation: validation ids and labels (early stopping watches its loss).
+        validation: validation ids and labels (early stopping watches ``cfg.monitor`` on them).
         cfg: epochs, batch size, patience, seed.
         resume_dir: where the loop state is saved each epoch and read at start; None disables resume.
         on_epoch: called with (epoch, logs) after each epoch, e.g. to log metrics.
@@ -98,7 +98,7 @@ def fit(
     Returns:
         The loop's history; the model holds the best weights on return.
     """
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_loss": None, "best_epoch": -1, "wait": 0,
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": None, "best_epoch": -1, "wait": 0,
                              "stopped": False, "train_seconds": 0.0}
     if resume_dir is not None and (resume_dir / STATE_FILE).is_file():
         state.update(json.loads((resume_dir / STATE_FILE).read_text(encoding="utf-8")))
@@ -120,12 +120,13 @@ def fit(
         logs = {key: float(values[-1]) for key, values in fitted.history.items()}
         state["train_seconds"] += time.perf_counter() - started
         state["history"].append(logs)
-        val_loss = logs.get("val_loss", float("inf"))
-        improved = state["best_val_loss"] is None or val_loss < state["best_val_loss"] or not np.isfinite(
-            state["best_val_loss"]
-        )
+        # Lower is better for a loss, higher for accuracy: compare on a "score" where lower always wins.
+        sign = -1.0 if cfg.monitor == "val_accuracy" else 1.0
+        score = sign * logs.get(cfg.monitor, float("nan"))
+        best = state["best_score"]
+        improved = best is None or not np.isfinite(best) or (np.isfinite(score) and score < best)
         if improved:
-            state["best_val_loss"], state["best_epoch"], state["wait"] = val_loss, epoch, 0
+            state["best_score"], state["best_epoch"], state["wait"] = score, epoch, 0
         else:
             state["wait"] += 1
             state["stopped"] = state["wait"] >= cfg.patience

@@ -1,0 +1,59 @@
+"""The README's main job, end to end in a subprocess, on the embedded chatterbot corpus (no shared data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.integration
+def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "LIFECYCLE_VERSIONS_DIR": str(tmp_path / "versions"), "LIFECYCLE_DATA_DIR": str(tmp_path / "no-data")}
+    done = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "-q", "pipeline", "configs/default.yaml", "--epochs", "2",
+         "--set", "model.filters=16", "--output", str(tmp_path / "v")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "v")
+    assert "test_accuracy" in done.stdout
+    manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    assert manifest["kind"] == "checkpoint" and len(manifest["labels"]) >= 15
+    assert manifest["data"]["source"].startswith("chatterbot-corpus")
+
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("default").experiment_id])
+    steps = {r.data.tags["lifecycle.step"]: r for r in runs}
+    assert set(steps) == {"pipeline", "train"}
+    assert steps["train"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert "test_accuracy" in steps["pipeline"].data.metrics
+
+
+def test_tokenizer_train_cli_reports_coverage(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lifecycle.cli import app
+
+    out = tmp_path / "tok"
+    result = CliRunner().invoke(app, ["tokenizer", "train", "configs/default.yaml", "--no-track", "-o", str(out),
+                                      "--set", "tokenizer.kind=bpe", "--set", "tokenizer.bpe.vocab_size=600",
+                                      "--set", "model.embedding_init=rand"])
+    assert result.exit_code == 0, result.output
+    for key in ("tokenizer_vocab_size", "tokenizer_unk_rate", "tokenizer_mean_tokens", "tokenizer_truncation_rate",
+                "size_bytes_tokenizer", "tokenizer_train_seconds"):
+        assert key in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "tokenizer"
+    assert manifest["metrics"]["tokenizer_vocab_size"] == 600
+    assert (out / "tokenizer" / "bpe.model").is_file()
