@@ -73,6 +73,24 @@ def make_progress() -> Progress:
     )
 
 
+class Stage:
+    """One spinner line in a Progress naming the current stage (reading data, training the tokenizer, ...)."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.task = progress.add_task("starting", total=None, metrics="") if progress is not None else None
+
+    def __call__(self, description: str) -> None:
+        logging.getLogger("lifecycle").info(description)
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, description=description)
+
+    def done(self) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+
+
 def keras_progress(progress: Progress, epochs: int, steps_per_epoch: int, first_epoch: int = 0) -> Any:
     """A Keras callback that drives two bars: epochs, and batches of the current epoch (Keras itself stays quiet)."""
     import keras

@@ -167,7 +167,11 @@ def run_train(
     from lifecycle import backend, evaluate
     from lifecycle import model as model_lib
     from lifecycle import train as train_lib
+    from lifecycle.console import Stage
     from lifecycle.dataset import encode_corpus
+
+    stage = Stage(progress)
+    stage(f"reading {cfg.data.format} data")
 
     output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
                                                                                       versions_dir)
@@ -191,12 +195,14 @@ def run_train(
             tracker.log_text(cfg.to_yaml(), "config.yaml")
             _log_splits(tracker, corpus)
 
+        stage(f"training the {cfg.tokenizer.kind} tokenizer on {len(corpus.train)} texts")
         tokenizer, tok_seconds = _train_tokenizer(cfg, corpus, work / "tokenizer")
         tok_report = _tokenizer_report(tokenizer, work / "tokenizer", tok_seconds, corpus.validation.texts,
                                        cfg.tokenizer.max_len)
         tracker.log_metrics(tok_report.metrics())
         data = encode_corpus(corpus, tokenizer, cfg.tokenizer.max_len)
 
+        stage("building the model")
         backend.configure(cfg.train.seed, cfg.train.threads)
         resume_dir = work / "resume"
         model = train_lib.load_resume_model(resume_dir) if resume else None
@@ -218,8 +224,11 @@ def run_train(
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
             tracker.log_metrics(logs, step=epoch)
 
+        stage.done()
         result = train_lib.fit(model, data.train, data.validation, cfg.train, resume_dir=resume_dir,
                                on_epoch=on_epoch, callbacks=callbacks)
+        stage = Stage(progress)
+        stage("evaluating on the test split")
 
         probabilities = model.predict(data.test.x, batch_size=256, verbose=0)
         scores = evaluate.evaluate_probabilities(probabilities, data.test.y, corpus.labels)
@@ -253,6 +262,7 @@ def run_train(
                 "config": cfg.to_dict(),
             }
 
+        stage("writing the version")
         version = artifacts.write_version(output, "checkpoint", build)
         metrics = {
             **scores.metrics(),
@@ -267,9 +277,11 @@ def run_train(
         }
         tracker.log_metrics(metrics)
         _log_evaluation(tracker, scores, f"{cfg.name} test")
+        stage("logging to MLflow")
         tracker.log_artifacts(version.path, "version")
         registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.parent_run": ""})
         tracker.set_tags({"lifecycle.version": str(version.path)})
+        stage.done()
     shutil.rmtree(work, ignore_errors=True)
     facts = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1,
              "resumed_from": result.resumed_from, "vocab_size": tokenizer.vocab_size,
