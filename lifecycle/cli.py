@@ -81,8 +81,9 @@ def _summary(title: str, rows: dict[str, Any]) -> None:
 
 
 def _outcome_rows(outcome: Any) -> dict[str, Any]:
-    keys = ("test_accuracy", "test_macro_f1", "train_seconds", "size_bytes", "size_bytes_checkpoint",
-            "size_bytes_optimizer", "params_total")
+    keys = ("test_accuracy", "test_macro_f1", "accuracy_delta_vs_parent", "train_seconds", "size_bytes",
+            "size_gzip_bytes", "size_ratio_vs_checkpoint", "size_bytes_checkpoint", "size_bytes_optimizer",
+            "params_total", "freeze_max_abs_diff")
     rows = {k: outcome.metrics[k] for k in keys if k in outcome.metrics}
     rows.update(outcome.facts)
     if outcome.run_id:
@@ -90,6 +91,14 @@ def _outcome_rows(outcome: Any) -> dict[str, Any]:
     if outcome.registered:
         rows["registered"] = f"version {outcome.registered}"
     return rows
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f} MB"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _with_progress(work: Callable[[Any], Any]) -> Any:
@@ -130,18 +139,24 @@ def pipeline(
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
     no_track: NoTrackOpt = False,
 ) -> None:
-    """Run the main job: tokenizer, training and evaluation as one MLflow parent run.
+    """Run the main job: tokenizer, training, evaluation and freezing as one MLflow parent run.
 
     With no CONFIG it uses the schema defaults: the chatterbot corpus that the chatterbot-corpus package ships, so it
     needs no data files.
     """
     with _errors():
         cfg = _config(config, set_, no_track, train__epochs=epochs)
-        from lifecycle.workflows import run_pipeline
+        from lifecycle.workflows import run_pipeline, version_row
 
         outcomes = _with_progress(lambda p: run_pipeline(cfg, output, progress=p))
-        for outcome in outcomes:
-            _summary(f"{cfg.name}: {outcome.version.name if outcome.version else ''}", _outcome_rows(outcome))
+        table = Table("kind", "recipe", "size", "gzip", "test acc", "macro-F1", "version", title=f"{cfg.name} versions",
+                      title_justify="left")
+        for row in map(version_row, outcomes):
+            table.add_row(row["kind"], row["recipe"], _mb(row["size_bytes"]), _mb(row["size_gzip_bytes"]),
+                          _pct(row["test_accuracy"]), _pct(row["test_macro_f1"]), row["version"])
+        console.out.print(table)
+        if outcomes[0].run_id:
+            console.out.print(f"MLflow: experiment {cfg.name!r}, train run {outcomes[0].run_id}")
         console.out.print(str(outcomes[-1].version))
 
 
@@ -210,10 +225,52 @@ def predict(
                 console.out.print_json(json.dumps({"text": r.text, "label": r.label, "probability": r.probability,
                                                    "top": [{"label": k, "probability": p} for k, p in r.top]}))
             return
-        table = Table("label", "probability", "text")
+        table = Table("label", "probability", "text") if top_k == 1 else Table("text", f"top {top_k}")
         for r in results:
-            table.add_row(r.label, f"{r.probability:.3f}", r.text)
+            if top_k == 1:
+                table.add_row(r.label, f"{r.probability:.3f}", r.text)
+            else:
+                table.add_row(r.text, ", ".join(f"{label} {p:.3f}" for label, p in r.top))
         console.out.print(table)
+
+
+@app.command()
+def freeze(version: VersionArg, output: OutputOpt = None, no_track: NoTrackOpt = False) -> None:
+    """Freeze a checkpoint version into one GraphDef of named constants, without optimizer state.
+
+    Checks that the frozen graph's probabilities equal the checkpoint's on the test split (float32: within 1e-5)
+    before it writes graph.pb, tokenizer/, weight_map.json and manifest.json.
+    """
+    with _errors():
+        from lifecycle.workflows import run_freeze
+
+        with console.spinner("freezing"):
+            outcome = run_freeze(version, output, track=not no_track)
+        _summary(f"frozen {outcome.version.name if outcome.version else ''}", {**_outcome_rows(outcome)})
+        console.out.print(str(outcome.version))
+
+
+@app.command()
+def inspect(version: VersionArg) -> None:
+    """List every tensor of a version (name, shape, dtype, storage, bytes, share), its ops and its files."""
+    with _errors():
+        from lifecycle.workflows import run_inspect
+
+        report = run_inspect(version)
+        found = report["version"]
+        table = Table("tensor", "shape", "dtype", "storage", "bytes", "share",
+                      title=f"{found.path} ({found.kind})", title_justify="left")
+        for row in sorted(report["tensors"], key=lambda r: -r["bytes"]):
+            table.add_row(row["name"], "x".join(map(str, row["shape"])), row["dtype"], row["storage"],
+                          f"{row['bytes']:,}", f"{100 * row['share']:.1f}%")
+        table.add_row("total", "", "", "", f"{report['total_bytes']:,}", "100%", style="bold")
+        console.out.print(table)
+        if report["ops"]:
+            console.out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(report["ops"].items())))
+        files = Table("file", "bytes", title="files", title_justify="left")
+        for name, meta in report["files"].items():
+            files.add_row(name, f"{meta['bytes']:,}")
+        console.out.print(files)
 
 
 @app.command("config")

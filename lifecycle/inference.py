@@ -32,24 +32,36 @@ class Predictor:
         self.labels = version.labels
         self.max_len = version.max_len
         self.tokenizer = load_tokenizer(version.tokenizer_dir)
-        if version.kind != "checkpoint":
-            raise ModelError(
-                f"{version.path}: kind {version.kind!r} cannot be loaded for prediction by this lifecycle build "
-                "(checkpoint versions only)."
-            )
+        self._run = self._load_model(version)
+
+    @staticmethod
+    def _load_model(version: Version) -> Any:
+        """A function from padded ids to probabilities, for the version's kind."""
         from lifecycle.backend import tf_module
 
         tf_module()
-        import keras
+        if version.kind == "checkpoint":
+            import keras
 
-        self.model: Any = keras.saving.load_model(version.path / KERAS_FILE, compile=False)
+            model = keras.saving.load_model(version.path / KERAS_FILE, compile=False)
+            return lambda ids: model.predict(ids, batch_size=256, verbose=0)
+        if version.kind in ("frozen", "compressed"):
+            from lifecycle.freeze import GRAPH_FILE, GraphRunner, read_graph
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Class probabilities, one row per text."""
-        if not texts:
+            path = version.path / GRAPH_FILE
+            runner = GraphRunner(read_graph(path), path, version.max_len, version.manifest["input"]["dtype"])
+            return runner.run
+        raise ModelError(f"{version.path}: a {version.kind!r} version holds no model to predict with.")
+
+    def predict_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Class probabilities for padded id rows."""
+        if len(ids) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        ids = self.tokenizer.encode(list(texts), self.max_len)
-        return np.asarray(self.model.predict(ids, batch_size=batch_size, verbose=0), dtype=np.float32)
+        return np.asarray(self._run(ids), dtype=np.float32)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities, one row per text."""
+        return self.predict_ids(self.tokenizer.encode(list(texts), self.max_len) if texts else np.zeros((0, 0)))
 
     def predict(self, texts: Sequence[str], top_k: int = 1) -> list[Prediction]:
         """Labels with their probabilities, best first."""

@@ -12,7 +12,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,7 +341,7 @@ def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None
         raise DataError(f"{source}: no examples to evaluate on. Pass a non-empty data set.")
     predictor = Predictor(version)
     arrays = encode_examples(examples, predictor.tokenizer, predictor.labels, predictor.max_len, source)
-    probabilities = predictor.model.predict(arrays.x, batch_size=256, verbose=0)
+    probabilities = predictor.predict_ids(arrays.x)
     scores = evaluate.evaluate_probabilities(probabilities, arrays.y, predictor.labels)
     cfg = version.config
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
@@ -365,25 +364,211 @@ def run_predict(ref: str, texts: Sequence[str], top_k: int = 1) -> list[Any]:
     return Predictor(open_version(ref)).predict(texts, top_k=top_k)
 
 
+# ---------------------------------------------------------------- freeze
+
+
+def _check_arrays(version: artifacts.Version, tokenizer: Any) -> tuple[Any, str]:
+    """Ids to compare two forms of a model on: the version's test split, else (data unreadable) seeded random ids."""
+    import numpy as np
+
+    from lifecycle.dataset import encode_examples
+
+    cfg = version.config
+    try:
+        corpus = load_corpus(cfg.data, cfg.name)
+        return encode_examples(corpus.test, tokenizer, version.labels, version.max_len, corpus.source), "test split"
+    except DataError as exc:
+        log.warning("%s; comparing on random ids instead", exc)
+        rng = np.random.default_rng(cfg.train.seed)
+        from lifecycle.train import Arrays
+
+        x = rng.integers(0, tokenizer.vocab_size, size=(256, version.max_len), dtype=np.int32)
+        return Arrays(x, np.zeros(256, dtype=np.int32)), "random ids"
+
+
+def _gzip_bytes(paths: Sequence[Path]) -> int:
+    """Bytes after gzip -6 of each file, summed (what a compressed transfer or image layer would hold)."""
+    import gzip
+
+    total = 0
+    for path in paths:
+        for file in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+            total += len(gzip.compress(file.read_bytes(), compresslevel=6))
+    return total
+
+
+def _parent_ref(parent: artifacts.Version) -> dict[str, Any]:
+    return {"version": str(parent.path), "run_id": parent.manifest.get("run_id"), "sha256": parent.sha256,
+            "kind": parent.kind}
+
+
+def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | None = None, track: bool = True
+               ) -> StepOutcome:
+    """Freeze a checkpoint version into one GraphDef of named constants (no optimizer state, no Keras).
+
+    The frozen graph's probabilities are compared with the checkpoint's on the test split before anything is
+    written: float32 models must agree to 1e-5 (mixed-precision ones to 2e-2, as Keras computed them in 16 bits).
+    """
+    import numpy as np
+
+    from lifecycle import evaluate
+    from lifecycle.backend import tf_module
+    from lifecycle.freeze import GRAPH_FILE, GraphRunner, freeze_model, graph_tensors
+    from tokenization.base import load_tokenizer, serving_copy
+
+    parent = open_version(ref)
+    if parent.kind != "checkpoint":
+        raise ModelError(f"{parent.path}: freeze takes a checkpoint version; this one is {parent.kind}.")
+    cfg = parent.config
+    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "frozen", versions_dir)
+    tf_module()
+    import keras
+
+    model = keras.saving.load_model(parent.path / artifacts.KERAS_FILE, compile=False)
+    frozen = freeze_model(model, parent.max_len)
+    tokenizer = load_tokenizer(parent.tokenizer_dir)
+    arrays, compared_on = _check_arrays(parent, tokenizer)
+    expected = model.predict(arrays.x, batch_size=256, verbose=0)
+    runner = GraphRunner(frozen.graph_def, "frozen graph", parent.max_len, frozen.input_dtype)
+    got = runner.run(arrays.x)
+    runner.close()
+    max_abs_diff = float(np.max(np.abs(expected - got)))
+    bound = 1e-5 if cfg.train.precision == "float32" else 2e-2
+    if max_abs_diff > bound:
+        raise ModelError(f"frozen graph differs from {parent.path} by {max_abs_diff:.2e} (> {bound:g}) on the "
+                         f"{compared_on}; nothing written. Report this as a bug with the version attached.")
+    metrics: dict[str, float] = {"freeze_max_abs_diff": max_abs_diff}
+    if compared_on == "test split":
+        scores = evaluate.evaluate_probabilities(got, arrays.y, parent.labels)
+        metrics.update(scores.metrics())
+        if "test_accuracy" in parent.manifest.get("metrics", {}):
+            metrics["accuracy_delta_vs_parent"] = scores.accuracy - parent.manifest["metrics"]["test_accuracy"]
+    tensors = graph_tensors(frozen.graph_def)
+    params = int(sum(np.prod(t["shape"]) for t in tensors.values()))
+
+    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
+    tracker = make_tracker(tracking, cfg.name)
+    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path)}
+    with tracker.run("freeze", f"freeze-{parent.path.name}", tags):
+
+        def build(tmp: Path) -> dict[str, Any]:
+            serving_copy(tokenizer).save(tmp / artifacts.TOKENIZER_DIR)
+            (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
+            (tmp / GRAPH_FILE).write_bytes(frozen.graph_def.SerializeToString())
+            (tmp / "weight_map.json").write_text(json.dumps(frozen.weight_map, indent=1), encoding="utf-8")
+            sizes = {
+                "graph_bytes": (tmp / GRAPH_FILE).stat().st_size,
+                "tokenizer_bytes": artifacts.dir_bytes(tmp / artifacts.TOKENIZER_DIR),
+                "gzip_bytes": _gzip_bytes([tmp / GRAPH_FILE, tmp / artifacts.TOKENIZER_DIR]),
+            }
+            metrics.update({
+                "size_bytes": sizes["graph_bytes"] + sizes["tokenizer_bytes"],
+                "size_gzip_bytes": sizes["gzip_bytes"],
+                "size_ratio_vs_checkpoint": (sizes["graph_bytes"] + sizes["tokenizer_bytes"])
+                / (parent.manifest["sizes"]["checkpoint_bytes"] + parent.manifest["sizes"]["tokenizer_bytes"]),
+                "params_total": params,
+                "params_nonzero": int(sum(np.count_nonzero(v) for v in _weight_values(frozen.graph_def))),
+            })
+            return {
+                "labels": list(parent.labels),
+                "max_len": parent.max_len,
+                "input": {"name": "input_ids", "dtype": frozen.input_dtype, "shape": [None, parent.max_len]},
+                "output": {"name": "probabilities"},
+                "parent": _parent_ref(parent),
+                "recipe": [],
+                "run_id": tracker.run_id,
+                "params_total": params,
+                "sizes": sizes,
+                "tensors": tensors,
+                "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
+                "freeze": {"max_abs_diff": max_abs_diff, "compared_on": compared_on, "n": int(len(arrays.x))},
+                "data": parent.manifest.get("data"),
+                "config": cfg.to_dict(),
+            }
+
+        version = artifacts.write_version(output, "frozen", build)
+        tracker.log_params({"parent": str(parent.path), "input_dtype": frozen.input_dtype})
+        tracker.log_metrics(metrics)
+        tracker.log_artifacts(version.path, "version")
+        registered = tracker.register(cfg.name, {"lifecycle.kind": "frozen",
+                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+        tracker.set_tags({"lifecycle.version": str(version.path)})
+    facts = {"compared on": f"{compared_on} ({len(arrays.x)})", "input dtype": frozen.input_dtype}
+    return StepOutcome(version.path, tracker.last_run_id, registered, metrics, facts)
+
+
+def _weight_values(graph_def: Any) -> list[Any]:
+    from lifecycle.freeze import const_value
+
+    return [const_value(graph_def, node.name) for node in graph_def.node
+            if node.op == "Const" and node.name.startswith("weights/")]
+
+
+def run_inspect(ref: str) -> dict[str, Any]:
+    """Every tensor of a version (name, shape, dtype, storage, bytes, share), its ops and totals."""
+    version = open_version(ref)
+    tensors = version.manifest.get("tensors", {})
+    total = sum(t["bytes"] for t in tensors.values()) or 1
+    rows = [{"name": name, **meta, "share": meta["bytes"] / total} for name, meta in tensors.items()]
+    ops: dict[str, int] = {}
+    if version.kind in ("frozen", "compressed"):
+        from lifecycle.freeze import GRAPH_FILE, read_graph
+
+        for node in read_graph(version.path / GRAPH_FILE).node:
+            ops[node.op] = ops.get(node.op, 0) + 1
+    return {"version": version, "tensors": rows, "ops": ops, "total_bytes": total,
+            "files": version.manifest.get("files", {})}
+
+
 # ---------------------------------------------------------------- pipeline
 
 
 def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path | None = None,
                  progress: Any = None) -> list[StepOutcome]:
-    """The main job: tokenizer -> train -> evaluate, as child runs of one ``pipeline`` parent run.
+    """The main job: tokenizer -> train -> evaluate -> freeze, as child runs of one ``pipeline`` parent run.
 
-    Freeze and compression variants join this chain as they land (see the project's issues).
+    Compression variants join this chain as they land (see the project's issues). ``output``, when given, is a
+    directory that receives one version per step (``checkpoint/``, ``frozen/``).
     """
+    from lifecycle.console import Stage
+
     tracker = make_tracker(cfg.tracking, cfg.name)
     outcomes: list[StepOutcome] = []
-    with ExitStack() as stack:
-        stack.enter_context(tracker.run("pipeline", f"pipeline-{cfg.name}", {"lifecycle.config_hash": cfg.digest()}))
+    if output is not None:
+        output = artifacts.check_output(output)
+    with tracker.run("pipeline", f"pipeline-{cfg.name}", {"lifecycle.config_hash": cfg.digest()}):
         tracker.log_params(cfg.flat())
-        trained = run_train(cfg, output, versions_dir=versions_dir, progress=progress)
+        trained = run_train(cfg, output / "checkpoint" if output else None, versions_dir=versions_dir,
+                            progress=progress)
         outcomes.append(trained)
-        tracker.log_metrics(trained.metrics)
         if trained.version is None:
             raise ModelError("training produced no version")
+        stage = Stage(progress)
+        stage("freezing")
+        frozen = run_freeze(str(trained.version), output / "frozen" if output else None, versions_dir=versions_dir,
+                            track=cfg.tracking.enabled)
+        stage.done()
+        outcomes.append(frozen)
+        tracker.log_metrics({f"{kind}.{key}": value for kind, outcome in (("checkpoint", trained), ("frozen", frozen))
+                             for key, value in outcome.metrics.items()})
+        tracker.log_table([version_row(o) for o in outcomes], "versions.json")
     return outcomes
 
 
+def version_row(outcome: StepOutcome) -> dict[str, Any]:
+    """One line of the pipeline's versions table."""
+    manifest = json.loads((outcome.version / artifacts.MANIFEST).read_text()) if outcome.version else {}
+    sizes = manifest.get("sizes", {})
+    deployed = outcome.metrics.get("size_bytes", 0)
+    if manifest.get("kind") == "checkpoint":
+        deployed = sizes.get("checkpoint_bytes", 0) + sizes.get("tokenizer_bytes", 0)
+    return {
+        "version": str(outcome.version),
+        "kind": manifest.get("kind", ""),
+        "recipe": "+".join(step.get("name", "") for step in manifest.get("recipe", [])) or "-",
+        "size_bytes": deployed,
+        "size_gzip_bytes": outcome.metrics.get("size_gzip_bytes"),
+        "test_accuracy": outcome.metrics.get("test_accuracy"),
+        "test_macro_f1": outcome.metrics.get("test_macro_f1"),
+        "run_id": outcome.run_id,
+    }

@@ -202,6 +202,12 @@ def tokenizer_vectors(tokenizer: Tokenizer) -> np.ndarray | None:
     return getattr(tokenizer, "vectors", None)
 
 
+def serving_copy(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer as a deployed model needs it: word2vec vectors dropped (they only initialise training)."""
+    strip = getattr(tokenizer, "without_vectors", None)
+    return strip() if callable(strip) else tokenizer
+
+
 def tokenizer_bytes(directory: Path) -> int:
     """Total size in bytes of the files under ``directory`` (the ``size_bytes.tokenizer`` metric)."""
     return sum(path.stat().st_size for path in Path(directory).rglob("*") if path.is_file())

@@ -92,6 +92,11 @@ class WordTokenizer:
         self._vectors = None if vectors is None else np.ascontiguousarray(vectors, dtype=np.float32)
         self._info = dict(info or {})
 
+    def without_vectors(self) -> WordTokenizer:
+        """The same vocabulary without word2vec vectors: what a deployed model needs (its embedding holds them)."""
+        info = {**self._info, "word2vec": None}
+        return WordTokenizer(self._tokens, lowercase=self._lowercase, token_pattern=self._token_pattern, info=info)
+
     @classmethod
     def train(cls, texts: Sequence[str], cfg: WordConfig, *, seed: int = DEFAULT_SEED) -> WordTokenizer:
         """Count the words of ``texts`` and, if enabled, train word2vec on them.

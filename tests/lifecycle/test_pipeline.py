@@ -23,21 +23,24 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "v")
-    assert "test_accuracy" in done.stdout
-    manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "v" / "frozen")
+    assert "default versions" in done.stdout and "checkpoint" in done.stdout
+    manifest = json.loads((tmp_path / "v" / "checkpoint" / "manifest.json").read_text())
     assert manifest["kind"] == "checkpoint" and len(manifest["labels"]) >= 15
     assert manifest["data"]["source"].startswith("chatterbot-corpus")
+    frozen = json.loads((tmp_path / "v" / "frozen" / "manifest.json").read_text())
+    assert frozen["kind"] == "frozen" and frozen["freeze"]["max_abs_diff"] <= 1e-5
 
     import mlflow
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("default").experiment_id])
     steps = {r.data.tags["lifecycle.step"]: r for r in runs}
-    assert set(steps) == {"pipeline", "train"}
+    assert set(steps) == {"pipeline", "train", "freeze"}
     assert steps["train"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
+    assert steps["freeze"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert "test_accuracy" in steps["pipeline"].data.metrics
+    assert "frozen.test_accuracy" in steps["pipeline"].data.metrics
 
 
 def test_tokenizer_train_cli_reports_coverage(tmp_path: Path) -> None:

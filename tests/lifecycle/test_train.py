@@ -10,36 +10,8 @@ import numpy as np
 import pytest
 
 from lifecycle import artifacts
-from lifecycle.config import Config, load_config
 from lifecycle.errors import ModelError, TokenizerError
-
-SMALL = [
-    "model.embedding_dim=32",
-    "model.filters=16",
-    "train.epochs=4",
-    "train.patience=4",
-    "train.batch_size=32",
-]
-
-
-def mr_config(*extra: str) -> Config:
-    return load_config(None, ["name=mr-slice", "data.format=mr", "data.path=MR", "data.limit=800",
-                              "tokenizer.kind=word", "tokenizer.max_len=40",
-                              "tokenizer.word.word2vec.enabled=false", *SMALL, *extra])
-
-
-@pytest.fixture(scope="module")
-def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, tracking_uri: str) -> dict:
-    """One tracked training run on an 800-example MR slice, shared by the assertions below."""
-    import os
-
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    from lifecycle.workflows import run_train
-
-    root = tmp_path_factory.mktemp("trained")
-    cfg = mr_config()
-    outcome = run_train(cfg, root / "v1", versions_dir=root / "versions")
-    return {"cfg": cfg, "outcome": outcome, "root": root}
+from tests.helpers import mr_config
 
 
 def test_loss_goes_down_and_version_is_complete(trained: dict) -> None:
