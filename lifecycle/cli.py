@@ -83,7 +83,7 @@ def _summary(title: str, rows: dict[str, Any]) -> None:
 def _outcome_rows(outcome: Any) -> dict[str, Any]:
     keys = ("test_accuracy", "test_macro_f1", "accuracy_delta_vs_parent", "train_seconds", "size_bytes",
             "size_gzip_bytes", "size_ratio_vs_checkpoint", "size_bytes_checkpoint", "size_bytes_optimizer",
-            "params_total", "freeze_max_abs_diff")
+            "params_total", "params_nonzero", "max_abs_diff_vs_parent")
     rows = {k: outcome.metrics[k] for k in keys if k in outcome.metrics}
     rows.update(outcome.facts)
     if outcome.run_id:
@@ -132,7 +132,7 @@ def train(
 
 @app.command()
 def pipeline(
-    config: Annotated[Path | None, typer.Argument(help="YAML config (default: configs/default.yaml settings, the "
+    config: Annotated[Path | None, typer.Argument(help="YAML config (default: the schema defaults, which read the "
                                                        "embedded chatterbot corpus).", show_default=False)] = None,
     set_: SetOpt = None,
     output: OutputOpt = None,
@@ -149,8 +149,9 @@ def pipeline(
         from lifecycle.workflows import run_pipeline, version_row
 
         outcomes = _with_progress(lambda p: run_pipeline(cfg, output, progress=p))
-        table = Table("kind", "recipe", "size", "gzip", "test acc", "macro-F1", "version", title=f"{cfg.name} versions",
+        table = Table("kind", "recipe", "size", "gzip", "test acc", "macro-F1", title=f"{cfg.name} versions",
                       title_justify="left")
+        table.add_column("version", overflow="fold")
         for row in map(version_row, outcomes):
             table.add_row(row["kind"], row["recipe"], _mb(row["size_bytes"]), _mb(row["size_gzip_bytes"]),
                           _pct(row["test_accuracy"]), _pct(row["test_macro_f1"]), row["version"])
@@ -247,6 +248,28 @@ def freeze(version: VersionArg, output: OutputOpt = None, no_track: NoTrackOpt =
         with console.spinner("freezing"):
             outcome = run_freeze(version, output, track=not no_track)
         _summary(f"frozen {outcome.version.name if outcome.version else ''}", {**_outcome_rows(outcome)})
+        console.out.print(str(outcome.version))
+
+
+@app.command()
+def compress(
+    version: VersionArg,
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Steps, comma-separated: fp16 | int8.",
+                                        show_default=False)],
+    output: OutputOpt = None,
+    no_track: NoTrackOpt = False,
+) -> None:
+    """Compress a frozen version: float16 or int8 weight storage, dequantized inside the graph.
+
+    The result stays a graph of named constants whose storage is recorded per tensor, so it can be restored and
+    retrained. Its accuracy and size are compared with its parent's and logged.
+    """
+    with _errors():
+        from lifecycle.workflows import run_compress
+
+        with console.spinner(f"compressing ({recipe})"):
+            outcome = run_compress(version, recipe, output, track=not no_track)
+        _summary(f"compressed {outcome.version.name if outcome.version else ''}", _outcome_rows(outcome))
         console.out.print(str(outcome.version))
 
 

@@ -73,7 +73,10 @@ class BPEConfig(_Section):
 
 
 class Word2VecConfig(_Section):
-    enabled: bool = Field(True, description="Train word2vec vectors on the training texts (gensim).")
+    enabled: bool = Field(
+        False, description="Train word2vec vectors on the training texts (gensim) for embedding_init static or "
+        "non-static."
+    )
     dim: int = Field(300, ge=2, description="Vector size; must equal model.embedding_dim.")
     window: int = Field(5, ge=1, description="Context window of word2vec.")
     min_count: int = Field(1, ge=1, description="Words rarer than this get no trained vector.")

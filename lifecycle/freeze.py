@@ -37,10 +37,44 @@ ALLOWED_OPS = frozenset({
 
 
 @dataclass(frozen=True)
+class StoredTensor:
+    """One weight as a graph stores it: float32, float16, or int8 codes with float32 scales along one axis."""
+
+    storage: str
+    value: np.ndarray
+    scale: np.ndarray | None = None
+    axis: int | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.value.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.value.nbytes + (self.scale.nbytes if self.scale is not None else 0))
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 values the graph computes with."""
+        if self.storage == "int8":
+            assert self.scale is not None
+            return self.value.astype(np.float32) * self.scale
+        return self.value.astype(np.float32)
+
+    def nodes(self, name: str) -> list[str]:
+        """The Const nodes holding this tensor in a graph."""
+        return {"float32": [name], "float16": [f"{name}/fp16"], "int8": [f"{name}/q", f"{name}/scale"]}[self.storage]
+
+
+Weights = dict[str, StoredTensor]
+
+
+@dataclass(frozen=True)
 class FrozenGraph:
-    """A frozen graph and where each Keras weight went."""
+    """A frozen graph, the weights it stores and where each Keras weight went."""
 
     graph_def: Any
+    weights: Weights
+    kernel_sizes: tuple[int, ...]
     weight_map: dict[str, str]
     input_dtype: str
     max_len: int
@@ -55,66 +89,129 @@ def input_dtype_for(vocab_size: int) -> str:
     return "int32"
 
 
-def _weights_by_layer(model: keras.Model) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]],
-                                                     np.ndarray, np.ndarray, dict[str, str]]:
-    """The CNN's weights by role, plus the Keras weight path -> const node map."""
-    weight_map: dict[str, str] = {}
+def keras_weights(model: keras.Model) -> tuple[Weights, tuple[int, ...], dict[str, str]]:
+    """The CNN's weights as float32 stored tensors, its kernel widths, and the Keras path -> const name map."""
     try:
         embedding_layer = model.get_layer("embedding")
         output_layer = model.get_layer("output")
     except ValueError as exc:
         raise ModelError(f"model {model.name!r} is not a lifecycle CNN ({exc}).") from None
-    embedding = np.asarray(embedding_layer.embeddings.numpy(), dtype=np.float32)
-    weight_map[embedding_layer.embeddings.path] = "weights/embedding"
-    convs = []
+    pairs = [(embedding_layer.embeddings, "weights/embedding")]
+    widths = []
     for layer in model.layers:
         if layer.name.startswith("conv_"):
             width = int(layer.name.removeprefix("conv_"))
-            kernel, bias = layer.kernel, layer.bias
-            convs.append((width, np.asarray(kernel.numpy(), np.float32), np.asarray(bias.numpy(), np.float32)))
-            weight_map[kernel.path] = f"weights/conv_{width}/kernel"
-            weight_map[bias.path] = f"weights/conv_{width}/bias"
-    if not convs:
+            widths.append(width)
+            pairs += [(layer.kernel, f"weights/conv_{width}/kernel"), (layer.bias, f"weights/conv_{width}/bias")]
+    if not widths:
         raise ModelError(f"model {model.name!r} has no conv_<width> layers; it is not a lifecycle CNN.")
-    out_kernel = np.asarray(output_layer.kernel.numpy(), np.float32)
-    out_bias = np.asarray(output_layer.bias.numpy(), np.float32)
-    weight_map[output_layer.kernel.path] = "weights/output/kernel"
-    weight_map[output_layer.bias.path] = "weights/output/bias"
-    return embedding, convs, out_kernel, out_bias, weight_map
+    pairs += [(output_layer.kernel, "weights/output/kernel"), (output_layer.bias, "weights/output/bias")]
+    weights = {name: StoredTensor("float32", np.asarray(var.numpy(), dtype=np.float32)) for var, name in pairs}
+    return weights, tuple(widths), {var.path: name for var, name in pairs}
+
+
+def _dense(tf: Any, name: str, stored: StoredTensor) -> Any:
+    """A float32 tensor named ``name`` computed from its stored form (a plain Const when stored as float32)."""
+    if stored.storage == "float32":
+        return tf.constant(stored.value, name=name)
+    if stored.storage == "float16":
+        return tf.cast(tf.constant(stored.value, name=f"{name}/fp16"), tf.float32, name=name)
+    codes = tf.cast(tf.constant(stored.value, name=f"{name}/q"), tf.float32)
+    return tf.multiply(codes, tf.constant(stored.scale, name=f"{name}/scale"), name=name)
+
+
+def _embed(tf: Any, stored: StoredTensor, ids: Any) -> Any:
+    """Embedding lookup that gathers the stored rows first, so a float16/int8 table stays small in memory."""
+    name = "weights/embedding"
+    if stored.storage == "float32":
+        return tf.gather(tf.constant(stored.value, name=name), ids, name="embed")
+    if stored.storage == "float16":
+        rows = tf.gather(tf.constant(stored.value, name=f"{name}/fp16"), ids)
+        return tf.cast(rows, tf.float32, name="embed")
+    rows = tf.cast(tf.gather(tf.constant(stored.value, name=f"{name}/q"), ids), tf.float32)
+    scales = tf.gather(tf.constant(stored.scale, name=f"{name}/scale"), ids)
+    return tf.multiply(rows, scales, name="embed")
+
+
+def emit_graph(weights: Weights, kernel_sizes: tuple[int, ...], max_len: int, input_dtype: str) -> Any:
+    """The CNN's inference path as a GraphDef over stored weights (see the module docstring for node names)."""
+    tf = tf_module()
+    graph = tf.Graph()
+    with graph.as_default():
+        ids = tf.compat.v1.placeholder(getattr(tf, input_dtype), [None, max_len], name=INPUT_NAME)
+        # Gather takes int32/int64 indices only; the narrow input keeps requests and the signature small.
+        embedded = _embed(tf, weights["weights/embedding"], tf.cast(ids, tf.int32))
+        pooled = []
+        for width in kernel_sizes:
+            kernel = _dense(tf, f"weights/conv_{width}/kernel", weights[f"weights/conv_{width}/kernel"])
+            bias = _dense(tf, f"weights/conv_{width}/bias", weights[f"weights/conv_{width}/bias"])
+            conv = tf.nn.conv1d(embedded, kernel, stride=1, padding="VALID", name=f"conv_{width}")
+            act = tf.nn.relu(tf.nn.bias_add(conv, bias), name=f"relu_{width}")
+            pooled.append(tf.reduce_max(act, axis=1, name=f"pool_{width}"))
+        features = pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=1, name="concat")
+        w = _dense(tf, "weights/output/kernel", weights["weights/output/kernel"])
+        b = _dense(tf, "weights/output/bias", weights["weights/output/bias"])
+        logits = tf.nn.bias_add(tf.matmul(features, w), b, name="logits")
+        tf.nn.softmax(logits, name=OUTPUT_NAME)
+    return graph.as_graph_def()
 
 
 def freeze_model(model: keras.Model, max_len: int) -> FrozenGraph:
-    """Write the CNN's inference path as a GraphDef whose weights are named Const nodes.
+    """Write the CNN's inference path as a GraphDef whose weights are named float32 Const nodes.
 
     Args:
         model: a model built by ``lifecycle.model.build_model`` (any precision; the graph computes in float32).
         max_len: ids per text, the placeholder's second dimension.
 
     Returns:
-        The GraphDef, the weight map and the input dtype.
+        The GraphDef with its weights, kernel widths, weight map and input dtype.
     """
+    weights, widths, weight_map = keras_weights(model)
+    dtype = input_dtype_for(weights["weights/embedding"].shape[0])
+    return FrozenGraph(emit_graph(weights, widths, max_len, dtype), weights, widths, weight_map, dtype, max_len)
+
+
+def tensor_manifest(weights: Weights) -> dict[str, dict[str, Any]]:
+    """Every weight: logical shape and dtype, storage, stored bytes, its Const nodes (the manifest's ``tensors``)."""
+    return {
+        name: {
+            "shape": list(stored.shape),
+            "dtype": "float32",
+            "storage": stored.storage,
+            "bytes": stored.nbytes,
+            "nodes": stored.nodes(name),
+            **({"axis": stored.axis} if stored.axis is not None else {}),
+        }
+        for name, stored in weights.items()
+    }
+
+
+def read_weights(graph_def: Any, tensors: dict[str, dict[str, Any]], source: Path | str) -> Weights:
+    """The stored weights of a graph, read by the storage the manifest records (restore never guesses)."""
     tf = tf_module()
-    embedding, convs, out_kernel, out_bias, weight_map = _weights_by_layer(model)
-    dtype = input_dtype_for(embedding.shape[0])
-    graph = tf.Graph()
-    with graph.as_default():
-        ids = tf.compat.v1.placeholder(getattr(tf, dtype), [None, max_len], name=INPUT_NAME)
-        table = tf.constant(embedding, name="weights/embedding")
-        # Gather takes int32/int64 indices only; the narrow input keeps requests and the signature small.
-        embedded = tf.gather(table, tf.cast(ids, tf.int32), name="embed")
-        pooled = []
-        for width, kernel, bias in convs:
-            k = tf.constant(kernel, name=f"weights/conv_{width}/kernel")
-            b = tf.constant(bias, name=f"weights/conv_{width}/bias")
-            conv = tf.nn.conv1d(embedded, k, stride=1, padding="VALID", name=f"conv_{width}")
-            act = tf.nn.relu(tf.nn.bias_add(conv, b), name=f"relu_{width}")
-            pooled.append(tf.reduce_max(act, axis=1, name=f"pool_{width}"))
-        features = pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=1, name="concat")
-        w = tf.constant(out_kernel, name="weights/output/kernel")
-        b = tf.constant(out_bias, name="weights/output/bias")
-        logits = tf.nn.bias_add(tf.matmul(features, w), b, name="logits")
-        tf.nn.softmax(logits, name=OUTPUT_NAME)
-    return FrozenGraph(graph.as_graph_def(), weight_map, dtype, max_len)
+    consts = {node.name: node for node in graph_def.node if node.op == "Const"}
+
+    def value(node_name: str) -> np.ndarray:
+        if node_name not in consts:
+            raise ModelError(f"{source}: the manifest names constant {node_name!r}, which the graph lacks.")
+        return tf.make_ndarray(consts[node_name].attr["value"].tensor)
+
+    weights: Weights = {}
+    for name, meta in tensors.items():
+        storage = meta["storage"]
+        if storage == "float32":
+            weights[name] = StoredTensor(storage, value(name))
+        elif storage == "float16":
+            weights[name] = StoredTensor(storage, value(f"{name}/fp16"))
+        elif storage == "int8":
+            weights[name] = StoredTensor(storage, value(f"{name}/q"), value(f"{name}/scale"), meta.get("axis"))
+        else:
+            raise ModelError(f"{source}: tensor {name!r} has unknown storage {storage!r}.")
+        if list(weights[name].shape) != list(meta["shape"]):
+            raise ModelError(
+                f"{source}: tensor {name!r} has shape {weights[name].shape}, manifest says {meta['shape']}."
+            )
+    return weights
 
 
 def graph_ops(graph_def: Any) -> set[str]:
@@ -176,30 +273,3 @@ class GraphRunner:
     def close(self) -> None:
         self.session.close()
 
-
-def graph_tensors(graph_def: Any) -> dict[str, dict[str, Any]]:
-    """Every weight constant of a graph: shape, dtype, storage and bytes (the manifest's ``tensors``)."""
-    tf = tf_module()
-    table: dict[str, dict[str, Any]] = {}
-    for node in graph_def.node:
-        if node.op != "Const" or not node.name.startswith("weights/"):
-            continue
-        tensor = node.attr["value"].tensor
-        dtype = tf.dtypes.as_dtype(tensor.dtype)
-        shape = [int(d.size) for d in tensor.tensor_shape.dim]
-        table[node.name] = {
-            "shape": shape,
-            "dtype": dtype.name,
-            "storage": dtype.name,
-            "bytes": int(np.prod(shape, dtype=np.int64)) * dtype.size,
-        }
-    return table
-
-
-def const_value(graph_def: Any, name: str) -> np.ndarray:
-    """The value of one Const node, as numpy."""
-    tf = tf_module()
-    for node in graph_def.node:
-        if node.name == name and node.op == "Const":
-            return tf.make_ndarray(node.attr["value"].tensor)
-    raise ModelError(f"graph has no constant {name!r}.")

@@ -402,6 +402,118 @@ def _parent_ref(parent: artifacts.Version) -> dict[str, Any]:
             "kind": parent.kind}
 
 
+@dataclass(frozen=True)
+class _GraphCandidate:
+    """A graph about to become a frozen or compressed version, with what was measured on it."""
+
+    kind: str
+    frozen: Any  # lifecycle.freeze.FrozenGraph
+    recipe: list[dict[str, Any]]
+    probabilities: Any
+    compared_on: str
+    labels_y: Any
+    max_abs_diff: float
+    extra: dict[str, Any]
+
+
+def _graph_probabilities(frozen: Any, ids: Any) -> Any:
+    from lifecycle.freeze import GraphRunner
+
+    runner = GraphRunner(frozen.graph_def, f"{frozen.input_dtype} graph", frozen.max_len, frozen.input_dtype)
+    try:
+        return runner.run(ids)
+    finally:
+        runner.close()
+
+
+def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, output: Path | None,
+                         versions_dir: Path | None, track: bool) -> StepOutcome:
+    """Score, write, log and register a frozen or compressed version (shared by freeze and compress)."""
+    import numpy as np
+
+    from lifecycle import evaluate
+    from lifecycle.freeze import GRAPH_FILE, tensor_manifest
+    from tokenization.base import load_tokenizer, serving_copy
+
+    cfg = parent.config
+    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, candidate.kind,
+                                                                                      versions_dir)
+    frozen = candidate.frozen
+    metrics: dict[str, float] = {"max_abs_diff_vs_parent": candidate.max_abs_diff}
+    if candidate.compared_on == "test split":
+        scores = evaluate.evaluate_probabilities(candidate.probabilities, candidate.labels_y, parent.labels)
+        metrics.update(scores.metrics())
+        if "test_accuracy" in parent.manifest.get("metrics", {}):
+            metrics["accuracy_delta_vs_parent"] = scores.accuracy - parent.manifest["metrics"]["test_accuracy"]
+    tensors = tensor_manifest(frozen.weights)
+    params = int(sum(np.prod(t["shape"]) for t in tensors.values()))
+    nonzero = int(sum(np.count_nonzero(w.value) for w in frozen.weights.values()))
+    # The checkpoint at the root of the lineage, with its optimizer slots: the field report's starting point.
+    root_sizes = parent.manifest.get("root_sizes") or parent.manifest["sizes"]
+
+    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
+    tracker = make_tracker(tracking, cfg.name)
+    step = "freeze" if candidate.kind == "frozen" else "compress"
+    recipe_name = "+".join(r["name"] for r in candidate.recipe) or "float32"
+    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path),
+            "lifecycle.recipe": recipe_name}
+    with tracker.run(step, f"{step}-{recipe_name}", tags):
+
+        def build(tmp: Path) -> dict[str, Any]:
+            serving_copy(load_tokenizer(parent.tokenizer_dir)).save(tmp / artifacts.TOKENIZER_DIR)
+            (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
+            (tmp / GRAPH_FILE).write_bytes(frozen.graph_def.SerializeToString())
+            (tmp / "weight_map.json").write_text(json.dumps(frozen.weight_map, indent=1), encoding="utf-8")
+            sizes = {
+                "graph_bytes": (tmp / GRAPH_FILE).stat().st_size,
+                "tokenizer_bytes": artifacts.dir_bytes(tmp / artifacts.TOKENIZER_DIR),
+                "gzip_bytes": _gzip_bytes([tmp / GRAPH_FILE, tmp / artifacts.TOKENIZER_DIR]),
+                "weights_bytes": int(sum(t["bytes"] for t in tensors.values())),
+            }
+            deployed = sizes["graph_bytes"] + sizes["tokenizer_bytes"]
+            metrics.update({
+                "size_bytes": deployed,
+                "size_gzip_bytes": sizes["gzip_bytes"],
+                "size_ratio_vs_checkpoint": deployed / (root_sizes["checkpoint_bytes"] + root_sizes["tokenizer_bytes"]),
+                "params_total": params,
+                "params_nonzero": nonzero,
+            })
+            return {
+                "labels": list(parent.labels),
+                "max_len": parent.max_len,
+                "input": {"name": "input_ids", "dtype": frozen.input_dtype, "shape": [None, parent.max_len]},
+                "output": {"name": "probabilities"},
+                "architecture": {"kernel_sizes": list(frozen.kernel_sizes),
+                                 "vocab_size": frozen.weights["weights/embedding"].shape[0],
+                                 "embedding_dim": frozen.weights["weights/embedding"].shape[1],
+                                 "num_classes": len(parent.labels)},
+                "parent": _parent_ref(parent),
+                "recipe": candidate.recipe,
+                "run_id": tracker.run_id,
+                "params_total": params,
+                "sizes": sizes,
+                "root_sizes": {k: root_sizes[k] for k in ("checkpoint_bytes", "tokenizer_bytes")},
+                "tensors": tensors,
+                "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
+                "check": {"max_abs_diff_vs_parent": candidate.max_abs_diff, "compared_on": candidate.compared_on,
+                          "n": int(len(candidate.probabilities)), **candidate.extra},
+                "data": parent.manifest.get("data"),
+                "config": cfg.to_dict(),
+            }
+
+        version = artifacts.write_version(output, candidate.kind, build)
+        tracker.log_params({"parent": str(parent.path), "input_dtype": frozen.input_dtype, "recipe": recipe_name})
+        tracker.log_metrics(metrics)
+        tracker.log_dict(candidate.recipe, "recipe.json")
+        tracker.log_artifacts(version.path, "version")
+        registered = tracker.register(cfg.name, {"lifecycle.kind": candidate.kind, "lifecycle.recipe": recipe_name,
+                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+        tracker.set_tags({"lifecycle.version": str(version.path)})
+    facts = {"compared on": f"{candidate.compared_on} ({len(candidate.probabilities)})",
+             "input dtype": frozen.input_dtype, "recipe": recipe_name}
+    return StepOutcome(version.path, tracker.last_run_id, registered, metrics, facts)
+
+
 def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | None = None, track: bool = True
                ) -> StepOutcome:
     """Freeze a checkpoint version into one GraphDef of named constants (no optimizer state, no Keras).
@@ -411,97 +523,74 @@ def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | Non
     """
     import numpy as np
 
-    from lifecycle import evaluate
     from lifecycle.backend import tf_module
-    from lifecycle.freeze import GRAPH_FILE, GraphRunner, freeze_model, graph_tensors
-    from tokenization.base import load_tokenizer, serving_copy
+    from lifecycle.freeze import freeze_model
+    from tokenization.base import load_tokenizer
 
     parent = open_version(ref)
     if parent.kind != "checkpoint":
         raise ModelError(f"{parent.path}: freeze takes a checkpoint version; this one is {parent.kind}.")
-    cfg = parent.config
-    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "frozen", versions_dir)
     tf_module()
     import keras
 
     model = keras.saving.load_model(parent.path / artifacts.KERAS_FILE, compile=False)
     frozen = freeze_model(model, parent.max_len)
-    tokenizer = load_tokenizer(parent.tokenizer_dir)
-    arrays, compared_on = _check_arrays(parent, tokenizer)
+    arrays, compared_on = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
     expected = model.predict(arrays.x, batch_size=256, verbose=0)
-    runner = GraphRunner(frozen.graph_def, "frozen graph", parent.max_len, frozen.input_dtype)
-    got = runner.run(arrays.x)
-    runner.close()
+    got = _graph_probabilities(frozen, arrays.x)
     max_abs_diff = float(np.max(np.abs(expected - got)))
-    bound = 1e-5 if cfg.train.precision == "float32" else 2e-2
+    bound = 1e-5 if parent.config.train.precision == "float32" else 2e-2
     if max_abs_diff > bound:
         raise ModelError(f"frozen graph differs from {parent.path} by {max_abs_diff:.2e} (> {bound:g}) on the "
                          f"{compared_on}; nothing written. Report this as a bug with the version attached.")
-    metrics: dict[str, float] = {"freeze_max_abs_diff": max_abs_diff}
-    if compared_on == "test split":
-        scores = evaluate.evaluate_probabilities(got, arrays.y, parent.labels)
-        metrics.update(scores.metrics())
-        if "test_accuracy" in parent.manifest.get("metrics", {}):
-            metrics["accuracy_delta_vs_parent"] = scores.accuracy - parent.manifest["metrics"]["test_accuracy"]
-    tensors = graph_tensors(frozen.graph_def)
-    params = int(sum(np.prod(t["shape"]) for t in tensors.values()))
-
-    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
-    tracker = make_tracker(tracking, cfg.name)
-    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path)}
-    with tracker.run("freeze", f"freeze-{parent.path.name}", tags):
-
-        def build(tmp: Path) -> dict[str, Any]:
-            serving_copy(tokenizer).save(tmp / artifacts.TOKENIZER_DIR)
-            (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
-            (tmp / GRAPH_FILE).write_bytes(frozen.graph_def.SerializeToString())
-            (tmp / "weight_map.json").write_text(json.dumps(frozen.weight_map, indent=1), encoding="utf-8")
-            sizes = {
-                "graph_bytes": (tmp / GRAPH_FILE).stat().st_size,
-                "tokenizer_bytes": artifacts.dir_bytes(tmp / artifacts.TOKENIZER_DIR),
-                "gzip_bytes": _gzip_bytes([tmp / GRAPH_FILE, tmp / artifacts.TOKENIZER_DIR]),
-            }
-            metrics.update({
-                "size_bytes": sizes["graph_bytes"] + sizes["tokenizer_bytes"],
-                "size_gzip_bytes": sizes["gzip_bytes"],
-                "size_ratio_vs_checkpoint": (sizes["graph_bytes"] + sizes["tokenizer_bytes"])
-                / (parent.manifest["sizes"]["checkpoint_bytes"] + parent.manifest["sizes"]["tokenizer_bytes"]),
-                "params_total": params,
-                "params_nonzero": int(sum(np.count_nonzero(v) for v in _weight_values(frozen.graph_def))),
-            })
-            return {
-                "labels": list(parent.labels),
-                "max_len": parent.max_len,
-                "input": {"name": "input_ids", "dtype": frozen.input_dtype, "shape": [None, parent.max_len]},
-                "output": {"name": "probabilities"},
-                "parent": _parent_ref(parent),
-                "recipe": [],
-                "run_id": tracker.run_id,
-                "params_total": params,
-                "sizes": sizes,
-                "tensors": tensors,
-                "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
-                "freeze": {"max_abs_diff": max_abs_diff, "compared_on": compared_on, "n": int(len(arrays.x))},
-                "data": parent.manifest.get("data"),
-                "config": cfg.to_dict(),
-            }
-
-        version = artifacts.write_version(output, "frozen", build)
-        tracker.log_params({"parent": str(parent.path), "input_dtype": frozen.input_dtype})
-        tracker.log_metrics(metrics)
-        tracker.log_artifacts(version.path, "version")
-        registered = tracker.register(cfg.name, {"lifecycle.kind": "frozen",
-                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
-        tracker.set_tags({"lifecycle.version": str(version.path)})
-    facts = {"compared on": f"{compared_on} ({len(arrays.x)})", "input dtype": frozen.input_dtype}
-    return StepOutcome(version.path, tracker.last_run_id, registered, metrics, facts)
+    candidate = _GraphCandidate("frozen", frozen, [], got, compared_on, arrays.y, max_abs_diff, {"bound": bound})
+    return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 
-def _weight_values(graph_def: Any) -> list[Any]:
-    from lifecycle.freeze import const_value
+def load_graph_version(version: artifacts.Version) -> Any:
+    """A frozen or compressed version's graph and stored weights, as a FrozenGraph."""
+    from lifecycle.freeze import GRAPH_FILE, FrozenGraph, check_allowed, read_graph, read_weights
 
-    return [const_value(graph_def, node.name) for node in graph_def.node
-            if node.op == "Const" and node.name.startswith("weights/")]
+    if version.kind not in ("frozen", "compressed"):
+        raise ModelError(f"{version.path}: expected a frozen or compressed version; this one is {version.kind}. "
+                         "Run `lifecycle freeze` on it first.")
+    path = version.path / GRAPH_FILE
+    graph_def = read_graph(path)
+    check_allowed(graph_def, path)
+    weights = read_weights(graph_def, version.manifest["tensors"], path)
+    weight_map = json.loads((version.path / "weight_map.json").read_text(encoding="utf-8"))
+    kernel_sizes = tuple(version.manifest["architecture"]["kernel_sizes"])
+    return FrozenGraph(graph_def, weights, kernel_sizes, weight_map, version.manifest["input"]["dtype"],
+                       version.max_len)
+
+
+def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_dir: Path | None = None,
+                 track: bool = True) -> StepOutcome:
+    """Apply a compression recipe (``fp16``, ``int8``, ...) to a frozen or compressed version.
+
+    Every step transforms the stored weights; the graph is then written again over them. The new version's
+    probabilities are compared with its parent's on the test split and the difference is recorded.
+    """
+    import numpy as np
+
+    from lifecycle.compress import apply_recipe, parse_recipe
+    from lifecycle.freeze import FrozenGraph, emit_graph
+    from tokenization.base import load_tokenizer
+
+    steps = parse_recipe(recipe)
+    parent = open_version(ref)
+    source = load_graph_version(parent)
+    weights, reports = apply_recipe(source.weights, steps)
+    graph_def = emit_graph(weights, source.kernel_sizes, source.max_len, source.input_dtype)
+    frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, source.input_dtype,
+                         source.max_len)
+    arrays, compared_on = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
+    expected = _graph_probabilities(source, arrays.x)
+    got = _graph_probabilities(frozen, arrays.x)
+    max_abs_diff = float(np.max(np.abs(expected - got)))
+    full_recipe = [*parent.manifest.get("recipe", []), *[r.as_dict() for r in reports]]
+    candidate = _GraphCandidate("compressed", frozen, full_recipe, got, compared_on, arrays.y, max_abs_diff, {})
+    return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 
 def run_inspect(ref: str) -> dict[str, Any]:
@@ -523,12 +612,14 @@ def run_inspect(ref: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- pipeline
 
 
+PIPELINE_RECIPES = ("fp16", "int8")
+
+
 def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path | None = None,
                  progress: Any = None) -> list[StepOutcome]:
-    """The main job: tokenizer -> train -> evaluate -> freeze, as child runs of one ``pipeline`` parent run.
-
-    Compression variants join this chain as they land (see the project's issues). ``output``, when given, is a
-    directory that receives one version per step (``checkpoint/``, ``frozen/``).
+    """The main job: tokenizer -> train -> evaluate -> freeze -> compress (each of PIPELINE_RECIPES), as child
+    runs of one ``pipeline`` parent run. ``output``, when given, is a directory that receives one version per step
+    (``checkpoint/``, ``frozen/``, ``fp16/``, ``int8/``).
     """
     from lifecycle.console import Stage
 
@@ -547,9 +638,16 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
         stage("freezing")
         frozen = run_freeze(str(trained.version), output / "frozen" if output else None, versions_dir=versions_dir,
                             track=cfg.tracking.enabled)
-        stage.done()
         outcomes.append(frozen)
-        tracker.log_metrics({f"{kind}.{key}": value for kind, outcome in (("checkpoint", trained), ("frozen", frozen))
+        for recipe in PIPELINE_RECIPES:
+            stage(f"compressing: {recipe}")
+            target = output / recipe.replace(",", "+") if output else None
+            outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir,
+                                         track=cfg.tracking.enabled))
+        stage.done()
+        # One metric per version and key (checkpoint.size_bytes, int8.test_accuracy...) so the parent run compares.
+        tracker.log_metrics({f"{row['recipe'] if row['recipe'] != '-' else row['kind']}.{key}": value
+                             for outcome, row in ((o, version_row(o)) for o in outcomes)
                              for key, value in outcome.metrics.items()})
         tracker.log_table([version_row(o) for o in outcomes], "versions.json")
     return outcomes

@@ -23,3 +23,12 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, tracking_u
     return {"cfg": cfg, "outcome": outcome, "root": root}
 
 
+
+
+@pytest.fixture(scope="session")
+def frozen(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The session's MR model frozen once."""
+    from lifecycle.workflows import run_freeze
+
+    out = tmp_path_factory.mktemp("frozen") / "f1"
+    return {"outcome": run_freeze(str(trained["outcome"].version), out), "parent": trained["outcome"]}

@@ -63,7 +63,8 @@ def test_cross_field_rule_word2vec_needs_word_tokenizer() -> None:
 
 def test_word2vec_dim_must_match_embedding() -> None:
     with pytest.raises(ConfigError, match=r"word2vec\.dim \(64\) must equal model\.embedding_dim \(300\)"):
-        load_config(None, ["model.embedding_init=static", "tokenizer.word.word2vec.dim=64"])
+        load_config(None, ["model.embedding_init=static", "tokenizer.word.word2vec.enabled=true",
+                           "tokenizer.word.word2vec.dim=64"])
 
 
 def test_missing_and_invalid_yaml(tmp_path: Path) -> None:

@@ -13,14 +13,6 @@ from lifecycle import artifacts
 from lifecycle.errors import ModelError
 
 
-@pytest.fixture(scope="module")
-def frozen(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from lifecycle.workflows import run_freeze
-
-    out = tmp_path_factory.mktemp("frozen") / "f1"
-    return {"outcome": run_freeze(str(trained["outcome"].version), out), "parent": trained["outcome"]}
-
-
 def test_frozen_version_layout_and_names(frozen: dict) -> None:
     version = artifacts.load_version(frozen["outcome"].version)
     assert version.kind == "frozen"
@@ -41,8 +33,8 @@ def test_frozen_predictions_equal_checkpoint(frozen: dict, data_dir: Path) -> No
     from lifecycle.inference import Predictor
 
     manifest = artifacts.load_version(frozen["outcome"].version).manifest
-    assert manifest["freeze"]["compared_on"] == "test split"
-    assert manifest["freeze"]["max_abs_diff"] <= 1e-5
+    assert manifest["check"]["compared_on"] == "test split"
+    assert manifest["check"]["max_abs_diff_vs_parent"] <= 1e-5
     texts = [line.decode("cp1252") for line in (data_dir / "MR" / "rt-polarity.neg").read_bytes().split(b"\n")[:50]]
     checkpoint = Predictor(artifacts.load_version(frozen["parent"].version)).predict_proba(texts)
     graph = Predictor(artifacts.load_version(frozen["outcome"].version)).predict_proba(texts)
@@ -66,7 +58,7 @@ def test_freeze_run_is_tracked_with_parent_and_registered(frozen: dict, tracking
     assert run.data.tags["lifecycle.step"] == "freeze"
     assert run.data.tags["lifecycle.parent_run"] == frozen["parent"].run_id
     for key in ("size_bytes", "size_gzip_bytes", "size_ratio_vs_checkpoint", "params_total", "params_nonzero",
-                "test_accuracy", "accuracy_delta_vs_parent", "freeze_max_abs_diff"):
+                "test_accuracy", "accuracy_delta_vs_parent", "max_abs_diff_vs_parent"):
         assert key in run.data.metrics, key
     model_version = client.get_model_version("mr-slice", frozen["outcome"].registered)
     assert model_version.tags["lifecycle.kind"] == "frozen"

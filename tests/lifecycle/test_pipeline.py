@@ -23,24 +23,29 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "v" / "frozen")
+    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "v" / "int8")
     assert "default versions" in done.stdout and "checkpoint" in done.stdout
     manifest = json.loads((tmp_path / "v" / "checkpoint" / "manifest.json").read_text())
     assert manifest["kind"] == "checkpoint" and len(manifest["labels"]) >= 15
     assert manifest["data"]["source"].startswith("chatterbot-corpus")
     frozen = json.loads((tmp_path / "v" / "frozen" / "manifest.json").read_text())
-    assert frozen["kind"] == "frozen" and frozen["freeze"]["max_abs_diff"] <= 1e-5
+    assert frozen["kind"] == "frozen" and frozen["check"]["max_abs_diff_vs_parent"] <= 1e-5
 
     import mlflow
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("default").experiment_id])
     steps = {r.data.tags["lifecycle.step"]: r for r in runs}
-    assert set(steps) == {"pipeline", "train", "freeze"}
+    assert {r.data.tags["lifecycle.step"] for r in runs} == {"pipeline", "train", "freeze", "compress"}
+    assert sorted(r.data.tags.get("lifecycle.recipe", "") for r in runs if r.data.tags["lifecycle.step"] == "compress"
+                  ) == ["fp16", "int8"]
     assert steps["train"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
     assert steps["freeze"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
     assert all(r.info.status == "FINISHED" for r in runs)
     assert "frozen.test_accuracy" in steps["pipeline"].data.metrics
+    assert "int8.size_bytes" in steps["pipeline"].data.metrics
+    int8 = json.loads((tmp_path / "v" / "int8" / "manifest.json").read_text())
+    assert int8["sizes"]["graph_bytes"] < 0.3 * frozen["sizes"]["graph_bytes"]
 
 
 def test_tokenizer_train_cli_reports_coverage(tmp_path: Path) -> None:

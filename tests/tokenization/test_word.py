@@ -109,13 +109,14 @@ def test_untrained_rows_are_kim_uniform() -> None:
 
 def test_word2vec_min_count_leaves_rare_words_random(word_cfg) -> None:
     texts = ["alpha beta", "alpha gamma", "alpha beta"]
-    tokenizer = train_tokenizer(texts, word_cfg(word2vec={"dim": 4, "min_count": 2, "epochs": 1, "workers": 1}))
+    w2v = {"enabled": True, "dim": 4, "min_count": 2, "epochs": 1, "workers": 1}
+    tokenizer = train_tokenizer(texts, word_cfg(word2vec=w2v))
     assert tokenizer.vocab_size == N_SPECIAL + 3
     assert tokenizer.n_pretrained == 2  # alpha, beta; gamma is seen once
 
 
 def test_word2vec_without_frequent_words_warns(word_cfg, caplog: pytest.LogCaptureFixture) -> None:
-    cfg = word_cfg(word2vec={"dim": 4, "min_count": 5, "epochs": 1, "workers": 1})
+    cfg = word_cfg(word2vec={"enabled": True, "dim": 4, "min_count": 5, "epochs": 1, "workers": 1})
     with caplog.at_level(logging.WARNING, logger="tokenization.word"):
         tokenizer = train_tokenizer(TOY, cfg)
     assert tokenizer.n_pretrained == 0 and tokenizer.vectors.shape == (tokenizer.vocab_size, 4)
@@ -123,7 +124,7 @@ def test_word2vec_without_frequent_words_warns(word_cfg, caplog: pytest.LogCaptu
 
 
 def test_same_seed_same_result(chatterbot_texts, word_cfg) -> None:
-    cfg = word_cfg(min_count=2, word2vec={"dim": 8, "epochs": 1, "workers": 1})
+    cfg = word_cfg(min_count=2, word2vec={"enabled": True, "dim": 8, "epochs": 1, "workers": 1})
     first = train_tokenizer(chatterbot_texts, cfg, seed=3)
     second = train_tokenizer(chatterbot_texts, cfg, seed=3)
     assert first.vocab == second.vocab
@@ -156,12 +157,12 @@ def test_missing_gensim_is_a_dependency_error(word_cfg, monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "gensim", None)
     monkeypatch.setitem(sys.modules, "gensim.models", None)
     with pytest.raises(DependencyError, match="pip install gensim"):
-        train_tokenizer(TOY, word_cfg(word2vec={"dim": 4}))
+        train_tokenizer(TOY, word_cfg(word2vec={"enabled": True, "dim": 4}))
 
 
 @pytest.fixture
 def saved(word_cfg, tmp_path: Path) -> Path:
-    tokenizer = train_tokenizer(TOY, word_cfg(word2vec={"dim": 4, "epochs": 1, "workers": 1}))
+    tokenizer = train_tokenizer(TOY, word_cfg(word2vec={"enabled": True, "dim": 4, "epochs": 1, "workers": 1}))
     tokenizer.save(tmp_path)
     return tmp_path
 

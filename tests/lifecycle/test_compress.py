@@ -1,0 +1,125 @@
+"""Compression: fp16 and int8 storage shrink the graph within their error bounds, record their storage, and refuse
+bad recipes and re-quantization without writing anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lifecycle import artifacts
+from lifecycle.compress import parse_recipe, quantize_int8_array
+from lifecycle.errors import ConfigError, ModelError
+
+
+def test_int8_per_channel_error_bound() -> None:
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(3, 32, 16)).astype(np.float32)
+    kernel[..., 5] = 0.0  # a channel pruned to zero stays exactly zero
+    codes, scale = quantize_int8_array(kernel, axis=-1)
+    assert codes.dtype == np.int8 and scale.shape == (16,)
+    error = np.abs(codes * scale - kernel)
+    assert np.all(error <= scale / 2 + 1e-7)
+    assert not (codes[..., 5]).any()
+    table = rng.normal(size=(50, 8)).astype(np.float32)
+    codes, scale = quantize_int8_array(table, axis=0)
+    assert scale.shape == (50, 1)  # one scale per row, broadcast after the gather
+    assert np.all(np.abs(codes * scale - table) <= scale / 2 + 1e-7)
+    assert np.abs(codes).max() == 127
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("int9", "unknown step 'int9'"),
+    ("", "names no step"),
+    ("fp16,int8", "alternative storages"),
+    ("int8:0.5", "takes no parameter"),
+])
+def test_bad_recipes(recipe: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe(recipe)
+
+
+@pytest.fixture(scope="module")
+def compressed(frozen: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from lifecycle.workflows import run_compress
+
+    root = tmp_path_factory.mktemp("compressed")
+    source = str(frozen["outcome"].version)
+    return {"fp16": run_compress(source, "fp16", root / "fp16"), "int8": run_compress(source, "int8", root / "int8"),
+            "root": root}
+
+
+def test_storage_is_recorded_per_tensor(compressed: dict) -> None:
+    for recipe, storage in (("fp16", "float16"), ("int8", "int8")):
+        manifest = artifacts.load_version(compressed[recipe].version).manifest
+        assert manifest["kind"] == "compressed"
+        assert [step["name"] for step in manifest["recipe"]] == [recipe]
+        for name, meta in manifest["tensors"].items():
+            expected = "float32" if recipe == "int8" and name.endswith("/bias") else storage
+            assert meta["storage"] == expected, name
+        assert manifest["tensors"]["weights/embedding"]["dtype"] == "float32"  # the logical dtype is unchanged
+
+
+def test_sizes_shrink_and_accuracy_stays(compressed: dict, frozen: dict) -> None:
+    base = artifacts.load_version(frozen["outcome"].version).manifest["sizes"]["weights_bytes"]
+    fp16 = artifacts.load_version(compressed["fp16"].version).manifest["sizes"]["weights_bytes"]
+    int8 = artifacts.load_version(compressed["int8"].version).manifest["sizes"]["weights_bytes"]
+    assert fp16 == pytest.approx(base / 2, rel=1e-3)
+    # 32-d rows carry a 4-byte scale each (12% here; 1.3% at 300-d), so int8 is a bit over a quarter.
+    assert int8 < 0.3 * base
+    assert abs(compressed["fp16"].metrics["accuracy_delta_vs_parent"]) <= 0.005
+    assert abs(compressed["int8"].metrics["accuracy_delta_vs_parent"]) <= 0.02
+    assert compressed["fp16"].metrics["max_abs_diff_vs_parent"] < 5e-3
+    assert compressed["int8"].metrics["size_bytes"] < compressed["fp16"].metrics["size_bytes"]
+
+
+def test_stored_weights_round_trip_through_the_graph(compressed: dict, frozen: dict) -> None:
+    from lifecycle.workflows import load_graph_version
+
+    parent = load_graph_version(artifacts.load_version(frozen["outcome"].version))
+    child = load_graph_version(artifacts.load_version(compressed["int8"].version))
+    for name, stored in child.weights.items():
+        original = parent.weights[name].dequantize()
+        if stored.storage == "int8":
+            assert stored.value.dtype == np.int8
+            assert np.all(np.abs(stored.dequantize() - original) <= stored.scale / 2 + 1e-7)
+        else:
+            np.testing.assert_array_equal(stored.dequantize(), original)
+
+
+def test_compressed_version_predicts_like_its_parent(compressed: dict, frozen: dict) -> None:
+    from lifecycle.inference import Predictor
+
+    texts = ["an utterly charming and hilarious film", "a boring , lifeless mess", "it is a movie"]
+    parent = Predictor(artifacts.load_version(frozen["outcome"].version)).predict_proba(texts)
+    child = Predictor(artifacts.load_version(compressed["int8"].version)).predict_proba(texts)
+    assert np.abs(parent - child).max() < 0.05
+
+
+def test_requantizing_int8_is_refused_and_writes_nothing(compressed: dict, tmp_path: Path) -> None:
+    from lifecycle.workflows import run_compress
+
+    for recipe in ("int8", "fp16"):
+        with pytest.raises(ModelError, match="already stored as int8"):
+            run_compress(str(compressed["int8"].version), recipe, tmp_path / recipe)
+        assert not (tmp_path / recipe).exists()
+
+
+def test_compressing_a_checkpoint_is_refused(trained: dict, tmp_path: Path) -> None:
+    from lifecycle.workflows import run_compress
+
+    with pytest.raises(ModelError, match="expected a frozen or compressed version; this one is checkpoint"):
+        run_compress(str(trained["outcome"].version), "int8", tmp_path / "x")
+
+
+def test_compress_cli_bad_recipe_exit_code(frozen: dict, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lifecycle.cli import app
+
+    result = CliRunner().invoke(app, ["compress", str(frozen["outcome"].version), "--recipe", "int4",
+                                      "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "unknown step 'int4'" in result.output
+    assert not (tmp_path / "x").exists()
