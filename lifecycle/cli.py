@@ -83,7 +83,8 @@ def _summary(title: str, rows: dict[str, Any]) -> None:
 def _outcome_rows(outcome: Any) -> dict[str, Any]:
     keys = ("test_accuracy", "test_macro_f1", "accuracy_delta_vs_parent", "train_seconds", "size_bytes",
             "size_gzip_bytes", "size_ratio_vs_checkpoint", "size_bytes_checkpoint", "size_bytes_optimizer",
-            "params_total", "params_nonzero", "max_abs_diff_vs_parent")
+            "params_total", "params_nonzero", "max_abs_diff_vs_parent", "load_seconds", "first_call_ms",
+            "latency_p50_ms", "latency_p99_ms", "throughput_per_s")
     rows = {k: outcome.metrics[k] for k in keys if k in outcome.metrics}
     rows.update(outcome.facts)
     if outcome.run_id:
@@ -91,6 +92,16 @@ def _outcome_rows(outcome: Any) -> dict[str, Any]:
     if outcome.registered:
         rows["registered"] = f"version {outcome.registered}"
     return rows
+
+
+def _read_lines(file: Path) -> list[str]:
+    """A --file of texts, one per line (split on \\n only)."""
+    try:
+        return file.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise DataError(f"{file}: no such file (--file). Pass a UTF-8 text file, one text per line.") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{file}: not UTF-8 at byte {exc.start} (--file). Convert it to UTF-8.") from None
 
 
 def _mb(value: float | None) -> str:
@@ -212,12 +223,7 @@ def predict(
     with _errors():
         items = list(texts or [])
         if file is not None:
-            try:
-                items += [line for line in file.read_text(encoding="utf-8").split("\n") if line.strip()]
-            except FileNotFoundError:
-                raise DataError(f"{file}: no such file (--file). Pass a UTF-8 text file, one text per line.") from None
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{file}: not UTF-8 at byte {exc.start} (--file). Convert it to UTF-8.") from None
+            items += [line for line in _read_lines(file) if line.strip()]
         from lifecycle.workflows import run_predict
 
         results = run_predict(version, items, top_k=top_k)
@@ -271,6 +277,34 @@ def compress(
             outcome = run_compress(version, recipe, output, track=not no_track)
         _summary(f"compressed {outcome.version.name if outcome.version else ''}", _outcome_rows(outcome))
         console.out.print(str(outcome.version))
+
+
+@app.command()
+def bench(
+    versions: Annotated[list[str], typer.Argument(help="Versions to measure side by side.", show_default=False)],
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Sample texts, one per line (default: the first "
+                                                                   "version's test split).")] = None,
+    calls: Annotated[int, typer.Option(min=10, help="Batch-1 calls for the latency percentiles.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Rows as JSON on stdout.")] = False,
+) -> None:
+    """Measure versions in one process: load time, first call, batch-1 p50/p99, throughput, memory, size."""
+    with _errors():
+        texts = None
+        if file is not None:
+            texts = [line for line in _read_lines(file) if line.strip()]
+        from lifecycle.workflows import run_bench
+
+        rows = run_bench(versions, texts, calls)
+        if as_json:
+            console.out.print_json(json.dumps(rows))
+            return
+        table = Table("kind", "recipe", "size", "load s", "first call ms", "p50 ms", "p99 ms", "texts/s", "RSS MB")
+        table.add_column("version", overflow="fold")
+        for r in rows:
+            table.add_row(r["kind"], r["recipe"], _mb(r["size_bytes"]), f"{r['load_seconds']:.2f}",
+                          f"{r['first_call_ms']:.2f}", f"{r['latency_p50_ms']:.2f}", f"{r['latency_p99_ms']:.2f}",
+                          f"{r['throughput_per_s']:.0f}", f"{r['rss_mb']:.1f}", r["version"])
+        console.out.print(table)
 
 
 @app.command()

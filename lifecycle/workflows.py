@@ -367,8 +367,8 @@ def run_predict(ref: str, texts: Sequence[str], top_k: int = 1) -> list[Any]:
 # ---------------------------------------------------------------- freeze
 
 
-def _check_arrays(version: artifacts.Version, tokenizer: Any) -> tuple[Any, str]:
-    """Ids to compare two forms of a model on: the version's test split, else (data unreadable) seeded random ids."""
+def _check_arrays(version: artifacts.Version, tokenizer: Any) -> tuple[Any, str, list[str]]:
+    """Ids (and their texts) to compare two forms of a model on: the version's test split, else seeded random ids."""
     import numpy as np
 
     from lifecycle.dataset import encode_examples
@@ -376,14 +376,15 @@ def _check_arrays(version: artifacts.Version, tokenizer: Any) -> tuple[Any, str]
     cfg = version.config
     try:
         corpus = load_corpus(cfg.data, cfg.name)
-        return encode_examples(corpus.test, tokenizer, version.labels, version.max_len, corpus.source), "test split"
+        arrays = encode_examples(corpus.test, tokenizer, version.labels, version.max_len, corpus.source)
+        return arrays, "test split", list(corpus.test.texts)
     except DataError as exc:
         log.warning("%s; comparing on random ids instead", exc)
         rng = np.random.default_rng(cfg.train.seed)
         from lifecycle.train import Arrays
 
         x = rng.integers(0, tokenizer.vocab_size, size=(256, version.max_len), dtype=np.int32)
-        return Arrays(x, np.zeros(256, dtype=np.int32)), "random ids"
+        return Arrays(x, np.zeros(256, dtype=np.int32)), "random ids", tokenizer.decode(x)
 
 
 def _gzip_bytes(paths: Sequence[Path]) -> int:
@@ -414,6 +415,7 @@ class _GraphCandidate:
     labels_y: Any
     max_abs_diff: float
     extra: dict[str, Any]
+    texts: list[str]
 
 
 def _graph_probabilities(frozen: Any, ids: Any) -> Any:
@@ -502,6 +504,9 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
             }
 
         version = artifacts.write_version(output, candidate.kind, build)
+        from lifecycle.bench import measure
+
+        metrics.update(measure(version, candidate.texts[:256]).metrics())
         tracker.log_params({"parent": str(parent.path), "input_dtype": frozen.input_dtype, "recipe": recipe_name})
         tracker.log_metrics(metrics)
         tracker.log_dict(candidate.recipe, "recipe.json")
@@ -535,7 +540,7 @@ def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | Non
 
     model = keras.saving.load_model(parent.path / artifacts.KERAS_FILE, compile=False)
     frozen = freeze_model(model, parent.max_len)
-    arrays, compared_on = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
+    arrays, compared_on, texts = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
     expected = model.predict(arrays.x, batch_size=256, verbose=0)
     got = _graph_probabilities(frozen, arrays.x)
     max_abs_diff = float(np.max(np.abs(expected - got)))
@@ -543,7 +548,8 @@ def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | Non
     if max_abs_diff > bound:
         raise ModelError(f"frozen graph differs from {parent.path} by {max_abs_diff:.2e} (> {bound:g}) on the "
                          f"{compared_on}; nothing written. Report this as a bug with the version attached.")
-    candidate = _GraphCandidate("frozen", frozen, [], got, compared_on, arrays.y, max_abs_diff, {"bound": bound})
+    candidate = _GraphCandidate("frozen", frozen, [], got, compared_on, arrays.y, max_abs_diff, {"bound": bound},
+                                texts)
     return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 
@@ -584,13 +590,42 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     graph_def = emit_graph(weights, source.kernel_sizes, source.max_len, source.input_dtype)
     frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, source.input_dtype,
                          source.max_len)
-    arrays, compared_on = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
+    arrays, compared_on, texts = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
     expected = _graph_probabilities(source, arrays.x)
     got = _graph_probabilities(frozen, arrays.x)
     max_abs_diff = float(np.max(np.abs(expected - got)))
     full_recipe = [*parent.manifest.get("recipe", []), *[r.as_dict() for r in reports]]
-    candidate = _GraphCandidate("compressed", frozen, full_recipe, got, compared_on, arrays.y, max_abs_diff, {})
+    candidate = _GraphCandidate("compressed", frozen, full_recipe, got, compared_on, arrays.y, max_abs_diff, {},
+                                texts)
     return _write_graph_version(parent, candidate, output, versions_dir, track)
+
+
+def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: int = 200) -> list[dict[str, Any]]:
+    """Serving figures of several versions measured side by side in this one process.
+
+    Texts default to the first version's test split (or random ids decoded, when its data is not readable).
+    """
+    from lifecycle.backend import tf_module
+    from lifecycle.bench import measure
+    from tokenization.base import load_tokenizer
+
+    # TensorFlow and Keras are imported before the first measurement, so no version is charged for them.
+    tf_module()
+    import keras  # noqa: F401
+
+    versions = [open_version(ref) for ref in refs]
+    if not texts:
+        _, _, sample = _check_arrays(versions[0], load_tokenizer(versions[0].tokenizer_dir))
+        texts = sample[:256]
+    rows = []
+    for version in versions:
+        stats = measure(version, list(texts), calls=calls)
+        sizes = version.manifest.get("sizes", {})
+        size = (sizes.get("checkpoint_bytes") or sizes.get("graph_bytes", 0)) + sizes.get("tokenizer_bytes", 0)
+        rows.append({"version": str(version.path), "kind": version.kind,
+                     "recipe": "+".join(r["name"] for r in version.manifest.get("recipe", [])) or "-",
+                     "size_bytes": size, **stats.metrics()})
+    return rows
 
 
 def run_inspect(ref: str) -> dict[str, Any]:

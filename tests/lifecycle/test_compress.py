@@ -123,3 +123,22 @@ def test_compress_cli_bad_recipe_exit_code(frozen: dict, tmp_path: Path) -> None
     assert result.exit_code == 2
     assert "unknown step 'int4'" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_bench_measures_versions_side_by_side(compressed: dict, frozen: dict) -> None:
+    import json as json_lib
+
+    from typer.testing import CliRunner
+
+    from lifecycle.cli import app
+
+    refs = [str(frozen["outcome"].version), str(compressed["int8"].version)]
+    result = CliRunner().invoke(app, ["bench", *refs, "--calls", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json_lib.loads(result.output)
+    assert [row["recipe"] for row in rows] == ["-", "int8"]
+    for row in rows:
+        for key in ("load_seconds", "first_call_ms", "latency_p50_ms", "latency_p99_ms", "throughput_per_s"):
+            assert row[key] > 0, key
+        assert row["latency_p99_ms"] >= row["latency_p50_ms"]
+    assert rows[1]["size_bytes"] < rows[0]["size_bytes"]

@@ -58,7 +58,8 @@ def test_freeze_run_is_tracked_with_parent_and_registered(frozen: dict, tracking
     assert run.data.tags["lifecycle.step"] == "freeze"
     assert run.data.tags["lifecycle.parent_run"] == frozen["parent"].run_id
     for key in ("size_bytes", "size_gzip_bytes", "size_ratio_vs_checkpoint", "params_total", "params_nonzero",
-                "test_accuracy", "accuracy_delta_vs_parent", "max_abs_diff_vs_parent"):
+                "test_accuracy", "accuracy_delta_vs_parent", "max_abs_diff_vs_parent", "load_seconds", "first_call_ms",
+                "latency_p50_ms", "latency_p99_ms", "throughput_per_s", "rss_mb"):
         assert key in run.data.metrics, key
     model_version = client.get_model_version("mr-slice", frozen["outcome"].registered)
     assert model_version.tags["lifecycle.kind"] == "frozen"
