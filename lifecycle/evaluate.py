@@ -86,3 +86,34 @@ def plot_confusion(evaluation: Evaluation, path: Path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_size_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Deployed size (log axis) against test accuracy, one labelled point per version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for row in rows:
+        if row.get("test_accuracy") is None or not row.get("size_bytes"):
+            continue
+        label = row["recipe"] if row["recipe"] != "-" else row["kind"]
+        x, y = row["size_bytes"] / 1e6, 100 * row["test_accuracy"]
+        ax.scatter([x], [y], s=40)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("deployed size, MB (graph or checkpoint + tokenizer; log scale)")
+    ax.set_ylabel("test accuracy, %")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -684,7 +684,14 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
         tracker.log_metrics({f"{row['recipe'] if row['recipe'] != '-' else row['kind']}.{key}": value
                              for outcome, row in ((o, version_row(o)) for o in outcomes)
                              for key, value in outcome.metrics.items()})
-        tracker.log_table([version_row(o) for o in outcomes], "versions.json")
+        rows = [version_row(o) for o in outcomes]
+        tracker.log_table(rows, "versions.json")
+        if tracker.enabled:
+            from lifecycle.evaluate import plot_size_accuracy
+
+            with tempfile.TemporaryDirectory() as tmp:
+                tracker.log_artifact(plot_size_accuracy(rows, Path(tmp) / "size_vs_accuracy.png",
+                                                        f"{cfg.name}: size vs accuracy"))
     return outcomes
 
 

@@ -44,6 +44,8 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
     assert all(r.info.status == "FINISHED" for r in runs)
     assert "frozen.test_accuracy" in steps["pipeline"].data.metrics
     assert "int8.size_bytes" in steps["pipeline"].data.metrics
+    parent_files = {a.path for a in client.list_artifacts(steps["pipeline"].info.run_id)}
+    assert {"size_vs_accuracy.png", "versions.json"} <= parent_files
     int8 = json.loads((tmp_path / "v" / "int8" / "manifest.json").read_text())
     assert int8["sizes"]["graph_bytes"] < 0.3 * frozen["sizes"]["graph_bytes"]
 
