@@ -66,7 +66,7 @@ def plot_confusion(evaluation: Evaluation, path: Path, title: str) -> Path:
 
     matrix = evaluation.confusion
     n = len(evaluation.labels)
-    size = max(4.0, 0.45 * n + 2)
+    size = max(5.5, 0.45 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     rows = matrix.sum(axis=1, keepdims=True).clip(min=1)
     ax.imshow(matrix / rows, cmap="Blues", vmin=0, vmax=1)
@@ -74,7 +74,8 @@ def plot_confusion(evaluation: Evaluation, path: Path, title: str) -> Path:
     ax.set_yticks(range(n), evaluation.labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title}\naccuracy {evaluation.accuracy:.3f}, macro-F1 {evaluation.macro_f1:.3f}, n={evaluation.n}")
+    ax.set_title(f"{title}\naccuracy {evaluation.accuracy:.3f}, macro-F1 {evaluation.macro_f1:.3f}, n={evaluation.n}",
+                 fontsize=10)
     if n <= 25:
         for i in range(n):
             for j in range(n):
