@@ -160,12 +160,13 @@ def pipeline(
         from lifecycle.workflows import run_pipeline, version_row
 
         outcomes = _with_progress(lambda p: run_pipeline(cfg, output, progress=p))
-        table = Table("kind", "recipe", "size", "gzip", "test acc", "macro-F1", title=f"{cfg.name} versions",
-                      title_justify="left")
+        table = Table(title=f"{cfg.name} versions (under {outcomes[0].version.parent})", title_justify="left")
+        for column in ("kind", "recipe", "size", "gzip", "test acc", "macro-F1"):
+            table.add_column(column, no_wrap=True)
         table.add_column("version", overflow="fold")
         for row in map(version_row, outcomes):
             table.add_row(row["kind"], row["recipe"], _mb(row["size_bytes"]), _mb(row["size_gzip_bytes"]),
-                          _pct(row["test_accuracy"]), _pct(row["test_macro_f1"]), row["version"])
+                          _pct(row["test_accuracy"]), _pct(row["test_macro_f1"]), Path(row["version"]).name)
         console.out.print(table)
         if outcomes[0].run_id:
             console.out.print(f"MLflow: experiment {cfg.name!r}, train run {outcomes[0].run_id}")
@@ -260,12 +261,13 @@ def freeze(version: VersionArg, output: OutputOpt = None, no_track: NoTrackOpt =
 @app.command()
 def compress(
     version: VersionArg,
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Steps, comma-separated: fp16 | int8.",
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Steps in order, comma-separated: fp16 | int8 | prune:S "
+                                        "(e.g. prune:0.8,int8).",
                                         show_default=False)],
     output: OutputOpt = None,
     no_track: NoTrackOpt = False,
 ) -> None:
-    """Compress a frozen version: float16 or int8 weight storage, dequantized inside the graph.
+    """Compress a frozen version: float16 or int8 storage, magnitude pruning; dequantized inside the graph.
 
     The result stays a graph of named constants whose storage is recorded per tensor, so it can be restored and
     retrained. Its accuracy and size are compared with its parent's and logged.

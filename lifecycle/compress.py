@@ -1,12 +1,13 @@
 """Compression steps: pure functions over a graph's stored weights, each returning the new weights and a report.
 
-A recipe is a comma-separated list of steps applied in order (``--recipe fp16`` or ``--recipe int8``). The storage
-of every tensor is recorded in the version's manifest, so restore knows how to read it back.
+A recipe is a comma-separated list of steps applied in order (``--recipe int8``, ``--recipe prune:0.8,int8``). The
+storage of every tensor is recorded in the version's manifest, so restore knows how to read it back.
 
 - ``fp16``: float16 storage, cast to float32 inside the graph (the embedding after its gather).
 - ``int8``: symmetric int8 codes with a float32 scale per output channel (conv and dense kernels) or per row
   (embedding), dequantized inside the graph; the embedding is gathered as int8 first, so memory stays int8.
   Biases stay float32: they are a fraction of a percent of the bytes and carry the most precision per byte.
+- ``prune:S``: magnitude pruning of each kernel and the embedding to sparsity S (zeros, which gzip shrinks).
 """
 
 from __future__ import annotations
@@ -106,10 +107,40 @@ def quantize_int8(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
     return out, tuple(changed)
 
 
-STEPS: dict[str, Callable[[Weights], tuple[Weights, tuple[str, ...]]]] = {
+def prune_magnitude(weights: Weights, sparsity: float) -> tuple[Weights, tuple[str, ...]]:
+    """Zero the smallest-magnitude ``sparsity`` fraction of each kernel and of the embedding (biases are kept).
+
+    Works on any storage; entries are ranked by their dequantized magnitude. The zeros are the mask: a later
+    retrain reads it back from the stored values, so nothing extra is stored. Storage stays dense: the bytes
+    shrink under gzip, not raw (a sparse storage is future work).
+    """
+    out: Weights = {}
+    changed = []
+    for name, stored in weights.items():
+        if _is_bias(name) or sparsity == 0.0:
+            out[name] = stored
+            continue
+        magnitude = np.abs(stored.dequantize())
+        k = int(np.floor(sparsity * magnitude.size))
+        if k == 0:
+            out[name] = stored
+            continue
+        # Rank by magnitude and zero exactly k entries, so ties at the threshold do not overshoot the target.
+        order = np.argpartition(magnitude.ravel(), k - 1)[:k]
+        value = stored.value.copy()
+        value.reshape(-1)[order] = 0
+        out[name] = StoredTensor(stored.storage, value, stored.scale, stored.axis)
+        changed.append(name)
+    return out, tuple(changed)
+
+
+STEPS: dict[str, Callable[..., tuple[Weights, tuple[str, ...]]]] = {
     "fp16": quantize_fp16,
     "int8": quantize_int8,
+    "prune": prune_magnitude,
 }
+# Steps that take one parameter (``prune:0.8``) and how to read it.
+PARAMETERS: dict[str, str] = {"prune": "sparsity"}
 
 
 def parse_recipe(text: str) -> list[RecipeStep]:
@@ -121,11 +152,22 @@ def parse_recipe(text: str) -> list[RecipeStep]:
         name, _, arg = raw.partition(":")
         if name not in STEPS:
             raise ConfigError(
-                f"--recipe {text!r}: unknown step {name!r}. Steps available in this build: {', '.join(STEPS)}."
+                f"--recipe {text!r}: unknown step {name!r}. Steps available in this build: fp16, int8, prune:S."
             )
-        if arg:
-            raise ConfigError(f"--recipe {text!r}: step {name!r} takes no parameter. Received: {arg!r}.")
-        steps.append(RecipeStep(name))
+        if name not in PARAMETERS:
+            if arg:
+                raise ConfigError(f"--recipe {text!r}: step {name!r} takes no parameter. Received: {arg!r}.")
+            steps.append(RecipeStep(name))
+            continue
+        try:
+            sparsity = float(arg)
+        except ValueError:
+            raise ConfigError(
+                f"--recipe {text!r}: prune needs a sparsity, e.g. prune:0.8. Received: {arg!r}."
+            ) from None
+        if not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"--recipe {text!r}: prune sparsity must be in [0, 1). Received: {sparsity:g}.")
+        steps.append(RecipeStep(name, {PARAMETERS[name]: sparsity}))
     if not steps:
         raise ConfigError(f"--recipe {text!r} names no step. Use e.g. --recipe int8 (steps: {', '.join(STEPS)}).")
     if len({s.name for s in steps} & {"fp16", "int8"}) > 1:
@@ -142,6 +184,6 @@ def apply_recipe(weights: Weights, steps: list[RecipeStep]) -> tuple[Weights, li
     reports = []
     for step in steps:
         before = _total_bytes(weights)
-        weights, changed = STEPS[step.name](weights)
+        weights, changed = STEPS[step.name](weights, **step.params)
         reports.append(StepReport(step.name, step.params, before, _total_bytes(weights), changed))
     return weights, reports

@@ -180,6 +180,7 @@ def tensor_manifest(weights: Weights) -> dict[str, dict[str, Any]]:
             "storage": stored.storage,
             "bytes": stored.nbytes,
             "nodes": stored.nodes(name),
+            "sparsity": float(1.0 - np.count_nonzero(stored.value) / max(stored.value.size, 1)),
             **({"axis": stored.axis} if stored.axis is not None else {}),
         }
         for name, stored in weights.items()

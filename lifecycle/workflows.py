@@ -398,6 +398,11 @@ def _gzip_bytes(paths: Sequence[Path]) -> int:
     return total
 
 
+def recipe_label(recipe: Sequence[dict[str, Any]]) -> str:
+    """``prune:0.5+int8`` from a manifest's recipe (empty for none)."""
+    return "+".join(step["name"] + "".join(f":{v:g}" for v in step.get("params", {}).values()) for step in recipe)
+
+
 def _parent_ref(parent: artifacts.Version) -> dict[str, Any]:
     return {"version": str(parent.path), "run_id": parent.manifest.get("run_id"), "sha256": parent.sha256,
             "kind": parent.kind}
@@ -456,7 +461,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     tracker = make_tracker(tracking, cfg.name)
     step = "freeze" if candidate.kind == "frozen" else "compress"
-    recipe_name = "+".join(r["name"] for r in candidate.recipe) or "float32"
+    recipe_name = recipe_label(candidate.recipe) or "float32"
     tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path),
             "lifecycle.recipe": recipe_name}
     with tracker.run(step, f"{step}-{recipe_name}", tags):
@@ -479,6 +484,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                 "size_ratio_vs_checkpoint": deployed / (root_sizes["checkpoint_bytes"] + root_sizes["tokenizer_bytes"]),
                 "params_total": params,
                 "params_nonzero": nonzero,
+                "nonzero_fraction": nonzero / max(params, 1),
             })
             return {
                 "labels": list(parent.labels),
@@ -623,7 +629,7 @@ def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: in
         sizes = version.manifest.get("sizes", {})
         size = (sizes.get("checkpoint_bytes") or sizes.get("graph_bytes", 0)) + sizes.get("tokenizer_bytes", 0)
         rows.append({"version": str(version.path), "kind": version.kind,
-                     "recipe": "+".join(r["name"] for r in version.manifest.get("recipe", [])) or "-",
+                     "recipe": recipe_label(version.manifest.get("recipe", [])) or "-",
                      "size_bytes": size, **stats.metrics()})
     return rows
 
@@ -647,7 +653,7 @@ def run_inspect(ref: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- pipeline
 
 
-PIPELINE_RECIPES = ("fp16", "int8")
+PIPELINE_RECIPES = ("fp16", "int8", "prune:0.5,int8")
 
 
 def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path | None = None,
@@ -676,12 +682,12 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
         outcomes.append(frozen)
         for recipe in PIPELINE_RECIPES:
             stage(f"compressing: {recipe}")
-            target = output / recipe.replace(",", "+") if output else None
+            target = output / recipe.replace(",", "+").replace(":", "-") if output else None
             outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir,
                                          track=cfg.tracking.enabled))
         stage.done()
         # One metric per version and key (checkpoint.size_bytes, int8.test_accuracy...) so the parent run compares.
-        tracker.log_metrics({f"{row['recipe'] if row['recipe'] != '-' else row['kind']}.{key}": value
+        tracker.log_metrics({f"{_metric_prefix(row)}.{key}": value
                              for outcome, row in ((o, version_row(o)) for o in outcomes)
                              for key, value in outcome.metrics.items()})
         rows = [version_row(o) for o in outcomes]
@@ -695,6 +701,12 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
     return outcomes
 
 
+def _metric_prefix(row: dict[str, Any]) -> str:
+    """checkpoint, frozen, int8, prune-0.5_int8: MLflow metric names allow no ':' or '+'."""
+    label = row["recipe"] if row["recipe"] != "-" else row["kind"]
+    return label.replace(":", "-").replace("+", "_")
+
+
 def version_row(outcome: StepOutcome) -> dict[str, Any]:
     """One line of the pipeline's versions table."""
     manifest = json.loads((outcome.version / artifacts.MANIFEST).read_text()) if outcome.version else {}
@@ -705,7 +717,7 @@ def version_row(outcome: StepOutcome) -> dict[str, Any]:
     return {
         "version": str(outcome.version),
         "kind": manifest.get("kind", ""),
-        "recipe": "+".join(step.get("name", "") for step in manifest.get("recipe", [])) or "-",
+        "recipe": recipe_label(manifest.get("recipe", [])) or "-",
         "size_bytes": deployed,
         "size_gzip_bytes": outcome.metrics.get("size_gzip_bytes"),
         "test_accuracy": outcome.metrics.get("test_accuracy"),

@@ -142,3 +142,50 @@ def test_bench_measures_versions_side_by_side(compressed: dict, frozen: dict) ->
             assert row[key] > 0, key
         assert row["latency_p99_ms"] >= row["latency_p50_ms"]
     assert rows[1]["size_bytes"] < rows[0]["size_bytes"]
+
+
+def test_prune_hits_sparsity_keeps_biases_and_composes_with_int8() -> None:
+    from lifecycle.compress import apply_recipe
+    from lifecycle.freeze import StoredTensor
+
+    rng = np.random.default_rng(1)
+    weights = {
+        "weights/embedding": StoredTensor("float32", rng.normal(size=(40, 8)).astype(np.float32)),
+        "weights/conv_3/kernel": StoredTensor("float32", rng.normal(size=(3, 8, 4)).astype(np.float32)),
+        "weights/conv_3/bias": StoredTensor("float32", rng.normal(size=(4,)).astype(np.float32)),
+    }
+    pruned, reports = apply_recipe(weights, parse_recipe("prune:0.75,int8"))
+    assert [r.name for r in reports] == ["prune", "int8"]
+    assert reports[0].params == {"sparsity": 0.75}
+    for name in ("weights/embedding", "weights/conv_3/kernel"):
+        stored = pruned[name]
+        assert stored.storage == "int8"
+        zeros = 1 - np.count_nonzero(stored.value) / stored.value.size
+        assert zeros == pytest.approx(0.75, abs=0.01)
+        # The survivors are the largest magnitudes of the original tensor.
+        original = np.abs(weights[name].value)
+        assert original[stored.value != 0].min() >= original[stored.value == 0].max()
+    np.testing.assert_array_equal(pruned["weights/conv_3/bias"].value, weights["weights/conv_3/bias"].value)
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("prune:1.0", r"sparsity must be in \[0, 1\). Received: 1"),
+    ("prune:-0.1", r"sparsity must be in \[0, 1\)"),
+    ("prune:abc", "prune needs a sparsity"),
+    ("prune", "prune needs a sparsity"),
+])
+def test_bad_sparsity(recipe: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe(recipe)
+
+
+def test_pruned_version_shrinks_under_gzip(frozen: dict, tmp_path: Path) -> None:
+    from lifecycle.workflows import run_compress
+
+    outcome = run_compress(str(frozen["outcome"].version), "prune:0.8,int8", tmp_path / "p")
+    manifest = artifacts.load_version(outcome.version).manifest
+    assert [s["name"] for s in manifest["recipe"]] == ["prune", "int8"]
+    assert manifest["tensors"]["weights/embedding"]["sparsity"] >= 0.79
+    assert outcome.metrics["nonzero_fraction"] < 0.25
+    frozen_gzip = artifacts.load_version(frozen["outcome"].version).manifest["sizes"]["gzip_bytes"]
+    assert outcome.metrics["size_gzip_bytes"] < frozen_gzip / 6

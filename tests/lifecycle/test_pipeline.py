@@ -23,7 +23,7 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "v" / "int8")
+    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "v" / "prune-0.5+int8")
     assert "default versions" in done.stdout and "checkpoint" in done.stdout
     manifest = json.loads((tmp_path / "v" / "checkpoint" / "manifest.json").read_text())
     assert manifest["kind"] == "checkpoint" and len(manifest["labels"]) >= 15
@@ -38,7 +38,7 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
     steps = {r.data.tags["lifecycle.step"]: r for r in runs}
     assert {r.data.tags["lifecycle.step"] for r in runs} == {"pipeline", "train", "freeze", "compress"}
     assert sorted(r.data.tags.get("lifecycle.recipe", "") for r in runs if r.data.tags["lifecycle.step"] == "compress"
-                  ) == ["fp16", "int8"]
+                  ) == ["fp16", "int8", "prune:0.5+int8"]
     assert steps["train"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
     assert steps["freeze"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
     assert all(r.info.status == "FINISHED" for r in runs)
