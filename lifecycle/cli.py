@@ -282,6 +282,22 @@ def compress(
 
 
 @app.command()
+def restore(version: VersionArg, output: OutputOpt = None, no_track: NoTrackOpt = False) -> None:
+    """Turn a frozen or compressed version back into a trainable checkpoint version.
+
+    Reads every constant as the manifest says it is stored (float32, float16, int8 with scales; pruned zeros kept),
+    rebuilds the CNN with those values as trainable variables, and checks it reproduces the graph (within 1e-5).
+    """
+    with _errors():
+        from lifecycle.workflows import run_restore
+
+        with console.spinner("restoring"):
+            outcome = run_restore(version, output, track=not no_track)
+        _summary(f"restored {outcome.version.name if outcome.version else ''}", _outcome_rows(outcome))
+        console.out.print(str(outcome.version))
+
+
+@app.command()
 def bench(
     versions: Annotated[list[str], typer.Argument(help="Versions to measure side by side.", show_default=False)],
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Sample texts, one per line (default: the first "

@@ -606,6 +606,79 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 
+def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | None = None, track: bool = True
+                ) -> StepOutcome:
+    """Restore a frozen or compressed version into a trainable checkpoint version (float32 variables, fresh Adam).
+
+    Before anything is written, the restored Keras model must reproduce the graph's probabilities on the test split
+    within 1e-5 (it computes with exactly the dequantized values the graph uses, whatever the storage).
+    """
+    from lifecycle import model as model_lib
+    from lifecycle.backend import configure
+    from lifecycle.restore import restore_model, restored_difference
+    from tokenization.base import load_tokenizer
+
+    parent = open_version(ref)
+    frozen = load_graph_version(parent)
+    cfg = parent.config
+    configure(cfg.train.seed, cfg.train.threads)
+    restored = restore_model(frozen, cfg, len(parent.labels))
+    arrays, compared_on, _ = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
+    difference = restored_difference(restored, frozen, arrays.x)
+    if difference > 1e-5:
+        raise ModelError(f"restored model differs from {parent.path} by {difference:.2e} (> 1e-05) on the "
+                         f"{compared_on}; nothing written.")
+    model = restored.model
+    model.optimizer.build(model.trainable_variables)  # Adam's slots exist, so sizes compare with a trained checkpoint
+    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
+                                                                                      versions_dir)
+    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
+    tracker = make_tracker(tracking, cfg.name)
+    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path)}
+    sparsity = {name: float(1 - mask.mean()) for name, mask in restored.masks.items()}
+    with tracker.run("restore", f"restore-{parent.path.name}", tags):
+
+        def build(tmp: Path) -> dict[str, Any]:
+            artifacts.copy_tree(parent.tokenizer_dir, tmp / artifacts.TOKENIZER_DIR)
+            (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
+            model.save(tmp / artifacts.KERAS_FILE)
+            sizes = {"weights_bytes": model_lib.weight_bytes(model),
+                     "optimizer_bytes": model_lib.optimizer_bytes(model),
+                     "tokenizer_bytes": artifacts.dir_bytes(tmp / artifacts.TOKENIZER_DIR),
+                     "checkpoint_bytes": (tmp / artifacts.KERAS_FILE).stat().st_size}
+            return {
+                "labels": list(parent.labels),
+                "max_len": parent.max_len,
+                "input": {"name": model_lib.INPUT_NAME, "dtype": "int32", "shape": [None, parent.max_len]},
+                "output": {"name": model_lib.OUTPUT_NAME},
+                "parent": _parent_ref(parent),
+                "recipe": [],
+                "restored_from": {"recipe": parent.manifest.get("recipe", []),
+                                  "storage": {n: t["storage"] for n, t in parent.manifest["tensors"].items()},
+                                  "sparsity": sparsity},
+                "run_id": tracker.run_id,
+                "params_total": model_lib.count_params(model),
+                "sizes": sizes,
+                "root_sizes": parent.manifest.get("root_sizes"),
+                "tensors": model_lib.tensor_table(model),
+                "metrics": dict(parent.manifest.get("metrics", {})),
+                "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
+                "data": parent.manifest.get("data"),
+                "config": cfg.to_dict(),
+            }
+
+        version = artifacts.write_version(output, "checkpoint", build)
+        metrics = {"max_abs_diff_vs_parent": difference, "params_total": version.manifest["params_total"],
+                   **version.manifest["metrics"]}
+        tracker.log_metrics(metrics)
+        tracker.log_artifacts(version.path, "version")
+        registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.restored": "true",
+                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+    storages = ", ".join(sorted({t["storage"] for t in parent.manifest["tensors"].values()}))
+    return StepOutcome(version.path, tracker.last_run_id, registered, metrics,
+                       {"compared on": f"{compared_on} ({len(arrays.x)})", "restored storage": storages})
+
+
 def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: int = 200) -> list[dict[str, Any]]:
     """Serving figures of several versions measured side by side in this one process.
 
