@@ -140,6 +140,41 @@ def _work_dir(cfg: Config, versions_dir: Path | None) -> Path:
     return (versions_dir or artifacts.versions_root()) / WORK_DIR / f"{cfg.name}-{cfg.digest(sections)}"
 
 
+def _write_checkpoint(output: Path, model: Any, tokenizer_dir: Path, cfg: Config, labels: Sequence[str],
+                      max_len: int, fields: dict[str, Any]) -> artifacts.Version:
+    """Write a checkpoint version: tokenizer/, config.yaml, model.keras (with Adam slots) and the manifest.
+
+    ``fields`` adds to or overrides the manifest (parent, metrics, training, data, run_id...).
+    """
+    from lifecycle import model as model_lib
+
+    def build(tmp: Path) -> dict[str, Any]:
+        artifacts.copy_tree(tokenizer_dir, tmp / artifacts.TOKENIZER_DIR)
+        (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
+        model.save(tmp / artifacts.KERAS_FILE)
+        sizes = {
+            "weights_bytes": model_lib.weight_bytes(model),
+            "optimizer_bytes": model_lib.optimizer_bytes(model),
+            "tokenizer_bytes": artifacts.dir_bytes(tmp / artifacts.TOKENIZER_DIR),
+            "checkpoint_bytes": (tmp / artifacts.KERAS_FILE).stat().st_size,
+        }
+        return {
+            "labels": list(labels),
+            "max_len": max_len,
+            "input": {"name": model_lib.INPUT_NAME, "dtype": "int32", "shape": [None, max_len]},
+            "output": {"name": model_lib.OUTPUT_NAME},
+            "parent": None,
+            "recipe": [],
+            "params_total": model_lib.count_params(model),
+            "sizes": sizes,
+            "tensors": model_lib.tensor_table(model),
+            "config": cfg.to_dict(),
+            **fields,
+        }
+
+    return artifacts.write_version(output, "checkpoint", build)
+
+
 def run_train(
     cfg: Config,
     output: Path | None = None,
@@ -231,38 +266,16 @@ def run_train(
 
         probabilities = model.predict(data.test.x, batch_size=256, verbose=0)
         scores = evaluate.evaluate_probabilities(probabilities, data.test.y, corpus.labels)
-        sizes = {
-            "weights_bytes": model_lib.weight_bytes(model),
-            "optimizer_bytes": model_lib.optimizer_bytes(model),
-            "tokenizer_bytes": tok_report.size_bytes,
-        }
-
-        def build(tmp: Path) -> dict[str, Any]:
-            artifacts.copy_tree(work / "tokenizer", tmp / artifacts.TOKENIZER_DIR)
-            (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
-            model.save(tmp / artifacts.KERAS_FILE)
-            sizes["checkpoint_bytes"] = (tmp / artifacts.KERAS_FILE).stat().st_size
-            return {
-                "labels": list(corpus.labels),
-                "max_len": cfg.tokenizer.max_len,
-                "input": {"name": model_lib.INPUT_NAME, "dtype": "int32", "shape": [None, cfg.tokenizer.max_len]},
-                "output": {"name": model_lib.OUTPUT_NAME},
-                "parent": None,
-                "recipe": [],
-                "run_id": tracker.run_id,
-                "params_total": model_lib.count_params(model),
-                "sizes": sizes,
-                "tensors": model_lib.tensor_table(model),
-                "metrics": scores.metrics(),
-                "training": {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                             "stopped_early": result.stopped_early, "resumed_from": result.resumed_from},
-                "data": {"source": corpus.source, "train": len(corpus.train), "validation": len(corpus.validation),
-                         "test": len(corpus.test)},
-                "config": cfg.to_dict(),
-            }
-
         stage("writing the version")
-        version = artifacts.write_version(output, "checkpoint", build)
+        version = _write_checkpoint(output, model, work / "tokenizer", cfg, corpus.labels, cfg.tokenizer.max_len, {
+            "run_id": tracker.run_id,
+            "metrics": scores.metrics(),
+            "training": {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                         "stopped_early": result.stopped_early, "resumed_from": result.resumed_from},
+            "data": {"source": corpus.source, "train": len(corpus.train), "validation": len(corpus.validation),
+                     "test": len(corpus.test)},
+        })
+        sizes = version.manifest["sizes"]
         metrics = {
             **scores.metrics(),
             "train_seconds": result.train_seconds,
@@ -308,23 +321,24 @@ def open_version(ref: str) -> artifacts.Version:
     return artifacts.load_version(resolve_version(ref))
 
 
-def evaluation_examples(version: artifacts.Version, data: Path | None, data_cfg: DataConfig | None = None
-                        ) -> tuple[Examples, str]:
-    """What to evaluate on: a data file or config, or (default) the version's own test split."""
-    if data is None:
-        cfg = version.config
-        corpus = load_corpus(cfg.data, cfg.name)
-        return corpus.test, f"{corpus.source} (test split)"
+def data_config_for(data: Path, base: DataConfig | None = None) -> DataConfig:
+    """The data section a ``--data`` argument stands for: a config's (.yaml), or a .csv/.tsv/.jsonl file's."""
     if data.suffix in (".yaml", ".yml"):
-        cfg = load_config(data)
-        corpus = load_corpus(cfg.data, cfg.name)
-        return corpus.test, f"{corpus.source} (test split)"
+        return load_config(data).data
     suffix = data.suffix.lower().lstrip(".")
     if suffix not in ("csv", "tsv", "jsonl"):
         raise DataError(f"{data}: unknown data file type {data.suffix!r}. Pass a .csv, .tsv, .jsonl or a config .yaml.")
-    base = data_cfg or DataConfig()
-    reader_cfg = base.model_copy(update={"format": suffix, "path": str(data.resolve()), "test_path": None})
-    examples, _ = read_examples(reader_cfg)
+    return (base or DataConfig()).model_copy(update={"format": suffix, "path": str(data.resolve()), "test_path": None})
+
+
+def evaluation_examples(version: artifacts.Version, data: Path | None, data_cfg: DataConfig | None = None
+                        ) -> tuple[Examples, str]:
+    """What to evaluate on: a data file (all of it), a config's test split, or (default) the version's own."""
+    if data is None or data.suffix in (".yaml", ".yml"):
+        cfg = version.config if data is None else load_config(data)
+        corpus = load_corpus(cfg.data, cfg.name)
+        return corpus.test, f"{corpus.source} (test split)"
+    examples, _ = read_examples(data_config_for(data, data_cfg))
     return examples, str(data)
 
 
@@ -613,7 +627,6 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
     Before anything is written, the restored Keras model must reproduce the graph's probabilities on the test split
     within 1e-5 (it computes with exactly the dequantized values the graph uses, whatever the storage).
     """
-    from lifecycle import model as model_lib
     from lifecycle.backend import configure
     from lifecycle.restore import restore_model, restored_difference
     from tokenization.base import load_tokenizer
@@ -638,36 +651,17 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
     sparsity = {name: float(1 - mask.mean()) for name, mask in restored.masks.items()}
     with tracker.run("restore", f"restore-{parent.path.name}", tags):
 
-        def build(tmp: Path) -> dict[str, Any]:
-            artifacts.copy_tree(parent.tokenizer_dir, tmp / artifacts.TOKENIZER_DIR)
-            (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
-            model.save(tmp / artifacts.KERAS_FILE)
-            sizes = {"weights_bytes": model_lib.weight_bytes(model),
-                     "optimizer_bytes": model_lib.optimizer_bytes(model),
-                     "tokenizer_bytes": artifacts.dir_bytes(tmp / artifacts.TOKENIZER_DIR),
-                     "checkpoint_bytes": (tmp / artifacts.KERAS_FILE).stat().st_size}
-            return {
-                "labels": list(parent.labels),
-                "max_len": parent.max_len,
-                "input": {"name": model_lib.INPUT_NAME, "dtype": "int32", "shape": [None, parent.max_len]},
-                "output": {"name": model_lib.OUTPUT_NAME},
-                "parent": _parent_ref(parent),
-                "recipe": [],
-                "restored_from": {"recipe": parent.manifest.get("recipe", []),
-                                  "storage": {n: t["storage"] for n, t in parent.manifest["tensors"].items()},
-                                  "sparsity": sparsity},
-                "run_id": tracker.run_id,
-                "params_total": model_lib.count_params(model),
-                "sizes": sizes,
-                "root_sizes": parent.manifest.get("root_sizes"),
-                "tensors": model_lib.tensor_table(model),
-                "metrics": dict(parent.manifest.get("metrics", {})),
-                "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
-                "data": parent.manifest.get("data"),
-                "config": cfg.to_dict(),
-            }
-
-        version = artifacts.write_version(output, "checkpoint", build)
+        version = _write_checkpoint(output, model, parent.tokenizer_dir, cfg, parent.labels, parent.max_len, {
+            "parent": _parent_ref(parent),
+            "restored_from": {"recipe": parent.manifest.get("recipe", []),
+                              "storage": {n: t["storage"] for n, t in parent.manifest["tensors"].items()},
+                              "sparsity": sparsity},
+            "run_id": tracker.run_id,
+            "root_sizes": parent.manifest.get("root_sizes"),
+            "metrics": dict(parent.manifest.get("metrics", {})),
+            "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
+            "data": parent.manifest.get("data"),
+        })
         metrics = {"max_abs_diff_vs_parent": difference, "params_total": version.manifest["params_total"],
                    **version.manifest["metrics"]}
         tracker.log_metrics(metrics)
