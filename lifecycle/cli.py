@@ -298,6 +298,41 @@ def restore(version: VersionArg, output: OutputOpt = None, no_track: NoTrackOpt 
 
 
 @app.command()
+def retrain(
+    version: VersionArg,
+    data: Annotated[Path, typer.Option("--data", help="New labelled data: .csv/.tsv/.jsonl or a config .yaml.",
+                                       show_default=False)],
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the parent's train.epochs).")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate (default: the parent's).")] = None,
+    freeze_embedding: Annotated[bool, typer.Option("--freeze-embedding", help="Keep the embedding fixed.")] = False,
+    keep_sparsity: Annotated[bool, typer.Option("--keep-sparsity", help="Pruned weights stay zero.")] = False,
+    replay: Annotated[float, typer.Option(help="Fraction of the parent's training data to train on again.")] = 0.0,
+    output: OutputOpt = None,
+    no_track: NoTrackOpt = False,
+) -> None:
+    """Fine-tune a deployed (frozen or compressed) version on new data and ship the next version.
+
+    Restores the constants into trainable variables, fine-tunes on NEW (early stopping on its validation part),
+    freezes again and re-applies the parent's compression recipe. Accuracy before and after is reported on NEW's
+    test part and on the parent's own test split (forgetting).
+    """
+    with _errors():
+        from lifecycle.workflows import RetrainOptions, run_retrain, version_row
+
+        options = RetrainOptions(epochs, lr, freeze_embedding, keep_sparsity, replay)
+        outcomes = _with_progress(lambda p: run_retrain(version, data, options, output, track=not no_track,
+                                                        progress=p))
+        _summary("retrained", {k: v for k, v in outcomes[0].metrics.items() if "accuracy" in k or k == "forgetting"})
+        table = Table("kind", "recipe", "size", "test acc", title="new versions", title_justify="left")
+        table.add_column("version", overflow="fold")
+        for row in map(version_row, outcomes):
+            table.add_row(row["kind"], row["recipe"], _mb(row["size_bytes"]), _pct(row["test_accuracy"]),
+                          row["version"])
+        console.out.print(table)
+        console.out.print(str(outcomes[-1].version))
+
+
+@app.command()
 def bench(
     versions: Annotated[list[str], typer.Argument(help="Versions to measure side by side.", show_default=False)],
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Sample texts, one per line (default: the first "

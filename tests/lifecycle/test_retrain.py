@@ -1,0 +1,82 @@
+"""Retrain: a compressed version fine-tuned on new data comes back compressed the same way, with its lineage."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lifecycle import artifacts
+from lifecycle.errors import ConfigError, DataError
+
+
+def _mr_csv(data_dir: Path, path: Path, n: int, extra_label: str | None = None) -> Path:
+    """The last n lines of each MR file as a labelled CSV (new data the slice model was not trained on)."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for suffix, label in (("pos", "positive"), ("neg", "negative")):
+            lines = (data_dir / "MR" / f"rt-polarity.{suffix}").read_bytes().split(b"\n")[-n - 1:-1]
+            writer.writerows([line.decode("cp1252").strip(), label] for line in lines)
+        if extra_label:
+            writer.writerow(["a question about something else entirely", extra_label])
+    return path
+
+
+@pytest.fixture(scope="module")
+def pruned_int8(frozen: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lifecycle.workflows import run_compress
+
+    out = tmp_path_factory.mktemp("retrain-parent") / "p"
+    return run_compress(str(frozen["outcome"].version), "prune:0.5,int8", out).version
+
+
+def test_retrain_compressed_version_keeps_recipe_sparsity_and_lineage(pruned_int8: Path, data_dir: Path,
+                                                                       tmp_path: Path, tracking_uri: str) -> None:
+    import mlflow
+
+    from lifecycle.workflows import RetrainOptions, load_graph_version, run_retrain
+
+    new = _mr_csv(data_dir, tmp_path / "new.csv", 300)
+    outcomes = run_retrain(str(pruned_int8), new, RetrainOptions(epochs=2, keep_sparsity=True, replay=0.2),
+                           tmp_path / "next")
+    checkpoint, frozen, compressed = (artifacts.load_version(o.version) for o in outcomes)
+    assert [v.kind for v in (checkpoint, frozen, compressed)] == ["checkpoint", "frozen", "compressed"]
+    parent = artifacts.load_version(pruned_int8)
+    assert checkpoint.manifest["parent"]["sha256"] == parent.sha256
+    assert [s["name"] for s in compressed.manifest["recipe"]] == ["prune", "int8"]
+    assert compressed.manifest["tensors"]["weights/embedding"]["storage"] == "int8"
+    # The mask was kept through training, and the recipe's pruning lands on the same sparsity again.
+    assert frozen.manifest["tensors"]["weights/embedding"]["sparsity"] >= 0.5 - 1e-3
+    assert compressed.manifest["tensors"]["weights/embedding"]["sparsity"] == pytest.approx(
+        parent.manifest["tensors"]["weights/embedding"]["sparsity"], abs=1e-3)
+    before = load_graph_version(parent).weights["weights/conv_3/kernel"].dequantize()
+    after = load_graph_version(frozen).weights["weights/conv_3/kernel"].dequantize()
+    assert not np.allclose(before, after)
+    assert np.all(after[before == 0] == 0)
+    metrics = outcomes[0].metrics
+    for key in ("new_test_accuracy_before", "new_test_accuracy", "parent_test_accuracy", "forgetting"):
+        assert key in metrics
+    assert outcomes[0].facts["replayed"] > 0
+
+    client = mlflow.MlflowClient(tracking_uri)
+    retrain_run = client.get_run(outcomes[0].run_id)
+    assert retrain_run.data.tags["lifecycle.step"] == "retrain"
+    assert retrain_run.data.tags["lifecycle.parent_run"] == parent.manifest["run_id"]
+    assert retrain_run.data.params["parent_sha256"] == parent.sha256
+    for outcome in outcomes[1:]:
+        child = client.get_run(outcome.run_id)
+        assert child.data.tags["mlflow.parentRunId"] == outcomes[0].run_id
+
+
+def test_retrain_refuses_unknown_labels_and_bad_replay(pruned_int8: Path, data_dir: Path, tmp_path: Path) -> None:
+    from lifecycle.workflows import RetrainOptions, run_retrain
+
+    extra = _mr_csv(data_dir, tmp_path / "extra.csv", 50, extra_label="neutral")
+    with pytest.raises(DataError, match="'neutral' are not among the model's 2 labels"):
+        run_retrain(str(pruned_int8), extra, RetrainOptions(epochs=1), tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"--replay must be a fraction in \[0, 1\]"):
+        run_retrain(str(pruned_int8), extra, RetrainOptions(replay=1.5), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
