@@ -333,6 +333,34 @@ def retrain(
 
 
 @app.command()
+def versions(
+    name: Annotated[str | None, typer.Argument(help="Registered model name (default: all).",
+                                               show_default=False)] = None,
+) -> None:
+    """Show registered versions as lineage trees: each version under the version it was made from."""
+    with _errors():
+        from rich.tree import Tree
+
+        from lifecycle.workflows import run_versions
+
+        rows = run_versions(name)
+        if not rows:
+            console.out.print("no registered versions (train something first, with tracking on)")
+            return
+        by_run = {r["run_id"]: r for r in rows}
+        for model_name in sorted({r["name"] for r in rows}):
+            tree = Tree(f"[bold]{model_name}[/]")
+            nodes: dict[str, Any] = {}
+            for row in (r for r in rows if r["name"] == model_name):
+                label = (f"v{row['version']} {row['kind']} {row['recipe'] if row['recipe'] != '-' else ''} "
+                         f"acc {_pct(row['test_accuracy'])} size {_mb(row['size_bytes'])}"
+                         + (f" @{','.join(row['aliases'])}" if row["aliases"] else ""))
+                anchor = nodes.get(row["parent_run"]) if row["parent_run"] in by_run else None
+                nodes[row["run_id"]] = (anchor or tree).add(label)
+            console.out.print(tree)
+
+
+@app.command()
 def bench(
     versions: Annotated[list[str], typer.Argument(help="Versions to measure side by side.", show_default=False)],
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Sample texts, one per line (default: the first "

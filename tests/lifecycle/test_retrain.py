@@ -80,3 +80,21 @@ def test_retrain_refuses_unknown_labels_and_bad_replay(pruned_int8: Path, data_d
     with pytest.raises(ConfigError, match=r"--replay must be a fraction in \[0, 1\]"):
         run_retrain(str(pruned_int8), extra, RetrainOptions(replay=1.5), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_versions_shows_the_lineage_tree(pruned_int8: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lifecycle.cli import app
+    from lifecycle.workflows import run_versions
+
+    rows = run_versions("mr-slice")
+    by_run = {r["run_id"]: r for r in rows}
+    compressed = next(r for r in rows if r["run_id"] == artifacts.load_version(pruned_int8).manifest["run_id"])
+    frozen = by_run[compressed["parent_run"]]
+    checkpoint = by_run[frozen["parent_run"]]
+    assert (checkpoint["kind"], frozen["kind"], compressed["kind"]) == ("checkpoint", "frozen", "compressed")
+    assert compressed["recipe"] == "prune:0.5+int8"
+    result = CliRunner().invoke(app, ["versions", "mr-slice"])
+    assert result.exit_code == 0, result.output
+    assert "mr-slice" in result.output and "prune:0.5+int8" in result.output
