@@ -270,6 +270,22 @@ def check_texts(texts: Sequence[str], what: str) -> None:
             raise TypeError(f"{what}: text {index} is a {type(text).__name__}, not str.")
 
 
+class PaddedEncoder:
+    """``encode`` for any tokenizer that has ``tokenize_ids``: truncate, then right-pad with PAD."""
+
+    def tokenize_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
+        """int32 ``(len(texts), max_len)`` ids, truncated and right-padded with pad (0).
+
+        Raises:
+            TokenizerError: ``max_len`` < 1.
+        """
+        check_max_len(max_len)
+        return pad_rows(self.tokenize_ids(texts), int(max_len))
+
+
 def check_max_len(max_len: int) -> None:
     """Reject a sequence length the padded array cannot have."""
     if isinstance(max_len, bool) or not isinstance(max_len, int | np.integer) or max_len < 1:

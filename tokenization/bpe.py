@@ -38,9 +38,8 @@ from tokenization.base import (
     N_SPECIAL,
     PAD,
     UNK,
-    check_max_len,
+    PaddedEncoder,
     check_texts,
-    pad_rows,
     read_metadata,
     remove_stale_files,
     write_metadata,
@@ -57,7 +56,7 @@ _TOO_SMALL = re.compile(r"vocab_size\s*>=\s*(\d+)")
 _SPECIALS_LINE = (UNK, PAD, BOS, EOS)
 
 
-class BPETokenizer:
+class BPETokenizer(PaddedEncoder):
     """Subword tokenizer backed by a youtokentome model; see the module docstring for its files and quirks.
 
     Build one with :meth:`train` or :meth:`load`.
@@ -188,15 +187,6 @@ class BPETokenizer:
         yttm = _youtokentome()
         prepared = [_normalize(text, self._lowercase) for text in texts]
         return self._bpe.encode(prepared, output_type=yttm.OutputType.ID)
-
-    def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
-        """int32 ``(len(texts), max_len)`` ids, truncated and right-padded with pad (0).
-
-        Raises:
-            TokenizerError: ``max_len`` < 1.
-        """
-        check_max_len(max_len)
-        return pad_rows(self.tokenize_ids(texts), int(max_len))
 
     def decode(self, ids: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
         """Text per row of ids; pad, bos and eos are skipped, unk shows as ``<UNK>``.

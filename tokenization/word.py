@@ -26,9 +26,8 @@ from tokenization.base import (
     UNK,
     VECTORS_FILE,
     VOCAB_FILE,
-    check_max_len,
+    PaddedEncoder,
     check_texts,
-    pad_rows,
     read_metadata,
     remove_stale_files,
     strip_specials,
@@ -46,7 +45,7 @@ logger = logging.getLogger(__name__)
 RANDOM_VECTOR_SCALE = 0.25
 
 
-class WordTokenizer:
+class WordTokenizer(PaddedEncoder):
     """Word vocabulary with optional word2vec vectors; see the module docstring for the files it writes.
 
     Build one with :meth:`train` or :meth:`load`; the constructor takes an already built vocabulary.
@@ -196,15 +195,6 @@ class WordTokenizer:
         """Unpadded ids per text; unknown words are :data:`~tokenization.base.UNK`."""
         lookup = self._lookup
         return [[lookup.get(token, UNK) for token in tokens] for tokens in self.tokenize(texts)]
-
-    def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
-        """int32 ``(len(texts), max_len)`` ids, truncated and right-padded with pad (0).
-
-        Raises:
-            TokenizerError: ``max_len`` < 1.
-        """
-        check_max_len(max_len)
-        return pad_rows(self.tokenize_ids(texts), int(max_len))
 
     def decode(self, ids: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
         """Space-joined tokens per row; pad, bos and eos are skipped, unk shows as ``<UNK>``."""
