@@ -1,4 +1,5 @@
-"""The steps wired together: tokenize, train, evaluate, predict, pipeline. Only this module knows their order.
+"""The steps wired together: tokenize, train, evaluate, predict, freeze, compress, restore, retrain, bench,
+versions and the pipeline. Only this module knows their order.
 
 Every step runs inside one tracker run (MLflow or none); a failure inside it marks the run FAILED and leaves no
 version behind (versions are written through ``artifacts.write_version``).
