@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
@@ -82,6 +83,18 @@ def _spread(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
+def _cpu() -> str:
+    """CPU model and the vector extensions that matter for bf16/fp16 speed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16") if f in flags]
+    return f"{model or platform.machine()}, {'/'.join(wanted) or 'no AVX'}"
+
+
 def table(groups: list[list[dict]]) -> str:
     head = ("| run | tokenizer | embedding | precision | seeds | test acc % | macro-F1 % | Kim rand % | train s/run | "
             "epochs (best) | vocab | weights MB | checkpoint MB (with Adam) | tokenizer KB |")
@@ -89,7 +102,7 @@ def table(groups: list[list[dict]]) -> str:
     for rows in groups:
         r = rows[0]
         kim = KIM_RAND.get(r["data"], "") if r["embedding_init"] == "rand" else ""
-        epochs = ", ".join(f"{x['epochs_run']} ({x['best_epoch']})" for x in rows)
+        epochs = ", ".join(f"{x['epochs_run']} ({x['best_epoch'] + 1})" for x in rows)
         lines.append(
             f"| {r['name']} | {r['tokenizer']} | {r['embedding_init']} | {r['precision']} | {len(rows)} | "
             f"{_spread([x['test_accuracy'] for x in rows])} | {_spread([x['test_macro_f1'] for x in rows])} | {kim} | "
@@ -114,6 +127,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated run names (default: all)")
     parser.add_argument("--track", action="store_true", help="also log the runs to MLflow (mlruns/)")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
+    parser.add_argument("--readme-only", action="store_true", help="rewrite README.md from benchmarks/out/train.json")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
     OUT.mkdir(parents=True, exist_ok=True)
@@ -123,7 +137,7 @@ def main() -> None:
         {group[0]["name"]: group for group in json.loads(results_file.read_text())} if results_file.is_file() else {}
     )
     for name, config, overrides, seeds in RUNS:
-        if wanted and name not in wanted:
+        if args.readme_only or (wanted and name not in wanted):
             continue
         group = []
         for seed in seeds:
@@ -137,8 +151,10 @@ def main() -> None:
     if not args.no_readme:
         import tensorflow as tf
 
-        meta = (f"Measured {datetime.now(UTC).strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
-                f"2 cores, TensorFlow {tf.__version__}, `python benchmarks/train_bench.py` (seed 13).")
+        stamp = datetime.fromtimestamp(results_file.stat().st_mtime, UTC).strftime("%Y-%m-%d")
+        meta = (f"Measured {stamp} on {_cpu()} ({os.cpu_count()} cores), TensorFlow {tf.__version__}, "
+                "`python benchmarks/train_bench.py`; seeds 13, 1, 2 where three are given (mean ± sample std). "
+                "Epochs: run (best, 1-based).")
         write_readme(ordered, meta)
 
 

@@ -1,0 +1,29 @@
+"""Full-size training on the published sets, with accuracy budgets near Kim (2014).
+
+TREC (about 90 s) runs in the default suite, so CI checks one full-size accuracy on real data; MR and
+StackOverflow (about 3-4 minutes each) are marked slow: run them with --run-slow (make test-slow).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lifecycle.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Budgets sit two to three points under what benchmarks/train_bench.py measured (MR word 76.1, TREC word 90.7,
+# StackOverflow BPE 88.3): one seed moves these test sets by about a point, and a broken model lands far below.
+BUDGETS = {"trec-word.yaml": 0.88, "mr-word.yaml": 0.74, "stackoverflow-bpe.yaml": 0.85}
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("config", [pytest.param(c, marks=() if c.startswith("trec") else SLOW) for c in BUDGETS])
+def test_full_training_reaches_budget(config: str, data_dir: Path, tmp_path: Path) -> None:
+    from lifecycle.workflows import run_train
+
+    cfg = load_config(REPO / "configs" / config, ["tracking.enabled=false"])
+    outcome = run_train(cfg, tmp_path / "v", versions_dir=tmp_path / "versions")
+    assert outcome.metrics["test_accuracy"] >= BUDGETS[config]
