@@ -160,17 +160,18 @@ def pipeline(
         from lifecycle.workflows import run_pipeline, version_row
 
         outcomes = _with_progress(lambda p: run_pipeline(cfg, output, progress=p))
-        table = Table(title=f"{cfg.name} versions (under {outcomes[0].version.parent})", title_justify="left")
-        for column in ("kind", "recipe", "size", "gzip", "test acc", "macro-F1"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("version", overflow="fold")
-        for row in map(version_row, outcomes):
-            table.add_row(row["kind"], row["recipe"], _mb(row["size_bytes"]), _mb(row["size_gzip_bytes"]),
-                          _pct(row["test_accuracy"]), _pct(row["test_macro_f1"]), Path(row["version"]).name)
+        rows = [version_row(o) for o in outcomes]
+        table = Table("#", "kind", "recipe", "size", "gzip", "test acc", "macro-F1", title=f"{cfg.name} versions",
+                      title_justify="left")
+        for number, row in enumerate(rows, start=1):
+            table.add_row(str(number), row["kind"], row["recipe"], _mb(row["size_bytes"]), _mb(row["size_gzip_bytes"]),
+                          _pct(row["test_accuracy"]), _pct(row["test_macro_f1"]))
         console.out.print(table)
+        for number, row in enumerate(rows, start=1):
+            console.out.print(f"{number}. {row['version']}", highlight=False, soft_wrap=True)
         if outcomes[0].run_id:
             console.out.print(f"MLflow: experiment {cfg.name!r}, train run {outcomes[0].run_id}")
-        console.out.print(str(outcomes[-1].version))
+        console.out.print(str(outcomes[-1].version), highlight=False, soft_wrap=True)
 
 
 @tokenizer_app.command("train")
