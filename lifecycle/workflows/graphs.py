@@ -1,0 +1,256 @@
+"""Frozen and compressed versions: freeze, compress, restore (graph <-> trainable checkpoint)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lifecycle import artifacts
+from lifecycle.errors import ModelError
+from lifecycle.tracking import make_tracker
+from lifecycle.workflows.common import (
+    StepOutcome,
+    _check_arrays,
+    _gzip_bytes,
+    _parent_ref,
+    _write_checkpoint,
+    load_graph_version,
+    open_version,
+    recipe_label,
+)
+
+
+@dataclass(frozen=True)
+class _GraphCandidate:
+    """A graph about to become a frozen or compressed version, with what was measured on it."""
+
+    kind: str
+    frozen: Any  # lifecycle.freeze.FrozenGraph
+    recipe: list[dict[str, Any]]
+    probabilities: Any
+    compared_on: str
+    labels_y: Any
+    max_abs_diff: float
+    extra: dict[str, Any]
+    texts: list[str]
+
+
+def _graph_probabilities(frozen: Any, ids: Any) -> Any:
+    from lifecycle.freeze import GraphRunner
+
+    runner = GraphRunner(frozen.graph_def, f"{frozen.input_dtype} graph", frozen.max_len, frozen.input_dtype)
+    try:
+        return runner.run(ids)
+    finally:
+        runner.close()
+
+
+def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, output: Path | None,
+                         versions_dir: Path | None, track: bool) -> StepOutcome:
+    """Score, write, log and register a frozen or compressed version (shared by freeze and compress)."""
+    import numpy as np
+
+    from lifecycle import evaluate
+    from lifecycle.freeze import GRAPH_FILE, tensor_manifest
+    from tokenization.base import load_tokenizer, serving_copy
+
+    cfg = parent.config
+    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, candidate.kind,
+                                                                                      versions_dir)
+    frozen = candidate.frozen
+    metrics: dict[str, float] = {"max_abs_diff_vs_parent": candidate.max_abs_diff}
+    if candidate.compared_on == "test split":
+        scores = evaluate.evaluate_probabilities(candidate.probabilities, candidate.labels_y, parent.labels)
+        metrics.update(scores.metrics())
+        if "test_accuracy" in parent.manifest.get("metrics", {}):
+            metrics["accuracy_delta_vs_parent"] = scores.accuracy - parent.manifest["metrics"]["test_accuracy"]
+    tensors = tensor_manifest(frozen.weights)
+    params = int(sum(np.prod(t["shape"]) for t in tensors.values()))
+    nonzero = int(sum(np.count_nonzero(w.value) for w in frozen.weights.values()))
+    # The checkpoint at the root of the lineage, with its optimizer slots: the field report's starting point.
+    root_sizes = parent.manifest.get("root_sizes") or parent.manifest["sizes"]
+
+    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
+    tracker = make_tracker(tracking, cfg.name)
+    step = "freeze" if candidate.kind == "frozen" else "compress"
+    recipe_name = recipe_label(candidate.recipe) or "float32"
+    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path),
+            "lifecycle.recipe": recipe_name}
+    with tracker.run(step, f"{step}-{recipe_name}", tags):
+
+        def build(tmp: Path) -> dict[str, Any]:
+            serving_copy(load_tokenizer(parent.tokenizer_dir)).save(tmp / artifacts.TOKENIZER_DIR)
+            (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
+            (tmp / GRAPH_FILE).write_bytes(frozen.graph_def.SerializeToString())
+            (tmp / "weight_map.json").write_text(json.dumps(frozen.weight_map, indent=1), encoding="utf-8")
+            sizes = {
+                "graph_bytes": (tmp / GRAPH_FILE).stat().st_size,
+                "tokenizer_bytes": artifacts.dir_bytes(tmp / artifacts.TOKENIZER_DIR),
+                "gzip_bytes": _gzip_bytes([tmp / GRAPH_FILE, tmp / artifacts.TOKENIZER_DIR]),
+                "weights_bytes": int(sum(t["bytes"] for t in tensors.values())),
+            }
+            deployed = sizes["graph_bytes"] + sizes["tokenizer_bytes"]
+            metrics.update({
+                "size_bytes": deployed,
+                "size_gzip_bytes": sizes["gzip_bytes"],
+                "size_ratio_vs_checkpoint": deployed / (root_sizes["checkpoint_bytes"] + root_sizes["tokenizer_bytes"]),
+                "params_total": params,
+                "params_nonzero": nonzero,
+                "nonzero_fraction": nonzero / max(params, 1),
+            })
+            return {
+                "labels": list(parent.labels),
+                "max_len": parent.max_len,
+                "input": {"name": "input_ids", "dtype": frozen.input_dtype, "shape": [None, parent.max_len]},
+                "output": {"name": "probabilities"},
+                "architecture": {"kernel_sizes": list(frozen.kernel_sizes),
+                                 "vocab_size": frozen.weights["weights/embedding"].shape[0],
+                                 "embedding_dim": frozen.weights["weights/embedding"].shape[1],
+                                 "num_classes": len(parent.labels)},
+                "parent": _parent_ref(parent),
+                "recipe": candidate.recipe,
+                "run_id": tracker.run_id,
+                "params_total": params,
+                "sizes": sizes,
+                "root_sizes": {k: root_sizes[k] for k in ("checkpoint_bytes", "tokenizer_bytes")},
+                "tensors": tensors,
+                "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
+                "check": {"max_abs_diff_vs_parent": candidate.max_abs_diff, "compared_on": candidate.compared_on,
+                          "n": int(len(candidate.probabilities)), **candidate.extra},
+                "data": parent.manifest.get("data"),
+                "config": cfg.to_dict(),
+            }
+
+        version = artifacts.write_version(output, candidate.kind, build)
+        from lifecycle.bench import measure
+
+        metrics.update(measure(version, candidate.texts[:256]).metrics())
+        tracker.log_params({"parent": str(parent.path), "input_dtype": frozen.input_dtype, "recipe": recipe_name})
+        tracker.log_metrics(metrics)
+        tracker.log_dict(candidate.recipe, "recipe.json")
+        tracker.log_artifacts(version.path, "version")
+        registered = tracker.register(cfg.name, {"lifecycle.kind": candidate.kind, "lifecycle.recipe": recipe_name,
+                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+        tracker.set_tags({"lifecycle.version": str(version.path)})
+    facts = {"compared on": f"{candidate.compared_on} ({len(candidate.probabilities)})",
+             "input dtype": frozen.input_dtype, "recipe": recipe_name}
+    return StepOutcome(version.path, tracker.last_run_id, registered, metrics, facts)
+
+
+def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | None = None, track: bool = True
+               ) -> StepOutcome:
+    """Freeze a checkpoint version into one GraphDef of named constants (no optimizer state, no Keras).
+
+    The frozen graph's probabilities are compared with the checkpoint's on the test split before anything is
+    written: float32 models must agree to 1e-5 (mixed-precision ones to 2e-2, as Keras computed them in 16 bits).
+    """
+    import numpy as np
+
+    from lifecycle.backend import tf_module
+    from lifecycle.freeze import freeze_model
+    from tokenization.base import load_tokenizer
+
+    parent = open_version(ref)
+    if parent.kind != "checkpoint":
+        raise ModelError(f"{parent.path}: freeze takes a checkpoint version; this one is {parent.kind}.")
+    tf_module()
+    import keras
+
+    model = keras.saving.load_model(parent.path / artifacts.KERAS_FILE, compile=False)
+    frozen = freeze_model(model, parent.max_len)
+    arrays, compared_on, texts = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
+    expected = model.predict(arrays.x, batch_size=256, verbose=0)
+    got = _graph_probabilities(frozen, arrays.x)
+    max_abs_diff = float(np.max(np.abs(expected - got)))
+    bound = 1e-5 if parent.config.train.precision == "float32" else 2e-2
+    if max_abs_diff > bound:
+        raise ModelError(f"frozen graph differs from {parent.path} by {max_abs_diff:.2e} (> {bound:g}) on the "
+                         f"{compared_on}; nothing written. Report this as a bug with the version attached.")
+    candidate = _GraphCandidate("frozen", frozen, [], got, compared_on, arrays.y, max_abs_diff, {"bound": bound},
+                                texts)
+    return _write_graph_version(parent, candidate, output, versions_dir, track)
+
+
+def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_dir: Path | None = None,
+                 track: bool = True) -> StepOutcome:
+    """Apply a compression recipe (``fp16``, ``int8``, ...) to a frozen or compressed version.
+
+    Every step transforms the stored weights; the graph is then written again over them. The new version's
+    probabilities are compared with its parent's on the test split and the difference is recorded.
+    """
+    import numpy as np
+
+    from lifecycle.compress import apply_recipe, parse_recipe
+    from lifecycle.freeze import FrozenGraph, emit_graph
+    from tokenization.base import load_tokenizer
+
+    steps = parse_recipe(recipe)
+    parent = open_version(ref)
+    source = load_graph_version(parent)
+    weights, reports = apply_recipe(source.weights, steps)
+    graph_def = emit_graph(weights, source.kernel_sizes, source.max_len, source.input_dtype)
+    frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, source.input_dtype,
+                         source.max_len)
+    arrays, compared_on, texts = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
+    expected = _graph_probabilities(source, arrays.x)
+    got = _graph_probabilities(frozen, arrays.x)
+    max_abs_diff = float(np.max(np.abs(expected - got)))
+    full_recipe = [*parent.manifest.get("recipe", []), *[r.as_dict() for r in reports]]
+    candidate = _GraphCandidate("compressed", frozen, full_recipe, got, compared_on, arrays.y, max_abs_diff, {},
+                                texts)
+    return _write_graph_version(parent, candidate, output, versions_dir, track)
+
+
+def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | None = None, track: bool = True
+                ) -> StepOutcome:
+    """Restore a frozen or compressed version into a trainable checkpoint version (float32 variables, fresh Adam).
+
+    Before anything is written, the restored Keras model must reproduce the graph's probabilities on the test split
+    within 1e-5 (it computes with exactly the dequantized values the graph uses, whatever the storage).
+    """
+    from lifecycle.backend import configure
+    from lifecycle.restore import restore_model, restored_difference
+    from tokenization.base import load_tokenizer
+
+    parent = open_version(ref)
+    frozen = load_graph_version(parent)
+    cfg = parent.config
+    configure(cfg.train.seed, cfg.train.threads)
+    restored = restore_model(frozen, cfg, len(parent.labels))
+    arrays, compared_on, _ = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
+    difference = restored_difference(restored, frozen, arrays.x)
+    if difference > 1e-5:
+        raise ModelError(f"restored model differs from {parent.path} by {difference:.2e} (> 1e-05) on the "
+                         f"{compared_on}; nothing written.")
+    model = restored.model
+    model.optimizer.build(model.trainable_variables)  # Adam's slots exist, so sizes compare with a trained checkpoint
+    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
+                                                                                      versions_dir)
+    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
+    tracker = make_tracker(tracking, cfg.name)
+    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path)}
+    sparsity = {name: float(1 - mask.mean()) for name, mask in restored.masks.items()}
+    with tracker.run("restore", f"restore-{parent.path.name}", tags):
+
+        version = _write_checkpoint(output, model, parent.tokenizer_dir, cfg, parent.labels, parent.max_len, {
+            "parent": _parent_ref(parent),
+            "restored_from": {"recipe": parent.manifest.get("recipe", []),
+                              "storage": {n: t["storage"] for n, t in parent.manifest["tensors"].items()},
+                              "sparsity": sparsity},
+            "run_id": tracker.run_id,
+            "root_sizes": parent.manifest.get("root_sizes"),
+            "metrics": dict(parent.manifest.get("metrics", {})),
+            "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
+            "data": parent.manifest.get("data"),
+        })
+        metrics = {"max_abs_diff_vs_parent": difference, "params_total": version.manifest["params_total"],
+                   **version.manifest["metrics"]}
+        tracker.log_metrics(metrics)
+        tracker.log_artifacts(version.path, "version")
+        registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.restored": "true",
+                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+    storages = ", ".join(sorted({t["storage"] for t in parent.manifest["tensors"].values()}))
+    return StepOutcome(version.path, tracker.last_run_id, registered, metrics,
+                       {"compared on": f"{compared_on} ({len(arrays.x)})", "restored storage": storages})

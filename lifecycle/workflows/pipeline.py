@@ -1,0 +1,88 @@
+"""The main job: train, freeze and the standard compression variants under one parent run."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lifecycle import artifacts
+from lifecycle.config import Config
+from lifecycle.errors import ModelError
+from lifecycle.tracking import make_tracker
+from lifecycle.workflows.common import StepOutcome, recipe_label
+from lifecycle.workflows.graphs import run_compress, run_freeze
+from lifecycle.workflows.training import run_train
+
+PIPELINE_RECIPES = ("fp16", "int8", "prune:0.5,int8")
+
+
+def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path | None = None,
+                 progress: Any = None) -> list[StepOutcome]:
+    """The main job: tokenizer -> train -> evaluate -> freeze -> compress (each of PIPELINE_RECIPES), as child
+    runs of one ``pipeline`` parent run. ``output``, when given, is a directory that receives one version per step
+    (``checkpoint/``, ``frozen/``, ``fp16/``, ``int8/``).
+    """
+    from lifecycle.console import Stage
+
+    tracker = make_tracker(cfg.tracking, cfg.name)
+    outcomes: list[StepOutcome] = []
+    if output is not None:
+        output = artifacts.check_output(output)
+    with tracker.run("pipeline", f"pipeline-{cfg.name}", {"lifecycle.config_hash": cfg.digest()}):
+        tracker.log_params(cfg.flat())
+        trained = run_train(cfg, output / "checkpoint" if output else None, versions_dir=versions_dir,
+                            progress=progress)
+        outcomes.append(trained)
+        if trained.version is None:
+            raise ModelError("training produced no version")
+        stage = Stage(progress)
+        stage("freezing")
+        frozen = run_freeze(str(trained.version), output / "frozen" if output else None, versions_dir=versions_dir,
+                            track=cfg.tracking.enabled)
+        outcomes.append(frozen)
+        for recipe in PIPELINE_RECIPES:
+            stage(f"compressing: {recipe}")
+            target = output / recipe.replace(",", "+").replace(":", "-") if output else None
+            outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir,
+                                         track=cfg.tracking.enabled))
+        stage.done()
+        # One metric per version and key (checkpoint.size_bytes, int8.test_accuracy...) so the parent run compares.
+        tracker.log_metrics({f"{_metric_prefix(row)}.{key}": value
+                             for outcome, row in ((o, version_row(o)) for o in outcomes)
+                             for key, value in outcome.metrics.items()})
+        rows = [version_row(o) for o in outcomes]
+        tracker.log_table(rows, "versions.json")
+        if tracker.enabled:
+            from lifecycle.evaluate import plot_size_accuracy
+
+            with tempfile.TemporaryDirectory() as tmp:
+                tracker.log_artifact(plot_size_accuracy(rows, Path(tmp) / "size_vs_accuracy.png",
+                                                        f"{cfg.name}: size vs accuracy"))
+    return outcomes
+
+
+def _metric_prefix(row: dict[str, Any]) -> str:
+    """checkpoint, frozen, int8, prune-0.5_int8: MLflow metric names allow no ':' or '+'."""
+    label = row["recipe"] if row["recipe"] != "-" else row["kind"]
+    return label.replace(":", "-").replace("+", "_")
+
+
+def version_row(outcome: StepOutcome) -> dict[str, Any]:
+    """One line of the pipeline's versions table."""
+    manifest = json.loads((outcome.version / artifacts.MANIFEST).read_text()) if outcome.version else {}
+    sizes = manifest.get("sizes", {})
+    deployed = outcome.metrics.get("size_bytes", 0)
+    if manifest.get("kind") == "checkpoint":
+        deployed = sizes.get("checkpoint_bytes", 0) + sizes.get("tokenizer_bytes", 0)
+    return {
+        "version": str(outcome.version),
+        "kind": manifest.get("kind", ""),
+        "recipe": recipe_label(manifest.get("recipe", [])) or "-",
+        "size_bytes": deployed,
+        "size_gzip_bytes": outcome.metrics.get("size_gzip_bytes"),
+        "test_accuracy": outcome.metrics.get("test_accuracy"),
+        "test_macro_f1": outcome.metrics.get("test_macro_f1"),
+        "run_id": outcome.run_id,
+    }

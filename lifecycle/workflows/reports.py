@@ -1,0 +1,125 @@
+"""Read-only steps over versions: evaluate, predict, bench, versions (lineage), inspect."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lifecycle.config import DataConfig
+from lifecycle.errors import DataError
+from lifecycle.tracking import make_tracker
+from lifecycle.workflows.common import (
+    StepOutcome,
+    _check_arrays,
+    _log_evaluation,
+    evaluation_examples,
+    open_version,
+    recipe_label,
+)
+
+
+def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None = None, track: bool = True
+                 ) -> StepOutcome:
+    """Score a version on labelled data; logs an ``evaluate`` run in the version's experiment."""
+    from lifecycle import evaluate
+    from lifecycle.dataset import encode_examples
+    from lifecycle.inference import Predictor
+
+    version = open_version(ref)
+    examples, source = evaluation_examples(version, data, data_cfg)
+    if not len(examples):
+        raise DataError(f"{source}: no examples to evaluate on. Pass a non-empty data set.")
+    predictor = Predictor(version)
+    arrays = encode_examples(examples, predictor.tokenizer, predictor.labels, predictor.max_len, source)
+    probabilities = predictor.predict_ids(arrays.x)
+    scores = evaluate.evaluate_probabilities(probabilities, arrays.y, predictor.labels)
+    cfg = version.config
+    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
+    tracker = make_tracker(tracking, cfg.name)
+    tags = {"lifecycle.version": str(version.path), "lifecycle.parent_run": str(version.manifest.get("run_id") or "")}
+    with tracker.run("evaluate", f"evaluate-{version.path.name}", tags):
+        tracker.log_params({"version": str(version.path), "data": source, "n": scores.n})
+        tracker.log_metrics(scores.metrics())
+        _log_evaluation(tracker, scores, f"{version.path.name} on {Path(source).name}")
+    return StepOutcome(version.path, tracker.last_run_id, None, scores.metrics(),
+                       {"n": scores.n, "per_class": scores.per_class})
+
+
+def run_predict(ref: str, texts: Sequence[str], top_k: int = 1) -> list[Any]:
+    """Labels and probabilities for raw texts."""
+    from lifecycle.inference import Predictor
+
+    if not texts:
+        raise DataError("no texts to predict: pass TEXT arguments or --file with one text per line.")
+    return Predictor(open_version(ref)).predict(texts, top_k=top_k)
+
+
+def run_versions(name: str | None = None, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Registered versions with their lineage (from the registry's run tags), oldest first.
+
+    Each row: model name, version number, kind, recipe, run id, parent run id, test accuracy, size, source.
+    """
+    import mlflow
+
+    from lifecycle.tracking import default_tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri or default_tracking_uri())
+    names = [name] if name else [m.name for m in client.search_registered_models()]
+    rows = []
+    for model_name in names:
+        for mv in client.search_model_versions(f"name='{model_name}'"):
+            run = client.get_run(mv.run_id) if mv.run_id else None
+            metrics = run.data.metrics if run else {}
+            rows.append({
+                "name": model_name, "version": int(mv.version), "kind": mv.tags.get("lifecycle.kind", ""),
+                "recipe": mv.tags.get("lifecycle.recipe", "-"), "run_id": mv.run_id,
+                "parent_run": mv.tags.get("lifecycle.parent_run", ""),
+                "test_accuracy": metrics.get("test_accuracy"), "size_bytes": metrics.get("size_bytes"),
+                "aliases": list(getattr(mv, "aliases", []) or []),
+            })
+    return sorted(rows, key=lambda r: (r["name"], r["version"]))
+
+
+def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: int = 200) -> list[dict[str, Any]]:
+    """Serving figures of several versions measured side by side in this one process.
+
+    Texts default to the first version's test split (or random ids decoded, when its data is not readable).
+    """
+    from lifecycle.backend import tf_module
+    from lifecycle.bench import measure
+    from tokenization.base import load_tokenizer
+
+    # TensorFlow and Keras are imported before the first measurement, so no version is charged for them.
+    tf_module()
+    import keras  # noqa: F401
+
+    versions = [open_version(ref) for ref in refs]
+    if not texts:
+        _, _, sample = _check_arrays(versions[0], load_tokenizer(versions[0].tokenizer_dir))
+        texts = sample[:256]
+    rows = []
+    for version in versions:
+        stats = measure(version, list(texts), calls=calls)
+        sizes = version.manifest.get("sizes", {})
+        size = (sizes.get("checkpoint_bytes") or sizes.get("graph_bytes", 0)) + sizes.get("tokenizer_bytes", 0)
+        rows.append({"version": str(version.path), "kind": version.kind,
+                     "recipe": recipe_label(version.manifest.get("recipe", [])) or "-",
+                     "size_bytes": size, **stats.metrics()})
+    return rows
+
+
+def run_inspect(ref: str) -> dict[str, Any]:
+    """Every tensor of a version (name, shape, dtype, storage, bytes, share), its ops and totals."""
+    version = open_version(ref)
+    tensors = version.manifest.get("tensors", {})
+    total = sum(t["bytes"] for t in tensors.values()) or 1
+    rows = [{"name": name, **meta, "share": meta["bytes"] / total} for name, meta in tensors.items()]
+    ops: dict[str, int] = {}
+    if version.kind in ("frozen", "compressed"):
+        from lifecycle.freeze import GRAPH_FILE, read_graph
+
+        for node in read_graph(version.path / GRAPH_FILE).node:
+            ops[node.op] = ops.get(node.op, 0) + 1
+    return {"version": version, "tensors": rows, "ops": ops, "total_bytes": total,
+            "files": version.manifest.get("files", {})}

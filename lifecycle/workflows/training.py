@@ -1,0 +1,250 @@
+"""Tokenizer and CNN training: a checkpoint version from a config (resumable)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lifecycle import artifacts
+from lifecycle.config import Config
+from lifecycle.corpus import Corpus, load_corpus
+from lifecycle.tracking import NullTracker, make_tracker
+from lifecycle.workflows.common import StepOutcome, _log_evaluation, _write_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+WORK_DIR = ".work"
+
+
+@dataclass(frozen=True)
+class TokenizerReport:
+    """What a trained tokenizer looks like on held-out text."""
+
+    kind: str
+    vocab_size: int
+    train_seconds: float
+    unk_rate: float
+    mean_tokens: float
+    truncation_rate: float
+    size_bytes: int
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "tokenizer_vocab_size": self.vocab_size,
+            "tokenizer_train_seconds": self.train_seconds,
+            "tokenizer_unk_rate": self.unk_rate,
+            "tokenizer_mean_tokens": self.mean_tokens,
+            "tokenizer_truncation_rate": self.truncation_rate,
+            "size_bytes_tokenizer": self.size_bytes,
+        }
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def _tokenizer_report(tokenizer: Any, directory: Path, seconds: float, texts: Sequence[str], max_len: int
+                      ) -> TokenizerReport:
+    from tokenization.base import coverage_stats, tokenizer_bytes
+
+    stats = coverage_stats(tokenizer, list(texts), max_len)
+    return TokenizerReport(
+        kind=tokenizer.kind,
+        vocab_size=int(tokenizer.vocab_size),
+        train_seconds=seconds,
+        unk_rate=stats.unk_rate,
+        mean_tokens=stats.mean_tokens,
+        truncation_rate=stats.truncation_rate,
+        size_bytes=tokenizer_bytes(directory),
+    )
+
+
+def _train_tokenizer(cfg: Config, corpus: Corpus, directory: Path) -> tuple[Any, float]:
+    """Train on the training split and save to ``directory`` (via a temp folder, renamed when complete)."""
+    from tokenization.base import load_tokenizer, train_tokenizer
+
+    if (directory / "tokenizer.json").is_file():
+        return load_tokenizer(directory), 0.0
+    started = time.perf_counter()
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tokenizer = train_tokenizer(list(corpus.train.texts), cfg.tokenizer, workdir=tmp, seed=cfg.train.seed)
+    tokenizer.save(tmp)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return load_tokenizer(directory), seconds
+
+
+def run_tokenize(cfg: Config, output: Path | None = None) -> StepOutcome:
+    """Train the config's tokenizer on its training split and save it as a tokenizer version."""
+    corpus = load_corpus(cfg.data, cfg.name)
+    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "tokenizer")
+    tracker = make_tracker(cfg.tracking, cfg.name)
+    with tracker.run("tokenize", f"tokenize-{cfg.tokenizer.kind}", {"lifecycle.tokenizer": cfg.tokenizer.kind}):
+        tracker.log_params(cfg.flat())
+        work = Path(tempfile.mkdtemp(prefix="lifecycle-tok-"))
+        try:
+            tokenizer, seconds = _train_tokenizer(cfg, corpus, work / "tokenizer")
+            report = _tokenizer_report(tokenizer, work / "tokenizer", seconds, corpus.validation.texts,
+                                       cfg.tokenizer.max_len)
+
+            def build(tmp: Path) -> dict[str, Any]:
+                artifacts.copy_tree(work / "tokenizer", tmp / artifacts.TOKENIZER_DIR)
+                (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
+                return {"max_len": cfg.tokenizer.max_len, "config": cfg.to_dict(),
+                        "metrics": report.metrics(), "run_id": tracker.run_id}
+
+            version = artifacts.write_version(output, "tokenizer", build)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        tracker.log_metrics(report.metrics())
+        tracker.log_artifacts(version.path, "tokenizer")
+    return StepOutcome(version.path, tracker.last_run_id, None, report.metrics())
+
+
+def _log_splits(tracker: NullTracker, corpus: Corpus) -> None:
+    for context, examples in (("train", corpus.train), ("validation", corpus.validation), ("test", corpus.test)):
+        tracker.log_input(examples.texts, examples.labels, name=f"{corpus.name}-{context}",
+                          source=corpus.location or corpus.source, context=context)
+
+
+def _work_dir(cfg: Config, versions_dir: Path | None) -> Path:
+    """Where an unfinished training run keeps its tokenizer and per-epoch state, keyed by the config's hash."""
+    sections = ("name", "data", "tokenizer", "model", "train")
+    return (versions_dir or artifacts.versions_root()) / WORK_DIR / f"{cfg.name}-{cfg.digest(sections)}"
+
+
+def run_train(
+    cfg: Config,
+    output: Path | None = None,
+    *,
+    versions_dir: Path | None = None,
+    resume: bool = True,
+    progress: Any = None,
+) -> StepOutcome:
+    """Train the CNN end to end and write a checkpoint version.
+
+    Tokenizer -> encoded splits -> model -> fit (resumable) -> test evaluation -> version (manifest.json, config.yaml,
+    tokenizer/, model.keras with optimizer slots) -> MLflow run with params, metrics, plots, registered version.
+
+    Args:
+        cfg: the resolved config.
+        output: the version directory to create; default a new folder under the versions directory.
+        versions_dir: root for default outputs and the resume work area (tests point it at a tmp dir).
+        resume: continue an interrupted run of the same config from its last finished epoch.
+        progress: a ``rich.progress.Progress`` to drive, or None.
+
+    Returns:
+        The new version, its run id, registered version number and metrics.
+    """
+    from lifecycle import backend, evaluate
+    from lifecycle import model as model_lib
+    from lifecycle import train as train_lib
+    from lifecycle.console import Stage
+    from lifecycle.dataset import encode_corpus
+
+    stage = Stage(progress)
+    stage(f"reading {cfg.data.format} data")
+
+    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
+                                                                                      versions_dir)
+    corpus = load_corpus(cfg.data, cfg.name)
+    work = _work_dir(cfg, versions_dir)
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    run_file = work / "run.json"
+    previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    tracker = make_tracker(cfg.tracking, cfg.name)
+    resume_run = previous.get("run_id") if tracker.enabled and previous.get("uri") == getattr(tracker, "uri", None) \
+        else None
+    tags = {"lifecycle.tokenizer": cfg.tokenizer.kind, "lifecycle.config_hash": cfg.digest()}
+    with tracker.run("train", f"train-{cfg.tokenizer.kind}-{cfg.model.embedding_init}", tags,
+                     resume_run_id=resume_run):
+        if tracker.run_id:
+            run_file.write_text(json.dumps({"run_id": tracker.run_id, "uri": getattr(tracker, "uri", None)}))
+        if not resume_run:
+            tracker.log_params(cfg.flat())
+            tracker.log_text(cfg.to_yaml(), "config.yaml")
+            _log_splits(tracker, corpus)
+
+        stage(f"training the {cfg.tokenizer.kind} tokenizer on {len(corpus.train)} texts")
+        tokenizer, tok_seconds = _train_tokenizer(cfg, corpus, work / "tokenizer")
+        tok_report = _tokenizer_report(tokenizer, work / "tokenizer", tok_seconds, corpus.validation.texts,
+                                       cfg.tokenizer.max_len)
+        tracker.log_metrics(tok_report.metrics())
+        data = encode_corpus(corpus, tokenizer, cfg.tokenizer.max_len)
+
+        stage("building the model")
+        backend.configure(cfg.train.seed, cfg.train.threads)
+        resume_dir = work / "resume"
+        model = train_lib.load_resume_model(resume_dir) if resume else None
+        if model is None:
+            vectors = getattr(tokenizer, "vectors", None)
+            model = model_lib.build_model(cfg.model, cfg.train, vocab_size=tokenizer.vocab_size,
+                                          num_classes=len(corpus.labels), max_len=cfg.tokenizer.max_len,
+                                          embeddings=vectors if cfg.model.embedding_init != "rand" else None)
+        else:
+            log.warning("resuming %s from %s", cfg.name, resume_dir)
+
+        callbacks = []
+        if progress is not None:
+            from lifecycle.console import keras_progress
+
+            steps = -(-len(data.train) // cfg.train.batch_size)
+            callbacks.append(keras_progress(progress, cfg.train.epochs, steps))
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            tracker.log_metrics(logs, step=epoch)
+
+        stage.done()
+        result = train_lib.fit(model, data.train, data.validation, cfg.train, resume_dir=resume_dir,
+                               on_epoch=on_epoch, callbacks=callbacks)
+        stage = Stage(progress)
+        stage("evaluating on the test split")
+
+        probabilities = model.predict(data.test.x, batch_size=256, verbose=0)
+        scores = evaluate.evaluate_probabilities(probabilities, data.test.y, corpus.labels)
+        stage("writing the version")
+        version = _write_checkpoint(output, model, work / "tokenizer", cfg, corpus.labels, cfg.tokenizer.max_len, {
+            "run_id": tracker.run_id,
+            "metrics": scores.metrics(),
+            "training": {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                         "stopped_early": result.stopped_early, "resumed_from": result.resumed_from},
+            "data": {"source": corpus.source, "train": len(corpus.train), "validation": len(corpus.validation),
+                     "test": len(corpus.test)},
+        })
+        sizes = version.manifest["sizes"]
+        metrics = {
+            **scores.metrics(),
+            "train_seconds": result.train_seconds,
+            "size_bytes": sizes["weights_bytes"] + sizes["tokenizer_bytes"],
+            "size_bytes_checkpoint": sizes["checkpoint_bytes"],
+            "size_bytes_weights": sizes["weights_bytes"],
+            "size_bytes_optimizer": sizes["optimizer_bytes"],
+            "params_total": version.manifest["params_total"],
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+        }
+        tracker.log_metrics(metrics)
+        _log_evaluation(tracker, scores, f"{cfg.name} test")
+        stage("logging to MLflow")
+        tracker.log_artifacts(version.path, "version")
+        registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.parent_run": ""})
+        tracker.set_tags({"lifecycle.version": str(version.path)})
+        stage.done()
+    shutil.rmtree(work, ignore_errors=True)
+    facts = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1,
+             "resumed_from": result.resumed_from, "vocab_size": tokenizer.vocab_size,
+             "labels": len(corpus.labels), "train/val/test": f"{len(corpus.train)}/{len(corpus.validation)}/"
+                                                              f"{len(corpus.test)}"}
+    return StepOutcome(version.path, tracker.last_run_id, registered, metrics, facts)
