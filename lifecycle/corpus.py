@@ -299,12 +299,17 @@ def _single_label_hint(cfg: DataConfig) -> str:
     return "Restore the data set's files; each class should have examples."
 
 
+def _read_with_test(cfg: DataConfig, read_file: Callable[[DataConfig, Path], Examples]) -> _Read:
+    """data.path and, when set, data.test_path, each read with one file reader."""
+    path, test_path = _table_paths(cfg)
+    data = read_file(cfg, path)
+    test = read_file(cfg, test_path) if test_path is not None else None
+    return _Read(data, test, _table_source(cfg, path, test_path), str(path))
+
+
 def _read_table(cfg: DataConfig) -> _Read:
     """csv or tsv with a header row; the text and label columns are named by text_field and label_field."""
-    path, test_path = _table_paths(cfg)
-    data = _read_table_file(cfg, path)
-    test = _read_table_file(cfg, test_path) if test_path is not None else None
-    return _Read(data, test, _table_source(cfg, path, test_path), str(path))
+    return _read_with_test(cfg, _read_table_file)
 
 
 def _read_table_file(cfg: DataConfig, path: Path) -> Examples:
@@ -364,10 +369,7 @@ def _column(header: list[str], field: str, key: str, path: Path) -> int:
 
 def _read_jsonl(cfg: DataConfig) -> _Read:
     """JSON Lines: one object per line with the text under text_field and the label under label_field."""
-    path, test_path = _table_paths(cfg)
-    data = _read_jsonl_file(cfg, path)
-    test = _read_jsonl_file(cfg, test_path) if test_path is not None else None
-    return _Read(data, test, _table_source(cfg, path, test_path), str(path))
+    return _read_with_test(cfg, _read_jsonl_file)
 
 
 def _read_jsonl_file(cfg: DataConfig, path: Path) -> Examples:
