@@ -177,3 +177,16 @@ def test_word2vec_init_starts_from_vectors_and_keeps_checkpoint_lean(data_dir: P
     with zipfile.ZipFile(tmp_path / "m.keras") as archive:
         # The vectors live in the weights file only, not copied into the architecture config.
         assert archive.getinfo("config.json").file_size < 20_000
+
+
+def test_version_by_registry_alias(trained: dict, tracking_uri: str) -> None:
+    import mlflow
+
+    from lifecycle.workflows import open_version
+
+    client = mlflow.MlflowClient(tracking_uri)
+    client.set_registered_model_alias("mr-slice", "champion", trained["outcome"].registered)
+    version = open_version("models:/mr-slice@champion")
+    assert version.manifest["run_id"] == trained["outcome"].run_id
+    with pytest.raises(ModelError, match="models:/mr-slice@nobody: cannot be fetched"):
+        open_version("models:/mr-slice@nobody")
