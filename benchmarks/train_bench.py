@@ -35,6 +35,7 @@ RUNS: list[tuple[str, str, list[str], tuple[int, ...]]] = [
     ("mr-word2vec", "mr-word2vec.yaml", [], SEEDS3),
     ("mr-bpe", "mr-bpe.yaml", [], SEEDS3),
     ("trec-word", "trec-word.yaml", [], SEEDS3),
+    ("trec-word2vec", "trec-word2vec.yaml", [], SEEDS3),
     ("trec-bpe", "trec-bpe.yaml", [], SEEDS3),
     ("stackoverflow-word", "stackoverflow-word.yaml", [], (13,)),
     ("stackoverflow-bpe", "stackoverflow-bpe.yaml", [], (13,)),
