@@ -69,7 +69,9 @@ class Predictor:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, one row per text."""
-        return self.predict_ids(self.tokenizer.encode(list(texts), self.max_len) if texts else np.zeros((0, 0)))
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self.predict_ids(self.tokenizer.encode(list(texts), self.max_len))
 
     def predict(self, texts: Sequence[str], top_k: int = 1) -> list[Prediction]:
         """Labels with their probabilities, best first."""

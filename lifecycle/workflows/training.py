@@ -52,7 +52,7 @@ class TokenizerReport:
 
 def _tokenizer_report(tokenizer: Any, directory: Path, seconds: float, texts: Sequence[str], max_len: int
                       ) -> TokenizerReport:
-    from tokenization.base import coverage_stats, tokenizer_bytes
+    from tokenization.base import coverage_stats
 
     stats = coverage_stats(tokenizer, list(texts), max_len)
     return TokenizerReport(
@@ -62,7 +62,7 @@ def _tokenizer_report(tokenizer: Any, directory: Path, seconds: float, texts: Se
         unk_rate=stats.unk_rate,
         mean_tokens=stats.mean_tokens,
         truncation_rate=stats.truncation_rate,
-        size_bytes=tokenizer_bytes(directory),
+        size_bytes=artifacts.dir_bytes(directory),
     )
 
 
