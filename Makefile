@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-slow bench lint clean
+.PHONY: install install-bench run test test-slow bench bench-compress lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Benchmark-only peers for benchmarks/compress_bench.py. TF-MOT requires tf-keras, which requires the full
+# `tensorflow` wheel: pip would lay it over tensorflow-cpu's files, so both go in with --no-deps (tf-keras runs on
+# tensorflow-cpu; TF-MOT's own dependencies are listed here).
+install-bench: install
+	$(BIN)/python -m pip install --quiet -e ".[bench,dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "tensorflow-model-optimization==0.8.1" "tf-keras==2.21.0"
+	$(BIN)/python -m pip install --quiet "dm-tree~=0.1.1" mock
+
 run: install
 	$(BIN)/lifecycle pipeline configs/default.yaml
 
@@ -32,6 +40,9 @@ test-slow: install
 
 bench: install
 	$(BIN)/python benchmarks/train_bench.py
+
+bench-compress: install-bench
+	$(BIN)/python benchmarks/compress_bench.py
 
 lint: install
 	$(BIN)/ruff check lifecycle tokenization tests benchmarks

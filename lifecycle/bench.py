@@ -27,6 +27,7 @@ class ServingStats:
     latency_p99_ms: float
     throughput_per_s: float
     rss_mb: float
+    runtime: str = ""
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -51,7 +52,8 @@ def rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(version: Version, texts: Sequence[str], calls: int = 200, batch: int = 256) -> ServingStats:
+def measure(version: Version, texts: Sequence[str], calls: int = 200, batch: int = 256, runtime: str = "auto"
+            ) -> ServingStats:
     """Load ``version`` with the Predictor and time it on ``texts`` (tokenization included, as a user sees it).
 
     Args:
@@ -59,6 +61,7 @@ def measure(version: Version, texts: Sequence[str], calls: int = 200, batch: int
         texts: sample texts (the first is the first call; ``batch`` of them, cycled, make the throughput batch).
         calls: batch-1 calls for the latency percentiles.
         batch: batch size for throughput.
+        runtime: the Predictor's runtime (auto, litert, graph).
     """
     from lifecycle.inference import Predictor
 
@@ -67,7 +70,7 @@ def measure(version: Version, texts: Sequence[str], calls: int = 200, batch: int
     gc.collect()
     before = rss_bytes()
     started = time.perf_counter()
-    predictor = Predictor(version)
+    predictor = Predictor(version, runtime)
     load_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -89,7 +92,6 @@ def measure(version: Version, texts: Sequence[str], calls: int = 200, batch: int
         predictor.predict_proba(big)
     throughput = rounds * batch / (time.perf_counter() - started)
     rss_mb = (rss_bytes() - before) / 2**20
-    del predictor
     return ServingStats(
         load_seconds=load_seconds,
         first_call_ms=first_call_ms,
@@ -97,4 +99,5 @@ def measure(version: Version, texts: Sequence[str], calls: int = 200, batch: int
         latency_p99_ms=float(np.percentile(latencies, 99)),
         throughput_per_s=throughput,
         rss_mb=rss_mb,
+        runtime=predictor.runtime,
     )

@@ -40,6 +40,9 @@ OutputOpt = Annotated[
                  show_default=False),
 ]
 NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")]
+RuntimeOpt = Annotated[str, typer.Option(
+    "--runtime", help="Model form of a frozen/compressed version: auto (the LiteRT serving form when present, no "
+    "TensorFlow import), litert, or graph (graph.pb in TensorFlow).")]
 VersionArg = Annotated[str, typer.Argument(help="Version: a directory, runs:/<run_id> or models:/<name>/<n>.",
                                            show_default=False)]
 
@@ -196,6 +199,7 @@ def evaluate(
     text_field: Annotated[str, typer.Option(help="Text column or key of --data.")] = "text",
     label_field: Annotated[str, typer.Option(help="Label column or key of --data.")] = "label",
     encoding: Annotated[str, typer.Option(help="Encoding of --data.")] = "utf-8",
+    runtime: RuntimeOpt = "auto",
     no_track: NoTrackOpt = False,
 ) -> None:
     """Score a version on labelled data: accuracy, macro-F1 and a per-class report."""
@@ -204,13 +208,13 @@ def evaluate(
         from lifecycle.workflows import run_evaluate
 
         data_cfg = DataConfig(text_field=text_field, label_field=label_field, encoding=encoding)
-        outcome = run_evaluate(version, data, data_cfg, track=not no_track)
+        outcome = run_evaluate(version, data, data_cfg, track=not no_track, runtime=runtime)
         table = Table("label", "precision", "recall", "f1", "support", title=f"{outcome.version}")
         for label, row in outcome.facts["per_class"].items():
             table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                           str(row["support"]))
         console.out.print(table)
-        _summary("overall", {**outcome.metrics, "n": outcome.facts["n"]})
+        _summary("overall", {**outcome.metrics, "n": outcome.facts["n"], "runtime": outcome.facts["runtime"]})
 
 
 @app.command()
@@ -220,6 +224,7 @@ def predict(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="UTF-8 file, one text per line.")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Show the k most likely labels.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per text on stdout.")] = False,
+    runtime: RuntimeOpt = "auto",
 ) -> None:
     """Classify texts with a version: label and probability for each."""
     with _errors():
@@ -228,7 +233,7 @@ def predict(
             items += [line for line in _read_lines(file) if line.strip()]
         from lifecycle.workflows import run_predict
 
-        results = run_predict(version, items, top_k=top_k)
+        results = run_predict(version, items, top_k=top_k, runtime=runtime)
         if as_json:
             for r in results:
                 console.out.print_json(json.dumps({"text": r.text, "label": r.label, "probability": r.probability,
@@ -263,15 +268,18 @@ def freeze(version: VersionArg, output: OutputOpt = None, no_track: NoTrackOpt =
 def compress(
     version: VersionArg,
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Steps in order, comma-separated: fp16 | int8 | prune:S "
-                                        "(e.g. prune:0.8,int8).",
+                                        "| vocab:N | vocab:coverage=C | tune:E (e.g. prune:0.8,tune:1,vocab:20000,"
+                                        "int8).",
                                         show_default=False)],
     output: OutputOpt = None,
     no_track: NoTrackOpt = False,
 ) -> None:
-    """Compress a frozen version: float16 or int8 storage, magnitude pruning; dequantized inside the graph.
+    """Compress a frozen version: float16 or int8 storage, magnitude pruning, vocabulary pruning, a short fine-tune.
 
     The result stays a graph of named constants whose storage is recorded per tensor, so it can be restored and
-    retrained. Its accuracy and size are compared with its parent's and logged.
+    retrained. vocab:N keeps the N ids most frequent in the training data (vocab:coverage=C: those covering a fraction C
+    of its tokens) and ships the matching tokenizer; tune:E trains E epochs on the training data with pruned weights
+    kept at zero. Accuracy and size are compared with the parent's and logged.
     """
     with _errors():
         from lifecycle.workflows import run_compress
@@ -368,6 +376,7 @@ def bench(
                                                                    "version's test split).")] = None,
     calls: Annotated[int, typer.Option(min=10, help="Batch-1 calls for the latency percentiles.")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Rows as JSON on stdout.")] = False,
+    runtime: RuntimeOpt = "auto",
 ) -> None:
     """Measure versions in one process: load time, first call, batch-1 p50/p99, throughput, memory, size."""
     with _errors():
@@ -376,14 +385,15 @@ def bench(
             texts = [line for line in _read_lines(file) if line.strip()]
         from lifecycle.workflows import run_bench
 
-        rows = run_bench(versions, texts, calls)
+        rows = run_bench(versions, texts, calls, runtime)
         if as_json:
             console.out.print_json(json.dumps(rows))
             return
-        table = Table("kind", "recipe", "size", "load s", "first call ms", "p50 ms", "p99 ms", "texts/s", "RSS MB")
+        table = Table("kind", "runtime", "recipe", "size", "load s", "first call ms", "p50 ms", "p99 ms", "texts/s",
+                      "RSS MB")
         table.add_column("version", overflow="fold")
         for r in rows:
-            table.add_row(r["kind"], r["recipe"], _mb(r["size_bytes"]), f"{r['load_seconds']:.2f}",
+            table.add_row(r["kind"], r["runtime"], r["recipe"], _mb(r["size_bytes"]), f"{r['load_seconds']:.2f}",
                           f"{r['first_call_ms']:.2f}", f"{r['latency_p50_ms']:.2f}", f"{r['latency_p99_ms']:.2f}",
                           f"{r['throughput_per_s']:.0f}", f"{r['rss_mb']:.1f}", r["version"])
         console.out.print(table)
@@ -391,18 +401,18 @@ def bench(
 
 @app.command()
 def inspect(version: VersionArg) -> None:
-    """List every tensor of a version (name, shape, dtype, storage, bytes, share), its ops and its files."""
+    """List every tensor of a version (name, shape, dtype, storage, layout, bytes, share), its ops and its files."""
     with _errors():
         from lifecycle.workflows import run_inspect
 
         report = run_inspect(version)
         found = report["version"]
-        table = Table("tensor", "shape", "dtype", "storage", "bytes", "share",
+        table = Table("tensor", "shape", "dtype", "storage", "layout", "bytes", "share",
                       title=f"{found.path} ({found.kind})", title_justify="left")
         for row in sorted(report["tensors"], key=lambda r: -r["bytes"]):
-            table.add_row(row["name"], "x".join(map(str, row["shape"])), row["dtype"], row["storage"],
+            table.add_row(row["name"], "x".join(map(str, row["shape"])), row["dtype"], row["storage"], row["layout"],
                           f"{row['bytes']:,}", f"{100 * row['share']:.1f}%")
-        table.add_row("total", "", "", "", f"{report['total_bytes']:,}", "100%", style="bold")
+        table.add_row("total", "", "", "", "", f"{report['total_bytes']:,}", "100%", style="bold")
         console.out.print(table)
         if report["ops"]:
             console.out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(report["ops"].items())))

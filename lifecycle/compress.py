@@ -7,19 +7,48 @@ storage of every tensor is recorded in the version's manifest, so restore knows 
 - ``int8``: symmetric int8 codes with a float32 scale per output channel (conv and dense kernels) or per row
   (embedding), dequantized inside the graph; the embedding is gathered as int8 first, so memory stays int8.
   Biases stay float32: they are a fraction of a percent of the bytes and carry the most precision per byte.
-- ``prune:S``: magnitude pruning of each kernel and the embedding to sparsity S (zeros, which gzip shrinks).
+- ``prune:S``: magnitude pruning of each kernel and the embedding to sparsity S, stored in the sparse layout
+  (nonzero codes plus a 1-bit-per-element mask, ``freeze.encode_sparse``) wherever that is smaller than dense: from
+  about 3% zeros for float32 and 12.5% for int8. The zeros are the mask a later retrain keeps. A storage step after
+  (or before) ``prune`` keeps a sparse tensor sparse while that still saves bytes; each step's report records the
+  layout of every tensor it changed.
+
+Two steps need more than the weights: the parent's tokenizer and training data, handed to them as a
+:class:`RecipeContext` (the steps above ignore it).
+
+- ``vocab:N`` / ``vocab:coverage=C``: vocabulary pruning. Keep the embedding rows of the N ids most frequent in the
+  training split (N counts the 4 special ids, which are always kept), or of the fewest ids that encode a fraction C of
+  the training tokens; drop the rest and renumber. The tokenizer follows: a word tokenizer writes the shorter
+  vocab.txt, a bpe tokenizer stores the kept ids beside its model (youtokentome's file cannot be edited) and maps
+  after encoding; dropped tokens encode as unk. The graph's ``input_ids`` narrows with the vocabulary.
+- ``tune:E``: fine-tune for at most E epochs on the training split to recover accuracy: the stored weights are
+  dequantized into a trainable Keras model, trained with every zero kept at zero, and stored again as they were
+  (int8 is re-quantized from the tuned float values along the same axes), so ``prune:0.8,tune:1,int8`` and
+  ``prune:0.8,int8,tune:1`` both end as sparse int8.
+
+Each step's manifest entry holds its parameters, bytes before and after, and for these two a report (rows and
+coverage of training tokens before and after, the test split's unk rate; epochs, loss and accuracy before and after).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lifecycle.errors import ConfigError, ModelError
+from lifecycle.errors import ConfigError, DataError, ModelError
 from lifecycle.freeze import StoredTensor, Weights
+
+if TYPE_CHECKING:
+    from lifecycle.config import Config
+    from lifecycle.corpus import Corpus
+    from lifecycle.train import Arrays
+    from tokenization.base import Tokenizer
+
+log = logging.getLogger(__name__)
 
 INT8_MAX = 127
 
@@ -41,11 +70,14 @@ class StepReport:
     bytes_before: int
     bytes_after: int
     tensors: tuple[str, ...]
+    layouts: dict[str, str] = field(default_factory=dict)  # changed tensor -> dense | sparse
+    details: dict[str, Any] = field(default_factory=dict)  # what a data-aware step measured (vocab, tune)
 
     def as_dict(self) -> dict[str, Any]:
         """The manifest's ``recipe`` entry."""
         return {"name": self.name, "params": self.params, "bytes_before": self.bytes_before,
-                "bytes_after": self.bytes_after, "tensors": list(self.tensors)}
+                "bytes_after": self.bytes_after, "tensors": list(self.tensors), "layouts": dict(self.layouts),
+                **({"report": dict(self.details)} if self.details else {})}
 
 
 def _is_bias(name: str) -> bool:
@@ -60,6 +92,17 @@ def _refuse_requantize(name: str, stored: StoredTensor, step: str) -> None:
         )
 
 
+def smaller_layout(stored: StoredTensor) -> StoredTensor:
+    """The tensor in whichever layout (dense or sparse) holds it in fewer bytes."""
+    sparse, dense = replace(stored, layout="sparse"), replace(stored, layout="dense")
+    return sparse if sparse.nbytes < dense.nbytes else dense
+
+
+def _carry_layout(before: StoredTensor, after: StoredTensor) -> StoredTensor:
+    """A pruned (sparse) tensor stays sparse through a storage change, unless dense has become smaller."""
+    return smaller_layout(after) if before.layout == "sparse" else after
+
+
 def quantize_fp16(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
     """Store every float32 weight as float16."""
     out: Weights = {}
@@ -67,7 +110,7 @@ def quantize_fp16(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
     for name, stored in weights.items():
         _refuse_requantize(name, stored, "fp16")
         if stored.storage == "float32":
-            out[name] = StoredTensor("float16", stored.value.astype(np.float16))
+            out[name] = _carry_layout(stored, StoredTensor("float16", stored.value.astype(np.float16)))
             changed.append(name)
         else:
             out[name] = stored
@@ -102,7 +145,8 @@ def quantize_int8(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
             continue
         axis = int8_axis(name)
         codes, scale = quantize_int8_array(stored.dequantize(), axis)
-        out[name] = StoredTensor("int8", codes, scale, axis)
+        # Survivors below half a step of their channel's scale round to code 0 and leave the mask.
+        out[name] = _carry_layout(stored, StoredTensor("int8", codes, scale, axis))
         changed.append(name)
     return out, tuple(changed)
 
@@ -111,8 +155,8 @@ def prune_magnitude(weights: Weights, sparsity: float) -> tuple[Weights, tuple[s
     """Zero the smallest-magnitude ``sparsity`` fraction of each kernel and of the embedding (biases are kept).
 
     Works on any storage; entries are ranked by their dequantized magnitude. The zeros are the mask: a later
-    retrain reads it back from the stored values, so nothing extra is stored. Storage stays dense: the bytes
-    shrink under gzip, not raw (a sparse storage is future work).
+    retrain reads it back from the stored values. Each pruned tensor takes the smaller layout, sparse from a few
+    percent of zeros on (``smaller_layout``), so the graph file shrinks raw, not only under gzip.
     """
     out: Weights = {}
     changed = []
@@ -129,9 +173,263 @@ def prune_magnitude(weights: Weights, sparsity: float) -> tuple[Weights, tuple[s
         order = np.argpartition(magnitude.ravel(), k - 1)[:k]
         value = stored.value.copy()
         value.reshape(-1)[order] = 0
-        out[name] = StoredTensor(stored.storage, value, stored.scale, stored.axis)
+        out[name] = smaller_layout(replace(stored, value=value))
         changed.append(name)
     return out, tuple(changed)
+
+
+EMBEDDING = "weights/embedding"
+
+
+@dataclass
+class RecipeContext:
+    """What the data-aware steps (``vocab``, ``tune``) need beside the weights; the pure steps never see it.
+
+    A step that renumbers token ids (``vocab``) replaces ``tokenizer``, so later steps and the version written at the
+    end encode with the new ids. The parent's data is read only when a step asks for it, and the encoded splits are
+    cached for the current tokenizer.
+
+    Attributes:
+        config: the parent version's resolved config (data section, training settings, seed).
+        labels: class names; a label's id is its index.
+        max_len: ids per text.
+        kernel_sizes: the conv widths, to rebuild a trainable model (``tune``).
+        weight_map: Keras weight path -> const name, to rebuild a trainable model (``tune``).
+        tokenizer: the tokenizer whose ids the current weights' embedding rows follow.
+        source: the parent version, named in messages.
+    """
+
+    config: Config
+    labels: tuple[str, ...]
+    max_len: int
+    kernel_sizes: tuple[int, ...]
+    weight_map: dict[str, str]
+    tokenizer: Tokenizer
+    source: str = "the parent version"
+    calibration_samples: int | None = field(default=None, init=False)  # set by int8-act
+    _corpus: Corpus | None = field(default=None, init=False, repr=False)
+    _encoded: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
+
+    def corpus(self, step: str) -> Corpus:
+        """The parent's data split as it was for training, read once.
+
+        Raises:
+            DataError: the data cannot be read; the message names ``step``, the data path and the fix.
+        """
+        if self._corpus is None:
+            from lifecycle.corpus import load_corpus
+
+            try:
+                self._corpus = load_corpus(self.config.data, self.config.name)
+            except DataError as exc:
+                raise DataError(
+                    f"recipe step {step} needs the training data of {self.source}, which cannot be read: {exc} "
+                    f"Either fix that, or drop {step} from the recipe."
+                ) from None
+        return self._corpus
+
+    def _cached(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
+        entry = self._encoded.get(key)
+        if entry is None or entry[0] is not self.tokenizer:  # a step replaced the tokenizer: the ids changed
+            entry = (self.tokenizer, make())
+            self._encoded[key] = entry
+        return entry[1]
+
+    def token_ids(self, split: str, step: str) -> list[list[int]]:
+        """Unpadded, untruncated ids of the texts of ``split`` (train, validation, test) under the current tokenizer."""
+        examples = getattr(self.corpus(step), split)
+        return self._cached((split, "ids"), lambda: self.tokenizer.tokenize_ids(list(examples.texts)))
+
+    def arrays(self, split: str, step: str) -> Arrays:
+        """Padded ids and label ids of ``split`` under the current tokenizer: what the model trains on."""
+        from lifecycle.dataset import encode_examples
+
+        corpus = self.corpus(step)
+        return self._cached((split, "arrays"), lambda: encode_examples(
+            getattr(corpus, split), self.tokenizer, self.labels, self.max_len, corpus.source))
+
+
+    def calibration_ids(self, step: str) -> np.ndarray:
+        """A seeded sample of ``calibration_samples`` padded training rows under the current tokenizer."""
+        x = self.arrays("train", step).x
+        count = min(int(self.calibration_samples or 0), len(x))
+        rows = np.random.default_rng(self.config.train.seed).choice(len(x), size=count, replace=False)
+        return x[np.sort(rows)]
+
+
+def _take_rows(stored: StoredTensor, rows: np.ndarray) -> StoredTensor:
+    """The embedding's stored rows ``rows`` in the same storage; per-row int8 scales follow their rows."""
+    scale = stored.scale
+    if scale is not None and stored.axis is not None and stored.axis % stored.value.ndim == 0:
+        scale = scale[rows]
+    return _carry_layout(stored, replace(stored, value=stored.value[rows], scale=scale))
+
+
+def _ids_for_coverage(counts: np.ndarray, coverage: float) -> int | None:
+    """How many non-special ids, most frequent first, encode ``coverage`` of all tokens; None when none can."""
+    from tokenization.base import N_SPECIAL
+
+    total = int(counts.sum())
+    ranked = np.sort(counts[N_SPECIAL:])[::-1]
+    covered = np.cumsum(ranked)
+    # The tolerance keeps coverage=1 reachable despite float rounding of coverage * total.
+    index = int(np.searchsorted(covered, coverage * total - 1e-9 * total, side="left"))
+    return None if index >= covered.size else index + 1
+
+
+def prune_vocabulary(weights: Weights, context: RecipeContext, keep: int | None = None,
+                     coverage: float | None = None) -> tuple[Weights, tuple[str, ...], dict[str, Any]]:
+    """Keep the embedding rows of the ids most frequent in the training split; the tokenizer follows the rows.
+
+    Exactly one of ``keep`` and ``coverage`` is given. The special ids (pad, unk, bos, eos) are always kept, and
+    kept ids stay in their old order, so the embedding is ``matrix[kept_ids]``. ``context.tokenizer`` is replaced by
+    one that encodes a dropped token as unk (word: a shorter vocab.txt; bpe: a kept-ids map applied after encoding).
+
+    Args:
+        weights: the stored weights; ``weights/embedding`` loses rows, in whatever storage it has.
+        context: the parent's tokenizer and data (the training split is counted, the test split measured).
+        keep: rows to keep, the 4 special ids included; at least the vocabulary keeps everything (noted in the report).
+        coverage: keep the fewest most frequent ids whose tokens make up this fraction of all training tokens.
+
+    Returns:
+        The new weights, the changed tensors, and the report: rows before and after, training tokens covered (encoded
+        as themselves, not unk) before and after, the test split's unk rate before and after.
+
+    Raises:
+        DataError: the parent's data cannot be read.
+        ModelError: the tokenizer and the embedding disagree on the number of ids.
+    """
+    from tokenization.base import N_SPECIAL, UNK, coverage_stats
+    from tokenization.vocab import count_ids, prune_vocab
+
+    embedding = weights[EMBEDDING]
+    rows = embedding.shape[0]
+    tokenizer = context.tokenizer
+    if tokenizer.vocab_size != rows:
+        raise ModelError(f"vocab: the tokenizer of {context.source} has {tokenizer.vocab_size} ids but {EMBEDDING} "
+                         f"has {rows} rows; they do not belong together. Re-freeze the version from its checkpoint.")
+    counts = count_ids(context.token_ids("train", "vocab"), rows)
+    total = max(int(counts.sum()), 1)
+    note = None
+    if coverage is not None:
+        needed = _ids_for_coverage(counts, coverage)
+        if needed is None:
+            note = (f"coverage {coverage:g} is out of reach ({counts[UNK] / total:.2%} of training tokens are already "
+                    "unk): all rows kept")
+        keep = rows if needed is None else N_SPECIAL + needed
+    assert keep is not None  # parse_recipe gives exactly one of keep and coverage
+    if keep >= rows and note is None:
+        note = f"vocab:{keep} is not below the {rows} ids of the vocabulary: all rows kept"
+    if keep >= rows:
+        log.warning("vocab: %s", note)
+        kept_ids = np.arange(rows)
+        new_tokenizer = tokenizer
+    else:
+        kept_ids, _ = prune_vocab(counts, keep)
+        new_tokenizer = tokenizer.keep_ids(kept_ids)
+    test_texts = list(context.corpus("vocab").test.texts)
+    report: dict[str, Any] = {
+        "rows_before": rows,
+        "rows_after": int(kept_ids.size),
+        "train_tokens": int(counts.sum()),
+        "train_coverage_before": float((counts.sum() - counts[UNK]) / total),
+        "train_coverage_after": float((counts[kept_ids].sum() - counts[UNK]) / total),
+        "unseen_rows_kept": int(np.count_nonzero(counts[kept_ids][N_SPECIAL:] == 0)),
+        "test_unk_rate_before": coverage_stats(tokenizer, test_texts, context.max_len).unk_rate,
+        "test_unk_rate_after": coverage_stats(new_tokenizer, test_texts, context.max_len).unk_rate,
+        **({"note": note} if note else {}),
+    }
+    if new_tokenizer is tokenizer:
+        return weights, (), report
+    context.tokenizer = new_tokenizer
+    return {**weights, EMBEDDING: _take_rows(embedding, kept_ids)}, (EMBEDDING,), report
+
+
+def _store_like(name: str, stored: StoredTensor, value: np.ndarray) -> StoredTensor:
+    """New float32 values in the storage (and layout) ``stored`` had; int8 is re-derived from the floats."""
+    if stored.storage == "float32":
+        fresh = StoredTensor("float32", value.astype(np.float32))
+    elif stored.storage == "float16":
+        fresh = StoredTensor("float16", value.astype(np.float16))
+    elif stored.storage == "int8":
+        axis = stored.axis if stored.axis is not None else int8_axis(name)
+        codes, scale = quantize_int8_array(value, axis)
+        fresh = StoredTensor("int8", codes, scale, axis)
+    else:
+        raise ModelError(f"tune: tensor {name} has storage {stored.storage!r}, which tune cannot write back.")
+    return _carry_layout(stored, fresh)
+
+
+def fine_tune(weights: Weights, context: RecipeContext, epochs: int) -> tuple[Weights, tuple[str, ...], dict[str, Any]]:
+    """Train the current weights ``epochs`` more epochs on the training split, pruning mask kept, storage re-applied.
+
+    The stored weights are dequantized into a trainable Keras CNN (``restore.restore_model``), trained with the
+    parent's settings (the epoch with the best validation score is kept) while every zero stays zero, read back and
+    stored as before: float16 casts again, int8 is quantized again from the tuned float values along the same axes.
+
+    Args:
+        weights: the stored weights (any storage and layout).
+        context: the parent's config, tokenizer and data (the training split trains, validation selects the epoch).
+        epochs: most epochs to train.
+
+    Returns:
+        The tuned weights, every tensor, and the report: epochs run, training loss and validation accuracy before
+        and after.
+
+    Raises:
+        DataError: the parent's data cannot be read.
+    """
+    from lifecycle import train as train_lib
+    from lifecycle.backend import configure
+    from lifecycle.freeze import FrozenGraph, keras_weights
+    from lifecycle.restore import restore_model
+
+    train = context.arrays("train", "tune")
+    validation = context.arrays("validation", "tune")
+    cfg = context.config
+    configure(cfg.train.seed, cfg.train.threads)
+    frozen = FrozenGraph(None, weights, context.kernel_sizes, context.weight_map, "int32", context.max_len)
+    restored = restore_model(frozen, cfg, len(context.labels))
+    model = restored.model
+    train_cfg = cfg.train.model_copy(update={"epochs": epochs})
+
+    def scores(arrays: Arrays) -> tuple[float, float]:
+        loss, accuracy = model.evaluate(arrays.x, arrays.y, batch_size=train_cfg.batch_size, verbose=0)[:2]
+        return float(loss), float(accuracy)
+
+    (train_loss, train_accuracy), (_, val_accuracy) = scores(train), scores(validation)
+    result = train_lib.fit(model, train, validation, train_cfg,
+                           callbacks=[train_lib.keep_sparsity_callback(model, restored.masks)])
+    (train_loss_after, train_accuracy_after), (_, val_accuracy_after) = scores(train), scores(validation)
+    tuned, _, _ = keras_weights(model)
+    out = {name: _store_like(name, stored, tuned[name].value) for name, stored in weights.items()}
+    report = {
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "train_seconds": round(result.train_seconds, 3),
+        "train_loss_before": train_loss,
+        "train_loss_after": train_loss_after,
+        "train_accuracy_before": train_accuracy,
+        "train_accuracy_after": train_accuracy_after,
+        "validation_accuracy_before": val_accuracy,
+        "validation_accuracy_after": val_accuracy_after,
+    }
+    return out, tuple(out), report
+
+
+CALIBRATION_SAMPLES = 256
+
+
+def int8_activations(weights: Weights, context: RecipeContext) -> tuple[Weights, tuple[str, ...], dict[str, Any]]:
+    """``int8-act``: ask for a full-integer serving form (int8 activations too), calibrated on training texts.
+
+    graph.pb, the retrainable master, is untouched: only the LiteRT serving form changes. Its calibration sample is
+    drawn when the version is written (after every step, so it follows a vocabulary pruned later in the recipe), and
+    its accuracy and agreement with graph.pb are measured there and recorded in ``manifest.serving``.
+    """
+    context.calibration_samples = CALIBRATION_SAMPLES
+    context.corpus("int8-act")  # fail now, with the step named, if the training data cannot be read
+    return weights, (), {"calibration_samples": CALIBRATION_SAMPLES, "serving": "int8-full"}
 
 
 STEPS: dict[str, Callable[..., tuple[Weights, tuple[str, ...]]]] = {
@@ -139,51 +437,136 @@ STEPS: dict[str, Callable[..., tuple[Weights, tuple[str, ...]]]] = {
     "int8": quantize_int8,
     "prune": prune_magnitude,
 }
-# Steps that take one parameter (``prune:0.8``) and how to read it.
-PARAMETERS: dict[str, str] = {"prune": "sparsity"}
+# Steps that need the parent's tokenizer and data: called as step(weights, context, **params) and returning a report
+# (a dict recorded in the manifest) beside the weights and the changed tensors.
+CONTEXT_STEPS: dict[str, Callable[..., tuple[Weights, tuple[str, ...], dict[str, Any]]]] = {
+    "vocab": prune_vocabulary,
+    "tune": fine_tune,
+    "int8-act": int8_activations,
+}
+# Steps that take one parameter (``prune:0.8``) and the name it is recorded under; ``vocab`` also takes coverage=C.
+PARAMETERS: dict[str, str] = {"prune": "sparsity", "vocab": "keep", "tune": "epochs"}
+# How each step is written in --recipe, for messages.
+USAGE = "fp16, int8, prune:S, vocab:N, vocab:coverage=C, tune:E, int8-act"
+
+
+def _parse_prune(arg: str, text: str) -> dict[str, Any]:
+    try:
+        sparsity = float(arg)
+    except ValueError:
+        raise ConfigError(f"--recipe {text!r}: prune needs a sparsity, e.g. prune:0.8. Received: {arg!r}.") from None
+    if not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"--recipe {text!r}: prune sparsity must be in [0, 1). Received: {sparsity:g}.")
+    return {"sparsity": sparsity}
+
+
+def _parse_vocab(arg: str, text: str) -> dict[str, Any]:
+    from tokenization.base import N_SPECIAL
+
+    key, equals, value = arg.partition("=")
+    if equals:
+        if key.strip() != "coverage":
+            raise ConfigError(f"--recipe {text!r}: vocab takes a size (vocab:20000) or a coverage "
+                              f"(vocab:coverage=0.95). Received: {arg!r}.")
+        try:
+            coverage = float(value)
+        except ValueError:
+            coverage = float("nan")
+        if not 0.0 < coverage <= 1.0:  # also refuses nan
+            raise ConfigError(f"--recipe {text!r}: vocab coverage must be a fraction in (0, 1] of the training "
+                              f"tokens, e.g. vocab:coverage=0.95. Received: {value!r}.")
+        return {"coverage": coverage}
+    try:
+        keep = int(arg)
+    except ValueError:
+        raise ConfigError(f"--recipe {text!r}: vocab needs the number of ids to keep, e.g. vocab:20000, or a coverage, "
+                          f"e.g. vocab:coverage=0.95. Received: {arg!r}.") from None
+    if keep <= N_SPECIAL:
+        raise ConfigError(f"--recipe {text!r}: vocab must keep more than the {N_SPECIAL} special ids (pad, unk, bos, "
+                          f"eos), e.g. vocab:20000. Received: {keep}.")
+    return {"keep": keep}
+
+
+def _parse_tune(arg: str, text: str) -> dict[str, Any]:
+    try:
+        epochs = int(arg)
+    except ValueError:
+        epochs = 0
+    if epochs < 1:
+        raise ConfigError(f"--recipe {text!r}: tune needs a whole number of epochs >= 1, e.g. tune:2. "
+                          f"Received: {arg!r}.")
+    return {"epochs": epochs}
+
+
+_PARSERS: dict[str, Callable[[str, str], dict[str, Any]]] = {"prune": _parse_prune, "vocab": _parse_vocab,
+                                                              "tune": _parse_tune}
 
 
 def parse_recipe(text: str) -> list[RecipeStep]:
-    """``"fp16"`` or ``"int8"`` (comma-separated steps) -> steps; unknown steps are a ConfigError naming them."""
+    """``"int8"``, ``"prune:0.8,tune:1,vocab:20000,int8"`` (comma-separated steps) -> steps.
+
+    Raises:
+        ConfigError: an unknown step, a missing or bad parameter, or both fp16 and int8; the message names the step.
+    """
     steps = []
     for raw in (part.strip() for part in text.split(",")):
         if not raw:
             continue
         name, _, arg = raw.partition(":")
-        if name not in STEPS:
-            raise ConfigError(
-                f"--recipe {text!r}: unknown step {name!r}. Steps available in this build: fp16, int8, prune:S."
-            )
+        if name not in STEPS and name not in CONTEXT_STEPS:
+            raise ConfigError(f"--recipe {text!r}: unknown step {name!r}. Steps available in this build: {USAGE}.")
         if name not in PARAMETERS:
             if arg:
                 raise ConfigError(f"--recipe {text!r}: step {name!r} takes no parameter. Received: {arg!r}.")
             steps.append(RecipeStep(name))
             continue
-        try:
-            sparsity = float(arg)
-        except ValueError:
-            raise ConfigError(
-                f"--recipe {text!r}: prune needs a sparsity, e.g. prune:0.8. Received: {arg!r}."
-            ) from None
-        if not 0.0 <= sparsity < 1.0:
-            raise ConfigError(f"--recipe {text!r}: prune sparsity must be in [0, 1). Received: {sparsity:g}.")
-        steps.append(RecipeStep(name, {PARAMETERS[name]: sparsity}))
+        steps.append(RecipeStep(name, _PARSERS[name](arg.strip(), text)))
     if not steps:
-        raise ConfigError(f"--recipe {text!r} names no step. Use e.g. --recipe int8 (steps: {', '.join(STEPS)}).")
+        raise ConfigError(f"--recipe {text!r} names no step. Use e.g. --recipe int8 (steps: {USAGE}).")
     if len({s.name for s in steps} & {"fp16", "int8"}) > 1:
         raise ConfigError(f"--recipe {text!r}: fp16 and int8 are alternative storages; pick one.")
     return steps
+
+
+def step_text(name: str, params: dict[str, Any]) -> str:
+    """One step as --recipe text, what :func:`parse_recipe` reads back: ``prune:0.8``, ``vocab:coverage=0.95``."""
+
+    def number(value: Any) -> str:
+        return str(value) if isinstance(value, int) else f"{value:g}"
+
+    return name + "".join(f":{number(value)}" if key == PARAMETERS.get(name) else f":{key}={number(value)}"
+                          for key, value in params.items())
 
 
 def _total_bytes(weights: Weights) -> int:
     return sum(stored.nbytes for stored in weights.values())
 
 
-def apply_recipe(weights: Weights, steps: list[RecipeStep]) -> tuple[Weights, list[StepReport]]:
-    """Run the steps in order; the input is not modified."""
+def apply_recipe(weights: Weights, steps: list[RecipeStep], context: RecipeContext | None = None
+                 ) -> tuple[Weights, list[StepReport]]:
+    """Run the steps in order; the input is not modified.
+
+    Args:
+        weights: the stored weights to compress.
+        steps: from :func:`parse_recipe`.
+        context: the parent's tokenizer, data and architecture; needed only by ``vocab`` and ``tune``, and
+            ``vocab`` replaces its tokenizer (the caller saves ``context.tokenizer`` with the new version).
+
+    Raises:
+        ModelError: a step that needs a context was given none, or a step cannot transform a tensor.
+        DataError: a step that needs the parent's data cannot read it.
+    """
     reports = []
     for step in steps:
         before = _total_bytes(weights)
-        weights, changed = STEPS[step.name](weights, **step.params)
-        reports.append(StepReport(step.name, step.params, before, _total_bytes(weights), changed))
+        details: dict[str, Any] = {}
+        if step.name in CONTEXT_STEPS:
+            if context is None:
+                raise ModelError(f"recipe step {step.name} needs the version's tokenizer and data (a RecipeContext); "
+                                 "run it through `lifecycle compress` (workflows.run_compress).")
+            weights, changed, details = CONTEXT_STEPS[step.name](weights, context, **step.params)
+        else:
+            weights, changed = STEPS[step.name](weights, **step.params)
+        reports.append(StepReport(step.name, step.params, before, _total_bytes(weights), changed,
+                                  {name: weights[name].layout for name in changed}, details))
     return weights, reports

@@ -10,10 +10,24 @@ nodes have stable, readable names that restore and compress rely on:
 Loading refuses any op outside ``ALLOWED_OPS`` (a GraphDef can carry file and system ops), and runs the graph in a
 session with Grappler's constant folding off: with it on, the first call folds every large weight constant again,
 which is where the field report's 2700 ms first call and doubled RAM came from.
+
+A weight is stored in one of three storages (float32, float16, int8 codes plus scales) and one of two layouts. Dense
+is one Const of codes. Sparse (pruned weights) keeps only the nonzero codes plus a bitmask of where they go:
+
+    <codes>/values  (Const, the storage's dtype, [nonzero])
+    <codes>/mask    (Const uint8, [ceil(size / 8)], bit i % 8 of byte i // 8 set where element i is nonzero)
+    <codes>/decode/...  RightShift, BitwiseAnd, Where, ScatterNd: the dense codes from the two constants
+    <codes>         (Reshape) the dense codes, under the same name a dense layout gives its Const
+
+where ``<codes>`` is the weight's name (float32), ``<name>/fp16`` or ``<name>/q``. The graph stays self-contained:
+any TensorFlow import computes the same probabilities. ``GraphRunner`` does not run the decode per call (constant
+folding is off, see above): it decodes each sparse tensor once with numpy and imports it as the dense Const, so a
+loaded sparse graph is the dense graph, with the same per-call work and memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,18 +46,72 @@ GRAPH_FILE = "graph.pb"
 # refused at load time.
 ALLOWED_OPS = frozenset({
     "Placeholder", "Const", "Identity", "Cast", "GatherV2", "Conv2D", "ExpandDims", "Squeeze", "BiasAdd", "AddV2",
-    "Add", "Relu", "Max", "ConcatV2", "MatMul", "Softmax", "Mul", "Reshape", "SparseToDense", "ScatterNd",
+    "Add", "Relu", "Max", "ConcatV2", "MatMul", "Softmax", "Mul", "Reshape",
+    # The sparse layout's decode (bitmask -> positions -> dense codes); pure tensor arithmetic, no state or files.
+    "RightShift", "BitwiseAnd", "Where", "ScatterNd",
 })
+LAYOUTS = ("dense", "sparse")
+SPARSE_ENCODING = "bitmask"  # nonzero codes + 1 bit per element; see module docstring
+
+
+def encode_sparse(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sparse layout of an array: its nonzero values in row-major order and a little-endian packed bitmask."""
+    flat = dense.reshape(-1)
+    present = flat != 0
+    return flat[present], np.packbits(present, bitorder="little")
+
+
+def decode_sparse(values: np.ndarray, mask: np.ndarray, shape: Sequence[int], source: Path | str,
+                  name: str) -> np.ndarray:
+    """The dense array a sparse layout stands for; a values count that disagrees with the mask is a ModelError."""
+    size = int(np.prod(shape, dtype=np.int64))
+    values = np.asarray(values).reshape(-1)
+    mask = np.asarray(mask)
+    if mask.dtype != np.uint8 or mask.size != (size + 7) // 8:
+        raise ModelError(
+            f"{source}: sparse tensor {name!r} has a {mask.dtype} mask of {mask.size} bytes; shape {list(shape)} "
+            f"needs {(size + 7) // 8} uint8 bytes. The file is damaged or was edited: re-run the compress step."
+        )
+    if size % 8 and mask.reshape(-1)[-1] >> (size % 8):
+        raise ModelError(
+            f"{source}: sparse tensor {name!r} sets mask bits past its {size} elements. The file is damaged or was "
+            "edited: re-run the compress step that wrote it."
+        )
+    # One byte per element, viewed as bool without a copy: this runs at every load, on the largest tensors.
+    present = np.unpackbits(mask.reshape(-1), count=size, bitorder="little").view(bool)
+    marked = int(np.count_nonzero(present))
+    if marked != values.size:
+        raise ModelError(
+            f"{source}: sparse tensor {name!r} stores {values.size} values but its mask marks {marked} positions "
+            f"(of {size}). The file is damaged or was edited: re-run the compress step that wrote it."
+        )
+    dense = np.zeros(size, dtype=values.dtype)
+    dense[present] = values
+    return dense.reshape(tuple(int(d) for d in shape))
+
+
+def sparse_nbytes(dense: np.ndarray) -> int:
+    """Bytes of an array in the sparse layout: its nonzero values plus one mask bit per element."""
+    return int(np.count_nonzero(dense)) * dense.itemsize + (dense.size + 7) // 8
 
 
 @dataclass(frozen=True)
 class StoredTensor:
-    """One weight as a graph stores it: float32, float16, or int8 codes with float32 scales along one axis."""
+    """One weight as a graph stores it: float32, float16, or int8 codes with float32 scales along one axis.
+
+    ``value`` is always the dense array of stored codes, whatever the layout; ``layout`` says how the graph file holds
+    them (``dense``: one Const; ``sparse``: nonzero values plus a bitmask) and ``nbytes`` counts the bytes it holds.
+    """
 
     storage: str
     value: np.ndarray
     scale: np.ndarray | None = None
     axis: int | None = None
+    layout: str = "dense"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ModelError(f"layout must be one of {', '.join(LAYOUTS)}. Received: {self.layout!r}.")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -51,7 +119,8 @@ class StoredTensor:
 
     @property
     def nbytes(self) -> int:
-        return int(self.value.nbytes + (self.scale.nbytes if self.scale is not None else 0))
+        scale = self.scale.nbytes if self.scale is not None else 0
+        return int((sparse_nbytes(self.value) if self.layout == "sparse" else self.value.nbytes) + scale)
 
     def dequantize(self) -> np.ndarray:
         """The float32 values the graph computes with."""
@@ -60,9 +129,15 @@ class StoredTensor:
             return self.value.astype(np.float32) * self.scale
         return self.value.astype(np.float32)
 
+    def codes_node(self, name: str) -> str:
+        """The node whose output is the dense stored codes (a Const when dense, the decode's Reshape when sparse)."""
+        return {"float32": name, "float16": f"{name}/fp16", "int8": f"{name}/q"}[self.storage]
+
     def nodes(self, name: str) -> list[str]:
         """The Const nodes holding this tensor in a graph."""
-        return {"float32": [name], "float16": [f"{name}/fp16"], "int8": [f"{name}/q", f"{name}/scale"]}[self.storage]
+        codes = self.codes_node(name)
+        held = [f"{codes}/values", f"{codes}/mask"] if self.layout == "sparse" else [codes]
+        return held + ([f"{name}/scale"] if self.storage == "int8" else [])
 
 
 Weights = dict[str, StoredTensor]
@@ -110,25 +185,47 @@ def keras_weights(model: keras.Model) -> tuple[Weights, tuple[int, ...], dict[st
     return weights, tuple(widths), {var.path: name for var, name in pairs}
 
 
+def _codes(tf: Any, name: str, stored: StoredTensor) -> Any:
+    """The dense stored codes as a graph tensor named ``stored.codes_node(name)``: one Const, or the sparse decode."""
+    node = stored.codes_node(name)
+    if stored.layout == "dense":
+        return tf.constant(stored.value, name=node)
+    values, mask = encode_sparse(stored.value)
+    size = stored.value.size
+    bits = tf.bitwise.right_shift(
+        tf.reshape(tf.constant(mask, name=f"{node}/mask"), tf.constant([-1, 1], name=f"{node}/decode/column"),
+                   name=f"{node}/decode/bytes"),
+        tf.constant(np.arange(8, dtype=np.uint8), name=f"{node}/decode/shifts"), name=f"{node}/decode/shifted")
+    flags = tf.bitwise.bitwise_and(bits, tf.constant(np.uint8(1), name=f"{node}/decode/one"),
+                                   name=f"{node}/decode/bits")
+    flat = tf.reshape(flags, tf.constant([-1], name=f"{node}/decode/flat_shape"), name=f"{node}/decode/flat")
+    # Padding bits past ``size`` are zero, so every position Where finds is inside the tensor.
+    positions = tf.where(flat, name=f"{node}/decode/positions")
+    dense = tf.scatter_nd(positions, tf.constant(values, name=f"{node}/values"),
+                          tf.constant([size], dtype=tf.int64, name=f"{node}/decode/size"),
+                          name=f"{node}/decode/scatter")
+    return tf.reshape(dense, tf.constant(stored.shape, dtype=tf.int64, name=f"{node}/decode/shape"), name=node)
+
+
 def _dense(tf: Any, name: str, stored: StoredTensor) -> Any:
-    """A float32 tensor named ``name`` computed from its stored form (a plain Const when stored as float32)."""
+    """A float32 tensor named ``name`` computed from its stored form (the codes themselves when float32)."""
+    codes = _codes(tf, name, stored)
     if stored.storage == "float32":
-        return tf.constant(stored.value, name=name)
+        return codes
     if stored.storage == "float16":
-        return tf.cast(tf.constant(stored.value, name=f"{name}/fp16"), tf.float32, name=name)
-    codes = tf.cast(tf.constant(stored.value, name=f"{name}/q"), tf.float32)
-    return tf.multiply(codes, tf.constant(stored.scale, name=f"{name}/scale"), name=name)
+        return tf.cast(codes, tf.float32, name=name)
+    return tf.multiply(tf.cast(codes, tf.float32), tf.constant(stored.scale, name=f"{name}/scale"), name=name)
 
 
 def _embed(tf: Any, stored: StoredTensor, ids: Any) -> Any:
     """Embedding lookup that gathers the stored rows first, so a float16/int8 table stays small in memory."""
     name = "weights/embedding"
+    table = _codes(tf, name, stored)
     if stored.storage == "float32":
-        return tf.gather(tf.constant(stored.value, name=name), ids, name="embed")
+        return tf.gather(table, ids, name="embed")
     if stored.storage == "float16":
-        rows = tf.gather(tf.constant(stored.value, name=f"{name}/fp16"), ids)
-        return tf.cast(rows, tf.float32, name="embed")
-    rows = tf.cast(tf.gather(tf.constant(stored.value, name=f"{name}/q"), ids), tf.float32)
+        return tf.cast(tf.gather(table, ids), tf.float32, name="embed")
+    rows = tf.cast(tf.gather(table, ids), tf.float32)
     scales = tf.gather(tf.constant(stored.scale, name=f"{name}/scale"), ids)
     return tf.multiply(rows, scales, name="embed")
 
@@ -172,14 +269,17 @@ def freeze_model(model: keras.Model, max_len: int) -> FrozenGraph:
 
 
 def tensor_manifest(weights: Weights) -> dict[str, dict[str, Any]]:
-    """Every weight: logical shape and dtype, storage, stored bytes, its Const nodes (the manifest's ``tensors``)."""
+    """Every weight: logical shape and dtype, storage, layout, stored bytes, its Const nodes (``tensors``)."""
     return {
         name: {
             "shape": list(stored.shape),
             "dtype": "float32",
             "storage": stored.storage,
+            "layout": stored.layout,
+            **({"encoding": SPARSE_ENCODING} if stored.layout == "sparse" else {}),
             "bytes": stored.nbytes,
             "nodes": stored.nodes(name),
+            "nonzero": int(np.count_nonzero(stored.value)),
             "sparsity": float(1.0 - np.count_nonzero(stored.value) / max(stored.value.size, 1)),
             **({"axis": stored.axis} if stored.axis is not None else {}),
         }
@@ -188,7 +288,7 @@ def tensor_manifest(weights: Weights) -> dict[str, dict[str, Any]]:
 
 
 def read_weights(graph_def: Any, tensors: dict[str, dict[str, Any]], source: Path | str) -> Weights:
-    """The stored weights of a graph, read by the storage the manifest records (restore never guesses)."""
+    """The stored weights of a graph, read by the storage and layout the manifest records (restore never guesses)."""
     tf = tf_module()
     consts = {node.name: node for node in graph_def.node if node.op == "Const"}
 
@@ -199,20 +299,84 @@ def read_weights(graph_def: Any, tensors: dict[str, dict[str, Any]], source: Pat
 
     weights: Weights = {}
     for name, meta in tensors.items():
-        storage = meta["storage"]
-        if storage == "float32":
-            weights[name] = StoredTensor(storage, value(name))
-        elif storage == "float16":
-            weights[name] = StoredTensor(storage, value(f"{name}/fp16"))
-        elif storage == "int8":
-            weights[name] = StoredTensor(storage, value(f"{name}/q"), value(f"{name}/scale"), meta.get("axis"))
-        else:
+        storage, layout = meta["storage"], meta.get("layout", "dense")  # manifests before sparse layouts: dense
+        if storage not in ("float32", "float16", "int8"):
             raise ModelError(f"{source}: tensor {name!r} has unknown storage {storage!r}.")
+        if layout not in LAYOUTS:
+            raise ModelError(f"{source}: tensor {name!r} has unknown layout {layout!r} (manifest field "
+                             f"tensors.{name}.layout); this lifecycle reads {', '.join(LAYOUTS)}.")
+        if layout == "sparse" and meta.get("encoding", SPARSE_ENCODING) != SPARSE_ENCODING:
+            raise ModelError(f"{source}: tensor {name!r} has sparse encoding {meta['encoding']!r}; this lifecycle "
+                             f"reads {SPARSE_ENCODING!r}. Upgrade lifecycle to load this version.")
+        codes_node = StoredTensor(storage, np.zeros(0)).codes_node(name)
+        if layout == "sparse":
+            codes = decode_sparse(value(f"{codes_node}/values"), value(f"{codes_node}/mask"), meta["shape"], source,
+                                  name)
+        else:
+            codes = value(codes_node)
+        scale = value(f"{name}/scale") if storage == "int8" else None
+        weights[name] = StoredTensor(storage, codes, scale, meta.get("axis") if scale is not None else None, layout)
         if list(weights[name].shape) != list(meta["shape"]):
             raise ModelError(
                 f"{source}: tensor {name!r} has shape {weights[name].shape}, manifest says {meta['shape']}."
             )
+        if "nodes" in meta and list(meta["nodes"]) != weights[name].nodes(name):
+            raise ModelError(f"{source}: manifest field tensors.{name}.nodes is {meta['nodes']}; storage {storage} "
+                             f"with layout {layout} is held in {weights[name].nodes(name)}. Re-write the version.")
     return weights
+
+
+def densify_sparse(graph_def: Any, source: Path | str) -> Any:
+    """The same graph with every sparse-layout tensor decoded once into a dense Const (its decode nodes dropped).
+
+    A sparse tensor is recognised by its node names (module docstring) and its decode is checked to be exactly the
+    one ``emit_graph`` writes, so nothing else is rewritten. Returns ``graph_def`` itself when nothing is sparse; the
+    argument is never modified.
+    """
+    tf = tf_module()
+    nodes = {node.name: node for node in graph_def.node}
+    bases = [name.removesuffix("/mask") for name, node in nodes.items()
+             if node.op == "Const" and name.endswith("/mask") and f"{name.removesuffix('/mask')}/values" in nodes]
+    if not bases:
+        return graph_def
+    dropped: set[str] = set()
+    for base in bases:
+        decode = {name for name in nodes if name.startswith(f"{base}/decode/")}
+        node = nodes.get(base)
+        if (node is None or node.op != "Reshape"
+                or list(node.input) != [f"{base}/decode/scatter", f"{base}/decode/shape"]
+                or nodes[f"{base}/values"].op != "Const" or f"{base}/decode/shape" not in decode
+                or nodes[f"{base}/decode/shape"].op != "Const"):
+            raise ModelError(f"{source}: sparse tensor {base!r} (nodes {base}/values, {base}/mask) is not decoded "
+                             "the way lifecycle writes it; refusing to load an edited graph. Re-run compress.")
+        dropped |= decode | {f"{base}/values", f"{base}/mask"}
+
+    def array(node_name: str) -> np.ndarray:
+        return tf.make_ndarray(nodes[node_name].attr["value"].tensor)
+
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name in dropped:
+            continue
+        if node.name in bases:
+            # One tensor decoded at a time and written straight into the new Const, to keep the load's peak low.
+            dense = decode_sparse(array(f"{node.name}/values"), array(f"{node.name}/mask"),
+                                  array(f"{node.name}/decode/shape"), source, node.name)
+            const = out.node.add(name=node.name, op="Const", device=node.device)
+            const.attr["dtype"].type = tf.as_dtype(dense.dtype).as_datatype_enum
+            tensor = const.attr["value"].tensor
+            tensor.dtype = const.attr["dtype"].type
+            tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=d) for d in dense.shape)
+            tensor.tensor_content = dense.tobytes()
+            del dense
+            continue
+        if any(ref.lstrip("^").split(":")[0] in dropped for ref in node.input):
+            raise ModelError(f"{source}: node {node.name!r} reads a sparse tensor's decode internals; refusing to "
+                             "load an edited graph. Re-run compress.")
+        out.node.add().CopyFrom(node)
+    return out
 
 
 def graph_ops(graph_def: Any) -> set[str]:
@@ -246,16 +410,23 @@ def read_graph(path: Path) -> Any:
 
 
 class GraphRunner:
-    """An imported frozen graph in its own session (constant folding off), warmed up, GraphDef dropped."""
+    """An imported frozen graph in its own session (constant folding off), warmed up, GraphDef dropped.
+
+    Sparse-layout tensors are decoded once at load (``densify_sparse``), so serving one costs what the dense graph
+    costs per call and in memory.
+    """
 
     def __init__(self, graph_def: Any, source: Path | str, max_len: int, input_dtype: str) -> None:
         tf = tf_module()
         from tensorflow.core.protobuf import rewriter_config_pb2
 
         check_allowed(graph_def, source)
+        # Sparse tensors are decoded here, once: with folding off, the graph's own decode would run on every call.
+        graph_def = densify_sparse(graph_def, source)
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.graph_util.import_graph_def(graph_def, name="")
+        del graph_def
         config = tf.compat.v1.ConfigProto()
         rewrite = config.graph_options.rewrite_options
         # Folding would copy every weight constant once more at the first run (time and RAM).

@@ -22,21 +22,52 @@ class Prediction:
     top: tuple[tuple[str, float], ...]
 
 
-class Predictor:
-    """A version's tokenizer and model, loaded once, predicting batches of raw texts."""
+RUNTIMES = ("auto", "litert", "graph")
 
-    def __init__(self, version: Version) -> None:
+
+class Predictor:
+    """A version's tokenizer and model, loaded once, predicting batches of raw texts.
+
+    ``runtime`` picks the model form of a frozen or compressed version: ``auto`` (default) uses the LiteRT serving
+    form when the version has one and graph.pb otherwise; ``litert`` requires the serving form (and never imports
+    TensorFlow); ``graph`` runs graph.pb in a TensorFlow session. Checkpoints always run in Keras.
+    """
+
+    def __init__(self, version: Version, runtime: str = "auto", threads: int | None = None) -> None:
         from tokenization.base import load_tokenizer
 
+        if runtime not in RUNTIMES:
+            raise ModelError(f"runtime {runtime!r} is unknown; use one of {', '.join(RUNTIMES)}.")
         self.version = version
         self.labels = version.labels
         self.max_len = version.max_len
         self.tokenizer = load_tokenizer(version.tokenizer_dir)
-        self._run = self._load_model(version)
+        self.runtime = self._pick_runtime(version, runtime)
+        self._run = self._load_model(version, self.runtime, threads)
 
     @staticmethod
-    def _load_model(version: Version) -> Any:
-        """A function from padded ids to probabilities, for the version's kind."""
+    def _pick_runtime(version: Version, runtime: str) -> str:
+        if version.kind == "checkpoint":
+            if runtime == "litert":
+                raise ModelError(f"{version.path}: a checkpoint has no serving form; freeze it first "
+                                 "(`lifecycle freeze`), or use --runtime auto.")
+            return "keras"
+        serving = version.manifest.get("serving")
+        if runtime == "litert" and not serving:
+            raise ModelError(f"{version.path}: this version has no serving form (made before serving forms "
+                             "existed); re-freeze or compress it again, or use --runtime graph.")
+        if runtime == "auto":
+            return "litert" if serving else "graph"
+        return runtime
+
+    @staticmethod
+    def _load_model(version: Version, runtime: str, threads: int | None) -> Any:
+        """A function from padded ids to probabilities, for the version's kind and the chosen runtime."""
+        dtype = version.manifest.get("input", {}).get("dtype", "int32")
+        if runtime == "litert":
+            from lifecycle.litert import LiteRunner
+
+            return LiteRunner(version.path / version.manifest["serving"]["file"], version.max_len, dtype, threads).run
         from lifecycle.backend import tf_module
 
         tf_module()
@@ -57,7 +88,7 @@ class Predictor:
             from lifecycle.freeze import GRAPH_FILE, GraphRunner, read_graph
 
             path = version.path / GRAPH_FILE
-            runner = GraphRunner(read_graph(path), path, version.max_len, version.manifest["input"]["dtype"])
+            runner = GraphRunner(read_graph(path), path, version.max_len, dtype)
             return runner.run
         raise ModelError(f"{version.path}: a {version.kind!r} version holds no model to predict with.")
 

@@ -64,6 +64,26 @@ def make_tf_dataset(data: Arrays, batch_size: int, seed: int | None = None) -> A
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def keep_sparsity_callback(model: keras.Model, masks: dict[str, np.ndarray]) -> Any:
+    """A Keras callback that re-applies pruning masks after every batch, so pruned weights stay exactly zero.
+
+    Args:
+        model: the model being trained.
+        masks: Keras weight path -> boolean array, True where the weight may change (``restore.Restored.masks``).
+    """
+    import keras
+
+    pairs = [(weight, masks[weight.path].astype("float32")) for weight in model.weights
+             if weight.path in masks and not bool(masks[weight.path].all())]
+
+    class _KeepSparsity(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            for weight, mask in pairs:
+                weight.assign(weight * mask)
+
+    return _KeepSparsity()
+
+
 def load_resume_model(resume_dir: Path) -> keras.Model | None:
     """The model saved after the last finished epoch, or None when there is nothing to resume."""
     if not (resume_dir / STATE_FILE).is_file() or not (resume_dir / MODEL_FILE).is_file():

@@ -35,6 +35,9 @@ METADATA_FILE = "tokenizer.json"
 BPE_MODEL_FILE = "bpe.model"
 VOCAB_FILE = "vocab.txt"
 VECTORS_FILE = "vectors.npy"
+# A bpe tokenizer whose vocabulary was pruned (youtokentome's model file cannot be edited): the model ids kept, in
+# ascending order, so new id = position; every other model id encodes as unk.
+KEPT_IDS_FILE = "kept_ids.npy"
 FORMAT_VERSION = 1
 KINDS: tuple[str, ...] = ("bpe", "word")
 DEFAULT_SEED = 13
@@ -86,6 +89,14 @@ class Tokenizer(Protocol):
 
     def id_to_token(self, token_id: int) -> str:
         """The token (word or subword) of one id."""
+        ...
+
+    def keep_ids(self, kept_ids: np.ndarray) -> Tokenizer:
+        """A copy whose id ``i`` is this tokenizer's id ``kept_ids[i]``; tokens of every other id encode as unk.
+
+        ``kept_ids`` is ascending and starts with the special ids (see :func:`check_kept_ids`), so the embedding rows
+        ``matrix[kept_ids]`` line up with the new ids.
+        """
         ...
 
     def save(self, directory: Path) -> None:
@@ -222,7 +233,7 @@ def write_metadata(directory: Path, metadata: dict[str, Any]) -> None:
 
 def remove_stale_files(directory: Path, keep: Sequence[str]) -> None:
     """Delete the data files of other kinds or settings, so a reused directory holds one tokenizer and its size."""
-    for name in (BPE_MODEL_FILE, VOCAB_FILE, VECTORS_FILE):
+    for name in (BPE_MODEL_FILE, VOCAB_FILE, VECTORS_FILE, KEPT_IDS_FILE):
         if name not in keep:
             (directory / name).unlink(missing_ok=True)
 
@@ -259,6 +270,35 @@ def read_metadata(directory: Path, expected_kind: str | None = None) -> dict[str
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size <= N_SPECIAL:
         raise TokenizerError(f"{path}: vocab_size must be an integer > {N_SPECIAL}. Received: {vocab_size!r}. {fix}")
     return metadata
+
+
+def check_kept_ids(kept_ids: Sequence[int] | np.ndarray, vocab_size: int, source: str = "kept_ids") -> np.ndarray:
+    """Check the ids a vocabulary pruning keeps and return them as int64.
+
+    Args:
+        kept_ids: old ids to keep, strictly ascending, starting with the special ids 0-3 (as
+            :func:`tokenization.vocab.prune_vocab` returns them).
+        vocab_size: the size of the vocabulary they index.
+        source: what to name in the error (a file, or ``kept_ids``).
+
+    Raises:
+        TokenizerError: not 1-D integers, not ascending, the specials missing, or an id outside ``range(vocab_size)``.
+    """
+    ids = np.asarray(kept_ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise TokenizerError(f"{source}: kept ids must be a 1-D integer array. Received: {ids.dtype} {ids.shape}.")
+    ids = ids.astype(np.int64)
+    if ids.size <= N_SPECIAL or not np.array_equal(ids[:N_SPECIAL], np.arange(N_SPECIAL)):
+        raise TokenizerError(
+            f"{source}: kept ids must start with the special ids 0-{N_SPECIAL - 1} and keep at least one more. "
+            f"Received: {ids[:N_SPECIAL + 1].tolist()} ({ids.size} ids)."
+        )
+    if np.any(np.diff(ids) <= 0) or ids[-1] >= vocab_size:
+        raise TokenizerError(
+            f"{source}: kept ids must be strictly ascending and below the vocabulary size {vocab_size}. "
+            f"Received: {ids.size} ids up to {int(ids.max())}."
+        )
+    return ids
 
 
 def check_texts(texts: Sequence[str], what: str) -> None:

@@ -1,6 +1,10 @@
 """Byte-pair-encoding tokenizer over youtokentome (imported lazily: a missing install is a DependencyError).
 
-Files written by :meth:`BPETokenizer.save`: ``bpe.model`` (youtokentome's own text format) and ``tokenizer.json``.
+Files written by :meth:`BPETokenizer.save`: ``bpe.model`` (youtokentome's own text format) and ``tokenizer.json``;
+after vocabulary pruning (:meth:`BPETokenizer.keep_ids`) also ``kept_ids.npy``: the model ids kept, ascending, so a
+model id's new id is its position there and every other model id becomes unk. youtokentome's model file cannot drop
+ids (its merges build on one another), so the map is applied after encoding; ``vocab_size`` is then the pruned size
+and ``model_vocab_size`` in ``tokenizer.json`` the model file's.
 
 youtokentome 1.0.6 behaviour this module works around (checked by running it):
 
@@ -35,10 +39,12 @@ from tokenization.base import (
     BOS,
     BPE_MODEL_FILE,
     EOS,
+    KEPT_IDS_FILE,
     N_SPECIAL,
     PAD,
     UNK,
     PaddedEncoder,
+    check_kept_ids,
     check_texts,
     read_metadata,
     remove_stale_files,
@@ -65,21 +71,33 @@ class BPETokenizer(PaddedEncoder):
         model_path: a youtokentome model file; it is checked, then read into memory, so it may be deleted afterwards.
         lowercase: lower-case text before encoding (it must match how the model was trained).
         info: extra settings recorded in ``tokenizer.json`` (requested vocab size, coverage).
+        kept_ids: after vocabulary pruning, the model ids kept (ascending, specials first); new id = position, other
+            model ids encode as unk. None keeps the model's ids as they are.
 
     Raises:
-        TokenizerError: the model file is missing or malformed.
+        TokenizerError: the model file is missing or malformed, or ``kept_ids`` does not fit it.
         DependencyError: youtokentome is not installed.
     """
 
     kind = "bpe"
 
-    def __init__(self, model_path: Path, *, lowercase: bool, info: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, model_path: Path, *, lowercase: bool, info: Mapping[str, Any] | None = None,
+                 kept_ids: np.ndarray | None = None) -> None:
         model_path = Path(model_path)
-        self._vocab_size = check_model_file(model_path)
+        self._model_vocab_size = check_model_file(model_path)
         self._model_bytes = model_path.read_bytes()
         self._bpe = _youtokentome().BPE(model=str(model_path))
         self._lowercase = lowercase
         self._info = dict(info or {})
+        self._kept: np.ndarray | None = None
+        self._old_to_new: list[int] | None = None
+        self._vocab_size = self._model_vocab_size
+        if kept_ids is not None:
+            self._kept = check_kept_ids(kept_ids, self._model_vocab_size)
+            old_to_new = np.full(self._model_vocab_size, UNK, dtype=np.int64)
+            old_to_new[self._kept] = np.arange(self._kept.size)
+            self._old_to_new = old_to_new.tolist()  # a list: per-token lookups in Python are faster than numpy's
+            self._vocab_size = int(self._kept.size)
 
     @classmethod
     def train(cls, texts: Sequence[str], cfg: BPEConfig, *, workdir: Path | None = None) -> BPETokenizer:
@@ -160,9 +178,20 @@ class BPETokenizer(PaddedEncoder):
         return self._vocab_size
 
     @property
+    def model_vocab_size(self) -> int:
+        """Ids of the youtokentome model itself (``vocab_size`` unless the vocabulary was pruned)."""
+        return self._model_vocab_size
+
+    @property
+    def kept_ids(self) -> np.ndarray | None:
+        """The model ids a pruned vocabulary keeps (new id = position), or None when nothing was pruned."""
+        return None if self._kept is None else self._kept.copy()
+
+    @property
     def vocab(self) -> list[str]:
         """Subwords in id order; ``▁`` marks the start of a word."""
-        return list(self._bpe.vocab())
+        subwords = list(self._bpe.vocab())
+        return subwords if self._kept is None else [subwords[i] for i in self._kept]
 
     @property
     def vectors(self) -> None:
@@ -175,18 +204,40 @@ class BPETokenizer(PaddedEncoder):
         return self._lowercase
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
-        """The subwords of each text (``▁`` marks a word start; unknown characters show as themselves)."""
+        """The subwords of each text (``▁`` marks a word start; unknown characters show as themselves).
+
+        After vocabulary pruning, subwords whose id was dropped show as ``<UNK>``, as they encode.
+        """
         check_texts(texts, "BPETokenizer.tokenize")
+        if self._kept is not None:
+            return [[self.id_to_token(token_id) for token_id in row] for row in self.tokenize_ids(texts)]
         yttm = _youtokentome()
         prepared = [_normalize(text, self._lowercase) for text in texts]
         return self._bpe.encode(prepared, output_type=yttm.OutputType.SUBWORD)
 
     def tokenize_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Unpadded ids per text, without bos/eos."""
+        """Unpadded ids per text, without bos/eos (after vocabulary pruning: the new ids, dropped ones as unk)."""
         check_texts(texts, "BPETokenizer.tokenize_ids")
         yttm = _youtokentome()
         prepared = [_normalize(text, self._lowercase) for text in texts]
-        return self._bpe.encode(prepared, output_type=yttm.OutputType.ID)
+        rows = self._bpe.encode(prepared, output_type=yttm.OutputType.ID)
+        table = self._old_to_new
+        return rows if table is None else [[table[token_id] for token_id in row] for row in rows]
+
+    def keep_ids(self, kept_ids: np.ndarray) -> BPETokenizer:
+        """The vocabulary shrunk to ``kept_ids`` (ascending, specials first): id ``i`` becomes ``kept_ids[i]``.
+
+        Pruning an already pruned tokenizer composes the two maps, so the saved map always starts from the model.
+
+        Raises:
+            TokenizerError: ``kept_ids`` is not an ascending list of this tokenizer's ids starting with the specials.
+        """
+        ids = check_kept_ids(kept_ids, self._vocab_size)
+        model_ids = ids if self._kept is None else self._kept[ids]
+        with tempfile.TemporaryDirectory(prefix="lifecycle-bpe-") as folder:
+            path = Path(folder) / BPE_MODEL_FILE
+            path.write_bytes(self._model_bytes)
+            return BPETokenizer(path, lowercase=self._lowercase, info=self._info, kept_ids=model_ids)
 
     def decode(self, ids: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
         """Text per row of ids; pad, bos and eos are skipped, unk shows as ``<UNK>``.
@@ -198,6 +249,9 @@ class BPETokenizer(PaddedEncoder):
         for row in rows:
             for token_id in row:
                 self._check_id(token_id)
+        if self._kept is not None:
+            kept = self._kept
+            rows = [[int(kept[token_id]) for token_id in row] for row in rows]
         return self._bpe.decode(rows, ignore_ids=[PAD, BOS, EOS]) if rows else []
 
     def id_to_token(self, token_id: int) -> str:
@@ -207,14 +261,24 @@ class BPETokenizer(PaddedEncoder):
             TokenizerError: the id is outside ``range(vocab_size)``.
         """
         self._check_id(int(token_id))
-        return self._bpe.id_to_subword(int(token_id))
+        model_id = int(token_id) if self._kept is None else int(self._kept[int(token_id)])
+        return self._bpe.id_to_subword(model_id)
 
     def save(self, directory: Path) -> None:
-        """Write ``bpe.model`` and ``tokenizer.json`` into ``directory``."""
+        """Write ``bpe.model``, ``kept_ids.npy`` (when pruned) and ``tokenizer.json`` into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / BPE_MODEL_FILE).write_bytes(self._model_bytes)
-        remove_stale_files(directory, keep=[BPE_MODEL_FILE])
+        files = [BPE_MODEL_FILE]
+        pruned: dict[str, Any] = {}
+        if self._kept is not None:
+            # The narrowest dtype that holds the model's ids: the map ships with every deployed version.
+            dtype = np.uint16 if self._model_vocab_size <= 2**16 else np.int32
+            with (directory / KEPT_IDS_FILE).open("wb") as handle:
+                np.save(handle, self._kept.astype(dtype), allow_pickle=False)
+            files.append(KEPT_IDS_FILE)
+            pruned = {"model_vocab_size": self._model_vocab_size}
+        remove_stale_files(directory, keep=files)
         write_metadata(
             directory,
             {
@@ -222,7 +286,8 @@ class BPETokenizer(PaddedEncoder):
                 "vocab_size": self.vocab_size,
                 "lowercase": self._lowercase,
                 **self._info,
-                "files": [BPE_MODEL_FILE],
+                **pruned,
+                "files": files,
             },
         )
 
@@ -240,13 +305,19 @@ class BPETokenizer(PaddedEncoder):
             raise TokenizerError(f"{directory / 'tokenizer.json'}: lowercase is missing or not a bool. {_FIX}")
         model_path = directory / BPE_MODEL_FILE
         size = check_model_file(model_path)
-        if size != metadata["vocab_size"]:
+        kept_ids = None
+        expected = metadata["vocab_size"]
+        if KEPT_IDS_FILE in (metadata.get("files") or []):
+            expected = metadata.get("model_vocab_size")
+            kept_ids = _read_kept_ids(directory / KEPT_IDS_FILE, size, metadata["vocab_size"])
+        if size != expected:
             raise TokenizerError(
-                f"{model_path}: holds {size} tokens but tokenizer.json says vocab_size={metadata['vocab_size']}; the "
-                f"files do not belong together. {_FIX}"
+                f"{model_path}: holds {size} tokens but tokenizer.json says "
+                f"{'model_vocab_size' if kept_ids is not None else 'vocab_size'}={expected}; the files do not belong "
+                f"together. {_FIX}"
             )
         info: dict[str, Any] = {key: metadata[key] for key in ("requested_vocab_size", "coverage") if key in metadata}
-        return cls(model_path, lowercase=metadata["lowercase"], info=info)
+        return cls(model_path, lowercase=metadata["lowercase"], info=info, kept_ids=kept_ids)
 
     def _check_id(self, token_id: int) -> None:
         if not 0 <= token_id < self._vocab_size:
@@ -254,6 +325,23 @@ class BPETokenizer(PaddedEncoder):
 
 
 _FIX = "Re-run `lifecycle tokenize` (or train and save the tokenizer again) to rebuild the directory."
+
+
+def _read_kept_ids(path: Path, model_vocab_size: int, vocab_size: int) -> np.ndarray:
+    """Load ``kept_ids.npy`` without pickle and check it against the model and ``tokenizer.json``."""
+    if not path.is_file():
+        raise TokenizerError(f"{path}: missing, but tokenizer.json lists it (a pruned vocabulary). {_FIX}")
+    try:
+        kept = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise TokenizerError(f"{path}: not a readable .npy array ({exc}). {_FIX}") from None
+    kept = check_kept_ids(kept, model_vocab_size, str(path))
+    if kept.size != vocab_size:
+        raise TokenizerError(
+            f"{path}: keeps {kept.size} ids but tokenizer.json says vocab_size={vocab_size}; the files do not belong "
+            f"together. {_FIX}"
+        )
+    return kept
 
 
 def check_model_file(path: Path) -> int:

@@ -27,6 +27,7 @@ from tokenization.base import (
     VECTORS_FILE,
     VOCAB_FILE,
     PaddedEncoder,
+    check_kept_ids,
     check_texts,
     read_metadata,
     remove_stale_files,
@@ -95,6 +96,20 @@ class WordTokenizer(PaddedEncoder):
         """The same vocabulary without word2vec vectors: what a deployed model needs (its embedding holds them)."""
         info = {**self._info, "word2vec": None}
         return WordTokenizer(self._tokens, lowercase=self._lowercase, token_pattern=self._token_pattern, info=info)
+
+    def keep_ids(self, kept_ids: np.ndarray) -> WordTokenizer:
+        """The vocabulary shrunk to ``kept_ids`` (ascending, specials first): id ``i`` becomes ``kept_ids[i]``'s word.
+
+        Dropped words leave the vocabulary, so they encode as unk; ``vocab.txt`` is written in the new id order.
+        word2vec vectors, if any, keep the kept rows.
+
+        Raises:
+            TokenizerError: ``kept_ids`` is not an ascending list of ids of this vocabulary starting with the specials.
+        """
+        ids = check_kept_ids(kept_ids, self.vocab_size)
+        vectors = None if self._vectors is None else self._vectors[ids]
+        return WordTokenizer([self._tokens[i] for i in ids], lowercase=self._lowercase,
+                             token_pattern=self._token_pattern, vectors=vectors, info=self._info)
 
     @classmethod
     def train(cls, texts: Sequence[str], cfg: WordConfig, *, seed: int = DEFAULT_SEED) -> WordTokenizer:

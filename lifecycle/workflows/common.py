@@ -134,8 +134,10 @@ def _gzip_bytes(paths: Sequence[Path]) -> int:
 
 
 def recipe_label(recipe: Sequence[dict[str, Any]]) -> str:
-    """``prune:0.5+int8`` from a manifest's recipe (empty for none)."""
-    return "+".join(step["name"] + "".join(f":{v:g}" for v in step.get("params", {}).values()) for step in recipe)
+    """``prune:0.5+int8`` (or ``vocab:coverage=0.95+tune:1``) from a manifest's recipe (empty for none)."""
+    from lifecycle.compress import step_text
+
+    return "+".join(step_text(step["name"], step.get("params", {})) for step in recipe)
 
 
 def _parent_ref(parent: artifacts.Version) -> dict[str, Any]:

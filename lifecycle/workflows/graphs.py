@@ -35,6 +35,9 @@ class _GraphCandidate:
     max_abs_diff: float
     extra: dict[str, Any]
     texts: list[str]
+    ids: Any = None  # the padded ids ``probabilities`` were computed on (the serving form is checked against them)
+    calibration: Any = None  # padded training ids: the serving form gets int8 activations calibrated on them
+    tokenizer: Any = None  # the version's tokenizer when a step replaced it (vocab pruning); None: the parent's
 
 
 def _graph_probabilities(frozen: Any, ids: Any) -> Any:
@@ -45,6 +48,50 @@ def _graph_probabilities(frozen: Any, ids: Any) -> Any:
         return runner.run(ids)
     finally:
         runner.close()
+
+
+SERVING_BOUND = 1e-5  # the serving form computes with the very values graph.pb does; only float rounding differs
+
+
+def _write_serving_form(frozen: Any, candidate: _GraphCandidate, directory: Path) -> dict[str, Any]:
+    """Export the LiteRT serving form beside graph.pb and check it against the graph's probabilities.
+
+    The weight-only form must equal graph.pb within ``SERVING_BOUND``; the full-integer form (``int8-act``) cannot,
+    so its agreement with graph.pb and its accuracy are measured and recorded instead.
+    """
+    import time
+
+    import numpy as np
+
+    from lifecycle import litert
+
+    started = time.perf_counter()
+    if candidate.calibration is not None:
+        exported = litert.export_full_int8(frozen.weights, frozen.kernel_sizes, frozen.max_len, frozen.input_dtype,
+                                           candidate.calibration)
+    else:
+        exported = litert.export(frozen.weights, frozen.kernel_sizes, frozen.max_len, frozen.input_dtype)
+    seconds = time.perf_counter() - started
+    runner = litert.LiteRunner(exported.content, frozen.max_len, frozen.input_dtype)
+    try:
+        got = runner.run(candidate.ids)
+    finally:
+        runner.close()
+    difference = float(np.max(np.abs(got - candidate.probabilities))) if len(got) else 0.0
+    if candidate.calibration is None and difference > SERVING_BOUND:
+        raise ModelError(f"serving form differs from graph.pb by {difference:.2e} (> {SERVING_BOUND:g}) on the "
+                         f"{candidate.compared_on}; nothing written. Report this as a bug with the parent attached.")
+    (directory / litert.SERVING_FILE).write_bytes(exported.content)
+    entry = {"file": litert.SERVING_FILE, "runtime": "litert", "quantization": exported.quantization,
+             "int8_kernels": list(exported.int8_kernels), "bytes": len(exported.content),
+             "max_abs_diff_vs_graph": difference, "export_seconds": seconds}
+    if len(got):
+        entry["agreement_with_graph"] = float(np.mean(got.argmax(1) == candidate.probabilities.argmax(1)))
+        if candidate.compared_on == "test split":
+            entry["test_accuracy"] = float(np.mean(got.argmax(1) == candidate.labels_y))
+    if candidate.calibration is not None:
+        entry["calibration_samples"] = int(len(candidate.calibration))
+    return entry
 
 
 def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, output: Path | None,
@@ -81,20 +128,27 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
     with tracker.run(step, f"{step}-{recipe_name}", tags):
 
         def build(tmp: Path) -> dict[str, Any]:
-            serving_copy(load_tokenizer(parent.tokenizer_dir)).save(tmp / artifacts.TOKENIZER_DIR)
+            tokenizer = load_tokenizer(parent.tokenizer_dir) if candidate.tokenizer is None else candidate.tokenizer
+            serving_copy(tokenizer).save(tmp / artifacts.TOKENIZER_DIR)
             (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
             (tmp / GRAPH_FILE).write_bytes(frozen.graph_def.SerializeToString())
             (tmp / "weight_map.json").write_text(json.dumps(frozen.weight_map, indent=1), encoding="utf-8")
+            serving = _write_serving_form(frozen, candidate, tmp)
             sizes = {
                 "graph_bytes": (tmp / GRAPH_FILE).stat().st_size,
                 "tokenizer_bytes": artifacts.dir_bytes(tmp / artifacts.TOKENIZER_DIR),
                 "gzip_bytes": _gzip_bytes([tmp / GRAPH_FILE, tmp / artifacts.TOKENIZER_DIR]),
                 "weights_bytes": int(sum(t["bytes"] for t in tensors.values())),
+                "serving_bytes": serving["bytes"],
+                "serving_gzip_bytes": _gzip_bytes([tmp / serving["file"], tmp / artifacts.TOKENIZER_DIR]),
             }
             deployed = sizes["graph_bytes"] + sizes["tokenizer_bytes"]
             metrics.update({
                 "size_bytes": deployed,
                 "size_gzip_bytes": sizes["gzip_bytes"],
+                "serving_size_bytes": sizes["serving_bytes"] + sizes["tokenizer_bytes"],
+                "serving_size_gzip_bytes": sizes["serving_gzip_bytes"],
+                **({"serving_test_accuracy": serving["test_accuracy"]} if "test_accuracy" in serving else {}),
                 "size_ratio_vs_checkpoint": deployed / (root_sizes["checkpoint_bytes"] + root_sizes["tokenizer_bytes"]),
                 "params_total": params,
                 "params_nonzero": nonzero,
@@ -105,6 +159,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                 "max_len": parent.max_len,
                 "input": {"name": "input_ids", "dtype": frozen.input_dtype, "shape": [None, parent.max_len]},
                 "output": {"name": "probabilities"},
+                "serving": serving,
                 "architecture": {"kernel_sizes": list(frozen.kernel_sizes),
                                  "vocab_size": frozen.weights["weights/embedding"].shape[0],
                                  "embedding_dim": frozen.weights["weights/embedding"].shape[1],
@@ -169,37 +224,51 @@ def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | Non
         raise ModelError(f"frozen graph differs from {parent.path} by {max_abs_diff:.2e} (> {bound:g}) on the "
                          f"{compared_on}; nothing written. Report this as a bug with the version attached.")
     candidate = _GraphCandidate("frozen", frozen, [], got, compared_on, arrays.y, max_abs_diff, {"bound": bound},
-                                texts)
+                                texts, ids=arrays.x)
     return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 
 def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_dir: Path | None = None,
                  track: bool = True) -> StepOutcome:
-    """Apply a compression recipe (``fp16``, ``int8``, ...) to a frozen or compressed version.
+    """Apply a compression recipe (``fp16``, ``int8``, ``prune:S``, ``vocab:N``, ``tune:E``...) to a frozen or
+    compressed version.
 
-    Every step transforms the stored weights; the graph is then written again over them. The new version's
-    probabilities are compared with its parent's on the test split and the difference is recorded.
+    Every step transforms the stored weights; ``vocab`` also renumbers the tokenizer's ids and ``tune`` trains on the
+    parent's training split (both read the parent's data through a ``RecipeContext``). The graph is then written again
+    over the weights, with the narrowest input dtype for the new vocabulary. The new version's probabilities (its
+    tokenizer's ids) are compared with its parent's (the parent's ids) on the same test texts, and the difference is
+    recorded.
     """
     import numpy as np
 
-    from lifecycle.compress import apply_recipe, parse_recipe
-    from lifecycle.freeze import FrozenGraph, emit_graph
+    from lifecycle.compress import CALIBRATION_SAMPLES, RecipeContext, apply_recipe, parse_recipe
+    from lifecycle.freeze import FrozenGraph, emit_graph, input_dtype_for
     from tokenization.base import load_tokenizer
 
     steps = parse_recipe(recipe)
     parent = open_version(ref)
     source = load_graph_version(parent)
-    weights, reports = apply_recipe(source.weights, steps)
-    graph_def = emit_graph(weights, source.kernel_sizes, source.max_len, source.input_dtype)
-    frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, source.input_dtype,
-                         source.max_len)
-    arrays, compared_on, texts = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
-    expected = _graph_probabilities(source, arrays.x)
-    got = _graph_probabilities(frozen, arrays.x)
-    max_abs_diff = float(np.max(np.abs(expected - got)))
+    tokenizer = load_tokenizer(parent.tokenizer_dir)
+    context = RecipeContext(parent.config, parent.labels, parent.max_len, source.kernel_sizes, source.weight_map,
+                            tokenizer, str(parent.path))
+    weights, reports = apply_recipe(source.weights, steps, context)
     full_recipe = [*parent.manifest.get("recipe", []), *[r.as_dict() for r in reports]]
+    if any(step["name"] == "int8-act" for step in full_recipe) and context.calibration_samples is None:
+        context.calibration_samples = CALIBRATION_SAMPLES  # inherited from an ancestor's recipe
+    input_dtype = input_dtype_for(weights["weights/embedding"].shape[0])
+    graph_def = emit_graph(weights, source.kernel_sizes, source.max_len, input_dtype)
+    frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, input_dtype, source.max_len)
+    arrays, compared_on, texts = _check_arrays(parent, tokenizer)
+    # The same texts through each version's own tokenizer: after vocabulary pruning the ids differ.
+    changed = context.tokenizer is not tokenizer
+    child_ids = context.tokenizer.encode(texts, parent.max_len) if changed else arrays.x
+    expected = _graph_probabilities(source, arrays.x)
+    got = _graph_probabilities(frozen, child_ids)
+    max_abs_diff = float(np.max(np.abs(expected - got)))
+    calibration = context.calibration_ids("int8-act") if context.calibration_samples else None
     candidate = _GraphCandidate("compressed", frozen, full_recipe, got, compared_on, arrays.y, max_abs_diff, {},
-                                texts)
+                                texts, ids=child_ids, tokenizer=context.tokenizer if changed else None,
+                                calibration=calibration)
     return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 

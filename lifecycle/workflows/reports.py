@@ -19,9 +19,12 @@ from lifecycle.workflows.common import (
 )
 
 
-def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None = None, track: bool = True
-                 ) -> StepOutcome:
-    """Score a version on labelled data; logs an ``evaluate`` run in the version's experiment."""
+def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None = None, track: bool = True,
+                 runtime: str = "auto") -> StepOutcome:
+    """Score a version on labelled data; logs an ``evaluate`` run in the version's experiment.
+
+    ``runtime`` is the Predictor's (auto: the LiteRT serving form when the version has one).
+    """
     from lifecycle import evaluate
     from lifecycle.dataset import encode_examples
     from lifecycle.inference import Predictor
@@ -30,7 +33,7 @@ def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None
     examples, source = evaluation_examples(version, data, data_cfg)
     if not len(examples):
         raise DataError(f"{source}: no examples to evaluate on. Pass a non-empty data set.")
-    predictor = Predictor(version)
+    predictor = Predictor(version, runtime)
     arrays = encode_examples(examples, predictor.tokenizer, predictor.labels, predictor.max_len, source)
     probabilities = predictor.predict_ids(arrays.x)
     scores = evaluate.evaluate_probabilities(probabilities, arrays.y, predictor.labels)
@@ -39,20 +42,21 @@ def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None
     tracker = make_tracker(tracking, cfg.name)
     tags = {"lifecycle.version": str(version.path), "lifecycle.parent_run": str(version.manifest.get("run_id") or "")}
     with tracker.run("evaluate", f"evaluate-{version.path.name}", tags):
-        tracker.log_params({"version": str(version.path), "data": source, "n": scores.n})
+        tracker.log_params({"version": str(version.path), "data": source, "n": scores.n,
+                            "runtime": predictor.runtime})
         tracker.log_metrics(scores.metrics())
         _log_evaluation(tracker, scores, f"{version.path.name} on {Path(source).name}")
     return StepOutcome(version.path, tracker.last_run_id, None, scores.metrics(),
-                       {"n": scores.n, "per_class": scores.per_class})
+                       {"n": scores.n, "per_class": scores.per_class, "runtime": predictor.runtime})
 
 
-def run_predict(ref: str, texts: Sequence[str], top_k: int = 1) -> list[Any]:
-    """Labels and probabilities for raw texts."""
+def run_predict(ref: str, texts: Sequence[str], top_k: int = 1, runtime: str = "auto") -> list[Any]:
+    """Labels and probabilities for raw texts (with the serving form, TensorFlow is never imported)."""
     from lifecycle.inference import Predictor
 
     if not texts:
         raise DataError("no texts to predict: pass TEXT arguments or --file with one text per line.")
-    return Predictor(open_version(ref)).predict(texts, top_k=top_k)
+    return Predictor(open_version(ref), runtime).predict(texts, top_k=top_k)
 
 
 def run_versions(name: str | None = None, tracking_uri: str | None = None) -> list[dict[str, Any]]:
@@ -81,40 +85,47 @@ def run_versions(name: str | None = None, tracking_uri: str | None = None) -> li
     return sorted(rows, key=lambda r: (r["name"], r["version"]))
 
 
-def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: int = 200) -> list[dict[str, Any]]:
+def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: int = 200, runtime: str = "auto"
+              ) -> list[dict[str, Any]]:
     """Serving figures of several versions measured side by side in this one process.
 
-    Texts default to the first version's test split (or random ids decoded, when its data is not readable).
+    Texts default to the first version's test split. When any version will run in TensorFlow, TensorFlow and Keras
+    are imported before the first measurement, so no version is charged for them; with only serving forms
+    (``runtime`` litert, or auto on frozen/compressed versions that have one) TensorFlow is never imported.
     """
-    from lifecycle.backend import tf_module
     from lifecycle.bench import measure
+    from lifecycle.inference import Predictor
     from tokenization.base import load_tokenizer
 
-    # TensorFlow and Keras are imported before the first measurement, so no version is charged for them.
-    tf_module()
-    import keras  # noqa: F401
-
     versions = [open_version(ref) for ref in refs]
+    if any(Predictor._pick_runtime(version, runtime) != "litert" for version in versions):
+        from lifecycle.backend import tf_module
+
+        tf_module()
+        import keras  # noqa: F401
     if not texts:
         _, _, sample = _check_arrays(versions[0], load_tokenizer(versions[0].tokenizer_dir))
         texts = sample[:256]
     rows = []
     for version in versions:
-        stats = measure(version, list(texts), calls=calls)
+        stats = measure(version, list(texts), calls=calls, runtime=runtime)
         sizes = version.manifest.get("sizes", {})
-        size = (sizes.get("checkpoint_bytes") or sizes.get("graph_bytes", 0)) + sizes.get("tokenizer_bytes", 0)
-        rows.append({"version": str(version.path), "kind": version.kind,
+        model_bytes = sizes.get("serving_bytes") if stats.runtime == "litert" else None
+        size = (model_bytes or sizes.get("checkpoint_bytes") or sizes.get("graph_bytes", 0)) + sizes.get(
+            "tokenizer_bytes", 0)
+        rows.append({"version": str(version.path), "kind": version.kind, "runtime": stats.runtime,
                      "recipe": recipe_label(version.manifest.get("recipe", [])) or "-",
                      "size_bytes": size, **stats.metrics()})
     return rows
 
 
 def run_inspect(ref: str) -> dict[str, Any]:
-    """Every tensor of a version (name, shape, dtype, storage, bytes, share), its ops and totals."""
+    """Every tensor of a version (name, shape, dtype, storage, layout, bytes, share), its ops and totals."""
     version = open_version(ref)
     tensors = version.manifest.get("tensors", {})
     total = sum(t["bytes"] for t in tensors.values()) or 1
-    rows = [{"name": name, **meta, "share": meta["bytes"] / total} for name, meta in tensors.items()]
+    # Checkpoint tables and manifests written before sparse layouts have no layout: theirs is dense.
+    rows = [{"name": name, "layout": "dense", **meta, "share": meta["bytes"] / total} for name, meta in tensors.items()]
     ops: dict[str, int] = {}
     if version.kind in ("frozen", "compressed"):
         from lifecycle.freeze import GRAPH_FILE, read_graph

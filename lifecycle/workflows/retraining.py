@@ -38,21 +38,6 @@ class RetrainOptions:
     replay: float = 0.0
 
 
-def _mask_callback(model: Any, masks: dict[str, Any]) -> Any:
-    """A Keras callback that re-applies pruning masks after every batch, so pruned weights stay exactly zero."""
-    import keras
-
-    pairs = [(weight, masks[weight.path].astype("float32")) for weight in model.weights
-             if weight.path in masks and not bool(masks[weight.path].all())]
-
-    class _KeepSparsity(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-            for weight, mask in pairs:
-                weight.assign(weight * mask)
-
-    return _KeepSparsity()
-
-
 def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions(), output: Path | None = None, *,
                 versions_dir: Path | None = None, track: bool = True, progress: Any = None) -> list[StepOutcome]:
     """Fine-tune a deployed version on new data and ship the next one: restore -> fit -> freeze -> parent's recipe.
@@ -130,7 +115,7 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
         return evaluate.evaluate_probabilities(np.asarray(model(arrays.x, training=False)), arrays.y, labels)
 
     before = {"new": scores_on(new_test), **({"parent": scores_on(old_test)} if old_test is not None else {})}
-    callbacks = [_mask_callback(model, masks)] if options.keep_sparsity else []
+    callbacks = [train_lib.keep_sparsity_callback(model, masks)] if options.keep_sparsity else []
     if progress is not None:
         from lifecycle.console import keras_progress
 

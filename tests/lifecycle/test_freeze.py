@@ -16,8 +16,8 @@ from lifecycle.errors import ModelError
 def test_frozen_version_layout_and_names(frozen: dict) -> None:
     version = artifacts.load_version(frozen["outcome"].version)
     assert version.kind == "frozen"
-    assert set(version.manifest["files"]) == {"config.yaml", "graph.pb", "weight_map.json", "tokenizer/tokenizer.json",
-                                              "tokenizer/vocab.txt"}
+    assert set(version.manifest["files"]) == {"config.yaml", "graph.pb", "model.tflite", "weight_map.json",
+                                              "tokenizer/tokenizer.json", "tokenizer/vocab.txt"}
     assert version.manifest["input"]["dtype"] == "uint16"  # a few thousand words fit 16 bits
     names = set(version.manifest["tensors"])
     assert names == {"weights/embedding", "weights/output/kernel", "weights/output/bias",
@@ -37,7 +37,7 @@ def test_frozen_predictions_equal_checkpoint(frozen: dict, data_dir: Path) -> No
     assert manifest["check"]["max_abs_diff_vs_parent"] <= 1e-5
     texts = [line.decode("cp1252") for line in (data_dir / "MR" / "rt-polarity.neg").read_bytes().split(b"\n")[:50]]
     checkpoint = Predictor(artifacts.load_version(frozen["parent"].version)).predict_proba(texts)
-    graph = Predictor(artifacts.load_version(frozen["outcome"].version)).predict_proba(texts)
+    graph = Predictor(artifacts.load_version(frozen["outcome"].version), "graph").predict_proba(texts)
     np.testing.assert_allclose(graph, checkpoint, atol=1e-5)
     assert frozen["outcome"].metrics["accuracy_delta_vs_parent"] == pytest.approx(0.0, abs=1e-9)
 
@@ -88,7 +88,7 @@ def test_graph_with_a_forbidden_op_is_refused(frozen: dict, tmp_path: Path) -> N
     (copy / "graph.pb").write_bytes(graph_def.SerializeToString())
     _rehash(copy)
     with pytest.raises(ModelError, match="outside the allow-list: ReadFile"):
-        Predictor(artifacts.load_version(copy))
+        Predictor(artifacts.load_version(copy), "graph")
 
 
 def test_truncated_graph_is_refused(frozen: dict, tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_truncated_graph_is_refused(frozen: dict, tmp_path: Path) -> None:
     from lifecycle.inference import Predictor
 
     with pytest.raises(ModelError, match=r"graph\.pb: not a GraphDef|no 'probabilities' node"):
-        Predictor(artifacts.load_version(copy))
+        Predictor(artifacts.load_version(copy), "graph")
 
 
 def test_freezing_a_frozen_version_is_an_error(frozen: dict, tmp_path: Path) -> None:

@@ -1,0 +1,287 @@
+"""The serving form: a version's weights as a LiteRT (TFLite) flatbuffer, run without TensorFlow.
+
+graph.pb stays the retrainable master; ``model.tflite`` beside it is what a serving process loads. Export goes
+through TensorFlow's TFLite converter, then the flatbuffer is edited so every tensor keeps the storage the version
+chose (the converter alone would fold the int8 kernels back to float32, or requantize them with its own scales and
+hybrid kernels that also quantize activations):
+
+- float32: the converter's output as it is;
+- float16: the converter's float16 mode (float16 constants, DEQUANTIZE once at load);
+- int8: the embedding stays an int8 table gathered by id, then scaled per row (as in graph.pb, so memory stays
+  int8); conv and output kernels become int8 constants with the version's per-output-channel scales, dequantized by
+  a DEQUANTIZE op whose input is constant, so the runtime does it once at load, not per call.
+- ``int8-act`` (a recipe step): full-integer activations, calibrated by the converter on training texts. This one is
+  not exact: its accuracy against the weight-only form is measured and recorded.
+
+Loading (``LiteRunner``) imports only ``ai_edge_litert`` and numpy: a process that serves never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lifecycle.errors import DependencyError, ModelError
+from lifecycle.model import INPUT_NAME, OUTPUT_NAME
+
+SERVING_FILE = "model.tflite"
+# The ops a lifecycle serving form may contain; a flatbuffer with anything else is refused at load.
+ALLOWED_LITE_OPS = frozenset({
+    "CAST", "CONCATENATION", "CONV_2D", "DEQUANTIZE", "EXPAND_DIMS", "FULLY_CONNECTED", "GATHER", "MUL",
+    "QUANTIZE", "REDUCE_MAX", "RESHAPE", "SOFTMAX", "SQUEEZE", "TRANSPOSE", "ADD", "RELU", "MAX_POOL_2D",
+})
+_DEQUANTIZE = 6  # tflite BuiltinOperator.DEQUANTIZE
+_INT8 = 9  # tflite TensorType.INT8
+_FLOAT32 = 0  # tflite TensorType.FLOAT32
+
+
+@dataclass(frozen=True)
+class Export:
+    """A serving flatbuffer and how it was made."""
+
+    content: bytes
+    quantization: str  # float32 | float16 | int8-weights | int8-full
+    int8_kernels: tuple[str, ...] = ()
+
+
+def _serving_weights(weights: dict[str, Any]) -> dict[str, Any]:
+    """The weights graph.pb-style, dense, with every tensor but an int8 embedding dequantized to float32.
+
+    A sparse layout is a file format of graph.pb; the serving form stores the dense codes (the flatbuffer has no
+    decode ops, and its zeros still shrink under gzip).
+    """
+    from lifecycle.freeze import StoredTensor
+
+    out = {}
+    for name, stored in weights.items():
+        if name == "weights/embedding" and stored.storage == "int8":
+            out[name] = StoredTensor("int8", stored.value, stored.scale, stored.axis)
+        else:
+            out[name] = StoredTensor("float32", stored.dequantize())
+    return out
+
+
+def _concrete_function(graph_def: Any) -> Any:
+    """A TF concrete function running a GraphDef from ``input_ids`` to ``probabilities``."""
+    from lifecycle.backend import tf_module
+
+    tf = tf_module()
+
+    def body() -> None:
+        tf.graph_util.import_graph_def(graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(body, [])
+    return wrapped.prune(f"{INPUT_NAME}:0", f"{OUTPUT_NAME}:0")
+
+
+def _convert(graph_def: Any, configure: Callable[[Any], None] | None = None) -> bytes:
+    from lifecycle.backend import tf_module
+
+    tf = tf_module()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(graph_def)])
+    if configure is not None:
+        configure(converter)
+    try:
+        return bytes(converter.convert())
+    except Exception as exc:  # the converter raises ConverterError and friends with long MLIR dumps
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"TFLite conversion failed: {first}. Report this as a bug with the version attached."
+                         ) from None
+
+
+def _int8_kernels(content: bytes, kernels: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[bytes, tuple[str, ...]]:
+    """Replace the float32 constants holding ``kernels`` by int8 constants plus a DEQUANTIZE op each.
+
+    ``kernels`` maps a weight name to (float32 values as graph.pb computes them, int8 codes). The converter may have
+    transposed a kernel (conv [w, in, out] -> [out, 1, w, in]; dense [in, out] -> [out, in]), so constants are matched
+    by their values, and the codes are re-derived along the converted tensor's output-channel axis (axis 0), which
+    reproduces the version's codes exactly.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    graph = model.subgraphs[0]
+    by_size: dict[int, list[int]] = {}
+    for index, tensor in enumerate(graph.tensors):
+        buffer = model.buffers[tensor.buffer] if tensor.buffer else None
+        if tensor.type == _FLOAT32 and buffer is not None and buffer.data is not None and len(buffer.data):
+            by_size.setdefault(len(buffer.data) // 4, []).append(index)
+    opcode = next((i for i, code in enumerate(model.operatorCodes) if code.builtinCode == _DEQUANTIZE), None)
+    if opcode is None:
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = _DEQUANTIZE
+        code.version = 2
+        model.operatorCodes.append(code)
+        opcode = len(model.operatorCodes) - 1
+    done = []
+    new_ops = []
+    for name, (values, _codes) in kernels.items():
+        target = np.sort(values.ravel())
+        match = None
+        for index in by_size.get(values.size, []):
+            data = np.frombuffer(bytes(model.buffers[graph.tensors[index].buffer].data), dtype=np.float32)
+            if np.array_equal(np.sort(data), target):
+                match = index
+                break
+        if match is None:
+            continue  # left float32 by the converter in a form we do not recognise; the check below still holds
+        tensor = graph.tensors[match]
+        shape = tuple(int(d) for d in tensor.shape)
+        data = np.frombuffer(bytes(model.buffers[tensor.buffer].data), dtype=np.float32).reshape(shape)
+        peak = np.max(np.abs(data.reshape(shape[0], -1)), axis=1)
+        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        codes = np.clip(np.rint(data / scale.reshape((-1,) + (1,) * (len(shape) - 1))), -127, 127).astype(np.int8)
+
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(codes.tobytes(), dtype=np.uint8)
+        model.buffers.append(buffer)
+        quant = schema.QuantizationParametersT()
+        quant.scale = [float(s) for s in scale]
+        quant.zeroPoint = [0] * len(scale)
+        quant.quantizedDimension = 0
+        stored = schema.TensorT()
+        stored.shape = np.array(shape, dtype=np.int32)
+        stored.type = _INT8
+        stored.buffer = len(model.buffers) - 1
+        stored.name = f"{name}/q".encode()
+        stored.quantization = quant
+        graph.tensors.append(stored)
+        model.buffers[tensor.buffer].data = None  # the float32 copy leaves the file
+        tensor.buffer = 0  # ...and the tensor becomes the DEQUANTIZE op's output
+        op = schema.OperatorT()
+        op.opcodeIndex = opcode
+        op.inputs = np.array([len(graph.tensors) - 1], dtype=np.int32)
+        op.outputs = np.array([match], dtype=np.int32)
+        new_ops.append(op)
+        done.append(name)
+    graph.operators = new_ops + list(graph.operators)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), tuple(done)
+
+
+def export(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max_len: int, input_dtype: str) -> Export:
+    """The serving flatbuffer of a frozen or compressed version's weights, in the weights' own storage."""
+    from lifecycle.freeze import emit_graph
+
+    storages = {stored.storage for name, stored in weights.items() if not name.endswith("/bias")}
+    graph_def = emit_graph(_serving_weights(weights), kernel_sizes, max_len, input_dtype)
+    if storages == {"float32"}:
+        return Export(_convert(graph_def), "float32")
+    if "float16" in storages:
+
+        def half(converter: Any) -> None:
+            from lifecycle.backend import tf_module
+
+            tf = tf_module()
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+
+        return Export(_convert(graph_def, half), "float16")
+    kernels = {
+        name: (stored.dequantize(), stored.value)
+        for name, stored in weights.items()
+        if stored.storage == "int8" and name != "weights/embedding"
+    }
+    content, done = _int8_kernels(_convert(graph_def), kernels)
+    return Export(content, "int8-weights", done)
+
+
+def export_full_int8(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max_len: int, input_dtype: str,
+                     calibration: np.ndarray) -> Export:
+    """Full-integer serving form (int8 weights and activations) calibrated on padded training ids.
+
+    The converter computes its own scales from the float values (per channel for conv and dense, per tensor for the
+    embedding gather), and the activation scales from ``calibration``; input stays integer ids, output float
+    probabilities.
+    """
+    from lifecycle.freeze import StoredTensor, emit_graph
+
+    floats = {name: StoredTensor("float32", stored.dequantize()) for name, stored in weights.items()}
+    graph_def = emit_graph(floats, kernel_sizes, max_len, input_dtype)
+    rows = calibration.astype(np.dtype(input_dtype), copy=False)
+
+    def full(converter: Any) -> None:
+        from lifecycle.backend import tf_module
+
+        tf = tf_module()
+
+        def samples() -> Iterable[list[Any]]:
+            for row in rows:
+                yield [row[None, :]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = samples
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_output_type = tf.float32
+
+    return Export(_convert(graph_def, full), "int8-full")
+
+
+def _interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise DependencyError(
+            "the LiteRT runtime is not installed; run `pip install ai-edge-litert` (or `make install`)."
+        ) from None
+    return Interpreter
+
+
+class LiteRunner:
+    """A serving flatbuffer in a LiteRT interpreter: checked, warmed up, batch size adapted on demand.
+
+    Not thread-safe (one interpreter per runner); callers that share it across threads hold a lock.
+    """
+
+    def __init__(self, source: Path | bytes, max_len: int, input_dtype: str, threads: int | None = None) -> None:
+        interpreter_class = _interpreter_class()
+        self.source = str(source) if isinstance(source, Path) else "<serving flatbuffer>"
+        try:
+            if isinstance(source, Path):
+                self.interpreter = interpreter_class(model_path=str(source), num_threads=threads)
+            else:
+                self.interpreter = interpreter_class(model_content=source, num_threads=threads)
+        except ValueError as exc:
+            raise ModelError(f"{self.source}: not a LiteRT model ({exc}). The file is damaged; re-freeze.") from None
+        ops = {detail["op_name"] for detail in self.interpreter._get_ops_details()}
+        # The XNNPACK delegate shows up as DELEGATE nodes once it has taken over parts of the graph.
+        forbidden = sorted(ops - ALLOWED_LITE_OPS - {"DELEGATE"})
+        if forbidden:
+            raise ModelError(f"{self.source}: serving form uses op(s) outside the allow-list: {', '.join(forbidden)}; "
+                             "refusing to load it.")
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{self.source}: expected one input and one output, found {len(inputs)} and "
+                             f"{len(outputs)}; it is not a lifecycle serving form.")
+        self._input = inputs[0]["index"]
+        self._output = outputs[0]["index"]
+        self.max_len = max_len
+        self.np_dtype = np.dtype(input_dtype)
+        if np.dtype(inputs[0]["dtype"]) != self.np_dtype:
+            raise ModelError(f"{self.source}: input dtype {np.dtype(inputs[0]['dtype']).name}, manifest says "
+                             f"{self.np_dtype.name}.")
+        self._batch = -1
+        self.run(np.zeros((1, max_len), dtype=np.int32))  # warm-up: allocation and delegate set-up happen here
+
+    def _resize(self, batch: int) -> None:
+        if batch != self._batch:
+            self.interpreter.resize_tensor_input(self._input, [batch, self.max_len], strict=False)
+            self.interpreter.allocate_tensors()
+            self._batch = batch
+
+    def run(self, ids: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """Probabilities for a batch of padded id rows (large batches run in chunks of ``chunk``)."""
+        if len(ids) > chunk:
+            return np.concatenate([self.run(ids[i:i + chunk], chunk) for i in range(0, len(ids), chunk)])
+        self._resize(len(ids))
+        self.interpreter.set_tensor(self._input, np.ascontiguousarray(ids, dtype=self.np_dtype))
+        self.interpreter.invoke()
+        return np.array(self.interpreter.get_tensor(self._output), dtype=np.float32)
+
+    def close(self) -> None:
+        self.interpreter = None
