@@ -8,8 +8,9 @@ storage of every tensor is recorded in the version's manifest, so restore knows 
   (embedding), dequantized inside the graph; the embedding is gathered as int8 first, so memory stays int8.
   Biases stay float32: they are a fraction of a percent of the bytes and carry the most precision per byte.
 - ``prune:S``: magnitude pruning of each kernel and the embedding to sparsity S, stored in the sparse layout
-  (nonzero codes plus a 1-bit-per-element mask, ``freeze.encode_sparse``) wherever that is smaller than dense: from
-  about 3% zeros for float32 and 12.5% for int8. The zeros are the mask a later retrain keeps. A storage step after
+  (nonzero codes plus a 1-bit-per-element mask, ``freeze.encode_sparse``) wherever that makes the smaller file:
+  on large tensors from about 3% zeros for float32 and 12.5% for int8; a tensor of a few KB stays dense, as its
+  decode nodes would cost more than they save. The zeros are the mask a later retrain keeps. A storage step after
   (or before) ``prune`` keeps a sparse tensor sparse while that still saves bytes; each step's report records the
   layout of every tensor it changed.
 
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lifecycle.errors import ConfigError, DataError, ModelError
-from lifecycle.freeze import StoredTensor, Weights
+from lifecycle.freeze import SPARSE_GRAPH_OVERHEAD, StoredTensor, Weights
 
 if TYPE_CHECKING:
     from lifecycle.config import Config
@@ -93,9 +94,9 @@ def _refuse_requantize(name: str, stored: StoredTensor, step: str) -> None:
 
 
 def smaller_layout(stored: StoredTensor) -> StoredTensor:
-    """The tensor in whichever layout (dense or sparse) holds it in fewer bytes."""
+    """The tensor in whichever layout (dense or sparse) makes the smaller graph file, decode nodes included."""
     sparse, dense = replace(stored, layout="sparse"), replace(stored, layout="dense")
-    return sparse if sparse.nbytes < dense.nbytes else dense
+    return sparse if sparse.nbytes + SPARSE_GRAPH_OVERHEAD < dense.nbytes else dense
 
 
 def _carry_layout(before: StoredTensor, after: StoredTensor) -> StoredTensor:
@@ -432,10 +433,16 @@ def int8_activations(weights: Weights, context: RecipeContext) -> tuple[Weights,
     return weights, (), {"calibration_samples": CALIBRATION_SAMPLES, "serving": "int8-full"}
 
 
+def fold(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
+    """``fold``: nothing to do on the weights; the graph is folded when it is written (see ``lifecycle.fold``)."""
+    return weights, ()
+
+
 STEPS: dict[str, Callable[..., tuple[Weights, tuple[str, ...]]]] = {
     "fp16": quantize_fp16,
     "int8": quantize_int8,
     "prune": prune_magnitude,
+    "fold": fold,
 }
 # Steps that need the parent's tokenizer and data: called as step(weights, context, **params) and returning a report
 # (a dict recorded in the manifest) beside the weights and the changed tensors.
@@ -447,7 +454,7 @@ CONTEXT_STEPS: dict[str, Callable[..., tuple[Weights, tuple[str, ...], dict[str,
 # Steps that take one parameter (``prune:0.8``) and the name it is recorded under; ``vocab`` also takes coverage=C.
 PARAMETERS: dict[str, str] = {"prune": "sparsity", "vocab": "keep", "tune": "epochs"}
 # How each step is written in --recipe, for messages.
-USAGE = "fp16, int8, prune:S, vocab:N, vocab:coverage=C, tune:E, int8-act"
+USAGE = "fp16, int8, prune:S, vocab:N, vocab:coverage=C, tune:E, int8-act, fold"
 
 
 def _parse_prune(arg: str, text: str) -> dict[str, Any]:

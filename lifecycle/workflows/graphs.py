@@ -37,6 +37,7 @@ class _GraphCandidate:
     texts: list[str]
     ids: Any = None  # the padded ids ``probabilities`` were computed on (the serving form is checked against them)
     calibration: Any = None  # padded training ids: the serving form gets int8 activations calibrated on them
+    moved: dict[str, str] | None = None  # weights the fold step moved into a consumer's constant -> that node
     tokenizer: Any = None  # the version's tokenizer when a step replaced it (vocab pruning); None: the parent's
 
 
@@ -114,6 +115,8 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
         if "test_accuracy" in parent.manifest.get("metrics", {}):
             metrics["accuracy_delta_vs_parent"] = scores.accuracy - parent.manifest["metrics"]["test_accuracy"]
     tensors = tensor_manifest(frozen.weights)
+    for name, node in (candidate.moved or {}).items():
+        tensors[name].update({"nodes": [node], "folded_into": node})
     params = int(sum(np.prod(t["shape"]) for t in tensors.values()))
     nonzero = int(sum(np.count_nonzero(w.value) for w in frozen.weights.values()))
     # The checkpoint at the root of the lineage, with its optimizer slots: the field report's starting point.
@@ -257,6 +260,17 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
         context.calibration_samples = CALIBRATION_SAMPLES  # inherited from an ancestor's recipe
     input_dtype = input_dtype_for(weights["weights/embedding"].shape[0])
     graph_def = emit_graph(weights, source.kernel_sizes, source.max_len, input_dtype)
+    moved = None
+    if any(step["name"] == "fold" for step in full_recipe):  # a graph-level step: applied to the graph as written
+        from lifecycle.fold import fold_graph
+        from lifecycle.freeze import tensor_manifest
+
+        folded = fold_graph(graph_def, weights, tensor_manifest(weights), parent.path / "graph.pb")
+        graph_def, moved = folded.graph_def, folded.moved
+        inherited = len(parent.manifest.get("recipe", []))
+        for step in full_recipe[inherited:]:  # this run's fold step gets the report; an ancestor's stays as it was
+            if step["name"] == "fold":
+                step["report"] = folded.report
     frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, input_dtype, source.max_len)
     arrays, compared_on, texts = _check_arrays(parent, tokenizer)
     # The same texts through each version's own tokenizer: after vocabulary pruning the ids differ.
@@ -268,7 +282,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     calibration = context.calibration_ids("int8-act") if context.calibration_samples else None
     candidate = _GraphCandidate("compressed", frozen, full_recipe, got, compared_on, arrays.y, max_abs_diff, {},
                                 texts, ids=child_ids, tokenizer=context.tokenizer if changed else None,
-                                calibration=calibration)
+                                calibration=calibration, moved=moved)
     return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 
