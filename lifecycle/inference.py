@@ -44,6 +44,10 @@ class Predictor:
         self.tokenizer = load_tokenizer(version.tokenizer_dir)
         self.runtime = self._pick_runtime(version, runtime)
         self._run = self._load_model(version, self.runtime, threads)
+        # Warm-up through the tokenizer as well (its first encode compiles patterns, allocates buffers), so the
+        # user's first call costs what the following ones do.
+        for _ in range(2):
+            self.predict_proba(["warm up"])
 
     @staticmethod
     def _pick_runtime(version: Version, runtime: str) -> str:

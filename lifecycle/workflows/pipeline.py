@@ -15,7 +15,13 @@ from lifecycle.workflows.common import StepOutcome, recipe_label
 from lifecycle.workflows.graphs import run_compress, run_freeze
 from lifecycle.workflows.training import run_train
 
-PIPELINE_RECIPES = ("fp16", "int8", "prune:0.5,int8")
+# Storage alone, then the whole path: rare words out, 80% of the weights out, one epoch to recover, int8.
+PIPELINE_RECIPES = ("fp16", "int8", "prune:0.5,int8", "vocab:coverage=0.97,prune:0.8,tune:1,int8")
+
+
+def recipe_dir(recipe: str) -> str:
+    """A recipe as a directory name: ``prune:0.5,int8`` -> ``prune-0.5+int8``."""
+    return recipe.replace(",", "+").replace(":", "-").replace("=", "")
 
 
 def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path | None = None,
@@ -44,7 +50,7 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
         outcomes.append(frozen)
         for recipe in PIPELINE_RECIPES:
             stage(f"compressing: {recipe}")
-            target = output / recipe.replace(",", "+").replace(":", "-") if output else None
+            target = output / recipe_dir(recipe) if output else None
             outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir,
                                          track=cfg.tracking.enabled))
         stage.done()
@@ -64,9 +70,9 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
 
 
 def _metric_prefix(row: dict[str, Any]) -> str:
-    """checkpoint, frozen, int8, prune-0.5_int8: MLflow metric names allow no ':' or '+'."""
+    """checkpoint, frozen, int8, prune-0.5_int8, vocab-coverage0.97_...: MLflow metric names allow no ':+='."""
     label = row["recipe"] if row["recipe"] != "-" else row["kind"]
-    return label.replace(":", "-").replace("+", "_")
+    return label.replace(":", "-").replace("+", "_").replace("=", "")
 
 
 def version_row(outcome: StepOutcome) -> dict[str, Any]:
