@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench run test test-slow bench bench-compress lint clean
+.PHONY: install install-bench run test test-slow bench bench-compress bench-serve lint clean
 
 install: $(STAMP)
 
@@ -24,10 +25,13 @@ $(STAMP): pyproject.toml Makefile
 # Benchmark-only peers for benchmarks/compress_bench.py. TF-MOT requires tf-keras, which requires the full
 # `tensorflow` wheel: pip would lay it over tensorflow-cpu's files, so both go in with --no-deps (tf-keras runs on
 # tensorflow-cpu; TF-MOT's own dependencies are listed here).
-install-bench: install
+install-bench: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench,dev]"
 	$(BIN)/python -m pip install --quiet --no-deps "tensorflow-model-optimization==0.8.1" "tf-keras==2.21.0"
 	$(BIN)/python -m pip install --quiet "dm-tree~=0.1.1" mock
+	touch $(BENCH_STAMP)
 
 run: install
 	$(BIN)/lifecycle pipeline configs/default.yaml
@@ -43,6 +47,11 @@ bench: install
 
 bench-compress: install-bench
 	$(BIN)/python benchmarks/compress_bench.py
+
+# Ten int8 models in one `lifecycle serve`, loaded by Debian's wrk (about 20 minutes; writes README's bench:serve).
+bench-serve: install
+	command -v wrk >/dev/null || apt-get install -y wrk
+	$(BIN)/python benchmarks/serve_bench.py --readme
 
 lint: install
 	$(BIN)/ruff check lifecycle tokenization tests benchmarks

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from lifecycle import console
 from lifecycle.config import load_config
-from lifecycle.errors import DataError, LifecycleError
+from lifecycle.errors import ConfigError, DataError, LifecycleError
 
 app = typer.Typer(
     name="lifecycle",
@@ -62,7 +64,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except LifecycleError as exc:
-        console.err.print(f"[bold red]Error:[/] {exc}", markup=True, highlight=False)
+        console.err.print(f"[bold red]Error:[/] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.err.print("Interrupted. Run the same command again to continue from the last finished epoch.")
@@ -316,6 +318,18 @@ def retrain(
     freeze_embedding: Annotated[bool, typer.Option("--freeze-embedding", help="Keep the embedding fixed.")] = False,
     keep_sparsity: Annotated[bool, typer.Option("--keep-sparsity", help="Pruned weights stay zero.")] = False,
     replay: Annotated[float, typer.Option(help="Fraction of the parent's training data to train on again.")] = 0.0,
+    grow_labels: Annotated[bool, typer.Option("--grow-labels", help="Labels of NEW the model lacks get new output "
+                                              "columns (old label ids unchanged).")] = False,
+    grow_vocab: Annotated[bool, typer.Option("--grow-vocab", help="Word tokenizers: words of NEW not in the "
+                                             "vocabulary become new ids (BPE stays as it is).")] = False,
+    min_count: Annotated[int | None, typer.Option(min=1, help="--grow-vocab: a new word's count in NEW's training "
+                                                  "part (default: the parent's tokenizer.word.min_count).")] = None,
+    vocab_init: Annotated[str, typer.Option(help="--grow-vocab: new embedding rows from word2vec trained on NEW "
+                                            "and mapped into the model's space, or random.")] = "word2vec",
+    mapping: Annotated[Path | None, typer.Option(help="VERSION is a .pb/.tflite: its mapping YAML (see import).",
+                                                 show_default=False)] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="VERSION is a .pb/.tflite: its vocabulary (see import).",
+                                                   show_default=False)] = None,
     output: OutputOpt = None,
     no_track: NoTrackOpt = False,
 ) -> None:
@@ -323,15 +337,28 @@ def retrain(
 
     Restores the constants into trainable variables, fine-tunes on NEW (early stopping on its validation part),
     freezes again and re-applies the parent's compression recipe. Accuracy before and after is reported on NEW's
-    test part and on the parent's own test split (forgetting).
+    test part and on the parent's own test split (forgetting). VERSION may also be a foreign .pb or .tflite file
+    with --mapping and --tokenizer: it is imported first (as `lifecycle import` does).
     """
     with _errors():
-        from lifecycle.workflows import RetrainOptions, run_retrain, version_row
+        from lifecycle.workflows import RetrainOptions, run_import, run_retrain, version_row
 
-        options = RetrainOptions(epochs, lr, freeze_embedding, keep_sparsity, replay)
-        outcomes = _with_progress(lambda p: run_retrain(version, data, options, output, track=not no_track,
-                                                        progress=p))
-        _summary("retrained", {k: v for k, v in outcomes[0].metrics.items() if "accuracy" in k or k == "forgetting"})
+        imported = []
+        if Path(version).suffix.lower() in (".pb", ".tflite"):
+            if mapping is None or tokenizer is None:
+                raise ConfigError(f"{version}: retraining a .pb/.tflite imports it first and needs --mapping and "
+                                  "--tokenizer (see `lifecycle import --help`).")
+            imported = [run_import(Path(version), mapping, tokenizer, output / "imported" if output else None,
+                                   track=not no_track)]
+            version = str(imported[0].version)
+        options = RetrainOptions(epochs, lr, freeze_embedding, keep_sparsity, replay, grow_labels, grow_vocab,
+                                 min_count, vocab_init)
+        outcomes = imported + _with_progress(lambda p: run_retrain(version, data, options, output, track=not no_track,
+                                                                   progress=p))
+        trained = outcomes[len(imported)]
+        _summary("retrained", {**{k: v for k, v in trained.metrics.items() if "accuracy" in k or k == "forgetting"},
+                               **{k: v for k, v in trained.facts.items() if k in ("labels added", "words added",
+                                                                                  "note")}})
         table = Table("kind", "recipe", "size", "test acc", title="new versions", title_justify="left")
         table.add_column("version", overflow="fold")
         for row in map(version_row, outcomes):
@@ -339,6 +366,33 @@ def retrain(
                           row["version"])
         console.out.print(table)
         console.out.print(str(outcomes[-1].version))
+
+
+@app.command("import")
+def import_model(
+    model: Annotated[Path, typer.Argument(help="A TF1 frozen graph (.pb) or a TFLite flatbuffer (.tflite) of a text "
+                                                "CNN.", show_default=False)],
+    mapping: Annotated[Path, typer.Option("--mapping", "-m", help="Mapping YAML: labels; node names (.pb); tensor "
+                                          "names where the .tflite's ops are ambiguous.", show_default=False)],
+    tokenizer: Annotated[Path, typer.Option("--tokenizer", "-t", help="Directory with the model's vocab.txt (UTF-8, "
+                                            "line i = id i) or a lifecycle tokenizer directory.",
+                                            show_default=False)],
+    output: OutputOpt = None,
+    no_track: NoTrackOpt = False,
+) -> None:
+    """Import a foreign text CNN (TF1 frozen .pb or TFLite fp32/fp16/int8) as a trainable checkpoint version.
+
+    Reads the weights as the file stores them, maps them into the lifecycle CNN and checks it reproduces the file's
+    outputs (float: 1e-5; dynamic-range int8: 1e-2) before writing a checkpoint that retrain, freeze and compress
+    accept. A graph with an op outside the import allow-list, or a mapping naming a node it lacks, is refused.
+    """
+    with _errors():
+        from lifecycle.workflows import run_import
+
+        with console.spinner("importing"):
+            outcome = run_import(model, mapping, tokenizer, output, track=not no_track)
+        _summary(f"imported {model.name}", _outcome_rows(outcome))
+        console.out.print(str(outcome.version))
 
 
 @app.command()
@@ -407,8 +461,10 @@ def inspect(version: VersionArg) -> None:
 
         report = run_inspect(version)
         found = report["version"]
+        # Seven columns: a light frame keeps a 30000x300 model's rows whole on an 80-column (piped) output.
         table = Table("tensor", "shape", "dtype", "storage", "layout", "bytes", "share",
-                      title=f"{found.path} ({found.kind})", title_justify="left")
+                      title=f"{found.path} ({found.kind})", title_justify="left", box=box.SIMPLE_HEAD,
+                      pad_edge=False, show_edge=False, collapse_padding=True)
         for row in sorted(report["tensors"], key=lambda r: -r["bytes"]):
             table.add_row(row["name"], "x".join(map(str, row["shape"])), row["dtype"], row["storage"], row["layout"],
                           f"{row['bytes']:,}", f"{100 * row['share']:.1f}%")
@@ -431,6 +487,52 @@ def show_config(
     """Print the resolved config (defaults < file < --set) as YAML."""
     with _errors():
         console.out.print(_config(config, set_, False).to_yaml(), highlight=False, markup=False)
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Serve config YAML (models, host, port, "
+                                                "limits, batching, poll_seconds); see configs/serve/example.yaml.",
+                                                show_default=False)] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="NAME=VERSION to serve (repeatable); VERSION is a directory, runs:/, models:/<name>/<n> "
+        "or models:/<name>@<alias> (followed as the alias moves).", show_default=False)] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1, or the config's).",
+                                             show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port; 0 picks a free one (default 8000, or the config's).",
+                                             show_default=False)] = None,
+) -> None:
+    """Serve frozen/compressed versions over HTTP JSON from one process, without TensorFlow.
+
+    POST /v1/models/NAME:predict {"texts": [...], "top_k": 2}; GET /v1/models, /healthz, /metrics. Models given as
+    models:/NAME@ALIAS are checked every poll_seconds and on SIGHUP; a new version is loaded beside the old one,
+    checked (sha256, op allow-list, warm-up) and switched in atomically, or refused while the old one keeps serving.
+    """
+    with _errors():
+        import logging
+
+        from lifecycle.serving.app import run_server
+        from lifecycle.serving.config import load_serve_config
+
+        cfg = load_serve_config(config, model or [], host, port)
+        if logging.getLogger("lifecycle").level < logging.ERROR:  # roll-outs are worth seeing unless -q
+            logging.getLogger("lifecycle.serving").setLevel(logging.INFO)
+        run_server(cfg, ready=lambda url: console.out.print(f"serving {len(cfg.models)} model(s) on {url}",
+                                                            highlight=False))
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="A registered version: models:/<name>/<n>, models:/<name>@<alias>, "
+                                                "or a version directory that was registered.", show_default=False)],
+    alias: Annotated[str, typer.Option("--alias", "-a", help="Alias to point at it.")] = "champion",
+) -> None:
+    """Point a registry alias at a version; `lifecycle serve` processes following the alias switch to it."""
+    with _errors():
+        from lifecycle.tracking import set_alias
+
+        entry = set_alias(version, alias)
+        console.out.print(f"models:/{entry.name}@{alias} -> version {entry.version}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,50 @@ class WordTokenizer(PaddedEncoder):
         return WordTokenizer([self._tokens[i] for i in ids], lowercase=self._lowercase,
                              token_pattern=self._token_pattern, vectors=vectors, info=self._info)
 
+    def unseen_words(self, texts: Sequence[str], min_count: int = 1) -> list[str]:
+        """Words of ``texts`` that are not in the vocabulary and occur at least ``min_count`` times.
+
+        Ordered as :func:`~tokenization.vocab.build_vocab` orders a vocabulary (descending count, ties alphabetical),
+        so growing with them is independent of the order of ``texts``.
+
+        Raises:
+            TokenizerError: ``min_count`` < 1.
+        """
+        if min_count < 1:
+            raise TokenizerError(f"min_count must be >= 1. Received: {min_count}.")
+        counts = count_tokens(self.tokenize(texts))
+        known = set(self._tokens)
+        fresh = [word for word, count in counts.items() if count >= min_count and word not in known]
+        return sorted(fresh, key=lambda word: (-counts[word], word))
+
+    def extend(self, words: Sequence[str], vectors: np.ndarray | None = None) -> WordTokenizer:
+        """The vocabulary with ``words`` appended as new ids; every existing id keeps its word.
+
+        Args:
+            words: new tokens, none already in the vocabulary, none holding a line break.
+            vectors: ``(len(words), dim)`` rows appended to this tokenizer's word2vec vectors; required when it has
+                vectors (their rows must stay aligned to the ids), ignored when it has none.
+
+        Raises:
+            TokenizerError: a word is already in the vocabulary, repeated, empty or holds a line break; or the vectors
+                do not fit.
+        """
+        words = list(words)
+        clash = sorted(set(words) & set(self._tokens))
+        if clash:
+            raise TokenizerError(f"cannot add {', '.join(map(repr, clash[:5]))}: already in the vocabulary.")
+        if any(not word or "\n" in word or "\r" in word for word in words):
+            raise TokenizerError("cannot add an empty token or one holding a line break (vocab.txt is one per line).")
+        grown = None
+        if self._vectors is not None:
+            if vectors is None or vectors.shape != (len(words), self._vectors.shape[1]):
+                got = None if vectors is None else vectors.shape
+                raise TokenizerError(f"this tokenizer carries word2vec vectors, so extend() needs ({len(words)}, "
+                                     f"{self._vectors.shape[1]}) rows for the new words. Received: {got}.")
+            grown = np.concatenate([self._vectors, vectors.astype(np.float32)])
+        return WordTokenizer([*self._tokens, *words], lowercase=self._lowercase, token_pattern=self._token_pattern,
+                             vectors=grown, info=self._info)
+
     @classmethod
     def train(cls, texts: Sequence[str], cfg: WordConfig, *, seed: int = DEFAULT_SEED) -> WordTokenizer:
         """Count the words of ``texts`` and, if enabled, train word2vec on them.

@@ -3,7 +3,7 @@ versions and the pipeline. Only this package knows their order; each step runs i
 none), and a failure inside it marks the run FAILED and leaves no version behind.
 
 Modules: ``common`` (shared pieces), ``training``, ``graphs`` (freeze, compress, restore), ``retraining``,
-``reports`` (evaluate, predict, bench, versions, inspect), ``pipeline``.
+``importing`` (foreign .pb / .tflite models), ``reports`` (evaluate, predict, bench, versions, inspect), ``pipeline``.
 """
 
 from lifecycle.workflows.common import (
@@ -16,6 +16,7 @@ from lifecycle.workflows.common import (
     recipe_text,
 )
 from lifecycle.workflows.graphs import run_compress, run_freeze, run_restore
+from lifecycle.workflows.importing import run_import
 from lifecycle.workflows.pipeline import PIPELINE_RECIPES, run_pipeline, version_row
 from lifecycle.workflows.reports import run_bench, run_evaluate, run_inspect, run_predict, run_versions
 from lifecycle.workflows.retraining import RetrainOptions, run_retrain
@@ -36,6 +37,7 @@ __all__ = [
     "run_compress",
     "run_evaluate",
     "run_freeze",
+    "run_import",
     "run_inspect",
     "run_pipeline",
     "run_predict",

@@ -64,25 +64,9 @@ def run_versions(name: str | None = None, tracking_uri: str | None = None) -> li
 
     Each row: model name, version number, kind, recipe, run id, parent run id, test accuracy, size, source.
     """
-    import mlflow
+    from lifecycle.tracking import registered_versions
 
-    from lifecycle.tracking import default_tracking_uri
-
-    client = mlflow.MlflowClient(tracking_uri or default_tracking_uri())
-    names = [name] if name else [m.name for m in client.search_registered_models()]
-    rows = []
-    for model_name in names:
-        for mv in client.search_model_versions(f"name='{model_name}'"):
-            run = client.get_run(mv.run_id) if mv.run_id else None
-            metrics = run.data.metrics if run else {}
-            rows.append({
-                "name": model_name, "version": int(mv.version), "kind": mv.tags.get("lifecycle.kind", ""),
-                "recipe": mv.tags.get("lifecycle.recipe", "-"), "run_id": mv.run_id,
-                "parent_run": mv.tags.get("lifecycle.parent_run", ""),
-                "test_accuracy": metrics.get("test_accuracy"), "size_bytes": metrics.get("size_bytes"),
-                "aliases": list(getattr(mv, "aliases", []) or []),
-            })
-    return sorted(rows, key=lambda r: (r["name"], r["version"]))
+    return registered_versions(name, tracking_uri)
 
 
 def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: int = 200, runtime: str = "auto"

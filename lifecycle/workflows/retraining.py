@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifecycle import artifacts
+from lifecycle import artifacts, growth
 from lifecycle.config import DataConfig
 from lifecycle.corpus import Examples, load_corpus
 from lifecycle.errors import ConfigError, DataError
@@ -36,6 +38,11 @@ class RetrainOptions:
     freeze_embedding: bool = False
     keep_sparsity: bool = False
     replay: float = 0.0
+    grow_labels: bool = False  # labels new to the model widen the output layer (else they are an error)
+    grow_vocab: bool = False  # word tokenizers: words of NEW's training split become new ids
+    min_count: int | None = None  # growth: a new word's count in NEW's training split (None: the parent's config)
+    vocab_init: str = "word2vec"  # new embedding rows: word2vec (trained on NEW, mapped) or random
+    label_init: str = growth.LABEL_INIT  # new output columns (growth.LABEL_INITS; the benchmark compares them)
 
 
 def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions(), output: Path | None = None, *,
@@ -43,7 +50,14 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
     """Fine-tune a deployed version on new data and ship the next one: restore -> fit -> freeze -> parent's recipe.
 
     NEW is split (seeded, stratified) with the parent's split fractions; early stopping watches NEW's validation
-    part. Accuracy is measured before and after on NEW's test part and on the parent's own test split (forgetting).
+    part. Accuracy is measured before and after on NEW's test part and on the parent's own test split (forgetting);
+    "before" is the parent itself (it never predicts a label it lacks).
+
+    With ``grow_labels``, labels of NEW that the parent lacks are appended to its labels (old ids unchanged) and the
+    output layer gains a column each (``growth.LABEL_INIT``); with ``grow_vocab`` (word tokenizers), words of NEW's
+    training split seen ``min_count`` times are appended as new ids and the embedding gains their rows
+    (``vocab_init``). A ``vocab`` step in the parent's recipe is then re-applied as ``vocab:<grown size>``, so the
+    new words are not pruned away again by counts over the parent's old data.
 
     Returns:
         The outcomes of the new checkpoint, its frozen form and (if the parent was compressed) its compressed form.
@@ -63,14 +77,21 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
     cfg = parent.config
     if not 0.0 <= options.replay <= 1.0:
         raise ConfigError(f"--replay must be a fraction in [0, 1]. Received: {options.replay:g}.")
+    if options.vocab_init not in growth.VOCAB_INITS:
+        raise ConfigError(f"--vocab-init must be one of {', '.join(growth.VOCAB_INITS)}. "
+                          f"Received: {options.vocab_init!r}.")
+    min_count = cfg.tokenizer.word.min_count if options.min_count is None else options.min_count
+    if min_count < 1:
+        raise ConfigError(f"--min-count must be >= 1. Received: {min_count}.")
     new_data = data_config_for(data, DataConfig(split=cfg.data.split))
     new = load_corpus(new_data, f"{cfg.name}-new")
-    labels = parent.labels
-    unknown = sorted(set(new.labels) - set(labels))
-    if unknown:
+    old_labels = parent.labels
+    unknown = sorted(set(new.labels) - set(old_labels))
+    if unknown and not options.grow_labels:
         raise DataError(f"{data}: labels {', '.join(map(repr, unknown[:5]))} are not among the model's "
-                        f"{len(labels)} labels. Relabel them or drop those rows (growing the output layer is not "
-                        "supported yet).")
+                        f"{len(old_labels)} labels. Pass --grow-labels to add them to the output layer, or relabel "
+                        "or drop those rows.")
+    labels = (*old_labels, *unknown)  # old label ids unchanged; new ones appended in sorted order
     old = None
     try:
         old = load_corpus(cfg.data, cfg.name)
@@ -79,20 +100,10 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
             raise DataError(f"--replay needs the parent's training data, which cannot be read: {exc}") from None
         log.warning("parent's data not readable (%s): forgetting is not measured", exc)
 
-    tokenizer = load_tokenizer(parent.tokenizer_dir)
+    parent_tokenizer = load_tokenizer(parent.tokenizer_dir)
 
-    def encode(examples: Examples, source: str) -> Any:
+    def encode(examples: Examples, source: str, tokenizer: Any) -> Any:
         return encode_examples(examples, tokenizer, labels, parent.max_len, source)
-
-    new_train, new_val, new_test = (encode(x, str(data)) for x in (new.train, new.validation, new.test))
-    old_test = encode(old.test, old.source) if old is not None else None
-    train_arrays = new_train
-    if old is not None and options.replay > 0:
-        rng = np.random.default_rng(cfg.train.seed)
-        old_train = encode(old.train, old.source)
-        pick = rng.choice(len(old_train), size=int(round(options.replay * len(old_train))), replace=False)
-        train_arrays = Arrays(np.concatenate([new_train.x, old_train.x[pick]]),
-                              np.concatenate([new_train.y, old_train.y[pick]]))
 
     configure(cfg.train.seed, cfg.train.threads)
     masks: dict[str, Any] = {}
@@ -102,19 +113,40 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
         model = keras.saving.load_model(parent.path / artifacts.KERAS_FILE, compile=False)
         masks = {w.path: w.numpy() != 0 for w in model.weights if not w.path.endswith("bias")}
     else:
-        restored = restore_model(load_graph_version(parent), cfg, len(labels))
+        restored = restore_model(load_graph_version(parent), cfg, len(old_labels))
         model, masks = restored.model, restored.masks
+
+    def scores_on(arrays: Any, net: Any) -> Any:
+        probabilities = np.asarray(net(arrays.x, training=False))
+        if probabilities.shape[1] < len(labels):  # the parent: no probability for a label it lacks
+            probabilities = np.pad(probabilities, ((0, 0), (0, len(labels) - probabilities.shape[1])))
+        return evaluate.evaluate_probabilities(probabilities, arrays.y, labels)
+
+    # "before" is the parent as it was, on its own tokenizer's ids.
+    before = {"new": scores_on(encode(new.test, str(data), parent_tokenizer), model)}
+    if old is not None:
+        before["parent"] = scores_on(encode(old.test, old.source, parent_tokenizer), model)
+
+    tokenizer, grown = _grow(model, parent_tokenizer, cfg, parent.max_len, new, unknown, options, min_count)
+    if grown["model"] is not None:
+        model = grown["model"]
+        masks = growth.grow_masks(masks, grown["words_added"], len(unknown))
+    new_train, new_val, new_test = (encode(x, str(data), tokenizer) for x in (new.train, new.validation, new.test))
+    old_test = encode(old.test, old.source, tokenizer) if old is not None else None
+    train_arrays = new_train
+    if old is not None and options.replay > 0:
+        rng = np.random.default_rng(cfg.train.seed)
+        old_train = encode(old.train, old.source, tokenizer)
+        pick = rng.choice(len(old_train), size=int(round(options.replay * len(old_train))), replace=False)
+        train_arrays = Arrays(np.concatenate([new_train.x, old_train.x[pick]]),
+                              np.concatenate([new_train.y, old_train.y[pick]]))
+
     train_cfg = cfg.train.model_copy(update={
         key: value for key, value in (("epochs", options.epochs), ("learning_rate", options.learning_rate))
         if value is not None})
     if options.freeze_embedding:
         model.get_layer("embedding").trainable = False
     compile_model(model, train_cfg)
-
-    def scores_on(arrays: Any) -> Any:
-        return evaluate.evaluate_probabilities(np.asarray(model(arrays.x, training=False)), arrays.y, labels)
-
-    before = {"new": scores_on(new_test), **({"parent": scores_on(old_test)} if old_test is not None else {})}
     callbacks = [train_lib.keep_sparsity_callback(model, masks)] if options.keep_sparsity else []
     if progress is not None:
         from lifecycle.console import keras_progress
@@ -131,15 +163,23 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
                             "epochs": train_cfg.epochs, "learning_rate": train_cfg.learning_rate,
                             "freeze_embedding": options.freeze_embedding, "keep_sparsity": options.keep_sparsity,
                             "replay": options.replay, "new_train": len(new_train), "replayed":
-                            len(train_arrays) - len(new_train)})
+                            len(train_arrays) - len(new_train), "grow_labels": options.grow_labels,
+                            "grow_vocab": options.grow_vocab, "labels_added": len(unknown),
+                            "words_added": grown["words_added"]})
         result = train_lib.fit(model, train_arrays, new_val, train_cfg, on_epoch=lambda e, logs:
                                tracker.log_metrics(logs, step=e), callbacks=callbacks)
-        after = {"new": scores_on(new_test), **({"parent": scores_on(old_test)} if old_test is not None else {})}
+        after = {"new": scores_on(new_test, model),
+                 **({"parent": scores_on(old_test, model)} if old_test is not None else {})}
         metrics: dict[str, float] = {"train_seconds": result.train_seconds}
         for split in after:
             metrics[f"{split}_test_accuracy_before"] = before[split].accuracy
             metrics[f"{split}_test_accuracy"] = after[split].accuracy
             metrics[f"{split}_test_macro_f1"] = after[split].macro_f1
+        if unknown:
+            metrics.update(_label_group_accuracy(after["new"], unknown, "new_labels"))
+            metrics.update(_label_group_accuracy(after["new"], old_labels, "old_labels"))
+            metrics.update({f"{k}_before": v for k, v in _label_group_accuracy(before["new"], old_labels,
+                                                                                "old_labels").items()})
         if "parent" in after:
             metrics["test_accuracy"] = after["parent"].accuracy
             metrics["test_macro_f1"] = after["parent"].macro_f1
@@ -150,27 +190,101 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
         tracker.log_metrics(metrics)
         checkpoint_dir = output / "checkpoint" if output else artifacts.default_output(cfg.name, "checkpoint",
                                                                                          versions_dir)
-        version = _write_checkpoint(checkpoint_dir, model, parent.tokenizer_dir, cfg, labels, parent.max_len, {
-            "parent": _parent_ref(parent),
-            "run_id": tracker.run_id,
-            "root_sizes": parent.manifest.get("root_sizes"),
-            "metrics": {k: v for k, v in metrics.items() if k in ("test_accuracy", "test_macro_f1")},
-            "retrain": {"data": str(data), "options": options.__dict__, "metrics": metrics,
-                        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                        "new_split": {"train": len(new.train), "validation": len(new.validation),
-                                      "test": len(new.test)}},
-            "data": parent.manifest.get("data"),
-        })
+        with tempfile.TemporaryDirectory(prefix="lifecycle-retrain-") as folder:
+            tokenizer_dir = parent.tokenizer_dir
+            if grown["words_added"]:
+                tokenizer_dir = Path(folder) / "tokenizer"
+                tokenizer.save(tokenizer_dir)
+            version = _write_checkpoint(checkpoint_dir, model, tokenizer_dir, cfg, labels, parent.max_len, {
+                "parent": _parent_ref(parent),
+                "run_id": tracker.run_id,
+                "root_sizes": parent.manifest.get("root_sizes"),
+                "metrics": {k: v for k, v in metrics.items() if k in ("test_accuracy", "test_macro_f1")},
+                "retrain": {"data": str(data), "options": options.__dict__, "metrics": metrics,
+                            "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                            "new_split": {"train": len(new.train), "validation": len(new.validation),
+                                          "test": len(new.test)},
+                            "growth": grown["report"]},
+                "data": parent.manifest.get("data"),
+            })
         tracker.log_artifacts(version.path, "version")
         registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.retrained": "true",
                                                  "lifecycle.parent_run": tags["lifecycle.parent_run"]})
         outcomes.append(StepOutcome(version.path, tracker.run_id, registered, metrics,
-                                    {"epochs_run": result.epochs_run, "replayed": len(train_arrays) - len(new_train)}))
+                                    {"epochs_run": result.epochs_run, "replayed": len(train_arrays) - len(new_train),
+                                     **({"labels added": ", ".join(unknown)} if unknown else {}),
+                                     **({"words added": grown["words_added"]} if options.grow_vocab else {}),
+                                     **({"note": grown["report"]["note"]} if "note" in grown["report"] else {})}))
         frozen = run_freeze(str(version.path), output / "frozen" if output else None, versions_dir=versions_dir,
                             track=track)
         outcomes.append(frozen)
-        recipe = recipe_text(parent.manifest.get("recipe", []))
+        recipe = recipe_text(_regrown_recipe(parent.manifest.get("recipe", []), grown["words_added"],
+                                             tokenizer.vocab_size))
         if recipe:
             target = output / recipe.replace(",", "+").replace(":", "-") if output else None
             outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir, track=track))
     return outcomes
+
+
+def _grow(model: Any, tokenizer: Any, cfg: Any, max_len: int, new: Any, unknown: Sequence[str],
+          options: RetrainOptions, min_count: int) -> tuple[Any, dict[str, Any]]:
+    """The grown tokenizer and {model (None: unchanged), words_added, report} for new labels and new words."""
+    report: dict[str, Any] = {}
+    rows = None
+    words: list[str] = []
+    if options.grow_vocab and tokenizer.kind != "word":
+        report["note"] = (f"--grow-vocab ignored: a {tokenizer.kind} vocabulary stays as it is (its subwords "
+                          "already spell any new word)")
+        log.warning("%s", report["note"])
+    elif options.grow_vocab:
+        texts = list(new.train.texts)
+        words = tokenizer.unseen_words(texts, min_count)
+        embedding = next(w for w in model.weights if w.path == growth.EMBEDDING_PATH).numpy()
+        init = growth.new_embedding_rows(embedding, tokenizer.vocab, words, tokenizer.tokenize(texts),
+                                         options.vocab_init, cfg.tokenizer.word.word2vec, cfg.train.seed)
+        rows = init.rows
+        report["vocab"] = {"words_added": len(words), "vocab_size_before": tokenizer.vocab_size,
+                           "vocab_size_after": tokenizer.vocab_size + len(words), "min_count": min_count,
+                           "init": init.method, "examples": words[:20], **init.report}
+        if "note" in init.report:
+            report["note"] = init.report["note"]
+        if words:
+            vectors = rows if tokenizer.vectors is not None else None
+            tokenizer = tokenizer.extend(words, vectors)
+        else:
+            log.warning("--grow-vocab: no word of the new training texts is missing from the vocabulary (min count "
+                        "%d)", min_count)
+    columns = None
+    if unknown:
+        kernel = next(w for w in model.weights if w.path == growth.OUTPUT_KERNEL_PATH).numpy()
+        bias = next(w for w in model.weights if w.path == growth.OUTPUT_BIAS_PATH).numpy()
+        columns = growth.new_output_columns(kernel, bias, len(unknown), options.label_init, cfg.train.seed)
+        report["labels"] = {"added": list(unknown), "init": options.label_init,
+                            "labels_before": int(kernel.shape[1]), "labels_after": int(kernel.shape[1]) + len(unknown)}
+    grown = None
+    if words or unknown:
+        grown = growth.grow_model(model, cfg, max_len, rows=rows if words else None, columns=columns)
+    return tokenizer, {"model": grown, "words_added": len(words), "report": report}
+
+
+def _label_group_accuracy(scores: Any, group: Sequence[str], prefix: str) -> dict[str, float]:
+    """Accuracy over the examples whose true label is in ``group`` (recall pooled over those labels)."""
+    rows = [scores.per_class[label] for label in group if label in scores.per_class]
+    support = sum(row["support"] for row in rows)
+    if not support:
+        return {}
+    return {f"{prefix}_accuracy": sum(row["recall"] * row["support"] for row in rows) / support}
+
+
+def _regrown_recipe(recipe: Sequence[dict[str, Any]], words_added: int, vocab_size: int) -> list[dict[str, Any]]:
+    """The parent's recipe to re-apply; after vocabulary growth a ``vocab`` step keeps every row (``vocab:<size>``).
+
+    Re-applied as it was, ``vocab:N`` would count ids over the parent's old training data, where the new words never
+    occur, and prune exactly the rows that growth just added.
+    """
+    if not words_added or not any(step["name"] == "vocab" for step in recipe):
+        return list(recipe)
+    log.warning("the parent's recipe prunes the vocabulary; re-applied as vocab:%d so the %d new words stay",
+                vocab_size, words_added)
+    return [{"name": "vocab", "params": {"keep": vocab_size}} if step["name"] == "vocab" else step
+            for step in recipe]

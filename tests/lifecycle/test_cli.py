@@ -16,7 +16,8 @@ HEAVY = ("tensorflow", "keras", "mlflow", "gensim", "youtokentome", "sklearn", "
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["pipeline", "--help"], ["predict", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["pipeline", "--help"], ["predict", "--help"],
+                                  ["import", "--help"], ["retrain", "--help"]])
 def test_help_imports_no_heavy_module(argv: list[str]) -> None:
     code = (
         "import sys\nfrom lifecycle.cli import app\n"

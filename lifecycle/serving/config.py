@@ -1,0 +1,158 @@
+"""The ``lifecycle serve`` config: a strict YAML schema (a misspelt key is an error naming it), plus flag overrides.
+
+```yaml
+host: 127.0.0.1
+port: 8000
+poll_seconds: 30              # how often watched aliases are checked (SIGHUP checks at once)
+models:
+  sentiment: models:/mr-word@champion   # watched: the service follows the alias
+  topics:
+    version: versions/trec-word-compressed-20261126-101500
+    threads: 2
+limits: {max_body_bytes: 1048576, max_texts: 256, max_text_chars: 10000, max_in_flight: 256}
+batching: {max_batch: 32, max_wait_ms: 0}
+```
+
+Precedence, low to high: schema defaults < the YAML file < ``--model NAME=VERSION`` (adds or replaces one model) <
+``--host`` / ``--port``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lifecycle.config import read_yaml
+from lifecycle.errors import ConfigError
+
+# Model names appear in URLs (/v1/models/<name>:predict) and metric labels: keep them to URL-safe words.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Section):
+    version: str = Field(
+        ...,
+        min_length=1,
+        description="A frozen or compressed version with a serving form: a directory, runs:/<run_id>, "
+        "models:/<name>/<n>, or models:/<name>@<alias> (watched: when the alias moves, the new version is "
+        "loaded, checked and switched in).",
+    )
+    threads: int | None = Field(None, ge=1, le=64, description="LiteRT interpreter threads; default `threads`.")
+
+
+class LimitsConfig(_Section):
+    max_body_bytes: int = Field(1 << 20, ge=256, description="Largest request body; larger ones get 413.")
+    max_texts: int = Field(256, ge=1, description="Most texts in one predict request; more get 400.")
+    max_text_chars: int = Field(10_000, ge=1, description="Longest text (in characters); longer ones get 400. "
+                                "Texts are cut to the model's max_len tokens anyway; this bounds tokenizing work.")
+    max_in_flight: int = Field(
+        256,
+        ge=1,
+        description="Predict requests being served at once; the next one gets 503 with Retry-After at once "
+        "instead of waiting in an unbounded queue.",
+    )
+
+
+class BatchingConfig(_Section):
+    max_batch: int = Field(
+        32, ge=1, le=4096, description="Texts of queued requests for one model run together in one interpreter call."
+    )
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="How long a request waits for others to join its batch; 0 batches only requests already "
+        "queued behind a running one (no added latency when idle).",
+    )
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on (0.0.0.0: every interface).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one (the URL is printed).")
+    models: dict[str, ModelSpec] = Field(
+        default_factory=dict, description="Served models by name: a VERSION string, or {version, threads}."
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI for runs:/ and models:/ versions; default $MLFLOW_TRACKING_URI, else the "
+        "project's sqlite store. An http(s) server is polled over its REST API; any other store through a "
+        "short-lived helper process (importing mlflow costs 4 s and 118 MB, kept out of the server).",
+    )
+    poll_seconds: float = Field(
+        30.0, ge=0, description="Seconds between checks of watched aliases; 0 checks only on SIGHUP."
+    )
+    threads: int = Field(1, ge=1, le=64, description="LiteRT interpreter threads per model (one model = one "
+                                                     "inference worker, so more models use more cores).")
+    limits: LimitsConfig = LimitsConfig()
+    batching: BatchingConfig = BatchingConfig()
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: {"version": spec} if isinstance(spec, str) else spec for key, spec in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _check_names(self) -> ServeConfig:
+        for name in self.models:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"model name {name!r} must be 1-64 letters, digits, '_', '.' or '-' (it is part "
+                                 "of the URL /v1/models/<name>:predict)")
+        return self
+
+
+def parse_model_flags(pairs: Iterable[str]) -> dict[str, dict[str, str]]:
+    """``["sentiment=models:/mr@champion"]`` -> ``{"sentiment": {"version": "models:/mr@champion"}}``."""
+    found: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        name, sep, version = pair.partition("=")
+        if not sep or not name.strip() or not version.strip():
+            raise ConfigError(f"--model {pair!r} is malformed: expected NAME=VERSION, e.g. "
+                              "--model sentiment=models:/mr-word@champion.")
+        found[name.strip()] = {"version": version.strip()}
+    return found
+
+
+def load_serve_config(path: Path | None, models: Iterable[str] = (), host: str | None = None,
+                      port: int | None = None) -> ServeConfig:
+    """Read, merge and validate the serve config.
+
+    Raises:
+        ConfigError: naming the file (or flag), the dotted key, the value and the fix; also when no model is given.
+    """
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "serve flags"
+    flagged = parse_model_flags(models)
+    if flagged:
+        given = data.get("models") or {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"{source}: models must be a mapping of name -> version.")
+        data["models"] = {**given, **flagged}
+    if host is not None:
+        data["host"] = host
+    if port is not None:
+        data["port"] = port
+    try:
+        cfg = ServeConfig.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: unknown key {key!r}. Allowed: host, port, models, tracking_uri, "
+                              "poll_seconds, threads, limits, batching (see lifecycle/serving/config.py).") from None
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "value_error":
+            raise ConfigError(f"{source}: {message}.") from None
+        raise ConfigError(f"{source}: {key}: {message}. Received: {error.get('input')!r}.") from None
+    if not cfg.models:
+        raise ConfigError(f"{source}: no models to serve. Give --model NAME=VERSION or a `models:` section.")
+    return cfg
