@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,19 @@ def data_dir() -> Path:
 def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One SQLite store for the session: creating MLflow's schema takes seconds, so it is made once."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_tracking(tracking_uri: str) -> Iterator[None]:
+    """The session's store for the whole session, so module- and session-scoped fixtures (set up before any
+    function-scoped monkeypatch) track there too, never into the checkout's mlruns/."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    yield
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 @pytest.fixture(autouse=True)
