@@ -1233,13 +1233,9 @@ def render(results: dict[str, Any]) -> str:
 
 
 def write_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    content = readme.read_text(encoding="utf-8")
-    block = f"{README_START}\n{text}\n{README_END}"
-    new, n = re.subn(re.escape(README_START) + r".*?" + re.escape(README_END), lambda _: block, content, flags=re.S)
-    if n != 1:
-        raise SystemExit(f"README.md has no {README_START} ... {README_END} block")
-    readme.write_text(new, encoding="utf-8")
+    from readme import write_block
+
+    write_block("compress", text)
 
 
 def _cpu() -> str:

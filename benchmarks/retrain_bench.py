@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -245,13 +244,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_readme(rows: list[dict[str, Any]], meta: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    block = f"<!-- bench:retrain:start -->\n{meta}\n\n{table(rows)}\n<!-- bench:retrain:end -->"
-    new, n = re.subn(r"<!-- bench:retrain:start -->.*?<!-- bench:retrain:end -->", block, text, flags=re.S)
-    if n != 1:
-        raise SystemExit("README.md has no <!-- bench:retrain:start --> ... <!-- bench:retrain:end --> block")
-    readme.write_text(new, encoding="utf-8")
+    from readme import write_block
+
+    write_block("retrain", f"{meta}\n\n{table(rows)}")
 
 
 def main() -> None:

@@ -415,13 +415,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    block = f"<!-- bench:serve:start -->\n{text}\n<!-- bench:serve:end -->"
-    new, n = re.subn(r"<!-- bench:serve:start -->.*?<!-- bench:serve:end -->", block,
-                     readme.read_text(encoding="utf-8"), flags=re.S)
-    if n != 1:
-        raise SystemExit("README.md has no <!-- bench:serve:start --> ... <!-- bench:serve:end --> block")
-    readme.write_text(new, encoding="utf-8")
+    from readme import write_block
+
+    write_block("serve", text)
 
 
 def main() -> None:

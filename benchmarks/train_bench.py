@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -114,13 +113,9 @@ def table(groups: list[list[dict]]) -> str:
 
 
 def write_readme(rows: list[list[dict]], meta: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    block = f"<!-- bench:train:start -->\n{meta}\n\n{table(rows)}\n<!-- bench:train:end -->"
-    new, n = re.subn(r"<!-- bench:train:start -->.*?<!-- bench:train:end -->", block, text, flags=re.S)
-    if n != 1:
-        raise SystemExit("README.md has no <!-- bench:train:start --> ... <!-- bench:train:end --> block")
-    readme.write_text(new, encoding="utf-8")
+    from readme import write_block
+
+    write_block("train", f"{meta}\n\n{table(rows)}")
 
 
 def main() -> None:
