@@ -48,12 +48,24 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
 
 
+def _point_at(tracking_uri: str) -> None:
+    """Point the environment and, once imported, mlflow's process-wide state at the session's store.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ`` (so subprocesses inherit
+    it): a test that tracks through another server leaks that URI into every later fixture unless it is reset.
+    """
+    import sys
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(tracking_uri)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_tracking(tracking_uri: str) -> Iterator[None]:
-    """The session's store for the whole session, so module- and session-scoped fixtures (set up before any
-    function-scoped monkeypatch) track there too, never into the checkout's mlruns/."""
+    """The session's store for the whole session, so session-scoped fixtures track there, never into mlruns/."""
     previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    _point_at(tracking_uri)
     yield
     if previous is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -61,8 +73,15 @@ def _session_tracking(tracking_uri: str) -> Iterator[None]:
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _module_tracking(tracking_uri: str) -> None:
+    """Module-scoped fixtures are set up before any function-scoped one: point them at the session's store too."""
+    _point_at(tracking_uri)
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tracking_uri: str) -> None:
     """Every test writes versions and runs into temporary places, never into the checkout's versions/ or mlruns/."""
+    _point_at(tracking_uri)  # first, so the monkeypatch below records (and restores) the session's store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     monkeypatch.setenv("LIFECYCLE_VERSIONS_DIR", str(tmp_path / "versions"))
