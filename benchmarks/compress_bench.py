@@ -28,7 +28,6 @@ Results go to benchmarks/out/compress.json and README.md between the ``bench:com
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -40,6 +39,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from readme import cpu_model, write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -97,19 +98,11 @@ def _rss_mb() -> float:
     return _proc_status()["VmRSS"] / 2**20
 
 
-def _files(path: Path) -> list[Path]:
-    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-
-
 def _sizes(paths: list[Path]) -> tuple[int, int]:
     """Raw bytes and gzip -6 bytes (each file compressed alone, summed) of files and directories."""
-    raw = packed = 0
-    for path in paths:
-        for file in _files(path):
-            data = file.read_bytes()
-            raw += len(data)
-            packed += len(gzip.compress(data, compresslevel=6))
-    return raw, packed
+    from lifecycle.artifacts import dir_bytes, gzip_bytes
+
+    return sum(dir_bytes(path) for path in paths), gzip_bytes(paths)
 
 
 # ------------------------------------------------------------------------------------------------------- worker
@@ -1233,18 +1226,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def write_readme(text: str) -> None:
-    from readme import write_block
-
     write_block("compress", text)
-
-
-def _cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    return model or platform.machine()
 
 
 def _versions() -> dict[str, str]:
@@ -1305,7 +1287,7 @@ def main() -> None:
                 previous["runs"][name] = bench_dataset(name, config, overrides, args)
             versions = _versions()
             previous["meta"] = {
-                "date": datetime.now(UTC).strftime("%Y-%m-%d"), "cpu": _cpu(), "cores": os.cpu_count(),
+                "date": datetime.now(UTC).strftime("%Y-%m-%d"), "cpu": cpu_model(), "cores": os.cpu_count(),
                 "python": platform.python_version(), "versions": versions,
                 "versions_text": ", ".join(f"{k} {v}" for k, v in versions.items()),
                 "command": "python benchmarks/compress_bench.py" + " ".join([""] + sys.argv[1:]),

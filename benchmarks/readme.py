@@ -1,8 +1,10 @@
-"""The one place benchmarks write their figures into README.md: the block between ``<!-- bench:NAME:start -->`` and
-``<!-- bench:NAME:end -->`` is replaced, and a README without that block is an error."""
+"""What every benchmark shares: the machine it names in its figures, and writing those figures into README.md (the
+block between ``<!-- bench:NAME:start -->`` and ``<!-- bench:NAME:end -->`` is replaced; a README without it is an
+error)."""
 
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
 
@@ -18,3 +20,17 @@ def write_block(name: str, body: str, readme: Path = README) -> None:
     if count != 1:
         raise SystemExit(f"{readme.name} has no {start} ... {end} block")
     readme.write_text(new, encoding="utf-8")
+
+
+def cpu_model(flags: tuple[str, ...] = ()) -> str:
+    """The CPU's model name from /proc/cpuinfo, with those of ``flags`` it has (e.g. avx512_bf16) when asked."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    model = model or platform.machine()
+    if not flags:
+        return model
+    present = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return f"{model}, {'/'.join(f for f in flags if f in present) or 'none of ' + '/'.join(flags)}"

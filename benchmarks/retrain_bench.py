@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
+from readme import write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
 
 from lifecycle.config import load_config  # noqa: E402
 
@@ -244,8 +245,6 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_readme(rows: list[dict[str, Any]], meta: str) -> None:
-    from readme import write_block
-
     write_block("retrain", f"{meta}\n\n{table(rows)}")
 
 

@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from readme import write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -415,8 +417,6 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_readme(text: str) -> None:
-    from readme import write_block
-
     write_block("serve", text)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from readme import cpu_model, write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
 
 from lifecycle.config import load_config  # noqa: E402
 
@@ -83,18 +84,6 @@ def _spread(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def _cpu() -> str:
-    """CPU model and the vector extensions that matter for bf16/fp16 speed."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16") if f in flags]
-    return f"{model or platform.machine()}, {'/'.join(wanted) or 'no AVX'}"
-
-
 def table(groups: list[list[dict]]) -> str:
     head = ("| run | tokenizer | embedding | precision | seeds | test acc % | macro-F1 % | Kim rand % | train s/run | "
             "epochs (best) | vocab | weights MB | checkpoint MB (with Adam) | tokenizer KB |")
@@ -113,8 +102,6 @@ def table(groups: list[list[dict]]) -> str:
 
 
 def write_readme(rows: list[list[dict]], meta: str) -> None:
-    from readme import write_block
-
     write_block("train", f"{meta}\n\n{table(rows)}")
 
 
@@ -148,7 +135,8 @@ def main() -> None:
         import tensorflow as tf
 
         stamp = datetime.fromtimestamp(results_file.stat().st_mtime, UTC).strftime("%Y-%m-%d")
-        meta = (f"Measured {stamp} on {_cpu()} ({os.cpu_count()} cores), TensorFlow {tf.__version__}, "
+        cpu = cpu_model(("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16"))
+        meta = (f"Measured {stamp} on {cpu} ({os.cpu_count()} cores), TensorFlow {tf.__version__}, "
                 "`python benchmarks/train_bench.py`; seeds 13, 1, 2 where three are given (mean ± sample std). "
                 "Epochs: run (best, 1-based).")
         write_readme(ordered, meta)

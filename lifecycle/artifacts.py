@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,9 +72,19 @@ def sha256_file(path: Path) -> str:
 
 def dir_bytes(path: Path) -> int:
     """Total size of the files below a directory (or of one file)."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return sum(file.stat().st_size for file in files_below(path))
+
+
+def files_below(path: Path) -> list[Path]:
+    """The files of a directory (sorted), or the one file."""
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def gzip_bytes(paths: Sequence[Path]) -> int:
+    """Bytes after gzip -6 of each file, summed (what a compressed transfer or image layer would hold)."""
+    import gzip
+
+    return sum(len(gzip.compress(file.read_bytes(), compresslevel=6)) for path in paths for file in files_below(path))
 
 
 def versions_root() -> Path:

@@ -229,6 +229,11 @@ class RecipeContext:
                 ) from None
         return self._corpus
 
+    @property
+    def read_corpus(self) -> Corpus | None:
+        """The parent's data if a step has read it already (else None: nothing is read here)."""
+        return self._corpus
+
     def _cached(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
         entry = self._encoded.get(key)
         if entry is None or entry[0] is not self.tokenizer:  # a step replaced the tokenizer: the ids changed

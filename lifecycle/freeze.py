@@ -451,18 +451,6 @@ def _host_in_variables(graph_def: Any) -> tuple[Any, dict[str, np.ndarray]]:
     return out, values
 
 
-def _release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise; RSS would count the load's peak)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass  # not glibc: nothing to do
-
-
 def session_config() -> Any:
     """A session that runs the frozen graph as written: no Grappler, no classic constant folding.
 
@@ -512,7 +500,9 @@ class GraphRunner:
         self.max_len = max_len
         self.np_dtype = np.dtype(input_dtype)
         self.run(np.zeros((1, max_len), dtype=np.int32))  # warm-up: the user's first call is not the slow one
-        _release_free_memory()
+        from lifecycle.bench import release_free_memory
+
+        release_free_memory()
 
     def run(self, ids: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of padded id rows."""

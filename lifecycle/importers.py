@@ -249,6 +249,17 @@ def _concat_order(nodes: dict[str, Any], kernels: dict[int, str]) -> list[int] |
     return sorted(kernels, key=lambda width: found[width][1])
 
 
+def _max_len(dims: list[int], mapped: int | None, mapping_path: Path | str, what: str) -> int:
+    """Ids per text: the input's fixed second dimension, or the mapping's ``max_len`` when the input has none."""
+    fixed = dims[1] if len(dims) == 2 and dims[1] > 0 else None
+    if fixed and mapped and fixed != mapped:
+        raise ConfigError(f"{mapping_path}: max_len is {mapped} but {what} has shape {dims}; remove max_len or set "
+                          f"it to {fixed}.")
+    if not (fixed or mapped):
+        raise ConfigError(f"{mapping_path}: max_len is required: {what} has no fixed length.")
+    return int(fixed or mapped)
+
+
 def read_frozen_graph(pb: Path, mapping: ImportMapping, mapping_path: Path) -> ForeignCNN:
     """Read a TF1-style frozen Kim CNN (see the module docstring) as our layout, with a session that runs it.
 
@@ -294,13 +305,7 @@ def read_frozen_graph(pb: Path, mapping: ImportMapping, mapping_path: Path) -> F
     if input_dtype not in ("int32", "int64"):
         raise ModelError(f"{pb}: input {mapping.input!r} is {input_dtype}; token ids (int32 or int64) expected.")
     dims = [d.size for d in placeholder.attr["shape"].shape.dim] if placeholder.attr["shape"].shape.dim else []
-    graph_len = dims[1] if len(dims) == 2 and dims[1] > 0 else None
-    if graph_len and mapping.max_len and graph_len != mapping.max_len:
-        raise ConfigError(f"{mapping_path}: max_len is {mapping.max_len} but input {mapping.input!r} has shape "
-                          f"{dims}; remove max_len or set it to {graph_len}.")
-    max_len = graph_len or mapping.max_len
-    if not max_len:
-        raise ConfigError(f"{mapping_path}: max_len is required: input {mapping.input!r} has no fixed length.")
+    max_len = _max_len(dims, mapping.max_len, mapping_path, f"input {mapping.input!r}")
 
     storage: dict[str, str] = {}
     nodes_of: dict[str, str] = {}
@@ -487,14 +492,8 @@ def read_tflite(path: Path, mapping: ImportMapping, mapping_path: Path) -> Forei
     else:
         dense_bias = take(bias_index, "output bias", "weights/output/bias")
 
-    signature = inputs[0].get("shape_signature", inputs[0]["shape"])
-    graph_len = int(signature[1]) if len(signature) == 2 and signature[1] > 0 else None
-    if graph_len and mapping.max_len and graph_len != mapping.max_len:
-        raise ConfigError(f"{mapping_path}: max_len is {mapping.max_len} but the model's input has shape "
-                          f"{list(signature)}; remove max_len or set it to {graph_len}.")
-    max_len = graph_len or mapping.max_len
-    if not max_len:
-        raise ConfigError(f"{mapping_path}: max_len is required: the model's input has no fixed length.")
+    signature = [int(d) for d in inputs[0].get("shape_signature", inputs[0]["shape"])]
+    max_len = _max_len(signature, mapping.max_len, mapping_path, "the model's input")
     input_dtype = np.dtype(inputs[0]["dtype"]).name
     last = producer.get(int(outputs[0]["index"]))
     kind = "probabilities" if last is not None and last["op_name"] == "SOFTMAX" else "logits"

@@ -272,6 +272,19 @@ def read_metadata(directory: Path, expected_kind: str | None = None) -> dict[str
     return metadata
 
 
+def read_array(path: Path, missing: str, fix: str) -> np.ndarray:
+    """A tokenizer's ``.npy`` file, read without pickle; ``missing`` says why the file was expected."""
+    if not path.is_file():
+        raise TokenizerError(f"{path}: missing, but {missing}. {fix}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise TokenizerError(f"{path}: not a readable .npy array ({exc}). {fix}") from None
+    if not isinstance(array, np.ndarray):
+        raise TokenizerError(f"{path}: holds {type(array).__name__}, not one array. {fix}")
+    return array
+
+
 def check_kept_ids(kept_ids: Sequence[int] | np.ndarray, vocab_size: int, source: str = "kept_ids") -> np.ndarray:
     """Check the ids a vocabulary pruning keeps and return them as int64.
 

@@ -46,6 +46,7 @@ from tokenization.base import (
     PaddedEncoder,
     check_kept_ids,
     check_texts,
+    read_array,
     read_metadata,
     remove_stale_files,
     write_metadata,
@@ -329,12 +330,7 @@ _FIX = "Re-run `lifecycle tokenize` (or train and save the tokenizer again) to r
 
 def _read_kept_ids(path: Path, model_vocab_size: int, vocab_size: int) -> np.ndarray:
     """Load ``kept_ids.npy`` without pickle and check it against the model and ``tokenizer.json``."""
-    if not path.is_file():
-        raise TokenizerError(f"{path}: missing, but tokenizer.json lists it (a pruned vocabulary). {_FIX}")
-    try:
-        kept = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise TokenizerError(f"{path}: not a readable .npy array ({exc}). {_FIX}") from None
+    kept = read_array(path, "tokenizer.json lists it (a pruned vocabulary)", _FIX)
     kept = check_kept_ids(kept, model_vocab_size, str(path))
     if kept.size != vocab_size:
         raise TokenizerError(

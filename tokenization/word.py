@@ -29,6 +29,7 @@ from tokenization.base import (
     PaddedEncoder,
     check_kept_ids,
     check_texts,
+    read_array,
     read_metadata,
     remove_stale_files,
     strip_specials,
@@ -447,13 +448,8 @@ def _read_vocab(path: Path, vocab_size: int, fix: str) -> list[str]:
 
 def _read_vectors(path: Path, shape: tuple[int, int], fix: str) -> np.ndarray:
     """Load ``vectors.npy`` without pickle and check its shape and dtype."""
-    if not path.is_file():
-        raise TokenizerError(f"{path}: missing, but tokenizer.json says word2vec vectors were trained. {fix}")
-    try:
-        vectors = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise TokenizerError(f"{path}: not a readable .npy array ({exc}). {fix}") from None
-    if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32 or vectors.shape != shape:
+    vectors = read_array(path, "tokenizer.json says word2vec vectors were trained", fix)
+    if vectors.dtype != np.float32 or vectors.shape != shape:
         raise TokenizerError(
             f"{path}: expected float32 of shape {shape} (vocab_size, dim). Received: {vectors.dtype} {vectors.shape}. "
             f"{fix}"

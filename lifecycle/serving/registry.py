@@ -13,7 +13,6 @@ the reason is logged and kept for ``/v1/models``.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import shutil
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from lifecycle.artifacts import load_version
+from lifecycle.bench import release_free_memory
 from lifecycle.errors import LifecycleError, ModelError
 from lifecycle.serving.config import BatchingConfig, ModelSpec, ServeConfig
 from lifecycle.serving.sources import Fetched, Source, discard
@@ -57,15 +57,6 @@ class Refusal:
     version: str
     reason: str
     at: str
-
-
-def _trim_heap() -> None:
-    """Hand freed heap back to the OS: glibc keeps it otherwise, and a released model's ~15 MB would stay in RSS
-    (measured: 12 switches of a 30k x 300 model left RSS at 100 MB, 81 MB after a trim)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _recipe_text(manifest: dict[str, Any]) -> str:
@@ -200,7 +191,7 @@ class LoadedModel:
     def _release(self) -> None:
         self.predictor = None
         discard(self.fetched)
-        _trim_heap()
+        release_free_memory()
         log.info("%s: released %s", self.name, self.label)
 
     def join(self, timeout: float | None = None) -> None:

@@ -102,15 +102,18 @@ def evaluation_examples(version: artifacts.Version, data: Path | None, data_cfg:
     return examples, str(data)
 
 
-def _check_arrays(version: artifacts.Version, tokenizer: Any) -> tuple[Any, str, list[str]]:
-    """Ids (and their texts) to compare two forms of a model on: the version's test split, else seeded random ids."""
+def _check_arrays(version: artifacts.Version, tokenizer: Any, corpus: Any = None) -> tuple[Any, str, list[str]]:
+    """Ids (and their texts) to compare two forms of a model on: the version's test split, else seeded random ids.
+
+    ``corpus``: the version's data when the caller has already read it (it is not read again).
+    """
     import numpy as np
 
     from lifecycle.dataset import encode_examples
 
     cfg = version.config
     try:
-        corpus = load_corpus(cfg.data, cfg.name)
+        corpus = corpus or load_corpus(cfg.data, cfg.name)
         arrays = encode_examples(corpus.test, tokenizer, version.labels, version.max_len, corpus.source)
         return arrays, "test split", list(corpus.test.texts)
     except DataError as exc:
@@ -120,17 +123,6 @@ def _check_arrays(version: artifacts.Version, tokenizer: Any) -> tuple[Any, str,
 
         x = rng.integers(0, tokenizer.vocab_size, size=(256, version.max_len), dtype=np.int32)
         return Arrays(x, np.zeros(256, dtype=np.int32)), "random ids", tokenizer.decode(x)
-
-
-def _gzip_bytes(paths: Sequence[Path]) -> int:
-    """Bytes after gzip -6 of each file, summed (what a compressed transfer or image layer would hold)."""
-    import gzip
-
-    total = 0
-    for path in paths:
-        for file in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
-            total += len(gzip.compress(file.read_bytes(), compresslevel=6))
-    return total
 
 
 def recipe_label(recipe: Sequence[dict[str, Any]]) -> str:

@@ -13,7 +13,6 @@ from lifecycle.tracking import make_tracker
 from lifecycle.workflows.common import (
     StepOutcome,
     _check_arrays,
-    _gzip_bytes,
     _parent_ref,
     _write_checkpoint,
     load_graph_version,
@@ -140,10 +139,10 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
             sizes = {
                 "graph_bytes": (tmp / GRAPH_FILE).stat().st_size,
                 "tokenizer_bytes": artifacts.dir_bytes(tmp / artifacts.TOKENIZER_DIR),
-                "gzip_bytes": _gzip_bytes([tmp / GRAPH_FILE, tmp / artifacts.TOKENIZER_DIR]),
+                "gzip_bytes": artifacts.gzip_bytes([tmp / GRAPH_FILE, tmp / artifacts.TOKENIZER_DIR]),
                 "weights_bytes": int(sum(t["bytes"] for t in tensors.values())),
                 "serving_bytes": serving["bytes"],
-                "serving_gzip_bytes": _gzip_bytes([tmp / serving["file"], tmp / artifacts.TOKENIZER_DIR]),
+                "serving_gzip_bytes": artifacts.gzip_bytes([tmp / serving["file"], tmp / artifacts.TOKENIZER_DIR]),
             }
             deployed = sizes["graph_bytes"] + sizes["tokenizer_bytes"]
             metrics.update({
@@ -272,7 +271,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
             if step["name"] == "fold":
                 step["report"] = folded.report
     frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, input_dtype, source.max_len)
-    arrays, compared_on, texts = _check_arrays(parent, tokenizer)
+    arrays, compared_on, texts = _check_arrays(parent, tokenizer, context.read_corpus)
     # The same texts through each version's own tokenizer: after vocabulary pruning the ids differ.
     changed = context.tokenizer is not tokenizer
     child_ids = context.tokenizer.encode(texts, parent.max_len) if changed else arrays.x
