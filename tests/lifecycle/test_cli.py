@@ -12,12 +12,14 @@ from typer.testing import CliRunner
 
 from lifecycle.cli import app
 
-HEAVY = ("tensorflow", "keras", "mlflow", "gensim", "youtokentome", "sklearn", "pandas", "matplotlib")
+HEAVY = ("tensorflow", "keras", "mlflow", "gensim", "youtokentome", "sklearn", "pandas", "matplotlib", "ai_edge_litert",
+         "starlette", "uvicorn")
 runner = CliRunner()
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["pipeline", "--help"], ["predict", "--help"],
-                                  ["import", "--help"], ["retrain", "--help"]])
+                                  ["import", "--help"], ["retrain", "--help"], ["serve", "--help"],
+                                  ["promote", "--help"]])
 def test_help_imports_no_heavy_module(argv: list[str]) -> None:
     code = (
         "import sys\nfrom lifecycle.cli import app\n"

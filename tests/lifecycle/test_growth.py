@@ -3,7 +3,6 @@ weights exactly."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from lifecycle import artifacts
 from lifecycle.errors import DataError
+from tests.helpers import new_mr_csv
 
 
 def _questions(data_dir: Path, n: int, skip: int = 0) -> list[str]:
@@ -20,14 +20,7 @@ def _questions(data_dir: Path, n: int, skip: int = 0) -> list[str]:
 
 def _new_data(data_dir: Path, path: Path, reviews: int, questions: int = 0) -> Path:
     """MR lines the slice model never saw (the last ``reviews`` per class), plus TREC questions labelled 'question'."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for suffix, label in (("pos", "positive"), ("neg", "negative")):
-            lines = (data_dir / "MR" / f"rt-polarity.{suffix}").read_bytes().split(b"\n")[-reviews - 1:-1]
-            writer.writerows([line.decode("cp1252").strip(), label] for line in lines)
-        writer.writerows([text, "question"] for text in _questions(data_dir, questions))
-    return path
+    return new_mr_csv(data_dir, path, reviews, ((text, "question") for text in _questions(data_dir, questions)))
 
 
 def test_mean_init_keeps_old_columns_and_the_parents_predictions(frozen: dict, data_dir: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +9,13 @@ import pytest
 
 from lifecycle import artifacts
 from lifecycle.errors import ConfigError, DataError
+from tests.helpers import new_mr_csv
 
 
 def _mr_csv(data_dir: Path, path: Path, n: int, extra_label: str | None = None) -> Path:
-    """The last n lines of each MR file as a labelled CSV (new data the slice model was not trained on)."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for suffix, label in (("pos", "positive"), ("neg", "negative")):
-            lines = (data_dir / "MR" / f"rt-polarity.{suffix}").read_bytes().split(b"\n")[-n - 1:-1]
-            writer.writerows([line.decode("cp1252").strip(), label] for line in lines)
-        if extra_label:
-            writer.writerow(["a question about something else entirely", extra_label])
-    return path
+    """The last n lines of each MR file, plus one text labelled ``extra_label`` when given."""
+    extra = [("a question about something else entirely", extra_label)] if extra_label else []
+    return new_mr_csv(data_dir, path, n, extra)
 
 
 @pytest.fixture(scope="module")

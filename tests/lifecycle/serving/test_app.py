@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -190,19 +188,6 @@ def test_a_bad_version_at_start_is_an_error_naming_the_model(serving_versions: d
         with pytest.raises(ModelError, match=needle) as info:
             registry.load()
         assert str(info.value).startswith(f"model 'm' ({version})")
-
-
-@pytest.mark.parametrize("argv", [["serve", "--help"], ["promote", "--help"]])
-def test_help_imports_no_heavy_module(argv: list[str]) -> None:
-    heavy = ("tensorflow", "keras", "mlflow", "ai_edge_litert", "starlette", "uvicorn")
-    code = (
-        "import sys\nfrom lifecycle.cli import app\n"
-        f"try:\n    app({argv!r}, prog_name='lifecycle')\nexcept SystemExit:\n    pass\n"
-        f"print('HEAVY=' + ','.join(m for m in {heavy!r} if m in sys.modules))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert "Usage" in done.stdout
-    assert done.stdout.strip().splitlines()[-1] == "HEAVY="
 
 
 def test_the_example_config_is_valid() -> None:
