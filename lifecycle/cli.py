@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 tokenizer_app = typer.Typer(help="Train and compare tokenizers.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+experiment_app = typer.Typer(help="Grids of end-to-end runs compared in MLflow.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. configs/default.yaml.", show_default=False)]
 SetOpt = Annotated[
@@ -191,6 +193,56 @@ def tokenizer_train(config: ConfigArg, set_: SetOpt = None, output: OutputOpt = 
             outcome = run_tokenize(cfg, output)
         _summary(f"tokenizer {cfg.tokenizer.kind}", {**outcome.metrics, "mlflow run": outcome.run_id or "-"})
         console.out.print(str(outcome.version))
+
+
+@experiment_app.command("tokenizers")
+def experiment_tokenizers(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML, e.g. configs/experiments/trec-tokenizers.yaml.",
+                                           show_default=False)],
+    workers: Annotated[int | None, typer.Option(min=1, help="Cells at once, each in its own process (default: the "
+                                                "file's workers; auto is one per core).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Run every cell again, ignoring finished ones.")] = False,
+    no_track: NoTrackOpt = False,
+) -> None:
+    """Train a grid of tokenizers (BPE sizes, word vocabularies, word2vec) end to end through the same CNN.
+
+    Each cell is trained, frozen and int8-compressed as a nested MLflow run under one parent run, which gets the
+    table, an accuracy-vs-deployed-size plot, an unk-rate-vs-vocabulary plot and the Pareto front. A rerun skips
+    finished cells; a failed cell is marked FAILED and the others go on (the exit code is then 1).
+    """
+    with _errors():
+        from lifecycle.workflows.experiment import run_experiment
+
+        def report(result: Any) -> None:
+            detail = result.error or (f"test acc {_pct(result.metrics.get('test_accuracy'))}, deployed "
+                                      f"{_mb(result.metrics.get('deployed_bytes'))}")
+            console.err.print(f"{result.status.lower():>8}  {escape(result.label)}: {escape(detail)}", highlight=False)
+
+        outcome = _with_progress(lambda p: run_experiment(config, workers=workers, fresh=fresh, track=not no_track,
+                                                          progress=p, on_cell=report))
+        _experiment_table(outcome)
+        if outcome.failed:
+            console.err.print(f"Error: {len(outcome.failed)} of {len(outcome.results)} cells failed "
+                              f"({', '.join(r.label for r in outcome.failed)}); rerun the same command to retry them.")
+            raise typer.Exit(1)
+
+
+def _experiment_table(outcome: Any) -> None:
+    table = Table("cell", "kind", "vocab", "unk %", "tokens", "enc texts/s", "emb MB", "deployed", "test acc",
+                  "macro-F1", "train s", "Pareto", title=f"{outcome.name}: {len(outcome.rows)} cells",
+                  title_justify="left")
+    for row in outcome.rows:
+        if row["status"] == "FAILED":
+            table.add_row(escape(row["cell"]), row["kind"], "-", "-", "-", "-", "-", "-", "failed", "-", "-", "")
+            continue
+        table.add_row(escape(row["cell"]), row["kind"], f"{row['vocab_size']:.0f}", f"{100 * row['test_unk_rate']:.2f}",
+                      f"{row['mean_tokens']:.1f}", f"{row['encode_texts_per_s']:,.0f}", _mb(row["embedding_bytes"]),
+                      _mb(row.get("deployed_bytes")), _pct(row.get("test_accuracy")), _pct(row.get("test_macro_f1")),
+                      f"{row['train_seconds']:.0f}", "*" if row["pareto"] else "")
+    console.out.print(table)
+    if outcome.run_id:
+        console.out.print(f"MLflow: experiment {outcome.name!r}, parent run {outcome.run_id}")
+    console.out.print(str(outcome.directory), highlight=False, soft_wrap=True)
 
 
 @app.command()

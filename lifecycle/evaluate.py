@@ -104,17 +104,75 @@ def plot_size_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> Pa
         x, y = row["size_bytes"] / 1e6, 100 * row["test_accuracy"]
         ax.scatter([x], [y], s=40)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
-    ax.set_xscale("log")
-    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
-    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _log_axis(ax, matplotlib)
     ax.set_xlabel("deployed size, MB (graph or checkpoint + tokenizer; log scale)")
     ax.set_ylabel("test accuracy, %")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, plt, path)
+
+
+def _log_axis(ax: Any, matplotlib: Any) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def _save(fig: Any, plt: Any, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_experiment_size_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """An experiment's cells: deployed size (log axis) against test accuracy, one colour per tokenizer kind, the
+    Pareto front joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    points = [r for r in rows if r.get("test_accuracy") is not None and r.get("deployed_bytes")]
+    for kind in sorted({r["kind"] for r in points}):
+        mine = [r for r in points if r["kind"] == kind]
+        ax.scatter([r["deployed_bytes"] / 1e6 for r in mine], [100 * r["test_accuracy"] for r in mine], s=42,
+                   label=kind)
+    for r in points:
+        ax.annotate(r["cell"], (r["deployed_bytes"] / 1e6, 100 * r["test_accuracy"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    front = sorted((r for r in points if r.get("pareto")), key=lambda r: r["deployed_bytes"])
+    if front:
+        ax.plot([r["deployed_bytes"] / 1e6 for r in front], [100 * r["test_accuracy"] for r in front], "k--",
+                linewidth=1, alpha=0.6, label="Pareto front")
+    _log_axis(ax, matplotlib)
+    ax.set_xlabel("deployed size, MB (graph + tokenizer; log scale)")
+    ax.set_ylabel("test accuracy, %")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def plot_oov_vocab(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Unk (out-of-vocabulary) rate on the test split against vocabulary size (log axis), one line per kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    points = [r for r in rows if r.get("vocab_size") and r.get("test_unk_rate") is not None]
+    for kind in sorted({r["kind"] for r in points}):
+        mine = sorted((r for r in points if r["kind"] == kind), key=lambda r: r["vocab_size"])
+        ax.plot([r["vocab_size"] for r in mine], [100 * r["test_unk_rate"] for r in mine], "o-", label=kind)
+    _log_axis(ax, matplotlib)
+    ax.set_xlabel("vocabulary size (ids; log scale)")
+    ax.set_ylabel("unk tokens on test, %")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)

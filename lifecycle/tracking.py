@@ -50,8 +50,8 @@ class NullTracker:
     experiment_id: str | None = None
 
     @contextmanager
-    def run(self, step: str, name: str, tags: Mapping[str, str] | None = None, resume_run_id: str | None = None
-            ) -> Iterator[NullTracker]:
+    def run(self, step: str, name: str, tags: Mapping[str, str] | None = None, resume_run_id: str | None = None,
+            parent_run_id: str | None = None) -> Iterator[NullTracker]:
         yield self
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -116,9 +116,10 @@ class Tracker(NullTracker):
         self.run_id = None
 
     @contextmanager
-    def run(self, step: str, name: str, tags: Mapping[str, str] | None = None, resume_run_id: str | None = None
-            ) -> Iterator[Tracker]:
-        """Start (or resume) a run for one step; nested under an active run (pipeline, experiment) if any.
+    def run(self, step: str, name: str, tags: Mapping[str, str] | None = None, resume_run_id: str | None = None,
+            parent_run_id: str | None = None) -> Iterator[Tracker]:
+        """Start (or resume) a run for one step; nested under an active run (pipeline, experiment) if any, else
+        under ``parent_run_id`` when given (an experiment cell in a worker process).
 
         An exception inside the block ends the run FAILED and propagates.
         """
@@ -127,8 +128,12 @@ class Tracker(NullTracker):
         parent = mlflow.active_run()
         if parent is not None:
             all_tags.setdefault("lifecycle.parent_run", parent.info.run_id)
+        elif parent_run_id:
+            all_tags.setdefault("lifecycle.parent_run", parent_run_id)
         kwargs: dict[str, Any] = {"run_id": resume_run_id} if resume_run_id else {
             "experiment_id": self.experiment_id, "run_name": name}
+        if parent is None and parent_run_id and not resume_run_id:
+            kwargs["parent_run_id"] = parent_run_id
         previous = self.run_id
         with mlflow.start_run(nested=parent is not None, tags=all_tags, **kwargs) as active:
             self.run_id = active.info.run_id

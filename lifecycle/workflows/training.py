@@ -247,4 +247,4 @@ def run_train(
              "resumed_from": result.resumed_from, "vocab_size": tokenizer.vocab_size,
              "labels": len(corpus.labels), "train/val/test": f"{len(corpus.train)}/{len(corpus.validation)}/"
                                                               f"{len(corpus.test)}"}
-    return StepOutcome(version.path, tracker.last_run_id, registered, metrics, facts)
+    return StepOutcome(version.path, tracker.last_run_id, registered, {**tok_report.metrics(), **metrics}, facts)
