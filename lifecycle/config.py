@@ -238,15 +238,21 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             raise ConfigError(f"--set {pair!r}: the value {raw!r} is not a YAML scalar; quote it.") from None
-        node = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {pair!r}: {part!r} is set twice, once as a value and once as a section.")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(nested, key, value, f"--set {pair!r}")
     return nested
+
+
+def set_dotted(nested: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Put ``value`` at the dotted ``key`` of a nested mapping; an error (starting with ``source``) when a part of the
+    key already holds a value, not a section."""
+    parts = key.split(".")
+    node = nested
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {part!r} is set twice, once as a value and once as a section.")
+        node = child
+    node[parts[-1]] = value
 
 
 def merge(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:

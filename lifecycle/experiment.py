@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lifecycle.config import Config, load_config, merge, read_yaml, validate
+from lifecycle.config import Config, load_config, merge, read_yaml, set_dotted, validate
 from lifecycle.errors import ConfigError
 
 # Keys that change how fast a cell runs but not what it computes: left out of the cell hash, so a grid rerun with
@@ -111,13 +111,7 @@ def _dotted(mapping: Mapping[str, Any], source: str) -> dict[str, Any]:
         parts = str(key).split(".")
         if not all(parts):
             raise ConfigError(f"{source}: {key!r} is not a dotted key like tokenizer.bpe.vocab_size.")
-        node = nested
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{source}: {key!r} sets {part!r} both as a value and as a section.")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(nested, str(key), value, source)
     return nested
 
 
