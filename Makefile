@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench run test test-slow bench bench-compress bench-serve lint clean
+.PHONY: install install-bench run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
 
 install: $(STAMP)
 
@@ -47,6 +47,14 @@ bench: install
 
 bench-compress: install-bench
 	$(BIN)/python benchmarks/compress_bench.py
+
+# youtokentome against sentencepiece and Hugging Face tokenizers (benchmark-only packages from the bench extra).
+bench-tokenizers: install-bench
+	$(BIN)/python benchmarks/tokenizers.py --readme
+
+# The tokenizer grids on MR, TREC and StackOverflow (about an hour on 2 cores; finished cells are reused).
+bench-experiments: install
+	$(BIN)/python benchmarks/tokenizer_grid.py --readme
 
 # Ten int8 models in one `lifecycle serve`, loaded by Debian's wrk (about 20 minutes; writes README's bench:serve).
 bench-serve: install
