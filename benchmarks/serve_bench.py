@@ -488,9 +488,11 @@ def main() -> None:
             row = run_wrk(base, script, clients, args.seconds)
             row.pop("rollout_threads")
             row["rss_mb"] = rss_mb([serve_process.pid])
+            row["rss_parts_mb"] = rss_parts_mb(serve_process.pid)
             result["latency"].append(row)
             log(f"c={clients}: p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms {row['throughput_per_s']:.0f}/s "
-                f"errors {row['non_2xx'] + row['socket_errors']} RSS {row['rss_mb']:.1f} MB")
+                f"errors {row['non_2xx'] + row['socket_errors']} RSS {row['rss_mb']:.1f} MB "
+                f"({row['rss_parts_mb']['RssAnon']:.1f} anonymous + {row['rss_parts_mb']['RssFile']:.1f} files)")
         result["rollout"] = rollout_phase(base, serve_process.pid, mlflow_uri, second, texts, args.rollout_clients,
                                           args.rollout_seconds)
         roll = result["rollout"]

@@ -84,6 +84,9 @@ class NullTracker:
     def register(self, model_name: str, tags: Mapping[str, str] | None = None) -> str | None:
         return None
 
+    def log_pyfunc(self, version_path: Path) -> str | None:
+        return None
+
 
 class Tracker(NullTracker):
     """MLflow tracking: one experiment per config, one run per step, versions registered under the config name."""
@@ -209,6 +212,16 @@ class Tracker(NullTracker):
             ) from None
         _mlflow().set_tag("lifecycle.registered", f"models:/{model_name}/{version.version}")
         return str(version.version)
+
+    def log_pyfunc(self, version_path: Path) -> str | None:
+        """Log a version with a serving form into this run as a models-from-code pyfunc (see :func:`log_pyfunc`), so
+        ``mlflow models serve -m <uri>`` runs it; the URI is returned and kept in the run's ``lifecycle.pyfunc`` tag.
+        """
+        if self.run_id is None:
+            return None
+        uri = log_pyfunc(version_path, tracking_uri=self.uri)
+        _mlflow().set_tag("lifecycle.pyfunc", uri)
+        return uri
 
 
 def make_tracker(cfg: TrackingConfig, experiment: str) -> NullTracker:

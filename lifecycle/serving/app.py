@@ -8,9 +8,10 @@
 - ``GET /metrics``: Prometheus text.
 
 A client's input only ever selects a loaded model by name and becomes token ids: no request reads or writes a file.
-Limits answer early and cheaply: 413 for a body over ``max_body_bytes``, 400 for malformed JSON, wrong types, non-UTF-8
-bytes or too many / too long texts, 404 for an unknown model, 503 with Retry-After when ``max_in_flight`` requests
-are already being served (no unbounded queue).
+Limits answer early and cheaply: 413 for a body over ``max_body_bytes``, 408 (and the connection closed) for a body
+not received within ``body_timeout_seconds``, 400 for malformed JSON, wrong types, non-UTF-8 bytes or too many / too
+long texts, 404 for an unknown model, 503 with Retry-After when ``max_in_flight`` requests are already being served
+(no unbounded queue).
 """
 
 from __future__ import annotations
@@ -44,27 +45,36 @@ _FIELDS = ("texts", "top_k")
 
 
 class _ClientError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limits: LimitsConfig) -> bytes:
+    limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _ClientError(413, f"request body is {int(declared)} bytes; the limit is {limit} "
                                 "(limits.max_body_bytes). Send fewer or shorter texts per request.")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _ClientError(413, f"request body is over {limit} bytes (limits.max_body_bytes). Send fewer or "
-                                    "shorter texts per request.")
+    try:
+        async with asyncio.timeout(limits.body_timeout_seconds):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise _ClientError(413, f"request body is over {limit} bytes (limits.max_body_bytes). Send "
+                                            "fewer or shorter texts per request.")
+    except TimeoutError:
+        # The rest of the body may still arrive: the connection cannot carry another request, so it is closed.
+        raise _ClientError(408, f"request body not received within {limits.body_timeout_seconds:g} s "
+                                f"({len(body)} bytes arrived; limits.body_timeout_seconds). Send the whole body at "
+                                "once.", {"Connection": "close"}) from None
     return bytes(body)
 
 
@@ -182,10 +192,10 @@ def build_app(registry: Registry, cfg: ServeConfig) -> Starlette:
         state["in_flight"] += 1
         try:
             try:
-                texts, top_k = parse_predict(await _read_body(request, limits.max_body_bytes), limits)
+                texts, top_k = parse_predict(await _read_body(request, limits), limits)
             except _ClientError as exc:
                 metrics.observe(name, exc.status, 0.0, 0)
-                return _error(exc.status, exc.message)
+                return _error(exc.status, exc.message, exc.headers)
             model = slot.acquire()
             served: int | None = None
             try:

@@ -84,9 +84,10 @@ class LoadedModel:
         if version.kind not in ("frozen", "compressed"):
             raise ModelError(f"{version.path}: a {version.kind} version cannot be served; serve a frozen or "
                              "compressed version (`lifecycle freeze`, `lifecycle compress`).")
-        self.predictor: Any = Predictor(version, runtime="litert", threads=threads)
+        self.predictor: Any = Predictor(version, runtime="litert", threads=threads, max_batch=batching.max_batch,
+                                        lean_tokenizer=True)
         self.labels = version.labels
-        self._check_warm_up(version.path)
+        self._check_warm_up(version.path, batching.max_batch)
         manifest = version.manifest
         self.kind = version.kind
         self.recipe = _recipe_text(manifest)
@@ -95,7 +96,8 @@ class LoadedModel:
         self.loaded_at = _now()
         self.served = 0
         self.texts_served = 0
-        self.batches_run = 0  # interpreter calls: texts_served / batches_run is the mean micro-batch
+        # Micro-batches: texts_served / batches_run is their mean size (one over max_batch runs as several calls).
+        self.batches_run = 0
         self.in_flight = 0
         self.retired = False
         self._max_batch = batching.max_batch
@@ -108,9 +110,12 @@ class LoadedModel:
     def label(self) -> str:
         return self.fetched.label
 
-    def _check_warm_up(self, path: Path) -> None:
-        probabilities = self.predictor.predict_proba(["lifecycle warm-up check", ""])
-        expected = (2, len(self.labels))
+    def _check_warm_up(self, path: Path, rows: int) -> None:
+        # A full batch: the interpreter claims its activation memory for the largest batch now, at load, rather
+        # than under load (it never shrinks, and a roll-out should see the new version's memory before switching).
+        texts = (["lifecycle warm-up check", ""] * rows)[:max(2, rows)]
+        probabilities = self.predictor.predict_proba(texts)
+        expected = (len(texts), len(self.labels))
         if probabilities.shape != expected or not np.all(np.isfinite(probabilities)):
             raise ModelError(f"{path}: warm-up prediction gave shape {probabilities.shape} (finite: "
                              f"{bool(np.all(np.isfinite(probabilities)))}), expected finite {expected}; refusing it.")

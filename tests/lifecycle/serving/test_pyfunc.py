@@ -30,3 +30,23 @@ def test_pyfunc_loads_and_predicts_a_list_of_texts(serving_versions: dict[str, P
     np.testing.assert_allclose(got, expected, atol=1e-6)
     with pytest.raises(ModelError, match="without a serving form"):
         log_pyfunc(trained["outcome"].version, tracking_uri=tracking_uri)
+
+
+def test_tracked_compress_logs_the_version_as_a_pyfunc_too(frozen: dict, tracking_uri: str, data_dir: Path,
+                                                           tmp_path: Path) -> None:
+    import mlflow
+
+    from lifecycle.workflows import run_compress
+
+    outcome = run_compress(str(frozen["outcome"].version), "int8", tmp_path / "tracked")
+    uri = outcome.facts["pyfunc"]
+    assert uri.startswith("models:/")
+    mlflow.set_tracking_uri(tracking_uri)
+    assert mlflow.get_run(outcome.run_id).data.tags["lifecycle.pyfunc"] == uri
+    texts = [line.decode("cp1252") for line in (data_dir / "MR" / "rt-polarity.pos").read_bytes().split(b"\n")[:5]]
+    rows = mlflow.pyfunc.load_model(uri).predict(texts)
+    expected = Predictor(load_version(outcome.version), runtime="litert").predict_proba(texts)
+    got = np.array([[row.probabilities["negative"], row.probabilities["positive"]] for row in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    untracked = run_compress(str(frozen["outcome"].version), "int8", tmp_path / "untracked", track=False)
+    assert "pyfunc" not in untracked.facts
