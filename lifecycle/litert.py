@@ -18,6 +18,7 @@ Loading (``LiteRunner``) imports only ``ai_edge_litert`` and numpy: a process th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,11 +79,28 @@ def _concrete_function(graph_def: Any) -> Any:
     return wrapped.prune(f"{INPUT_NAME}:0", f"{OUTPUT_NAME}:0")
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 def _convert(graph_def: Any, configure: Callable[[Any], None] | None = None) -> bytes:
     from lifecycle.backend import tf_module
 
     tf = tf_module()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(graph_def)])
+    # We convert a pruned v1 wrap_function on purpose (the converter's other path wants a SavedModel-style object);
+    # its "consider providing trackable_obj" warning, one per conversion, says nothing a user can act on.
+    absl_log = logging.getLogger("absl")
+    quiet = _DropMessage("trackable_obj")
+    absl_log.addFilter(quiet)
+    try:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(graph_def)])
+    finally:
+        absl_log.removeFilter(quiet)
     if configure is not None:
         configure(converter)
     try:

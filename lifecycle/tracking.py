@@ -36,6 +36,8 @@ def default_tracking_uri() -> str:
 
 def _mlflow() -> Any:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Our own progress bars cover the steps; mlflow's per-download bar would interleave with them on stderr.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     return mlflow

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lifecycle.workflows.pipeline import PIPELINE_RECIPES, recipe_dir
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -23,7 +25,8 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "v" / "vocab-coverage0.97+prune-0.8+tune-1+int8")
+    whole_path = tmp_path / "v" / recipe_dir(PIPELINE_RECIPES[-1])
+    assert done.stdout.strip().splitlines()[-1] == str(whole_path)
     assert "default versions" in done.stdout and "checkpoint" in done.stdout
     manifest = json.loads((tmp_path / "v" / "checkpoint" / "manifest.json").read_text())
     assert manifest["kind"] == "checkpoint" and len(manifest["labels"]) >= 15
@@ -38,7 +41,7 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
     steps = {r.data.tags["lifecycle.step"]: r for r in runs}
     assert {r.data.tags["lifecycle.step"] for r in runs} == {"pipeline", "train", "freeze", "compress"}
     assert sorted(r.data.tags.get("lifecycle.recipe", "") for r in runs if r.data.tags["lifecycle.step"] == "compress"
-                  ) == ["fp16", "int8", "prune:0.5+int8", "vocab:coverage=0.97+prune:0.8+tune:1+int8"]
+                  ) == sorted(recipe.replace(",", "+") for recipe in PIPELINE_RECIPES)
     assert steps["train"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
     assert steps["freeze"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -48,7 +51,7 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
     assert {"size_vs_accuracy.png", "versions.json"} <= parent_files
     int8 = json.loads((tmp_path / "v" / "int8" / "manifest.json").read_text())
     assert int8["sizes"]["graph_bytes"] < 0.3 * frozen["sizes"]["graph_bytes"]
-    full = json.loads((tmp_path / "v" / "vocab-coverage0.97+prune-0.8+tune-1+int8" / "manifest.json").read_text())
+    full = json.loads((whole_path / "manifest.json").read_text())
     assert [step["name"] for step in full["recipe"]] == ["vocab", "prune", "tune", "int8"]
     assert full["architecture"]["vocab_size"] < frozen["architecture"]["vocab_size"]
     assert full["sizes"]["graph_bytes"] < 0.5 * int8["sizes"]["graph_bytes"]
