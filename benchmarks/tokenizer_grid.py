@@ -48,27 +48,39 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def word_vs_bpe(rows: list[dict[str, Any]]) -> str:
-    """The most accurate word-level cell against the smallest BPE cell within COMPARABLE_POINTS of it."""
-    done = [r for r in rows if r["status"] != "FAILED" and r.get("deployed_bytes")]
-    words = [r for r in done if r["kind"] in ("word", "word2vec")]
-    bpes = [r for r in done if r["kind"] == "bpe"]
-    if not words or not bpes:
-        return "word vs BPE: not enough finished cells."
-    word = max(words, key=lambda r: r["test_accuracy"])
+def _versus(word: dict[str, Any], bpes: list[dict[str, Any]]) -> str:
     close = [r for r in bpes if r["test_accuracy"] >= word["test_accuracy"] - COMPARABLE_POINTS / 100]
     if not close:
         best = max(bpes, key=lambda r: r["test_accuracy"])
-        return (f"word vs BPE: no BPE cell comes within {COMPARABLE_POINTS:g} point of {word['cell']} "
-                f"({100 * word['test_accuracy']:.1f}%); the best BPE cell, {best['cell']}, scores "
-                f"{100 * best['test_accuracy']:.1f}% at {_mb(best['deployed_bytes'])} MB against "
-                f"{_mb(word['deployed_bytes'])} MB.")
+        return (f"no BPE cell comes within {COMPARABLE_POINTS:g} point of {word['cell']} "
+                f"({100 * word['test_accuracy']:.1f}%, {_mb(word['deployed_bytes'])} MB); the best, {best['cell']}, "
+                f"scores {100 * best['test_accuracy']:.1f}% in {_mb(best['deployed_bytes'])} MB")
     bpe = min(close, key=lambda r: r["deployed_bytes"])
-    return (f"word vs BPE at comparable accuracy: {word['cell']} {100 * word['test_accuracy']:.1f}% in "
-            f"{_mb(word['deployed_bytes'])} MB deployed ({_mb(word['embedding_bytes'])} MB float32 embedding) against "
-            f"{bpe['cell']} {100 * bpe['test_accuracy']:.1f}% in {_mb(bpe['deployed_bytes'])} MB "
-            f"({_mb(bpe['embedding_bytes'])} MB): **{word['deployed_bytes'] / bpe['deployed_bytes']:.2f}x** deployed, "
-            f"{word['embedding_bytes'] / bpe['embedding_bytes']:.2f}x embedding.")
+    return (f"{word['cell']} {100 * word['test_accuracy']:.1f}% in {_mb(word['deployed_bytes'])} MB deployed "
+            f"({_mb(word['embedding_bytes'])} MB float32 embedding) against {bpe['cell']} "
+            f"{100 * bpe['test_accuracy']:.1f}% in {_mb(bpe['deployed_bytes'])} MB ({_mb(bpe['embedding_bytes'])} MB): "
+            f"**{word['deployed_bytes'] / bpe['deployed_bytes']:.2f}x** deployed, "
+            f"{word['embedding_bytes'] / bpe['embedding_bytes']:.2f}x embedding")
+
+
+def word_vs_bpe(rows: list[dict[str, Any]]) -> str:
+    """At the same embedding width: the full word vocabulary (min_count 1, the field report's set-up) and the most
+    accurate word cell, each against the smallest BPE cell within COMPARABLE_POINTS of it."""
+    done = [r for r in rows if r["status"] != "FAILED" and r.get("deployed_bytes")]
+    parts = []
+    for dim in sorted({r["dim"] for r in done}, reverse=True):
+        words = [r for r in done if r["kind"] == "word" and r["dim"] == dim]
+        bpes = [r for r in done if r["kind"] == "bpe" and r["dim"] == dim]
+        if not words or not bpes:
+            continue
+        full = next((r for r in words if r["min_count"] == "1" and r["vocab_size_requested"] == "-"), None)
+        best = max(words, key=lambda r: r["test_accuracy"])
+        found = [f"full vocabulary: {_versus(full, bpes)}"] if full else []
+        if best is not full:
+            found.append(f"most accurate word cell: {_versus(best, bpes)}")
+        parts.append(f"Word vs BPE at {dim}-d and comparable accuracy (within {COMPARABLE_POINTS:g} point) — "
+                     + "; ".join(found) + ".")
+    return " ".join(parts) or "Word vs BPE: not enough finished cells."
 
 
 def main() -> None:
@@ -76,9 +88,10 @@ def main() -> None:
     parser.add_argument("--dataset", action="append", choices=DATASETS, help="default: all three")
     parser.add_argument("--workers", type=int, default=None, help="cells at once (default: the grid file's)")
     parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
+    parser.add_argument("--no-run", action="store_true", help="tables of the finished cells only; train nothing")
     args = parser.parse_args()
 
-    from lifecycle.workflows.experiment import run_experiment
+    from lifecycle.workflows.experiment import collect_experiment, run_experiment
 
     parts = [f"Measured {datetime.now(UTC):%Y-%m-%d} on {cpu_model()} ({_cores()} cores), "
              "`python benchmarks/tokenizer_grid.py` over `configs/experiments/<set>-tokenizers.yaml`: each cell "
@@ -86,11 +99,17 @@ def main() -> None:
              "a time with one TensorFlow thread each, so `train s` is per cell on a shared machine. "
              "Deployed = int8 graph.pb + tokenizer; unk % = unk ids over all ids of the test split (the OOV rate)."]
     for name in args.dataset or DATASETS:
-        outcome = run_experiment(ROOT / "configs" / "experiments" / f"{name}-tokenizers.yaml", workers=args.workers)
-        front = ", ".join(outcome.rows[i]["cell"] for i in outcome.pareto)
-        parts.append(f"**{name}** (MLflow experiment `{outcome.name}`, parent run `{outcome.run_id}`)\n\n"
-                     f"{table(outcome.rows)}\n\nPareto front (deployed size vs test accuracy): {front}. "
-                     f"{word_vs_bpe(outcome.rows)}")
+        path = ROOT / "configs" / "experiments" / f"{name}-tokenizers.yaml"
+        if args.no_run:
+            rows, pareto = collect_experiment(path)
+            where = f"MLflow experiment `{name}-tokenizers`; finished cells only"
+        else:
+            outcome = run_experiment(path, workers=args.workers)
+            rows, pareto = outcome.rows, outcome.pareto
+            where = f"MLflow experiment `{outcome.name}`, parent run `{outcome.run_id}`"
+        front = ", ".join(rows[i]["cell"] for i in pareto)
+        parts.append(f"**{name}** ({where})\n\n{table(rows)}\n\nPareto front (deployed size vs test accuracy): "
+                     f"{front}. {word_vs_bpe(rows)}")
         print(parts[-1], flush=True)
     if args.readme:
         write_block("experiments", "\n\n".join(parts))

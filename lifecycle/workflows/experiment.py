@@ -322,6 +322,18 @@ def run_experiment(
     return ExperimentOutcome(exp.name, tracker.last_run_id, ordered, rows, front, directory)
 
 
+def collect_experiment(path: Path, versions_dir: Path | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+    """The table and Pareto front of the cells of an experiment file that have finished, without running any."""
+    exp = load_experiment(path)
+    directory = experiment_dir(exp.name, versions_dir)
+    pairs = [(cell, finished_result(directory, cell)) for cell in expand(exp, path)]
+    rows = [_row(cell, result) for cell, result in pairs if result is not None]
+    front = pareto_front(rows, SIZE_KEY, SCORE_KEY)
+    for index in front:
+        rows[index]["pareto"] = True
+    return rows, front
+
+
 def _row(cell: Cell, result: CellResult) -> dict[str, Any]:
     params = cell.params()
     return {
