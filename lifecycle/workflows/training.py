@@ -70,8 +70,9 @@ def _train_tokenizer(cfg: Config, corpus: Corpus, directory: Path) -> tuple[Any,
     """Train on the training split and save to ``directory`` (via a temp folder, renamed when complete)."""
     from tokenization.base import load_tokenizer, train_tokenizer
 
-    if (directory / "tokenizer.json").is_file():
-        return load_tokenizer(directory), 0.0
+    seconds_file = directory.with_name(f"{directory.name}.seconds")
+    if (directory / "tokenizer.json").is_file():  # a resumed run: report the time the first attempt took
+        return load_tokenizer(directory), float(seconds_file.read_text()) if seconds_file.is_file() else 0.0
     started = time.perf_counter()
     tmp = directory.with_name(f".tmp-{directory.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -81,6 +82,7 @@ def _train_tokenizer(cfg: Config, corpus: Corpus, directory: Path) -> tuple[Any,
     seconds = time.perf_counter() - started
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
+    seconds_file.write_text(f"{seconds:.6f}")
     return load_tokenizer(directory), seconds
 
 

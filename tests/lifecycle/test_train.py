@@ -121,7 +121,10 @@ def test_interrupted_training_resumes_from_last_epoch(data_dir: Path, tmp_path: 
     assert not (tmp_path / "v").exists()
     state = json.loads(next((tmp_path / "versions" / ".work").glob("*/resume/state.json")).read_text())
     assert state["epoch"] == 2
+    first_seconds = float(next((tmp_path / "versions" / ".work").glob("*/tokenizer.seconds")).read_text())
     outcome = run_train(cfg, tmp_path / "v", versions_dir=tmp_path / "versions")
+    # the tokenizer was not trained again, and the resumed run reports what training it took, not 0
+    assert outcome.metrics["tokenizer_train_seconds"] == pytest.approx(first_seconds) and first_seconds > 0
     manifest = artifacts.load_version(outcome.version).manifest
     assert manifest["training"]["resumed_from"] == 2
     assert manifest["training"]["epochs_run"] == 3
