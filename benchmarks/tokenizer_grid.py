@@ -95,8 +95,9 @@ def main() -> None:
 
     parts = [f"Measured {datetime.now(UTC):%Y-%m-%d} on {cpu_model()} ({_cores()} cores), "
              "`python benchmarks/tokenizer_grid.py` over `configs/experiments/<set>-tokenizers.yaml`: each cell "
-             "trained (Kim's CNN, 300-d, early stopping on validation loss), frozen and int8-compressed; two cells at "
-             "a time with one TensorFlow thread each, so `train s` is per cell on a shared machine. "
+             "trained (Kim's CNN, 300-d unless the cell says d100, early stopping on validation loss), frozen and "
+             "int8-compressed; two cells at a time with one TensorFlow thread each, so `train s` is per cell on a "
+             "shared machine. "
              "Deployed = int8 graph.pb + tokenizer; unk % = unk ids over all ids of the test split (the OOV rate)."]
     for name in args.dataset or DATASETS:
         path = ROOT / "configs" / "experiments" / f"{name}-tokenizers.yaml"

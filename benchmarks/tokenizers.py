@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[Row]]:
     command = " ".join(["python benchmarks/tokenizers.py", *(argv if argv is not None else sys.argv[1:])])
     runs = f"{repeats} run" + ("s" if repeats > 1 else "")
     meta = (
-        f"Measured {date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} cores, shared with other jobs: "
+        f"Measured {date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} cores; "
         f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end), {versions()}, `{command}`.\n\n"
         "Same text for all three, as the project's BPE sees it: Python `str.lower()` (tokenizer.bpe.lowercase), no "
         "Unicode normalisation (sentencepiece `normalization_rule_name=identity` instead of its NFKC default; no "
