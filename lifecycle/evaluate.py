@@ -127,6 +127,20 @@ def _save(fig: Any, plt: Any, path: Path) -> Path:
     return path
 
 
+def _finish(fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Log x axis, labels, grid and legend of an experiment plot, then save it."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    _log_axis(ax, matplotlib)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
 def plot_experiment_size_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """An experiment's cells: deployed size (log axis) against test accuracy, one colour per tokenizer kind, the
     Pareto front joined by a line."""
@@ -148,13 +162,7 @@ def plot_experiment_size_accuracy(rows: list[dict[str, Any]], path: Path, title:
     if front:
         ax.plot([r["deployed_bytes"] / 1e6 for r in front], [100 * r["test_accuracy"] for r in front], "k--",
                 linewidth=1, alpha=0.6, label="Pareto front")
-    _log_axis(ax, matplotlib)
-    ax.set_xlabel("deployed size, MB (graph + tokenizer; log scale)")
-    ax.set_ylabel("test accuracy, %")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, plt, path)
+    return _finish(fig, ax, path, title, "deployed size, MB (graph + tokenizer; log scale)", "test accuracy, %")
 
 
 def plot_oov_vocab(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -169,10 +177,4 @@ def plot_oov_vocab(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     for kind in sorted({r["kind"] for r in points}):
         mine = sorted((r for r in points if r["kind"] == kind), key=lambda r: r["vocab_size"])
         ax.plot([r["vocab_size"] for r in mine], [100 * r["test_unk_rate"] for r in mine], "o-", label=kind)
-    _log_axis(ax, matplotlib)
-    ax.set_xlabel("vocabulary size (ids; log scale)")
-    ax.set_ylabel("unk tokens on test, %")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, plt, path)
+    return _finish(fig, ax, path, title, "vocabulary size (ids; log scale)", "unk tokens on test, %")
