@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from lifecycle.errors import ConfigError
 
 DATA_DIR_ENV = "LIFECYCLE_DATA_DIR"
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -286,22 +287,29 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def validate(data: Mapping[str, Any], source: str) -> Config:
-    """Validate a merged mapping; the first error names ``source``, the dotted key, the value and what is allowed."""
+def validate_schema(schema: type[SchemaT], data: Mapping[str, Any], source: str, unknown_hint: str,
+                    missing_hint: str = "") -> SchemaT:
+    """Validate ``data`` against a strict pydantic schema (this config, an experiment grid, a serve config, an import
+    mapping); the first error becomes one ConfigError line naming ``source``, the dotted key, the value received and
+    what is allowed. ``unknown_hint`` follows a misspelt key's message, ``missing_hint`` a missing required key's."""
     try:
-        return Config.model_validate(dict(data))
+        return schema.model_validate(dict(data))
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        if error["type"] == "extra_forbidden":
-            raise ConfigError(
-                f"{source}: unknown key {key!r}. Check the spelling; `lifecycle config` lists every key."
-            ) from None
-        received = error.get("input")
+        key = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
-        if key == "(top level)" or error["type"] == "value_error":
+        if error["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: unknown key {key!r}. {unknown_hint}") from None
+        if error["type"] == "missing" and missing_hint:
+            raise ConfigError(f"{source}: {key} is required ({missing_hint}).") from None
+        if not key:  # a check across fields: its message says what is wrong
             raise ConfigError(f"{source}: {message}.") from None
-        raise ConfigError(f"{source}: {key}: {message}. Received: {received!r}.") from None
+        raise ConfigError(f"{source}: {key}: {message}. Received: {error.get('input')!r}.") from None
+
+
+def validate(data: Mapping[str, Any], source: str) -> Config:
+    """Validate a merged config mapping (see ``validate_schema``)."""
+    return validate_schema(Config, data, source, "Check the spelling; `lifecycle config` lists every key.")
 
 
 def load_config(

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lifecycle.config import Config, load_config, merge, read_yaml, set_dotted, validate
+from lifecycle.config import Config, load_config, merge, read_yaml, set_dotted, validate, validate_schema
 from lifecycle.errors import ConfigError
 
 # Keys that change how fast a cell runs but not what it computes: left out of the cell hash, so a grid rerun with
@@ -93,15 +93,8 @@ def load_experiment(path: Path) -> ExperimentConfig:
     """Read and validate an experiment file; errors name the file and the key."""
     data = read_yaml(path)
     data.setdefault("name", path.stem)
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        if error["type"] == "extra_forbidden":
-            raise ConfigError(f"{path}: unknown key {key!r}. Allowed: {', '.join(ExperimentConfig.model_fields)}.") \
-                from None
-        raise ConfigError(f"{path}: {key}: {error['msg']}. Received: {error.get('input')!r}.") from None
+    return validate_schema(ExperimentConfig, data, str(path),
+                           f"Allowed: {', '.join(ExperimentConfig.model_fields)}.")
 
 
 def _dotted(mapping: Mapping[str, Any], source: str) -> dict[str, Any]:

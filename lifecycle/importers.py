@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lifecycle.config import WordConfig, read_yaml
+from lifecycle.config import WordConfig, read_yaml, validate_schema
 from lifecycle.errors import ConfigError, ModelError, TokenizerError
 
 if TYPE_CHECKING:
@@ -122,18 +122,9 @@ def load_mapping(path: Path) -> ImportMapping:
     if not path.is_file():
         raise ConfigError(f"{path}: mapping file not found (--mapping). Pass the YAML that names the model's labels "
                           "and nodes (README: Importing a TF1 frozen graph or a TFLite model).")
-    data = read_yaml(path)
-    try:
-        return ImportMapping.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        if error["type"] == "extra_forbidden":
-            raise ConfigError(f"{path}: unknown key {key!r}. Allowed: {', '.join(ImportMapping.model_fields)} "
-                              "(see README: import).") from None
-        if error["type"] == "missing":
-            raise ConfigError(f"{path}: {key} is required (the class names, in the output's column order).") from None
-        raise ConfigError(f"{path}: {key}: {error['msg']}. Received: {error.get('input')!r}.") from None
+    return validate_schema(ImportMapping, read_yaml(path), str(path),
+                           f"Allowed: {', '.join(ImportMapping.model_fields)} (see README: import).",
+                           "the class names, in the output's column order")
 
 
 @dataclass

@@ -25,9 +25,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lifecycle.config import read_yaml
+from lifecycle.config import read_yaml, validate_schema
 from lifecycle.errors import ConfigError
 
 # Model names appear in URLs (/v1/models/<name>:predict) and metric labels: keep them to URL-safe words.
@@ -154,18 +154,8 @@ def load_serve_config(path: Path | None, models: Iterable[str] = (), host: str |
         data["host"] = host
     if port is not None:
         data["port"] = port
-    try:
-        cfg = ServeConfig.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        if error["type"] == "extra_forbidden":
-            raise ConfigError(f"{source}: unknown key {key!r}. Allowed: host, port, models, tracking_uri, "
-                              "poll_seconds, threads, limits, batching (see lifecycle/serving/config.py).") from None
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "value_error":
-            raise ConfigError(f"{source}: {message}.") from None
-        raise ConfigError(f"{source}: {key}: {message}. Received: {error.get('input')!r}.") from None
+    cfg = validate_schema(ServeConfig, data, source, "Allowed: host, port, models, tracking_uri, poll_seconds, "
+                          "threads, limits, batching (see lifecycle/serving/config.py).")
     if not cfg.models:
         raise ConfigError(f"{source}: no models to serve. Give --model NAME=VERSION or a `models:` section.")
     return cfg
