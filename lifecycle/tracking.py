@@ -89,11 +89,32 @@ class NullTracker:
     def log_pyfunc(self, version_path: Path) -> str | None:
         return None
 
+    def resumable_run(self, run_file: Path) -> str | None:
+        """The run recorded in ``run_file`` by ``remember_run``, if it lives in this tracker's store."""
+        return None
+
+    def remember_run(self, run_file: Path) -> None:
+        """Record the active run in ``run_file`` so an interrupted step can resume it."""
+
 
 class Tracker(NullTracker):
     """MLflow tracking: one experiment per config, one run per step, versions registered under the config name."""
 
     enabled = True
+
+    def resumable_run(self, run_file: Path) -> str | None:
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return previous.get("run_id") if previous.get("uri") == self.uri else None
+
+    def remember_run(self, run_file: Path) -> None:
+        if self.run_id is None:
+            return
+        tmp = run_file.with_name(f".{run_file.name}.tmp")
+        tmp.write_text(json.dumps({"run_id": self.run_id, "uri": self.uri}), encoding="utf-8")
+        tmp.replace(run_file)
 
     def __init__(self, cfg: TrackingConfig, experiment: str) -> None:
         self.cfg = cfg

@@ -192,11 +192,17 @@ class BPETokenizer(PaddedEncoder):
     def _bpe(self) -> Any:
         """The youtokentome model, loaded from the kept model bytes on first use when ``lean``."""
         if self._yttm is None:
-            with tempfile.TemporaryDirectory(prefix="lifecycle-bpe-") as folder:
-                path = Path(folder) / BPE_MODEL_FILE
-                path.write_bytes(self._model_bytes)
+            with self._model_file() as path:
                 self._yttm = _youtokentome().BPE(model=str(path))
         return self._yttm
+
+    @contextlib.contextmanager
+    def _model_file(self) -> Iterator[Path]:
+        """The kept model bytes as a bpe.model file in a temporary folder (youtokentome reads only paths)."""
+        with tempfile.TemporaryDirectory(prefix="lifecycle-bpe-") as folder:
+            path = Path(folder) / BPE_MODEL_FILE
+            path.write_bytes(self._model_bytes)
+            yield path
 
     @property
     def lean(self) -> bool:
@@ -267,9 +273,7 @@ class BPETokenizer(PaddedEncoder):
         """
         ids = check_kept_ids(kept_ids, self._vocab_size)
         model_ids = ids if self._kept is None else self._kept[ids]
-        with tempfile.TemporaryDirectory(prefix="lifecycle-bpe-") as folder:
-            path = Path(folder) / BPE_MODEL_FILE
-            path.write_bytes(self._model_bytes)
+        with self._model_file() as path:
             return BPETokenizer(path, lowercase=self._lowercase, info=self._info, kept_ids=model_ids,
                                 lean=self._lean)
 

@@ -259,14 +259,11 @@ def run_experiment(
     tracking = base.model_copy(update={"enabled": base.enabled and track})
     tracker = make_tracker(tracking, exp.name)
     run_file = directory / "run.json"
-    previous = json.loads(run_file.read_text()) if run_file.is_file() and not fresh else {}
-    resume = previous.get("run_id") if tracker.enabled and previous.get("uri") == getattr(tracker, "uri", None) \
-        else None
+    resume = None if fresh else tracker.resumable_run(run_file)
     results: dict[str, CellResult] = {}
     with tracker.run("experiment", f"experiment-{exp.name}", {"lifecycle.experiment": exp.name},
                      resume_run_id=resume):
-        if tracker.run_id:
-            _write_json(run_file, {"run_id": tracker.run_id, "uri": getattr(tracker, "uri", None)})
+        tracker.remember_run(run_file)
         if not resume:
             tracker.log_params({"experiment.file": str(path), "experiment.base": exp.base or "-",
                                 "experiment.cells": len(cells), "experiment.compress": exp.compress or "-",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -165,15 +164,12 @@ def run_train(
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     run_file = work / "run.json"
-    previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
     tracker = make_tracker(cfg.tracking, cfg.name)
-    resume_run = previous.get("run_id") if tracker.enabled and previous.get("uri") == getattr(tracker, "uri", None) \
-        else None
+    resume_run = tracker.resumable_run(run_file)
     tags = {"lifecycle.tokenizer": cfg.tokenizer.kind, "lifecycle.config_hash": cfg.digest()}
     with tracker.run("train", f"train-{cfg.tokenizer.kind}-{cfg.model.embedding_init}", tags,
                      resume_run_id=resume_run):
-        if tracker.run_id:
-            run_file.write_text(json.dumps({"run_id": tracker.run_id, "uri": getattr(tracker, "uri", None)}))
+        tracker.remember_run(run_file)
         if not resume_run:
             tracker.log_params(cfg.flat())
             tracker.log_text(cfg.to_yaml(), "config.yaml")
