@@ -1,7 +1,8 @@
 """Where the graph.pb loader's memory goes (issue 3's "RSS over TF + an empty session <= 1.5x weights"): in one
-fresh process, RSS after TensorFlow and an empty session, after lifecycle's imports, after the first run of a tiny
-graph of the same op kinds (the fixed cost of running anything in a session), and after loading the version with
-GraphRunner (import, weights assigned, warm-up call).
+fresh process, RSS and private (anonymous) memory after TensorFlow and an empty session, after lifecycle's loader
+imports, after the first run of a tiny graph of the same op kinds (the fixed cost of running anything in a session),
+after the version's tokenizer, and after loading the version with GraphRunner (import, weights assigned, warm-up).
+RSS also counts mapped files: the TensorFlow kernel code a first run pages in is shared with every other process.
 
     .venv/bin/python benchmarks/graph_memory.py VERSION_DIR      # one JSON line; run once per version
 """
@@ -18,28 +19,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def rss_mb() -> float:
+def memory_mb() -> tuple[float, float]:
+    """(VmRSS, RssAnon) of this process in MB."""
+    found = {"VmRSS": 0.0, "RssAnon": 0.0}
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+            key, _, rest = line.partition(":")
+            if key in found:
+                found[key] = int(rest.split()[0]) / 1024
+    return found["VmRSS"], found["RssAnon"]
 
 
 def main() -> None:
     version_dir = Path(sys.argv[1])
-    stages = {"start": rss_mb()}
+    stages = {"start": memory_mb()}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
     import tensorflow as tf
 
     tf.compat.v1.Session()
-    stages["tf + empty session"] = rss_mb()
+    stages["tf + empty session"] = memory_mb()
     from lifecycle import artifacts
     from lifecycle.bench import release_free_memory
     from lifecycle.freeze import GraphRunner, read_graph, session_config
 
-    stages["+ lifecycle imports"] = rss_mb()
+    stages["+ lifecycle imports"] = memory_mb()
     graph = tf.Graph()
     with graph.as_default():
         ids = tf.compat.v1.placeholder(tf.int32, (None, 8))
@@ -49,23 +53,32 @@ def main() -> None:
         probabilities = tf.nn.softmax(tf.matmul(pooled, tf.constant(np.ones((3, 2), np.float32))))
     tf.compat.v1.Session(graph=graph, config=session_config()).run(probabilities, {ids: np.zeros((1, 8), np.int32)})
     release_free_memory()
-    stages["+ first run of a tiny graph"] = rss_mb()
+    stages["+ first run of a tiny graph"] = memory_mb()
 
     version = artifacts.load_version(version_dir)
+    from tokenization.base import load_tokenizer
+
+    tokenizer = load_tokenizer(version.tokenizer_dir)
+    tokenizer.encode(["warm up"], version.max_len)
+    stages["+ tokenizer"] = memory_mb()
     graph_def = read_graph(version_dir / "graph.pb")
     runner = GraphRunner(graph_def, version_dir / "graph.pb", version.max_len, version.manifest["input"]["dtype"])
     del graph_def
     gc.collect()
     release_free_memory()
-    stages["+ model loaded and warmed up"] = rss_mb()
+    stages["+ model loaded and warmed up"] = memory_mb()
     assert runner.output is not None
     weights = version.manifest["sizes"]["weights_bytes"] / 2**20
-    model = stages["+ model loaded and warmed up"] - stages["+ first run of a tiny graph"]
-    total = stages["+ model loaded and warmed up"] - stages["tf + empty session"]
-    print(json.dumps({"version": str(version_dir), "weights_mb": round(weights, 2),
-                      **{k: round(v, 1) for k, v in stages.items()}, "model_mb": round(model, 1),
-                      "model_x_weights": round(model / weights, 2),
-                      "over_empty_session_x_weights": round(total / weights, 2)}))
+    out: dict[str, object] = {"version": str(version_dir), "weights_mb": round(weights, 2)}
+    for label, (rss, anon) in stages.items():
+        out[label] = {"rss": round(rss, 1), "anon": round(anon, 1)}
+    for which, index in (("rss", 0), ("anon", 1)):
+        model = stages["+ model loaded and warmed up"][index] - stages["+ tokenizer"][index]
+        total = stages["+ model loaded and warmed up"][index] - stages["tf + empty session"][index]
+        out[f"model_{which}_mb"] = round(model, 1)
+        out[f"model_{which}_x_weights"] = round(model / weights, 2)
+        out[f"over_empty_session_{which}_x_weights"] = round(total / weights, 2)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

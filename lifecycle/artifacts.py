@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lifecycle import __version__
-from lifecycle.config import Config, project_root, validate
 from lifecycle.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from lifecycle.config import Config
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -50,6 +52,10 @@ class Version:
 
     @property
     def config(self) -> Config:
+        # Imported here: loading a version to predict (graph.pb or the serving form) never needs pydantic or yaml,
+        # which cost a serving process about 10 MB (benchmarks/graph_memory.py).
+        from lifecycle.config import validate
+
         return validate(self.manifest["config"], f"{self.path / MANIFEST} (config)")
 
     @property
@@ -62,12 +68,9 @@ class Version:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file, read through one reused buffer (``hashlib.file_digest``)."""
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def dir_bytes(path: Path) -> int:
@@ -90,7 +93,11 @@ def gzip_bytes(paths: Sequence[Path]) -> int:
 def versions_root() -> Path:
     """Where versions go when no --output is given: ``$LIFECYCLE_VERSIONS_DIR`` or ``<project root>/versions``."""
     env = os.environ.get("LIFECYCLE_VERSIONS_DIR")
-    return Path(env).expanduser().resolve() if env else project_root() / "versions"
+    if env:
+        return Path(env).expanduser().resolve()
+    from lifecycle.config import project_root
+
+    return project_root() / "versions"
 
 
 def default_output(name: str, kind: str, root: Path | None = None) -> Path:

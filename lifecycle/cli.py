@@ -327,6 +327,10 @@ def compress(
                                         show_default=False)],
     output: OutputOpt = None,
     no_track: NoTrackOpt = False,
+    serving_kernels: Annotated[str | None, typer.Option(
+        "--serving-kernels", help="How the int8 serving form (model.tflite) runs conv and output kernels: hybrid "
+        "(LiteRT's dynamic-range kernels, activations rounded to int8 per call; the fastest) or exact (dequantized "
+        "once at load; equal to graph.pb). Default: the parent's choice, else hybrid.", show_default=False)] = None,
 ) -> None:
     """Compress a frozen version: float16 or int8 storage, magnitude pruning, vocabulary pruning, a short fine-tune.
 
@@ -339,7 +343,7 @@ def compress(
         from lifecycle.workflows import run_compress
 
         with console.spinner(f"compressing ({recipe})"):
-            outcome = run_compress(version, recipe, output, track=not no_track)
+            outcome = run_compress(version, recipe, output, track=not no_track, serving_kernels=serving_kernels)
         _summary(f"compressed {outcome.version.name if outcome.version else ''}", _outcome_rows(outcome))
         console.out.print(str(outcome.version))
 
@@ -524,6 +528,19 @@ def inspect(version: VersionArg) -> None:
         console.out.print(table)
         if report["ops"]:
             console.out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(report["ops"].items())))
+        if report["serving_tensors"]:
+            serving = report["serving"]
+            lite = Table("constant", "shape", "dtype", "scales", "bytes", "share",
+                         title=f"serving form {serving['file']} ({serving.get('quantization', '?')}"
+                         + (f", {serving['kernels']} kernels" if serving.get("kernels") else "") + ")",
+                         title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                         collapse_padding=True)
+            rows = sorted(report["serving_tensors"], key=lambda r: -r["bytes"])
+            for row in rows:
+                lite.add_row(row["name"], "x".join(map(str, row["shape"])), row["dtype"], str(row["scales"] or ""),
+                             f"{row['bytes']:,}", f"{100 * row['share']:.1f}%")
+            lite.add_row("total", "", "", "", f"{sum(r['bytes'] for r in rows):,}", "100%", style="bold")
+            console.out.print(lite)
         files = Table("file", "bytes", title="files", title_justify="left")
         for name, meta in report["files"].items():
             files.add_row(name, f"{meta['bytes']:,}")

@@ -8,8 +8,15 @@ hybrid kernels that also quantize activations):
 - float32: the converter's output as it is;
 - float16: the converter's float16 mode (float16 constants, DEQUANTIZE once at load);
 - int8: the embedding stays an int8 table gathered by id, then scaled per row (as in graph.pb, so memory stays
-  int8); conv and output kernels become int8 constants with the version's per-output-channel scales, dequantized by
-  a DEQUANTIZE op whose input is constant, so the runtime does it once at load, not per call.
+  int8); conv and output kernels become int8 constants with the version's per-output-channel scales. Two kernel
+  modes (``KERNELS``):
+  - ``hybrid`` (default): CONV_2D and FULLY_CONNECTED take the int8 kernels directly, so LiteRT runs its
+    dynamic-range kernels, which quantize each call's activations on the fly (what the converter's dynamic-range
+    mode produces). As fast as that peer (batch-1 p50 0.269 vs 0.333 ms exact on TREC's word model), kernels stay
+    int8 in memory; probabilities differ from graph.pb by the activations' rounding (0.004-0.006 measured on MR
+    and TREC, bound ``HYBRID_BOUND``);
+  - ``exact``: a DEQUANTIZE op per kernel, whose input is constant, so the runtime expands it to float32 once at load;
+    every call then computes with the very values graph.pb does (equal within float rounding).
 - ``int8-act`` (a recipe step): full-integer activations, calibrated by the converter on training texts. This one is
   not exact: its accuracy against the weight-only form is measured and recorded.
 
@@ -35,6 +42,10 @@ ALLOWED_LITE_OPS = frozenset({
     "CAST", "CONCATENATION", "CONV_2D", "DEQUANTIZE", "EXPAND_DIMS", "FULLY_CONNECTED", "GATHER", "MUL",
     "QUANTIZE", "REDUCE_MAX", "RESHAPE", "SOFTMAX", "SQUEEZE", "TRANSPOSE", "ADD", "RELU", "MAX_POOL_2D",
 })
+KERNELS = ("hybrid", "exact")
+# Max abs probability difference allowed between a hybrid int8 serving form and graph.pb on the check at export
+# (measured 0.004-0.006 on MR and TREC models; a kernel put in the wrong place gives differences near 1).
+HYBRID_BOUND = 0.05
 _DEQUANTIZE = 6  # tflite BuiltinOperator.DEQUANTIZE
 _INT8 = 9  # tflite TensorType.INT8
 _FLOAT32 = 0  # tflite TensorType.FLOAT32
@@ -47,6 +58,7 @@ class Export:
     content: bytes
     quantization: str  # float32 | float16 | int8-weights | int8-full
     int8_kernels: tuple[str, ...] = ()
+    kernels: str | None = None  # int8 kernels only: hybrid (dynamic-range kernels) or exact (dequantized at load)
 
 
 def _serving_weights(weights: dict[str, Any]) -> dict[str, Any]:
@@ -111,8 +123,12 @@ def _convert(graph_def: Any, configure: Callable[[Any], None] | None = None) -> 
                          ) from None
 
 
-def _int8_kernels(content: bytes, kernels: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[bytes, tuple[str, ...]]:
-    """Replace the float32 constants holding ``kernels`` by int8 constants plus a DEQUANTIZE op each.
+def _int8_kernels(content: bytes, kernels: dict[str, tuple[np.ndarray, np.ndarray]],
+                  hybrid: bool) -> tuple[bytes, tuple[str, ...]]:
+    """Replace the float32 constants holding ``kernels`` by int8 constants.
+
+    ``hybrid``: the ops that read a kernel read the int8 constant itself (LiteRT's dynamic-range kernels); otherwise
+    a DEQUANTIZE op turns it back into the float32 tensor the ops read (expanded once, at load).
 
     ``kernels`` maps a weight name to (float32 values as graph.pb computes them, int8 codes). The converter may have
     transposed a kernel (conv [w, in, out] -> [out, 1, w, in]; dense [in, out] -> [out, in]), so constants are matched
@@ -138,6 +154,7 @@ def _int8_kernels(content: bytes, kernels: dict[str, tuple[np.ndarray, np.ndarra
         opcode = len(model.operatorCodes) - 1
     done = []
     new_ops = []
+    rewired: dict[int, int] = {}
     for name, (values, _codes) in kernels.items():
         target = np.sort(values.ravel())
         match = None
@@ -170,19 +187,35 @@ def _int8_kernels(content: bytes, kernels: dict[str, tuple[np.ndarray, np.ndarra
         stored.quantization = quant
         graph.tensors.append(stored)
         model.buffers[tensor.buffer].data = None  # the float32 copy leaves the file
-        tensor.buffer = 0  # ...and the tensor becomes the DEQUANTIZE op's output
-        op = schema.OperatorT()
-        op.opcodeIndex = opcode
-        op.inputs = np.array([len(graph.tensors) - 1], dtype=np.int32)
-        op.outputs = np.array([match], dtype=np.int32)
-        new_ops.append(op)
+        tensor.buffer = 0
+        if hybrid:
+            rewired[match] = len(graph.tensors) - 1
+        else:  # the float tensor becomes the DEQUANTIZE op's output
+            op = schema.OperatorT()
+            op.opcodeIndex = opcode
+            op.inputs = np.array([len(graph.tensors) - 1], dtype=np.int32)
+            op.outputs = np.array([match], dtype=np.int32)
+            new_ops.append(op)
         done.append(name)
+    for op in graph.operators:
+        if rewired and any(int(i) in rewired for i in op.inputs):
+            op.inputs = np.array([rewired.get(int(i), int(i)) for i in op.inputs], dtype=np.int32)
+            if isinstance(op.builtinOptions, schema.FullyConnectedOptionsT):
+                # As the converter's dynamic-range mode does: the pooled (non-negative) inputs keep all 8 bits.
+                op.builtinOptions.asymmetricQuantizeInputs = True
+    # Unused float tensors (a hybrid form's former kernels) stay in the table without data: a few bytes each.
     graph.operators = new_ops + list(graph.operators)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), tuple(done)
 
 
-def export(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max_len: int, input_dtype: str) -> Export:
-    """The serving flatbuffer of a frozen or compressed version's weights, in the weights' own storage."""
+def export(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max_len: int, input_dtype: str,
+           kernels: str = "hybrid") -> Export:
+    """The serving flatbuffer of a frozen or compressed version's weights, in the weights' own storage.
+
+    ``kernels`` (``KERNELS``) chooses how int8 conv and output kernels run; float versions ignore it.
+    """
+    if kernels not in KERNELS:
+        raise ModelError(f"serving kernels {kernels!r} are unknown; use one of {', '.join(KERNELS)}.")
     from lifecycle.freeze import emit_graph
 
     storages = {stored.storage for name, stored in weights.items() if not name.endswith("/bias")}
@@ -199,13 +232,13 @@ def export(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max_len: int,
             converter.target_spec.supported_types = [tf.float16]
 
         return Export(_convert(graph_def, half), "float16")
-    kernels = {
+    int8 = {
         name: (stored.dequantize(), stored.value)
         for name, stored in weights.items()
         if stored.storage == "int8" and name != "weights/embedding"
     }
-    content, done = _int8_kernels(_convert(graph_def), kernels)
-    return Export(content, "int8-weights", done)
+    content, done = _int8_kernels(_convert(graph_def), int8, kernels == "hybrid")
+    return Export(content, "int8-weights", done, kernels if done else None)
 
 
 def export_full_int8(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max_len: int, input_dtype: str,
@@ -249,6 +282,18 @@ def _interpreter_class() -> Any:
     return Interpreter
 
 
+def open_interpreter(source: Path | bytes, threads: int | None = None) -> Any:
+    """A LiteRT interpreter on a flatbuffer file or its bytes (no checks beyond the runtime's own)."""
+    interpreter_class = _interpreter_class()
+    try:
+        if isinstance(source, Path):
+            return interpreter_class(model_path=str(source), num_threads=threads)
+        return interpreter_class(model_content=source, num_threads=threads)
+    except ValueError as exc:
+        name = str(source) if isinstance(source, Path) else "<serving flatbuffer>"
+        raise ModelError(f"{name}: not a LiteRT model ({exc}). The file is damaged; re-freeze.") from None
+
+
 # Rows per interpreter call unless a caller asks for fewer (a batch of 256 leaves a 30k x 300 model's interpreter 55 MB
 # larger than batch 1 does; a server passes its batching.max_batch).
 DEFAULT_MAX_BATCH = 256
@@ -271,15 +316,8 @@ class LiteRunner:
                  max_batch: int = DEFAULT_MAX_BATCH) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1. Received: {max_batch}.")
-        interpreter_class = _interpreter_class()
         self.source = str(source) if isinstance(source, Path) else "<serving flatbuffer>"
-        try:
-            if isinstance(source, Path):
-                self.interpreter = interpreter_class(model_path=str(source), num_threads=threads)
-            else:
-                self.interpreter = interpreter_class(model_content=source, num_threads=threads)
-        except ValueError as exc:
-            raise ModelError(f"{self.source}: not a LiteRT model ({exc}). The file is damaged; re-freeze.") from None
+        self.interpreter = open_interpreter(source, threads)
         ops = {detail["op_name"] for detail in self.interpreter._get_ops_details()}
         # The XNNPACK delegate shows up as DELEGATE nodes once it has taken over parts of the graph.
         forbidden = sorted(ops - ALLOWED_LITE_OPS - {"DELEGATE"})

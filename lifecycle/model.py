@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lifecycle.backend import tf_module
-from lifecycle.config import ModelConfig, TrainConfig
 from lifecycle.errors import ConfigError
 
 if TYPE_CHECKING:
     import keras
+
+    from lifecycle.config import ModelConfig, TrainConfig
 
 INPUT_NAME = "input_ids"
 OUTPUT_NAME = "probabilities"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle import artifacts
-from lifecycle.errors import ModelError
+from lifecycle.errors import ConfigError, ModelError
 from lifecycle.tracking import make_tracker
 from lifecycle.workflows.common import (
     StepOutcome,
@@ -38,6 +38,7 @@ class _GraphCandidate:
     calibration: Any = None  # padded training ids: the serving form gets int8 activations calibrated on them
     moved: dict[str, str] | None = None  # weights the fold step moved into a consumer's constant -> that node
     tokenizer: Any = None  # the version's tokenizer when a step replaced it (vocab pruning); None: the parent's
+    serving_kernels: str = "hybrid"  # how an int8 serving form runs its kernels (lifecycle.litert.KERNELS)
 
 
 def _graph_probabilities(frozen: Any, ids: Any) -> Any:
@@ -56,8 +57,10 @@ SERVING_BOUND = 1e-5  # the serving form computes with the very values graph.pb 
 def _write_serving_form(frozen: Any, candidate: _GraphCandidate, directory: Path) -> dict[str, Any]:
     """Export the LiteRT serving form beside graph.pb and check it against the graph's probabilities.
 
-    The weight-only form must equal graph.pb within ``SERVING_BOUND``; the full-integer form (``int8-act``) cannot,
-    so its agreement with graph.pb and its accuracy are measured and recorded instead.
+    The weight-only form must equal graph.pb within ``SERVING_BOUND`` (exact kernels) or ``litert.HYBRID_BOUND``
+    (int8 kernels run by LiteRT's dynamic-range kernels, which round each call's activations to int8); the
+    full-integer form (``int8-act``) has no bound: its agreement with graph.pb and its accuracy are measured and
+    recorded instead.
     """
     import time
 
@@ -70,7 +73,8 @@ def _write_serving_form(frozen: Any, candidate: _GraphCandidate, directory: Path
         exported = litert.export_full_int8(frozen.weights, frozen.kernel_sizes, frozen.max_len, frozen.input_dtype,
                                            candidate.calibration)
     else:
-        exported = litert.export(frozen.weights, frozen.kernel_sizes, frozen.max_len, frozen.input_dtype)
+        exported = litert.export(frozen.weights, frozen.kernel_sizes, frozen.max_len, frozen.input_dtype,
+                                 candidate.serving_kernels)
     seconds = time.perf_counter() - started
     runner = litert.LiteRunner(exported.content, frozen.max_len, frozen.input_dtype)
     try:
@@ -78,12 +82,13 @@ def _write_serving_form(frozen: Any, candidate: _GraphCandidate, directory: Path
     finally:
         runner.close()
     difference = float(np.max(np.abs(got - candidate.probabilities))) if len(got) else 0.0
-    if candidate.calibration is None and difference > SERVING_BOUND:
-        raise ModelError(f"serving form differs from graph.pb by {difference:.2e} (> {SERVING_BOUND:g}) on the "
+    bound = litert.HYBRID_BOUND if exported.kernels == "hybrid" else SERVING_BOUND
+    if candidate.calibration is None and difference > bound:
+        raise ModelError(f"serving form differs from graph.pb by {difference:.2e} (> {bound:g}) on the "
                          f"{candidate.compared_on}; nothing written. Report this as a bug with the parent attached.")
     (directory / litert.SERVING_FILE).write_bytes(exported.content)
     entry = {"file": litert.SERVING_FILE, "runtime": "litert", "quantization": exported.quantization,
-             "int8_kernels": list(exported.int8_kernels), "bytes": len(exported.content),
+             "int8_kernels": list(exported.int8_kernels), "kernels": exported.kernels, "bytes": len(exported.content),
              "max_abs_diff_vs_graph": difference, "export_seconds": seconds}
     if len(got):
         entry["agreement_with_graph"] = float(np.mean(got.argmax(1) == candidate.probabilities.argmax(1)))
@@ -234,7 +239,7 @@ def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | Non
 
 
 def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_dir: Path | None = None,
-                 track: bool = True) -> StepOutcome:
+                 track: bool = True, serving_kernels: str | None = None) -> StepOutcome:
     """Apply a compression recipe (``fp16``, ``int8``, ``prune:S``, ``vocab:N``, ``tune:E``...) to a frozen or
     compressed version.
 
@@ -243,15 +248,24 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     over the weights, with the narrowest input dtype for the new vocabulary. The new version's probabilities (its
     tokenizer's ids) are compared with its parent's (the parent's ids) on the same test texts, and the difference is
     recorded.
+
+    ``serving_kernels`` (``lifecycle.litert.KERNELS``) is how the int8 serving form runs its kernels; None keeps the
+    parent's choice (``hybrid`` when the parent has none).
     """
     import numpy as np
 
+    from lifecycle import litert
     from lifecycle.compress import CALIBRATION_SAMPLES, RecipeContext, apply_recipe, parse_recipe
     from lifecycle.freeze import FrozenGraph, emit_graph, input_dtype_for
     from tokenization.base import load_tokenizer
 
     steps = parse_recipe(recipe)
+    if serving_kernels is not None and serving_kernels not in litert.KERNELS:
+        raise ConfigError(f"--serving-kernels {serving_kernels!r} is unknown; use one of {', '.join(litert.KERNELS)}.")
     parent = open_version(ref)
+    if serving_kernels is None:
+        serving_kernels = (parent.manifest.get("serving") or {}).get("kernels") or "hybrid"
+        serving_kernels = serving_kernels if serving_kernels in litert.KERNELS else "hybrid"
     source = load_graph_version(parent)
     tokenizer = load_tokenizer(parent.tokenizer_dir)
     context = RecipeContext(parent.config, parent.labels, parent.max_len, source.kernel_sizes, source.weight_map,
@@ -284,7 +298,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     calibration = context.calibration_ids("int8-act") if context.calibration_samples else None
     candidate = _GraphCandidate("compressed", frozen, full_recipe, got, compared_on, arrays.y, max_abs_diff, {},
                                 texts, ids=child_ids, tokenizer=context.tokenizer if changed else None,
-                                calibration=calibration, moved=moved)
+                                calibration=calibration, moved=moved, serving_kernels=serving_kernels)
     return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 

@@ -116,5 +116,39 @@ def run_inspect(ref: str) -> dict[str, Any]:
 
         for node in read_graph(version.path / GRAPH_FILE).node:
             ops[node.op] = ops.get(node.op, 0) + 1
+    serving = version.manifest.get("serving") or {}
+    serving_rows = _serving_tensors(version.path / serving["file"]) if serving.get("file") else []
     return {"version": version, "tensors": rows, "ops": ops, "total_bytes": total,
-            "files": version.manifest.get("files", {})}
+            "files": version.manifest.get("files", {}), "serving": serving, "serving_tensors": serving_rows}
+
+
+def _serving_tensors(path: Path) -> list[dict[str, Any]]:
+    """The constants of a serving flatbuffer as LiteRT reads them: name, shape, dtype, quantization, bytes.
+
+    A constant is a tensor no op produces that is not the model's input; its bytes are its data plus its scales
+    (float32) and zero points (int64), as the flatbuffer stores them.
+    """
+    import numpy as np
+
+    from lifecycle.litert import open_interpreter
+
+    interpreter = open_interpreter(path)
+    interpreter.allocate_tensors()
+    produced = {int(i) for op in interpreter._get_ops_details() for i in op["outputs"]}
+    inputs = {detail["index"] for detail in interpreter.get_input_details()}
+    rows = []
+    for detail in interpreter.get_tensor_details():
+        index = detail["index"]
+        if index in produced or index in inputs:
+            continue
+        try:
+            value = interpreter.get_tensor(index)
+        except ValueError:  # no data: a former float kernel left without its buffer
+            continue
+        scales = len(detail["quantization_parameters"]["scales"])
+        rows.append({"name": detail["name"], "shape": list(value.shape), "dtype": np.dtype(value.dtype).name,
+                     "scales": scales, "bytes": int(value.nbytes) + 12 * scales})
+    total = sum(row["bytes"] for row in rows) or 1
+    for row in rows:
+        row["share"] = row["bytes"] / total
+    return rows
