@@ -7,6 +7,8 @@ storage of every tensor is recorded in the version's manifest, so restore knows 
 - ``int8``: symmetric int8 codes with a float32 scale per output channel (conv and dense kernels) or per row
   (embedding), dequantized inside the graph; the embedding is gathered as int8 first, so memory stays int8.
   Biases stay float32: they are a fraction of a percent of the bytes and carry the most precision per byte.
+  ``int8:embedding=table`` gives the embedding one scale for the whole table instead (what TFLite's dynamic-range
+  converter does): 4 bytes per row smaller, each row quantized against the largest value of the table.
 - ``prune:S``: magnitude pruning of each kernel and the embedding to sparsity S, stored in the sparse layout
   (nonzero codes plus a 1-bit-per-element mask, ``freeze.encode_sparse``) wherever that makes the smaller file:
   on large tensors from about 3% zeros for float32 and 12.5% for int8; a tensor of a few KB stays dense, as its
@@ -123,8 +125,13 @@ def int8_axis(name: str) -> int:
     return 0 if name == "weights/embedding" else -1
 
 
-def quantize_int8_array(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel int8: ``values ~= codes * scale``; |error| <= scale / 2 element-wise."""
+def quantize_int8_array(values: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8, per channel along ``axis`` (None: one scale for the tensor, a 0-d array):
+    ``values ~= codes * scale``; |error| <= scale / 2 element-wise."""
+    if axis is None:
+        peak = np.max(np.abs(values)) if values.size else np.float32(0)
+        scale = np.asarray(peak / INT8_MAX if peak > 0 else 1.0, dtype=np.float32)
+        return np.clip(np.rint(values / scale), -INT8_MAX, INT8_MAX).astype(np.int8), scale
     reduce_axes = tuple(i for i in range(values.ndim) if i != axis % values.ndim)
     peak = np.max(np.abs(values), axis=reduce_axes, keepdims=True)
     # A channel of zeros (pruned away, or a pad row) keeps scale 1 so it stays exactly zero without dividing by 0.
@@ -135,8 +142,14 @@ def quantize_int8_array(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.n
     return codes, scale
 
 
-def quantize_int8(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
-    """Store kernels and the embedding as int8 codes plus float32 scales; biases are left as they are."""
+EMBEDDING_SCALES = ("rows", "table")
+
+
+def quantize_int8(weights: Weights, embedding: str = "rows") -> tuple[Weights, tuple[str, ...]]:
+    """Store kernels and the embedding as int8 codes plus float32 scales; biases are left as they are.
+
+    ``embedding``: ``rows`` (a scale per row) or ``table`` (one scale for the whole embedding).
+    """
     out: Weights = {}
     changed = []
     for name, stored in weights.items():
@@ -144,7 +157,7 @@ def quantize_int8(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
         if _is_bias(name):
             out[name] = stored
             continue
-        axis = int8_axis(name)
+        axis = None if name == "weights/embedding" and embedding == "table" else int8_axis(name)
         codes, scale = quantize_int8_array(stored.dequantize(), axis)
         # Survivors below half a step of their channel's scale round to code 0 and leave the mask.
         out[name] = _carry_layout(stored, StoredTensor("int8", codes, scale, axis))
@@ -358,7 +371,10 @@ def _store_like(name: str, stored: StoredTensor, value: np.ndarray) -> StoredTen
     elif stored.storage == "float16":
         fresh = StoredTensor("float16", value.astype(np.float16))
     elif stored.storage == "int8":
-        axis = stored.axis if stored.axis is not None else int8_axis(name)
+        if stored.scale is not None and stored.scale.ndim == 0:
+            axis = None  # one scale for the tensor (int8:embedding=table) stays one scale
+        else:
+            axis = stored.axis if stored.axis is not None else int8_axis(name)
         codes, scale = quantize_int8_array(value, axis)
         fresh = StoredTensor("int8", codes, scale, axis)
     else:
@@ -458,8 +474,10 @@ CONTEXT_STEPS: dict[str, Callable[..., tuple[Weights, tuple[str, ...], dict[str,
 }
 # Steps that take one parameter (``prune:0.8``) and the name it is recorded under; ``vocab`` also takes coverage=C.
 PARAMETERS: dict[str, str] = {"prune": "sparsity", "vocab": "keep", "tune": "epochs"}
+# Steps whose parameter may be left out (``int8`` or ``int8:embedding=table``).
+OPTIONAL_PARAMETERS = frozenset({"int8"})
 # How each step is written in --recipe, for messages.
-USAGE = "fp16, int8, prune:S, vocab:N, vocab:coverage=C, tune:E, int8-act, fold"
+USAGE = "fp16, int8, int8:embedding=table, prune:S, vocab:N, vocab:coverage=C, tune:E, int8-act, fold"
 
 
 def _parse_prune(arg: str, text: str) -> dict[str, Any]:
@@ -510,8 +528,17 @@ def _parse_tune(arg: str, text: str) -> dict[str, Any]:
     return {"epochs": epochs}
 
 
+def _parse_int8(arg: str, text: str) -> dict[str, Any]:
+    key, equals, value = arg.partition("=")
+    if key.strip() != "embedding" or not equals or value.strip() not in EMBEDDING_SCALES:
+        raise ConfigError(f"--recipe {text!r}: int8 takes no parameter (a scale per embedding row) or "
+                          f"embedding=table (one scale for the whole embedding). Received: {arg!r}.")
+    # ``rows`` is the default and is recorded as no parameter, so `int8` and `int8:embedding=rows` are one recipe.
+    return {"embedding": "table"} if value.strip() == "table" else {}
+
+
 _PARSERS: dict[str, Callable[[str, str], dict[str, Any]]] = {"prune": _parse_prune, "vocab": _parse_vocab,
-                                                              "tune": _parse_tune}
+                                                              "tune": _parse_tune, "int8": _parse_int8}
 
 
 def parse_recipe(text: str) -> list[RecipeStep]:
@@ -527,6 +554,9 @@ def parse_recipe(text: str) -> list[RecipeStep]:
         name, _, arg = raw.partition(":")
         if name not in STEPS and name not in CONTEXT_STEPS:
             raise ConfigError(f"--recipe {text!r}: unknown step {name!r}. Steps available in this build: {USAGE}.")
+        if name in OPTIONAL_PARAMETERS:
+            steps.append(RecipeStep(name, _PARSERS[name](arg.strip(), text) if arg else {}))
+            continue
         if name not in PARAMETERS:
             if arg:
                 raise ConfigError(f"--recipe {text!r}: step {name!r} takes no parameter. Received: {arg!r}.")
@@ -544,7 +574,7 @@ def step_text(name: str, params: dict[str, Any]) -> str:
     """One step as --recipe text, what :func:`parse_recipe` reads back: ``prune:0.8``, ``vocab:coverage=0.95``."""
 
     def number(value: Any) -> str:
-        return str(value) if isinstance(value, int) else f"{value:g}"
+        return str(value) if isinstance(value, int | str) else f"{value:g}"
 
     return name + "".join(f":{number(value)}" if key == PARAMETERS.get(name) else f":{key}={number(value)}"
                           for key, value in params.items())

@@ -229,8 +229,10 @@ def _embed(tf: Any, stored: StoredTensor, ids: Any) -> Any:
     if stored.storage == "float16":
         return tf.cast(tf.gather(table, ids), tf.float32, name="embed")
     rows = tf.cast(tf.gather(table, ids), tf.float32)
-    scales = tf.gather(tf.constant(stored.scale, name=f"{name}/scale"), ids)
-    return tf.multiply(rows, scales, name="embed")
+    scale = tf.constant(stored.scale, name=f"{name}/scale")
+    if stored.scale is not None and np.ndim(stored.scale) == 0:  # one scale for the table (int8:embedding=table)
+        return tf.multiply(rows, scale, name="embed")
+    return tf.multiply(rows, tf.gather(scale, ids), name="embed")
 
 
 def emit_graph(weights: Weights, kernel_sizes: tuple[int, ...], max_len: int, input_dtype: str) -> Any:

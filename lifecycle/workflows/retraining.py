@@ -222,7 +222,9 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
                                              tokenizer.vocab_size))
         if recipe:
             target = output / recipe.replace(",", "+").replace(":", "-") if output else None
-            outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir, track=track))
+            kernels = (parent.manifest.get("serving") or {}).get("kernels")  # the parent's serving choice carries on
+            outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir, track=track,
+                                         serving_kernels=kernels))
     return outcomes
 
 

@@ -29,11 +29,36 @@ def test_int8_per_channel_error_bound() -> None:
     assert np.abs(codes).max() == 127
 
 
+def test_int8_one_scale_for_the_table() -> None:
+    rng = np.random.default_rng(1)
+    table = rng.normal(size=(50, 8)).astype(np.float32)
+    table[7] *= 10  # one row with large values: every other row is quantized against it
+    codes, scale = quantize_int8_array(table, axis=None)
+    assert scale.shape == () and scale.dtype == np.float32
+    assert np.all(np.abs(codes * scale - table) <= scale / 2 + 1e-7)
+    assert np.abs(codes).max() == 127
+    rows_codes, rows_scale = quantize_int8_array(table, axis=0)
+    # Per-row scales are never coarser: the price of the single scale is precision on the small rows.
+    assert np.all(rows_scale <= scale + 1e-9)
+    assert np.abs(rows_codes * rows_scale - table).mean() < np.abs(codes * scale - table).mean()
+
+
+def test_int8_embedding_parameter_parses_and_prints_back() -> None:
+    from lifecycle.workflows.common import recipe_text
+
+    assert [(s.name, s.params) for s in parse_recipe("int8:embedding=table")] == [("int8", {"embedding": "table"})]
+    assert [(s.name, s.params) for s in parse_recipe("int8:embedding=rows")] == [("int8", {})]
+    steps = parse_recipe("prune:0.5,int8:embedding=table")
+    assert recipe_text([{"name": s.name, "params": s.params} for s in steps]) == "prune:0.5,int8:embedding=table"
+
+
 @pytest.mark.parametrize("recipe, message", [
     ("int9", "unknown step 'int9'"),
     ("", "names no step"),
     ("fp16,int8", "alternative storages"),
     ("int8:0.5", "takes no parameter"),
+    ("int8:embedding=columns", "int8 takes no parameter .* or embedding=table"),
+    ("fp16,int8:embedding=table", "alternative storages"),
 ])
 def test_bad_recipes(recipe: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -189,3 +214,38 @@ def test_pruned_version_shrinks_under_gzip(frozen: dict, tmp_path: Path) -> None
     assert outcome.metrics["nonzero_fraction"] < 0.25
     frozen_gzip = artifacts.load_version(frozen["outcome"].version).manifest["sizes"]["gzip_bytes"]
     assert outcome.metrics["size_gzip_bytes"] < frozen_gzip / 6
+
+
+def test_int8_with_one_embedding_scale_round_trips_and_serves_smaller(compressed: dict, frozen: dict,
+                                                                        tmp_path: Path) -> None:
+    from lifecycle.inference import Predictor
+    from lifecycle.workflows import load_graph_version, run_compress, run_restore
+
+    outcome = run_compress(str(frozen["outcome"].version), "int8:embedding=table", tmp_path / "table", track=False)
+    version = artifacts.load_version(outcome.version)
+    assert version.manifest["recipe"][0]["params"] == {"embedding": "table"}
+    parent = load_graph_version(artifacts.load_version(frozen["outcome"].version))
+    embedding = load_graph_version(version).weights["weights/embedding"]
+    assert embedding.storage == "int8" and np.ndim(embedding.scale) == 0
+    original = parent.weights["weights/embedding"].dequantize()
+    assert np.all(np.abs(embedding.dequantize() - original) <= embedding.scale / 2 + 1e-7)
+    # The graph and the serving form each drop the per-row scales: 4 bytes a row, less one scale.
+    rows = embedding.shape[0]
+    per_row = artifacts.load_version(compressed["int8"].version).manifest
+    saved = 4 * (rows - 1)
+    assert per_row["sizes"]["weights_bytes"] - version.manifest["sizes"]["weights_bytes"] == saved
+    assert per_row["serving"]["bytes"] - version.manifest["serving"]["bytes"] >= saved - 64
+    texts = ["an utterly charming and hilarious film", "a boring , lifeless mess", "it is a movie"]
+    graph = Predictor(version, "graph").predict_proba(texts)
+    assert np.abs(Predictor(version, "litert").predict_proba(texts) - graph).max() <= 0.05
+    restored = run_restore(str(version.path), tmp_path / "restored", track=False)
+    assert artifacts.load_version(restored.version).manifest["check"]["max_abs_diff_vs_parent"] <= 1e-5
+
+
+def test_tune_keeps_one_embedding_scale(frozen: dict, tmp_path: Path) -> None:
+    from lifecycle.workflows import load_graph_version, run_compress
+
+    outcome = run_compress(str(frozen["outcome"].version), "int8:embedding=table,tune:1", tmp_path / "t", track=False)
+    weights = load_graph_version(artifacts.load_version(outcome.version)).weights
+    assert np.ndim(weights["weights/embedding"].scale) == 0
+    assert weights["weights/conv_3/kernel"].scale.shape == (weights["weights/conv_3/kernel"].shape[-1],)

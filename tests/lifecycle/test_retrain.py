@@ -23,7 +23,8 @@ def pruned_int8(frozen: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lifecycle.workflows import run_compress
 
     out = tmp_path_factory.mktemp("retrain-parent") / "p"
-    return run_compress(str(frozen["outcome"].version), "prune:0.5,int8", out).version
+    # Exact serving kernels (not the default): the retrained version must keep the parent's choice.
+    return run_compress(str(frozen["outcome"].version), "prune:0.5,int8", out, serving_kernels="exact").version
 
 
 def test_retrain_compressed_version_keeps_recipe_sparsity_and_lineage(pruned_int8: Path, data_dir: Path,
@@ -41,6 +42,7 @@ def test_retrain_compressed_version_keeps_recipe_sparsity_and_lineage(pruned_int
     assert checkpoint.manifest["parent"]["sha256"] == parent.sha256
     assert [s["name"] for s in compressed.manifest["recipe"]] == ["prune", "int8"]
     assert compressed.manifest["tensors"]["weights/embedding"]["storage"] == "int8"
+    assert compressed.manifest["serving"]["kernels"] == parent.manifest["serving"]["kernels"] == "exact"
     # The mask was kept through training, and the recipe's pruning lands on the same sparsity again.
     assert frozen.manifest["tensors"]["weights/embedding"]["sparsity"] >= 0.5 - 1e-3
     assert compressed.manifest["tensors"]["weights/embedding"]["sparsity"] == pytest.approx(
