@@ -45,6 +45,8 @@ from readme import cpu_model, write_block  # noqa: E402  (benchmarks/readme.py, 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lifecycle.procstat import memory_status  # noqa: E402  (stdlib only: safe before any baseline reading)
+
 OUT = ROOT / "benchmarks" / "out"
 RESULTS = OUT / "compress.json"
 WORK = OUT / "compress-work"
@@ -84,27 +86,12 @@ ONNX_OPSET = 17
 # ----------------------------------------------------------------------------------------------- memory and sizes
 
 
-def _proc_status() -> dict[str, int]:
-    """VmRSS, VmHWM (peak RSS) and RssAnon (private memory: RSS without mapped files such as shared-library code) of
-    this process in bytes, from /proc (zeros elsewhere)."""
-    found = {"VmRSS": 0, "VmHWM": 0, "RssAnon": 0}
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                key, _, rest = line.partition(":")
-                if key in found:
-                    found[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return found
-
-
 def _rss_mb() -> float:
-    return _proc_status()["VmRSS"] / 2**20
+    return memory_status()["VmRSS"] / 2**20
 
 
 def _anon_mb() -> float:
-    return _proc_status()["RssAnon"] / 2**20
+    return memory_status()["RssAnon"] / 2**20
 
 
 def _sizes(paths: list[Path]) -> tuple[int, int]:
@@ -429,7 +416,7 @@ def worker_main(argv: list[str]) -> None:
             result["tokenizer_rss_mb"] = _rss_mb() - before
     result["rss_mb"] = mem
     result["anon_mb"] = anon
-    result["peak_rss_mb"] = _proc_status()["VmHWM"] / 2**20
+    result["peak_rss_mb"] = memory_status()["VmHWM"] / 2**20
     result["tensorflow_imported"] = "tensorflow" in sys.modules
     args.result.write_text(json.dumps(result, indent=1), encoding="utf-8")
 

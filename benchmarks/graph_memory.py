@@ -18,16 +18,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lifecycle.procstat import memory_status  # noqa: E402  (stdlib only: the "start" reading stays a baseline)
+
 
 def memory_mb() -> tuple[float, float]:
     """(VmRSS, RssAnon) of this process in MB."""
-    found = {"VmRSS": 0.0, "RssAnon": 0.0}
-    with open("/proc/self/status") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in found:
-                found[key] = int(rest.split()[0]) / 1024
-    return found["VmRSS"], found["RssAnon"]
+    status = memory_status()
+    return status["VmRSS"] / 2**20, status["RssAnon"] / 2**20
 
 
 def main() -> None:

@@ -45,6 +45,8 @@ from readme import write_block  # noqa: E402  (benchmarks/readme.py, beside this
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lifecycle.procstat import memory_status  # noqa: E402
+
 OUT = ROOT / "benchmarks" / "out"
 WORK = OUT / "serve-work"
 BIN = Path(sys.executable).parent
@@ -85,25 +87,13 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float, what: str) ->
 
 
 def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+    return sum(memory_status(pid)["VmRSS"] for pid in pids) / 2**20
 
 
 def rss_parts_mb(pid: int) -> dict[str, float]:
     """VmRSS split into anonymous memory and mapped files (model flatbuffers, libraries), MB."""
-    parts = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key = line.split(":")[0]
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            parts[key] = int(line.split()[1]) / 1024
-    return parts
+    status = memory_status(pid)
+    return {key: status[key] / 2**20 for key in ("VmRSS", "RssAnon", "RssFile")}
 
 
 def group_pids(pgid: int) -> list[int]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lifecycle.artifacts import Version
+from lifecycle.procstat import memory_status
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,7 @@ class ServingStats:
 
 def rss_bytes() -> int:
     """Resident set size of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            pages = int(handle.read().split()[1])
-    except OSError:
-        return 0
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE")
+    return memory_status()["VmRSS"]
 
 
 def release_free_memory() -> None:

@@ -230,7 +230,7 @@ def _embed(tf: Any, stored: StoredTensor, ids: Any) -> Any:
         return tf.cast(tf.gather(table, ids), tf.float32, name="embed")
     rows = tf.cast(tf.gather(table, ids), tf.float32)
     scale = tf.constant(stored.scale, name=f"{name}/scale")
-    if stored.scale is not None and np.ndim(stored.scale) == 0:  # one scale for the table (int8:embedding=table)
+    if np.ndim(stored.scale) == 0:  # one scale for the table (int8:embedding=table)
         return tf.multiply(rows, scale, name="embed")
     return tf.multiply(rows, tf.gather(scale, ids), name="embed")
 

@@ -146,7 +146,7 @@ def _int8_kernels(content: bytes, kernels: dict[str, tuple[np.ndarray, np.ndarra
         if tensor.type == _FLOAT32 and buffer is not None and buffer.data is not None and len(buffer.data):
             by_size.setdefault(len(buffer.data) // 4, []).append(index)
     opcode = next((i for i, code in enumerate(model.operatorCodes) if code.builtinCode == _DEQUANTIZE), None)
-    if opcode is None:
+    if opcode is None and not hybrid:
         code = schema.OperatorCodeT()
         code.builtinCode = code.deprecatedBuiltinCode = _DEQUANTIZE
         code.version = 2

@@ -11,6 +11,8 @@ import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from lifecycle.procstat import memory_status
+
 if TYPE_CHECKING:
     from lifecycle.serving.registry import Registry
 
@@ -22,14 +24,7 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 def rss_bytes() -> int:
     """Resident memory of this process (VmRSS), 0 where /proc is missing."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return memory_status()["VmRSS"]
 
 
 def _escape(value: str) -> str:

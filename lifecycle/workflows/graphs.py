@@ -238,6 +238,15 @@ def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | Non
     return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 
+def serving_kernels_of(version: artifacts.Version) -> str:
+    """How a version's int8 serving form runs its kernels (``lifecycle.litert.KERNELS``): what its manifest
+    records, ``hybrid`` (the default) for a version without int8 kernels or made before the choice existed."""
+    from lifecycle import litert
+
+    kernels = (version.manifest.get("serving") or {}).get("kernels")
+    return kernels if kernels in litert.KERNELS else "hybrid"
+
+
 def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_dir: Path | None = None,
                  track: bool = True, serving_kernels: str | None = None) -> StepOutcome:
     """Apply a compression recipe (``fp16``, ``int8``, ``prune:S``, ``vocab:N``, ``tune:E``...) to a frozen or
@@ -264,8 +273,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
         raise ConfigError(f"--serving-kernels {serving_kernels!r} is unknown; use one of {', '.join(litert.KERNELS)}.")
     parent = open_version(ref)
     if serving_kernels is None:
-        serving_kernels = (parent.manifest.get("serving") or {}).get("kernels") or "hybrid"
-        serving_kernels = serving_kernels if serving_kernels in litert.KERNELS else "hybrid"
+        serving_kernels = serving_kernels_of(parent)
     source = load_graph_version(parent)
     tokenizer = load_tokenizer(parent.tokenizer_dir)
     context = RecipeContext(parent.config, parent.labels, parent.max_len, source.kernel_sizes, source.weight_map,

@@ -23,7 +23,7 @@ from lifecycle.workflows.common import (
     open_version,
     recipe_text,
 )
-from lifecycle.workflows.graphs import run_compress, run_freeze
+from lifecycle.workflows.graphs import run_compress, run_freeze, serving_kernels_of
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +222,9 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
                                              tokenizer.vocab_size))
         if recipe:
             target = output / recipe.replace(",", "+").replace(":", "-") if output else None
-            kernels = (parent.manifest.get("serving") or {}).get("kernels")  # the parent's serving choice carries on
+            # The re-frozen float version has no int8 kernels: the parent's serving choice is passed on explicitly.
             outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir, track=track,
-                                         serving_kernels=kernels))
+                                         serving_kernels=serving_kernels_of(parent)))
     return outcomes
 
 
