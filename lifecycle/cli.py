@@ -32,6 +32,8 @@ tokenizer_app = typer.Typer(help="Train and compare tokenizers.", no_args_is_hel
 app.add_typer(tokenizer_app, name="tokenizer")
 experiment_app = typer.Typer(help="Grids of end-to-end runs compared in MLflow.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
+runs_app = typer.Typer(help="Housekeeping of runs and temp folders.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. configs/default.yaml.", show_default=False)]
 SetOpt = Annotated[
@@ -61,8 +63,13 @@ def main(
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
-    """Turn library errors into one stderr line and their exit code; Ctrl-C into exit 130."""
+def _errors(sweep: bool = True) -> Iterator[None]:
+    """Turn library errors into one stderr line and their exit code; Ctrl-C into exit 130.
+
+    First, sweep what killed commands left (temp folders whose process is gone): every command starts clean.
+    """
+    if sweep:
+        _sweep()
     try:
         yield
     except LifecycleError as exc:
@@ -71,6 +78,15 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         console.err.print("Interrupted. Run the same command again to continue from the last finished epoch.")
         raise typer.Exit(130) from None
+
+
+def _sweep(legacy: bool = False, dry_run: bool = False) -> list[Any]:
+    import tempfile
+
+    from lifecycle.artifacts import versions_root
+    from lifecycle.housekeeping import sweep_debris
+
+    return sweep_debris([versions_root(), Path(tempfile.gettempdir())], legacy=legacy, dry_run=dry_run)
 
 
 def _config(path: Path | None, overrides: list[str] | None, no_track: bool, **flags: Any) -> Any:
@@ -606,3 +622,52 @@ def promote(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def upgrade(
+    version: Annotated[Path, typer.Argument(help="A version directory written by an older lifecycle.",
+                                            show_default=False)],
+) -> None:
+    """Check an older version's files against its manifest and rewrite the manifest in today's format.
+
+    Versions from before manifests carried a digest of their own (format 1) are refused by every command until this
+    has checked each listed file's sha256; nothing is changed if any file differs or is unlisted. Registered versions
+    in MLflow are immutable: download one, upgrade it, and freeze or compress from it again.
+    """
+    with _errors():
+        if str(version).startswith(("runs:/", "models:/")):
+            raise ConfigError(f"{version}: upgrade rewrites a version directory in place, not an MLflow artifact; "
+                              "download the version, upgrade the folder, and log it again.")
+        from lifecycle.artifacts import upgrade_version
+
+        upgraded = upgrade_version(version)
+        console.out.print(f"{upgraded.path}: manifest format {upgraded.manifest['format']}, {upgraded.kind}, "
+                          f"{len(upgraded.manifest['files'])} files checked", highlight=False, soft_wrap=True)
+
+
+@runs_app.command("clean")
+def runs_clean(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be cleaned.")] = False,
+    no_track: NoTrackOpt = False,
+) -> None:
+    """Remove what killed commands left and mark their runs FAILED.
+
+    Every command already does this on start for this host; this also removes temp folders of older lifecycle
+    releases (.tmp-*, once an hour old) and prints what it found.
+    """
+    with _errors(sweep=False):
+        swept = _sweep(legacy=True, dry_run=dry_run)
+        dead: list[Any] = []
+        if not no_track:
+            from lifecycle.tracking import default_tracking_uri, fail_dead_runs, open_client
+
+            uri = default_tracking_uri()
+            dead = fail_dead_runs(open_client(uri, sweep=False), uri, dry_run=dry_run)
+        verb = "would remove" if dry_run else "removed"
+        for item in swept:
+            console.out.print(f"{verb} {item.path} ({_mb(item.bytes)})", highlight=False, soft_wrap=True)
+        for run in dead:
+            console.out.print(f"{'would mark' if dry_run else 'marked'} run {run.info.run_id} ({run.info.run_name}) "
+                              f"FAILED: process {run.data.tags.get('lifecycle.pid')} is gone", highlight=False)
+        console.out.print(f"{len(swept)} temp folder(s), {len(dead)} run(s) of dead processes", highlight=False)

@@ -2,6 +2,11 @@
 
 Precedence, low to high: schema defaults < YAML file < ``--set section.key=value`` < first-class flags. The merged
 mapping is validated once; every error names the file, the dotted key, the value received and what is allowed.
+
+Types are strict: integer and boolean keys take only unquoted YAML integers and booleans (``epochs: "3"``,
+``epochs: 3.0`` and ``enabled: 1`` are errors); float keys take any finite number, integers included, and the
+exponent forms ``1e-3``/``1E+2`` in a file or a ``--set`` value (YAML 1.2 reads them as numbers; PyYAML on its own
+would read them as strings). NaN and infinities are refused everywhere.
 """
 
 from __future__ import annotations
@@ -9,17 +14,62 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from lifecycle.errors import ConfigError
 
 DATA_DIR_ENV = "LIFECYCLE_DATA_DIR"
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+# Field types. Integers and booleans are strict: a quoted "3" or "true", 3.0 for an integer, 1 for a boolean are
+# errors, never silently coerced. Floats take any finite number, integers included (`lr: 1`); NaN and inf are refused,
+# as they train a useless model without failing. Unquoted exponent forms such as 1e-3 are floats, because
+# ``_ConfigLoader`` reads them as YAML 1.2 does (PyYAML alone would make them strings); a quoted "1e-3" is refused.
+Finite = Annotated[float, Field(strict=True), AllowInfNan(False)]
+SEED_MAX = 2**32 - 1  # numpy's seed range, which keras.utils.set_random_seed passes the seed to
+# csv/tsv/jsonl texts longer than this are refused; Python's csv module alone would stop at 131072 characters.
+MAX_TEXT_CHARS = 10_000_000
+
+
+def _rule(message: str, fix: str) -> PydanticCustomError:
+    """A validator's error: what is wrong, then (after the value received) how to fix it."""
+    # pydantic fills "{fix}" in the message from the context; no message here contains it.
+    return PydanticCustomError("lifecycle_rule", message, {"fix": fix})
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but unquoted exponent numbers (``1e-3``, ``2E+5``, ``1.0e3``) are floats, as in YAML 1.2
+    and JSON; PyYAML (YAML 1.1) needs a dot and a signed exponent (``1.0e-3``) and reads the rest as strings."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as config files and ``--set`` values are parsed (see ``_ConfigLoader``)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class _Section(BaseModel):
@@ -27,11 +77,11 @@ class _Section(BaseModel):
 
 
 class SplitConfig(_Section):
-    validation: float = Field(0.1, gt=0, lt=1, description="Fraction of the training data held out for validation.")
-    test: float = Field(
+    validation: Finite = Field(0.1, gt=0, lt=1, description="Fraction of the training data held out for validation.")
+    test: Finite = Field(
         0.1, gt=0, lt=1, description="Fraction held out for test when the data set has no test split of its own."
     )
-    seed: int = Field(13, description="Seed of the stratified split, so every run sees the same examples.")
+    seed: StrictInt = Field(13, description="Seed of the stratified split, so every run sees the same examples.")
 
 
 class DataConfig(_Section):
@@ -55,92 +105,129 @@ class DataConfig(_Section):
     label_field: str = Field("label", description="Column (csv/tsv) or key (jsonl) holding the label.")
     encoding: str = Field("utf-8", description="Text encoding of csv/tsv/jsonl files (mr is always cp1252).")
     language: str = Field("english", description="chatterbot only: the corpus language directory.")
-    deduplicate: bool = Field(
+    deduplicate: StrictBool = Field(
         True,
         description="Drop repeated (text, label) pairs before splitting, so no test text also sits in train "
         "(chatterbot's English corpus repeats 57% of its utterances; an official test split is left as it is).",
     )
-    limit: int | None = Field(None, gt=0, description="Use only the first N examples of each split (smoke runs).")
+    limit: StrictInt | None = Field(None, gt=0, description="Use only the first N examples of each split (smoke runs).")
+    max_text_chars: StrictInt = Field(
+        MAX_TEXT_CHARS,
+        ge=1,
+        le=2**31 - 1,  # the csv module's limit is a C long, 32 bits on Windows
+        description="csv/tsv/jsonl: longest text accepted, in characters; a longer one is an error naming its line "
+        "(the csv module's own 131072-character field limit is raised to this). The model reads only the first "
+        "tokenizer.max_len tokens of a text, so a text near this size is more often two rows glued together by an "
+        "unclosed quote than a real text.",
+    )
     split: SplitConfig = SplitConfig()
 
 
 class BPEConfig(_Section):
-    vocab_size: int = Field(8000, ge=8, description="Number of BPE tokens including pad, unk, bos and eos.")
-    coverage: float = Field(
+    vocab_size: StrictInt = Field(8000, ge=8, description="Number of BPE tokens including pad, unk, bos and eos.")
+    coverage: Finite = Field(
         1.0, gt=0, le=1, description="Fraction of characters covered; rarer characters become unk."
     )
-    threads: int = Field(-1, description="youtokentome training threads; -1 uses every core.")
-    lowercase: bool = Field(True, description="Lower-case text before training and encoding.")
+    threads: StrictInt = Field(-1, description="youtokentome training threads; -1 uses every core.")
+    lowercase: StrictBool = Field(True, description="Lower-case text before training and encoding.")
 
 
 class Word2VecConfig(_Section):
-    enabled: bool = Field(
+    enabled: StrictBool = Field(
         False, description="Train word2vec vectors on the training texts (gensim) for embedding_init static or "
         "non-static."
     )
-    dim: int = Field(300, ge=2, description="Vector size; must equal model.embedding_dim.")
-    window: int = Field(5, ge=1, description="Context window of word2vec.")
-    min_count: int = Field(1, ge=1, description="Words rarer than this get no trained vector.")
-    epochs: int = Field(10, ge=1, description="Passes of word2vec over the training texts.")
-    sg: bool = Field(True, description="Skip-gram (true) or CBOW (false).")
-    workers: int = Field(2, ge=1, description="gensim worker threads (word2vec is deterministic only with 1).")
+    dim: StrictInt = Field(300, ge=2, description="Vector size; must equal model.embedding_dim.")
+    window: StrictInt = Field(5, ge=1, description="Context window of word2vec.")
+    min_count: StrictInt = Field(1, ge=1, description="Words rarer than this get no trained vector.")
+    epochs: StrictInt = Field(10, ge=1, description="Passes of word2vec over the training texts.")
+    sg: StrictBool = Field(True, description="Skip-gram (true) or CBOW (false).")
+    workers: StrictInt = Field(2, ge=1, description="gensim worker threads (word2vec is deterministic only with 1).")
 
 
 class WordConfig(_Section):
-    lowercase: bool = Field(True, description="Lower-case text before tokenizing.")
+    lowercase: StrictBool = Field(True, description="Lower-case text before tokenizing.")
     token_pattern: str = Field(r"[\w']+|[^\w\s]", description="Regular expression that finds the tokens.")
-    min_count: int = Field(1, ge=1, description="Words seen fewer times in training become unk.")
-    max_size: int | None = Field(None, ge=5, description="Keep at most this many ids (specials included).")
+    min_count: StrictInt = Field(1, ge=1, description="Words seen fewer times in training become unk.")
+    max_size: StrictInt | None = Field(None, ge=5, description="Keep at most this many ids (specials included).")
     word2vec: Word2VecConfig = Word2VecConfig()
 
 
 class TokenizerConfig(_Section):
     kind: Literal["bpe", "word"] = Field("word", description="bpe (youtokentome) or word (vocabulary + word2vec).")
-    max_len: int = Field(64, ge=1, description="Token ids per text: longer texts are truncated, shorter padded.")
+    max_len: StrictInt = Field(64, ge=1, description="Token ids per text: longer texts are truncated, shorter padded.")
     bpe: BPEConfig = BPEConfig()
     word: WordConfig = WordConfig()
 
 
 class ModelConfig(_Section):
-    embedding_dim: int = Field(300, ge=2, description="Embedding width k (Kim 2014: 300).")
+    embedding_dim: StrictInt = Field(300, ge=2, description="Embedding width k (Kim 2014: 300).")
     embedding_init: Literal["rand", "static", "non-static"] = Field(
         "rand",
         description="Kim's modes: rand (random, trained), static (word2vec, frozen), non-static (word2vec, "
         "fine-tuned). static and non-static need tokenizer.kind=word with word2vec enabled.",
     )
-    kernel_sizes: tuple[int, ...] = Field((3, 4, 5), min_length=1, description="Widths of the conv filters.")
-    filters: int = Field(100, ge=1, description="Feature maps per width.")
-    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout before the softmax layer.")
-    max_norm: float | None = Field(3.0, gt=0, description="Kim's l2 constraint on the output weights; null: none.")
+    kernel_sizes: tuple[StrictInt, ...] = Field(
+        (3, 4, 5),
+        min_length=1,
+        description="Widths of the conv filters, in tokens: each from 1 to tokenizer.max_len, each at most once "
+        "(a width's layers are named after it).",
+    )
+    filters: StrictInt = Field(100, ge=1, description="Feature maps per width.")
+    dropout: Finite = Field(0.5, ge=0, lt=1, description="Dropout rate before the softmax layer, in [0, 1).")
+    max_norm: Finite | None = Field(
+        3.0, gt=0, description="Kim's l2 constraint on the output weights, a finite number > 0; null: none."
+    )
+
+    @field_validator("kernel_sizes")
+    @classmethod
+    def _check_kernel_sizes(cls, widths: tuple[int, ...]) -> tuple[int, ...]:
+        if any(width < 1 for width in widths):
+            raise _rule("every width must be >= 1 (a filter spans at least one token)",
+                        "Use positive widths, e.g. [3, 4, 5]")
+        repeated = sorted({width for width in widths if widths.count(width) > 1})
+        if repeated:
+            raise _rule(f"each width may appear only once (its layers are named conv_<width>); repeated: "
+                        f"{', '.join(map(str, repeated))}",
+                        "Drop the repeated widths or raise model.filters instead")
+        return widths
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1, description="Maximum number of epochs.")
-    batch_size: int = Field(50, ge=1, description="Examples per step (Kim 2014: 50).")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    adam_epsilon: float = Field(
-        1e-7, gt=0, description="Adam epsilon; raise it (e.g. 1e-4) for float16, as the field report had to."
+    epochs: StrictInt = Field(10, ge=1, description="Maximum number of epochs.")
+    batch_size: StrictInt = Field(50, ge=1, description="Examples per step (Kim 2014: 50).")
+    learning_rate: Finite = Field(1e-3, gt=0, description="Adam learning rate, a finite number > 0 (1e-3 or 0.001).")
+    adam_epsilon: Finite = Field(
+        1e-7, gt=0, description="Adam epsilon, a finite number > 0; raise it (e.g. 1e-4) for float16, as the field "
+        "report had to."
     )
     precision: Literal["float32", "mixed_bfloat16", "float16"] = Field(
         "float32", description="Compute dtype; variables stay float32 under the mixed policies."
     )
-    patience: int = Field(3, ge=1, description="Early stopping: epochs without a better monitored value.")
+    patience: StrictInt = Field(3, ge=1, description="Early stopping: epochs without a better monitored value.")
     monitor: Literal["val_loss", "val_accuracy"] = Field(
         "val_loss", description="Validation metric that picks the kept epoch and drives early stopping."
     )
-    seed: int = Field(13, description="Seed of weights, shuffling and dropout.")
-    threads: int = Field(0, ge=0, description="CPU threads for TensorFlow ops (intra and inter); 0: TF's default.")
+    seed: StrictInt = Field(
+        13, ge=0, le=SEED_MAX, description="Seed of weights, shuffling and dropout, from 0 to 2**32 - 1 (numpy's "
+        "range)."
+    )
+    threads: StrictInt = Field(
+        0, ge=0, description="CPU threads for TensorFlow ops (intra and inter); 0: TF's default."
+    )
 
 
 class TrackingConfig(_Section):
-    enabled: bool = Field(True, description="Log runs to MLflow; false uses no tracking at all.")
+    enabled: StrictBool = Field(True, description="Log runs to MLflow; false uses no tracking at all.")
     uri: str | None = Field(
         None,
         description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else "
         "sqlite:///<project root>/mlruns/mlflow.db.",
     )
     experiment: str | None = Field(None, description="Experiment name; default the config name.")
-    register_model: bool = Field(True, description="Register each version in the model registry under the config name.")
+    register_model: StrictBool = Field(
+        True, description="Register each version in the model registry under the config name."
+    )
 
 
 class Config(_Section):
@@ -153,6 +240,14 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Config:
+        widest = max(self.model.kernel_sizes)
+        if widest > self.tokenizer.max_len:
+            raise _rule(
+                f"model.kernel_sizes: the widest filter ({widest}) must be <= tokenizer.max_len "
+                f"({self.tokenizer.max_len}), the token ids a filter slides over. Received: "
+                f"{list(self.model.kernel_sizes)}",
+                f"Narrow the kernels or raise tokenizer.max_len to at least {widest}",
+            )
         if self.model.embedding_init != "rand":
             if self.tokenizer.kind != "word" or not self.tokenizer.word.word2vec.enabled:
                 raise ValueError(
@@ -236,7 +331,7 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
                 f"--set {pair!r} is malformed: expected section.key=value, e.g. --set train.epochs=3."
             )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             raise ConfigError(f"--set {pair!r}: the value {raw!r} is not a YAML scalar; quote it.") from None
         set_dotted(nested, key, value, f"--set {pair!r}")
@@ -272,7 +367,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found. Pass an existing YAML file, e.g. configs/default.yaml.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text. Save the config as UTF-8.") from None
     except yaml.YAMLError as exc:
@@ -302,9 +397,51 @@ def validate_schema(schema: type[SchemaT], data: Mapping[str, Any], source: str,
             raise ConfigError(f"{source}: unknown key {key!r}. {unknown_hint}") from None
         if error["type"] == "missing" and missing_hint:
             raise ConfigError(f"{source}: {key} is required ({missing_hint}).") from None
+        fix = _fix(error, key, schema)
         if not key:  # a check across fields: its message says what is wrong
-            raise ConfigError(f"{source}: {message}.") from None
-        raise ConfigError(f"{source}: {key}: {message}. Received: {error.get('input')!r}.") from None
+            raise ConfigError(f"{source}: {message}.{fix}") from None
+        raise ConfigError(f"{source}: {key}: {message}. Received: {error.get('input')!r}.{fix}") from None
+
+
+def _fix(error: Mapping[str, Any], key: str, schema: type[BaseModel]) -> str:
+    """The fix that follows a validation error's message (with a leading space), or ""."""
+    context = error.get("ctx") or {}
+    if "fix" in context:
+        return f" {context['fix']}."
+    value, kind, loc = error.get("input"), error["type"], error["loc"]
+    if kind not in ("int_type", "float_type", "bool_type", "finite_number"):
+        return ""
+    if isinstance(value, str):
+        try:
+            parsed = load_yaml(value)
+        except yaml.YAMLError:
+            parsed = None
+        wanted = {"int_type": int, "float_type": (int, float), "bool_type": bool}.get(kind, ())
+        if isinstance(parsed, wanted) and (kind == "bool_type" or not isinstance(parsed, bool)):
+            return f" Write it without quotes: {key}: {value.strip()}." if isinstance(loc[-1], str) else (
+                " Write it without quotes.")
+    default = _default(schema, loc)
+    example = f", e.g. {default!r} (the default)" if isinstance(default, int | float) else ""
+    unquoted = " without quotes" if isinstance(value, str) else ""
+    return {
+        "int_type": f" Write a whole number{unquoted}{example}.",
+        "float_type": f" Write a number{unquoted}{example or ', e.g. 0.001 or 1e-3'}.",
+        "bool_type": f" Write true or false{unquoted}.",
+        "finite_number": f" NaN and infinities are refused: write a finite number{example}.",
+    }[kind]
+
+
+def _default(schema: type[BaseModel], loc: Sequence[Any]) -> Any:
+    """The schema default of the field at a validation error's location, or None."""
+    node: Any = schema
+    info: FieldInfo | None = None
+    for part in loc:
+        fields = node.model_fields if isinstance(node, type) and issubclass(node, BaseModel) else {}
+        if part not in fields:
+            return None
+        info = fields[part]
+        node = info.annotation
+    return None if info is None or info.is_required() else info.default
 
 
 def validate(data: Mapping[str, Any], source: str) -> Config:

@@ -322,6 +322,11 @@ def _read_table_file(cfg: DataConfig, path: Path) -> Examples:
     texts: list[str] = []
     labels: list[str] = []
     blank = empty_text = 0
+    start = 1  # the line the row being read starts on (a quoted field can span lines)
+    header: list[str] = []
+    # The csv module refuses fields over 131072 characters by default, whatever the data set: the limit is made the
+    # documented data.max_text_chars for this read (it is process-wide, hence restored after it).
+    previous_limit = csv.field_size_limit(cfg.max_text_chars)
     try:
         header = [column.strip() for column in next(reader, [])]
         if not any(header):
@@ -332,12 +337,24 @@ def _read_table_file(cfg: DataConfig, path: Path) -> Examples:
             )
         text_col = _column(header, cfg.text_field, "text_field", path)
         label_col = _column(header, cfg.label_field, "label_field", path)
-        for row in reader:
+        while True:
+            start = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                break
             if not any(cell.strip() for cell in row):
                 blank += 1
                 continue
             label = row[label_col].strip() if label_col < len(row) else ""
             if not label:
+                if reader.line_num > start:
+                    raise DataError(
+                        f"{path}:{start}: empty label in column {cfg.label_field!r} of the row that runs from line "
+                        f"{start} to line {reader.line_num}.",
+                        hint=f"Fill in the label; or, if a double quote opened on line {start} is never closed, "
+                        'close it (it joins the lines after it into one field), or write a quote inside a quoted '
+                        'field as "".',
+                    )
                 raise DataError(
                     f"{path}:{reader.line_num}: empty label in column {cfg.label_field!r}.",
                     hint="Fill in the label or remove the row.",
@@ -349,12 +366,43 @@ def _read_table_file(cfg: DataConfig, path: Path) -> Examples:
             texts.append(value)
             labels.append(label)
     except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            raise _oversized_field(cfg, path, text, dialect, start, header) from None
         raise DataError(
             f"{path}:{reader.line_num}: not valid {cfg.format.upper()} ({exc}).",
             hint="Fix the row (quote fields that contain the delimiter or line breaks).",
         ) from None
+    finally:
+        csv.field_size_limit(previous_limit)
     _log_skipped(path, blank=blank, empty_text=empty_text)
     return _nonempty(Examples(texts, labels), path, empty_text=empty_text, field=f"column {cfg.text_field!r}")
+
+
+def _oversized_field(cfg: DataConfig, path: Path, text: str, dialect: str, start: int,
+                     header: list[str]) -> DataError:
+    """The error for a csv/tsv field over data.max_text_chars: its length, lines and the likely cause."""
+    lines = io.StringIO(text, newline="").readlines()
+    csv.field_size_limit(2**31 - 1)  # re-read the one row in full to measure it; the caller restores the limit
+    reader = csv.reader(io.StringIO("".join(lines[start - 1:]), newline=""), dialect=dialect)
+    row = next(reader, [])
+    end = start + reader.line_num - 1
+    column = max(range(len(row)), key=lambda i: len(row[i]), default=0)
+    size = len(row[column]) if row else 0
+    name = repr(header[column]) if column < len(header) else f"number {column + 1}"
+    raise_it = f"raise data.max_text_chars (e.g. --set data.max_text_chars={size})"
+    if end == start:
+        return DataError(
+            f"{path}:{start}: the field in column {name} has {size:,} characters, more than data.max_text_chars "
+            f"({cfg.max_text_chars:,}).",
+            hint=f"Shorten the text (the model reads only its first tokenizer.max_len tokens) or {raise_it}.",
+        )
+    return DataError(
+        f"{path}:{start}: the field in column {name} runs from line {start} to line {end} ({size:,} characters), "
+        f"more than data.max_text_chars ({cfg.max_text_chars:,}).",
+        hint=f"If a double quote opened on line {start} is never closed, it joins the lines after it into one "
+        f'field: close it, or write a quote inside a quoted field as "". If the text really is that long, '
+        f"{raise_it}.",
+    )
 
 
 def _column(header: list[str], field: str, key: str, path: Path) -> int:
@@ -369,11 +417,70 @@ def _column(header: list[str], field: str, key: str, path: Path) -> int:
 
 def _read_jsonl(cfg: DataConfig) -> _Read:
     """JSON Lines: one object per line with the text under text_field and the label under label_field."""
-    return _read_with_test(cfg, _read_jsonl_file)
+    label_types = _LabelTypes()  # shared: data.path and data.test_path must not mix label types either
+    return _read_with_test(cfg, lambda data, path: _read_jsonl_file(data, path, label_types))
 
 
-def _read_jsonl_file(cfg: DataConfig, path: Path) -> Examples:
-    """One .jsonl file."""
+class _LabelTypes:
+    """The JSON type of the first label read, so that a label of another type is refused: labels are compared as
+    text, so 0 and "0" (or true and "True") would silently become one class."""
+
+    def __init__(self) -> None:
+        self.first: tuple[str, str, str, Path, int] | None = None  # kind, label as written, as text, file, line
+
+    def check(self, raw: object, path: Path, number: int, key: str) -> None:
+        """Refuse a label that is not a JSON string, number or boolean, or whose type differs from the first's."""
+        kind = _json_kind(raw)
+        written = _shorten(json.dumps(raw, ensure_ascii=False))
+        if kind is None:
+            raise DataError(
+                f"{path}:{number}: the label under key {key!r} is a JSON {_JSON_CONTAINERS.get(type(raw), 'value')} "
+                f"({written}); "
+                "a label is one string or number.",
+                hint="Write one label per line, as a string.",
+            )
+        if self.first is None:
+            self.first = (kind, written, _as_text(raw), path, number)
+            return
+        first_kind, first_written, first_text, first_path, first_line = self.first
+        if kind != first_kind:
+            where = f"line {first_line}" if first_path == path else f"{first_path}:{first_line}"
+            if _as_text(raw) == first_text:
+                why = f"{first_written} and {written} would be one class"
+            else:
+                why = 'mixed types merge classes (0 and "0") or split them (1 and 1.0)'
+            raise DataError(
+                f"{path}:{number}: label {written} is {kind} but the label on {where} is {first_written}, "
+                f"{first_kind}; labels are compared as text, so {why}.",
+                hint=f"Write every label under key {key!r} as a string (e.g. {json.dumps(_as_text(raw))}).",
+            )
+
+
+_JSON_CONTAINERS: dict[type, str] = {list: "array", dict: "object"}
+
+
+def _json_kind(value: object) -> str | None:
+    """How a JSON label value is described in errors; None for null, arrays and objects."""
+    if isinstance(value, bool):  # before int: bool is a subclass of int
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "a string"
+    return None
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """Text cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_jsonl_file(cfg: DataConfig, path: Path, label_types: _LabelTypes | None = None) -> Examples:
+    """One .jsonl file; ``label_types`` carries the label type across the files of one data set."""
+    if label_types is None:
+        label_types = _LabelTypes()
     lines = _split_lines(_decode(_read_bytes(path), path, cfg.encoding, _ENCODING_HINT))
     texts: list[str] = []
     labels: list[str] = []
@@ -407,10 +514,18 @@ def _read_jsonl_file(cfg: DataConfig, path: Path) -> Examples:
                 f"{path}:{number}: empty label under key {cfg.label_field!r}.",
                 hint="Fill in the label or remove the line.",
             )
+        label_types.check(record[cfg.label_field], path, number, cfg.label_field)
         value = _as_text(record[cfg.text_field])
         if not value:
             empty_text += 1
             continue
+        if len(value) > cfg.max_text_chars:
+            raise DataError(
+                f"{path}:{number}: the text under key {cfg.text_field!r} has {len(value):,} characters, more than "
+                f"data.max_text_chars ({cfg.max_text_chars:,}).",
+                hint="Shorten the text (the model reads only its first tokenizer.max_len tokens) or raise "
+                f"data.max_text_chars (e.g. --set data.max_text_chars={len(value)}).",
+            )
         texts.append(value)
         labels.append(label)
     _log_skipped(path, blank=blank, empty_text=empty_text)

@@ -33,7 +33,7 @@ from lifecycle.errors import ConfigError
 
 # Keys that change how fast a cell runs but not what it computes: left out of the cell hash, so a grid rerun with
 # other workers still finds its finished cells.
-HASH_EXCLUDED = ("train.threads", "tracking")
+HASH_EXCLUDED = ("train.threads", "tracking", "data.max_text_chars")  # the last: a bound on input, not what is computed
 LABEL_KEY = "label"
 
 

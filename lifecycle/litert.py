@@ -21,11 +21,16 @@ hybrid kernels that also quantize activations):
   not exact: its accuracy against the weight-only form is measured and recorded.
 
 Loading (``LiteRunner``) imports only ``ai_edge_litert`` and numpy: a process that serves never imports TensorFlow.
+Before the runtime sees a flatbuffer, its operator table is read (``serving_ops``) and any op outside
+``ALLOWED_LITE_OPS`` is refused, custom ops always: a custom op is code the runtime looks up by a name the file
+chooses, and no lifecycle serving form needs one.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +42,15 @@ from lifecycle.errors import DependencyError, ModelError
 from lifecycle.model import INPUT_NAME, OUTPUT_NAME
 
 SERVING_FILE = "model.tflite"
-# The ops a lifecycle serving form may contain; a flatbuffer with anything else is refused at load.
-ALLOWED_LITE_OPS = frozenset({
-    "CAST", "CONCATENATION", "CONV_2D", "DEQUANTIZE", "EXPAND_DIMS", "FULLY_CONNECTED", "GATHER", "MUL",
-    "QUANTIZE", "REDUCE_MAX", "RESHAPE", "SOFTMAX", "SQUEEZE", "TRANSPOSE", "ADD", "RELU", "MAX_POOL_2D",
-})
+# The builtin ops a lifecycle serving form may contain, by their code in the TFLite schema (BuiltinOperator); a
+# flatbuffer with any other op, or any custom op, is refused at load.
+_ALLOWED_CODES = {
+    0: "ADD", 2: "CONCATENATION", 3: "CONV_2D", 6: "DEQUANTIZE", 9: "FULLY_CONNECTED", 17: "MAX_POOL_2D", 18: "MUL",
+    19: "RELU", 22: "RESHAPE", 25: "SOFTMAX", 36: "GATHER", 39: "TRANSPOSE", 43: "SQUEEZE", 53: "CAST",
+    70: "EXPAND_DIMS", 82: "REDUCE_MAX", 114: "QUANTIZE",
+}
+ALLOWED_LITE_OPS = frozenset(_ALLOWED_CODES.values())
+_CUSTOM = 32  # BuiltinOperator.CUSTOM: the op is named by the file's custom_code string
 KERNELS = ("hybrid", "exact")
 # Max abs probability difference allowed between a hybrid int8 serving form and graph.pb on the check at export
 # (measured 0.004-0.006 on MR and TREC models; a kernel put in the wrong place gives differences near 1).
@@ -282,8 +291,113 @@ def _interpreter_class() -> Any:
     return Interpreter
 
 
+def _operator_codes(buf: Any) -> list[tuple[int, str | None]]:
+    """(builtin code, custom name) of each entry of a TFLite flatbuffer's operator table, read without the schema.
+
+    The table (``Model.operator_codes``) lists every op any subgraph runs (operators refer to it by index). Reading
+    it with struct costs nothing; the generated schema module would add 4 MB to a serving process.
+
+    Raises:
+        ValueError: the bytes are not a flatbuffer of that shape.
+    """
+    size = len(buf)
+
+    def read(fmt: str, at: int) -> Any:
+        if at < 0 or at + struct.calcsize(fmt) > size:
+            raise ValueError(f"offset {at} outside the buffer")
+        return struct.unpack_from(fmt, buf, at)[0]
+
+    def field(table: int, index: int) -> int | None:
+        """Where a table's field is stored (None when absent, i.e. its default)."""
+        vtable = table - read("<i", table)
+        slot = 4 + 2 * index
+        if slot + 2 > read("<H", vtable):
+            return None
+        offset = read("<H", vtable + slot)
+        return table + offset if offset else None
+
+    def target(at: int) -> int:
+        return at + read("<I", at)
+
+    codes_at = field(target(0), 1)  # Model: version, operator_codes, subgraphs, ...
+    if codes_at is None:
+        return []
+    vector = target(codes_at)
+    count = read("<I", vector)
+    if vector + 4 + 4 * count > size:
+        raise ValueError("operator table longer than the buffer")
+    codes = []
+    for i in range(count):
+        entry = target(vector + 4 + 4 * i)  # OperatorCode: deprecated_builtin_code, custom_code, version, builtin_code
+        deprecated = field(entry, 0)
+        builtin = field(entry, 3)
+        code = max(read("<b", deprecated) if deprecated is not None else 0,
+                   read("<i", builtin) if builtin is not None else 0)  # as the runtime's GetBuiltinCode
+        custom_at = field(entry, 1)
+        custom = None
+        if custom_at is not None:
+            string = target(custom_at)
+            length = read("<I", string)
+            if string + 4 + length > size:
+                raise ValueError("custom op name longer than the buffer")
+            custom = bytes(buf[string + 4:string + 4 + length]).decode("utf-8", "replace")
+        codes.append((code, custom))
+    return codes
+
+
+def _builtin_name(code: int) -> str:
+    if code in _ALLOWED_CODES:
+        return _ALLOWED_CODES[code]
+    try:  # only on the way to a refusal: the schema module is large
+        from ai_edge_litert.schema_py_generated import BuiltinOperator
+    except ImportError:
+        return f"builtin op {code}"
+    names = {value: key for key, value in vars(BuiltinOperator).items() if not key.startswith("_")}
+    return names.get(code, f"builtin op {code}")
+
+
+def serving_ops(source: Path | bytes, allowed: frozenset[str] = ALLOWED_LITE_OPS) -> list[str]:
+    """The op names of a TFLite flatbuffer, read from its operator table, refused unless every one is allowed.
+
+    Args:
+        source: a flatbuffer file or its bytes.
+        allowed: builtin op names that may appear; custom ops never may.
+
+    Returns:
+        The builtin op names, sorted.
+
+    Raises:
+        ModelError: a custom op or a builtin op outside ``allowed`` (naming the op and the file), or bytes that are
+            not a flatbuffer.
+    """
+    name = str(source) if isinstance(source, Path) else "<serving flatbuffer>"
+    try:
+        if isinstance(source, Path):
+            with source.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                codes = _operator_codes(view)
+        else:
+            codes = _operator_codes(source)
+    except (OSError, ValueError) as exc:  # mmap of an empty file raises ValueError too
+        raise ModelError(f"{name}: not a LiteRT model ({exc}). The file is damaged; re-freeze.") from None
+    custom = sorted({text or "" for code, text in codes if code == _CUSTOM})
+    if custom:
+        raise ModelError(f"{name}: serving form uses custom op(s) {', '.join(map(repr, custom))}; custom ops are "
+                         "never allowed in a serving form, so it is not loaded. Re-freeze or re-compress the version.")
+    names = {_builtin_name(code) for code, _ in codes}
+    forbidden = sorted(names - allowed)
+    if forbidden:
+        raise ModelError(f"{name}: serving form uses op(s) outside the allow-list: {', '.join(forbidden)}; "
+                         "refusing to load it.")
+    return sorted(names)
+
+
 def open_interpreter(source: Path | bytes, threads: int | None = None) -> Any:
-    """A LiteRT interpreter on a flatbuffer file or its bytes (no checks beyond the runtime's own)."""
+    """A LiteRT interpreter on a flatbuffer file or its bytes whose ops ``serving_ops`` allows.
+
+    Raises:
+        ModelError: a forbidden or custom op, or not a LiteRT model.
+    """
+    serving_ops(source)
     interpreter_class = _interpreter_class()
     try:
         if isinstance(source, Path):
@@ -317,13 +431,9 @@ class LiteRunner:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1. Received: {max_batch}.")
         self.source = str(source) if isinstance(source, Path) else "<serving flatbuffer>"
+        # The ops are checked on the file's own operator table (open_interpreter): the interpreter's op list cannot
+        # tell a custom op named DELEGATE from the nodes the XNNPACK delegate adds once tensors are allocated.
         self.interpreter = open_interpreter(source, threads)
-        ops = {detail["op_name"] for detail in self.interpreter._get_ops_details()}
-        # The XNNPACK delegate shows up as DELEGATE nodes once it has taken over parts of the graph.
-        forbidden = sorted(ops - ALLOWED_LITE_OPS - {"DELEGATE"})
-        if forbidden:
-            raise ModelError(f"{self.source}: serving form uses op(s) outside the allow-list: {', '.join(forbidden)}; "
-                             "refusing to load it.")
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -337,6 +447,10 @@ class LiteRunner:
         if np.dtype(inputs[0]["dtype"]) != self.np_dtype:
             raise ModelError(f"{self.source}: input dtype {np.dtype(inputs[0]['dtype']).name}, manifest says "
                              f"{self.np_dtype.name}.")
+        shape = [int(d) for d in inputs[0].get("shape_signature", inputs[0]["shape"])]
+        if len(shape) != 2 or shape[1] != max_len:
+            raise ModelError(f"{self.source}: input shape {shape} does not take rows of max_len={max_len} ids (the "
+                             "manifest's). The version is inconsistent; re-freeze or re-compress it.")
         self._batch = -1
         self.run(np.zeros((1, max_len), dtype=np.int32))  # warm-up: allocation and delegate set-up happen here
 

@@ -3,6 +3,15 @@
 Facts this module relies on (mlflow 3.17): the tracking URI is always set explicitly (a stray ./mlruns folder would
 otherwise be picked up); the SQLite schema and the experiment are created once, then runs get ``experiment_id=``;
 a ``with mlflow.start_run()`` block that raises ends its run FAILED; sizes and accuracies are metrics, not params.
+
+Many processes on one store: mlflow's tracking and registry stores each create and migrate a fresh SQLite schema
+with no lock, so concurrent first use races (``duplicate column name``, ``_alembic_tmp_*`` tables left behind).
+:func:`open_client` opens a store once per process under an ``flock`` on ``<db>.lock`` (and switches the file to
+WAL, so readers never wait for a writer); every write goes through :func:`_retry`, which retries what a busy store
+answers (locked database, a dataset or model row another process just inserted, a 5xx, a dropped connection) with
+backoff and then fails with one line. Each run carries the pid, host and start time of its process
+(``lifecycle.pid|host|process_start``); a RUNNING run whose process is gone is marked FAILED by the next
+``Tracker`` on that host (:func:`fail_dead_runs`).
 """
 
 from __future__ import annotations
@@ -10,20 +19,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from lifecycle import housekeeping
 from lifecycle.config import TrackingConfig, project_root
 from lifecycle.errors import ConfigError, ModelError, TrackingError
 
 log = logging.getLogger(__name__)
 
 VERSION_ARTIFACT = "version"
+T = TypeVar("T")
 
 
 def default_tracking_uri() -> str:
@@ -41,6 +54,171 @@ def _mlflow() -> Any:
     import mlflow
 
     return mlflow
+
+
+# What a busy store answers for a while and then no longer: SQLite's lock (past mlflow's 20 s busy timeout), a row
+# that another process inserted between our look-up and our insert (datasets, registered models), a server's 5xx
+# or a connection it dropped.
+_TRANSIENT = ("database is locked", "database table is locked", "UNIQUE constraint failed", "TEMPORARILY_UNAVAILABLE",
+              "RESOURCE_ALREADY_EXISTS", "already exists", "deadlock", "Connection refused", "Connection reset",
+              "Connection aborted", "Max retries exceeded", "Remote end closed", "Read timed out", "timed out",
+              "502 ", "503 ", "504 ", "Bad Gateway", "Service Unavailable", "Gateway Timeout")
+RETRY_SECONDS = 90.0
+
+
+def _transient(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return any(marker in text for marker in _TRANSIENT)
+
+
+def _retry(what: str, call: Callable[[], T], uri: str, *, seconds: float = RETRY_SECONDS) -> T:
+    """``call()``, retried with jittered exponential backoff while the store answers something transient.
+
+    Raises:
+        TrackingError: one line naming the store and what failed, once ``seconds`` have passed or the error is not
+            transient.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not _transient(exc) or time.monotonic() + delay > deadline:
+                raise TrackingError(f"MLflow at {uri} failed to {what}: {_first_line(exc)}.",
+                                    "Check tracking.uri / MLFLOW_TRACKING_URI and that the store is reachable, or "
+                                    "pass --no-track.") from None
+            log.info("MLflow at %s was busy (%s); retrying %s in %.1f s", uri, _first_line(exc), what, delay)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+
+_OPENED: set[str] = set()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for any other store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0])
+
+
+def open_client(uri: str, sweep: bool = True) -> Any:
+    """An ``MlflowClient`` on ``uri`` whose tracking and registry stores are open, their schema created or migrated
+    exactly once even when many processes start on a fresh store together. On the first open in a process (and with
+    ``sweep``), runs of this host whose process died are marked FAILED (:func:`fail_dead_runs`).
+
+    Raises:
+        TrackingError: the store cannot be opened (unreachable server, a database that is not mlflow's, a schema
+            left half-migrated), in one line naming it.
+    """
+    mlflow = _mlflow()
+    if uri in _OPENED:
+        return mlflow.MlflowClient(uri)
+    db = sqlite_path(uri)
+    opened: list[Any] = []
+
+    def first_use() -> None:
+        # The client's constructor opens the tracking store (creating its schema on a fresh database); the
+        # registry store is opened on its first call.
+        client = mlflow.MlflowClient(uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+        opened.append(client)
+
+    try:
+        if db is None:
+            _retry("open the store", first_use, uri)
+        else:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with housekeeping.exclusive_lock(db.with_name(f"{db.name}.lock")):
+                _prepare_sqlite(db)
+                _retry("open the store", first_use, uri)
+    except TrackingError:
+        raise
+    except Exception as exc:
+        where = db or uri
+        raise TrackingError(
+            f"MLflow store {where} cannot be opened: {_first_line(exc)}.",
+            "If an older lifecycle left its schema half-migrated (concurrent first use), move the file aside and run "
+            "again; otherwise fix tracking.uri / MLFLOW_TRACKING_URI, or pass --no-track.",
+        ) from None
+    client = opened[0]
+    if sweep:
+        fail_dead_runs(client, uri)
+    _OPENED.add(uri)
+    return client
+
+
+def _prepare_sqlite(db: Path) -> None:
+    """WAL journal (kept by the file), and a refusal of a schema that an interrupted migration left behind."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db, timeout=60) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            left = [row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name GLOB '_alembic_tmp_*'")]
+        conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise TrackingError(f"MLflow store {db} is not a usable SQLite database ({exc}).",
+                            "Move the file aside (mlflow will create a new one) or fix tracking.uri.") from None
+    if left:
+        raise TrackingError(
+            f"MLflow store {db} was left half-migrated (table {left[0]} of an interrupted schema migration).",
+            "Move the file aside and run again (a new store is created), or repair it with `mlflow db upgrade`.")
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that let any later command tell whether the process running a run is still alive."""
+    pid = os.getpid()
+    started = housekeeping.process_start_time(pid)
+    return {"lifecycle.pid": str(pid), "lifecycle.host": socket.gethostname(),
+            "lifecycle.process_start": f"{started or 0.0:.2f}"}
+
+
+def run_is_orphaned(tags: Mapping[str, str]) -> bool:
+    """True for a run started on this host by a process that is gone (or whose pid now names another process)."""
+    if tags.get("lifecycle.host") != socket.gethostname():
+        return False
+    try:
+        pid = int(tags["lifecycle.pid"])
+        started = float(tags.get("lifecycle.process_start", "0"))
+    except (KeyError, ValueError):
+        return False
+    now = housekeeping.process_start_time(pid)
+    return now is None or (started > 0 and abs(now - started) > 2.0)
+
+
+def fail_dead_runs(client: Any, uri: str, dry_run: bool = False) -> list[Any]:
+    """Mark FAILED every RUNNING run of this host whose process is gone; returns those runs.
+
+    A killed command (kill -9, a crashed machine) cannot end its own run. Detection: each run is tagged with its
+    process's pid, host name and start time; a run is orphaned when that pid no longer exists on this host, or
+    now belongs to a process that started at another time (a reused pid). Runs of other hosts are left alone.
+    """
+    host = socket.gethostname().replace("'", "")
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`lifecycle.host` = '{host}'",
+                                  max_results=1000) if experiments else []
+    except Exception as exc:
+        log.warning("could not look for runs of dead processes in %s: %s", uri, _first_line(exc))
+        return []
+    dead = [run for run in runs if run_is_orphaned(run.data.tags)]
+    if dry_run:
+        return dead
+    for run in dead:
+        note = (f"process {run.data.tags.get('lifecycle.pid')} on {host} ended without closing this run; marked "
+                f"FAILED by pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        try:
+            client.set_tag(run.info.run_id, "lifecycle.failure", note)
+            client.set_terminated(run.info.run_id, "FAILED")
+        except Exception as exc:
+            log.warning("could not mark run %s FAILED: %s", run.info.run_id, _first_line(exc))
+            continue
+        log.warning("run %s (%s): %s", run.info.run_id, run.info.run_name, note)
+    return dead
 
 
 class NullTracker:
@@ -120,25 +298,9 @@ class Tracker(NullTracker):
         self.cfg = cfg
         self.uri = cfg.uri or default_tracking_uri()
         mlflow = _mlflow()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = open_client(self.uri)
         mlflow.set_tracking_uri(self.uri)
-        self.client = mlflow.MlflowClient(self.uri)
-        name = cfg.experiment or experiment
-        try:
-            existing = self.client.get_experiment_by_name(name)
-            if existing is None:
-                location = None
-                if self.uri.startswith("sqlite:///"):
-                    location = str(Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts")
-                self.experiment_id = self.client.create_experiment(name, artifact_location=location)
-            else:
-                self.experiment_id = existing.experiment_id
-        except Exception as exc:
-            raise TrackingError(
-                f"MLflow at {self.uri} refused experiment {name!r}: {_first_line(exc)}.",
-                "Check tracking.uri / MLFLOW_TRACKING_URI, or pass --no-track.",
-            ) from None
+        self.experiment_id = ensure_experiment(self.client, cfg.experiment or experiment, self.uri)
         self.run_id = None
 
     @contextmanager
@@ -150,7 +312,7 @@ class Tracker(NullTracker):
         An exception inside the block ends the run FAILED and propagates.
         """
         mlflow = _mlflow()
-        all_tags = {"lifecycle.step": step, **(tags or {})}
+        all_tags = {"lifecycle.step": step, **(tags or {}), **process_tags()}
         parent = mlflow.active_run()
         if parent is not None:
             all_tags.setdefault("lifecycle.parent_run", parent.info.run_id)
@@ -161,42 +323,60 @@ class Tracker(NullTracker):
         if parent is None and parent_run_id and not resume_run_id:
             kwargs["parent_run_id"] = parent_run_id
         previous = self.run_id
-        with mlflow.start_run(nested=parent is not None, tags=all_tags, **kwargs) as active:
-            self.run_id = active.info.run_id
+        active = self._write("start a run", lambda: mlflow.start_run(nested=parent is not None, tags=all_tags,
+                                                                    **kwargs))
+        self.run_id = active.info.run_id
+        status = "FINISHED"
+        try:
+            yield self
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            raise
+        finally:
+            self.last_run_id = active.info.run_id
+            self.run_id = previous
             try:
-                yield self
-            finally:
-                self.last_run_id = active.info.run_id
-                self.run_id = previous
+                self._write(f"end run {active.info.run_id} as {status}", lambda: mlflow.end_run(status))
+            except TrackingError:
+                if status == "FINISHED":
+                    raise
+                log.warning("run %s could not be marked %s; the next command marks it FAILED", active.info.run_id,
+                            status)
+
+    def _write(self, what: str, call: Callable[[], T]) -> T:
+        return _retry(what, call, self.uri)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         mlflow = _mlflow()
         items = [(k, str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 90):
-            mlflow.log_params(dict(items[start:start + 90]))
+            chunk = dict(items[start:start + 90])
+            self._write("log params", lambda chunk=chunk: mlflow.log_params(chunk))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        values = {k: float(v) for k, v in metrics.items()}
+        self._write("log metrics", lambda: _mlflow().log_metrics(values, step=step))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        _mlflow().set_tags(dict(tags))
+        self._write("set tags", lambda: _mlflow().set_tags(dict(tags)))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        _mlflow().log_text(text, artifact_file)
+        self._write(f"log {artifact_file}", lambda: _mlflow().log_text(text, artifact_file))
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        _mlflow().log_dict(data, artifact_file)
+        self._write(f"log {artifact_file}", lambda: _mlflow().log_dict(data, artifact_file))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        _mlflow().log_artifact(str(path), artifact_path)
+        self._write(f"log {path.name}", lambda: _mlflow().log_artifact(str(path), artifact_path))
 
     def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
-        _mlflow().log_artifacts(str(path), artifact_path)
+        self._write(f"log {path.name}/", lambda: _mlflow().log_artifacts(str(path), artifact_path))
 
     def log_table(self, rows: Sequence[Mapping[str, Any]], artifact_file: str) -> None:
         import pandas as pd
 
-        _mlflow().log_table(pd.DataFrame(list(rows)), artifact_file)
+        frame = pd.DataFrame(list(rows))
+        self._write(f"log {artifact_file}", lambda: _mlflow().log_table(frame, artifact_file))
 
     def log_input(self, texts: Sequence[str], labels: Sequence[str], *, name: str, source: str, context: str) -> None:
         """Record a split as an MLflow dataset input (its digest, schema, size, source)."""
@@ -209,31 +389,34 @@ class Tracker(NullTracker):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets="label")
-            mlflow.log_input(dataset, context=context)
+            # Two processes logging the same split race on the datasets table's unique key: the loser retries and
+            # finds the winner's row.
+            self._write(f"log dataset {name}", lambda: mlflow.log_input(dataset, context=context))
 
     def register(self, model_name: str, tags: Mapping[str, str] | None = None) -> str | None:
         """Register this run's ``version`` artifact directory as a new version of ``model_name``."""
         if not self.cfg.register_model or self.run_id is None:
             return None
-        run = self.client.get_run(self.run_id)
-        try:
+        run = self._write("read the run", lambda: self.client.get_run(self.run_id))
+        run_id = self.run_id
+
+        def ensure_model() -> None:
             try:
                 self.client.get_registered_model(model_name)
-            except Exception:
-                self.client.create_registered_model(
-                    model_name, description="lifecycle text classifier versions (checkpoint, frozen, compressed)"
-                )
-            version = self.client.create_model_version(
-                model_name,
-                source=f"{run.info.artifact_uri}/{VERSION_ARTIFACT}",
-                run_id=self.run_id,
-                tags=dict(tags or {}),
-            )
-        except Exception as exc:
-            raise TrackingError(
-                f"MLflow at {self.uri} refused to register {model_name!r}: {_first_line(exc)}."
-            ) from None
-        _mlflow().set_tag("lifecycle.registered", f"models:/{model_name}/{version.version}")
+            except Exception as exc:
+                if "RESOURCE_DOES_NOT_EXIST" not in str(exc) and "not found" not in str(exc).lower():
+                    raise
+                try:
+                    self.client.create_registered_model(
+                        model_name, description="lifecycle text classifier versions (checkpoint, frozen, compressed)")
+                except Exception as created:  # another process registered the name first: use theirs
+                    if "already exists" not in str(created) and "RESOURCE_ALREADY_EXISTS" not in str(created):
+                        raise
+
+        self._write(f"register {model_name!r}", ensure_model)
+        version = self._write(f"register a version of {model_name!r}", lambda: self.client.create_model_version(
+            model_name, source=f"{run.info.artifact_uri}/{VERSION_ARTIFACT}", run_id=run_id, tags=dict(tags or {})))
+        self.set_tags({"lifecycle.registered": f"models:/{model_name}/{version.version}"})
         return str(version.version)
 
     def log_pyfunc(self, version_path: Path) -> str | None:
@@ -245,6 +428,21 @@ class Tracker(NullTracker):
         uri = log_pyfunc(version_path, tracking_uri=self.uri)
         _mlflow().set_tag("lifecycle.pyfunc", uri)
         return uri
+
+
+def ensure_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a SQLite database) if missing; a process that loses
+    the race to create it reads the winner's."""
+    db = sqlite_path(uri)
+    location = str(db.parent / "artifacts") if db is not None else None
+
+    def get_or_create() -> str:
+        existing = client.get_experiment_by_name(name)
+        if existing is not None:
+            return str(existing.experiment_id)
+        return str(client.create_experiment(name, artifact_location=location))
+
+    return _retry(f"open experiment {name!r}", get_or_create, uri)
 
 
 def make_tracker(cfg: TrackingConfig, experiment: str) -> NullTracker:
@@ -264,7 +462,7 @@ def resolve_version(ref: str, tracking_uri: str | None = None) -> Path:
     uri = ref
     if ref.startswith("runs:/") and ref.rstrip("/").count("/") == 1:
         uri = f"{ref.rstrip('/')}/{VERSION_ARTIFACT}"
-    target = Path(tempfile.mkdtemp(prefix="lifecycle-version-"))
+    target = housekeeping.make_temp_dir("version")
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target))
     except Exception as exc:
@@ -395,8 +593,7 @@ def lookup_registry(ref: str, tracking_uri: str | None = None) -> RegistryEntry:
         else:
             found = _rest(uri, "model-versions/get", {"name": first, "version": second})["model_version"]
         return RegistryEntry(ref, found["name"], str(found["version"]), found["source"], found.get("run_id"))
-    mlflow = _mlflow()
-    client = mlflow.MlflowClient(uri)
+    client = open_client(uri)
     try:
         if form == "run":
             return RegistryEntry(ref, None, None, f"{client.get_run(first).info.artifact_uri}/{second}", first)
@@ -504,9 +701,8 @@ def set_alias(ref: str, alias: str, tracking_uri: str | None = None) -> Registry
     if not alias or "/" in alias or "@" in alias or alias.isdigit():
         raise ConfigError(f"--alias {alias!r} is not a valid alias; use a word such as champion (not a number).")
     entry = lookup_registry(ref, uri)
-    mlflow = _mlflow()
     try:
-        mlflow.MlflowClient(uri).set_registered_model_alias(name, alias, str(entry.version))
+        open_client(uri).set_registered_model_alias(name, alias, str(entry.version))
     except Exception as exc:
         raise TrackingError(f"MLflow at {uri} refused alias {alias!r} for {ref}: {_first_line(exc)}.") from None
     return entry
@@ -514,17 +710,14 @@ def set_alias(ref: str, alias: str, tracking_uri: str | None = None) -> Registry
 
 def _registered_ref(path: Path, uri: str) -> str:
     """``models:/name/<n>`` of the registered version a version directory's run created."""
-    manifest = path / "manifest.json"
-    try:
-        run_id = json.loads(manifest.read_text(encoding="utf-8")).get("run_id")
-    except (OSError, ValueError):
-        raise ConfigError(f"{path}: not a version directory (no readable manifest.json); pass models:/<name>/<n>."
-                          ) from None
+    from lifecycle.artifacts import load_version
+
+    run_id = load_version(path).manifest.get("run_id")  # checked (digest, files) before its run id is believed
     if not run_id:
         raise ConfigError(f"{path}: this version was made without tracking (no run_id), so it is not registered; "
                           "re-run its step with tracking on, or pass models:/<name>/<n>.")
     try:
-        found = _mlflow().MlflowClient(uri).search_model_versions(f"run_id = '{run_id}'")
+        found = open_client(uri).search_model_versions(f"run_id = '{run_id}'")
     except Exception as exc:
         raise TrackingError(f"MLflow at {uri} cannot search model versions: {_first_line(exc)}.") from None
     if not found:
@@ -554,10 +747,11 @@ def log_pyfunc(version_path: Path, registered_name: str | None = None, tracking_
     """
     from importlib.metadata import version as installed
 
+    from lifecycle.artifacts import load_version
+
     package = Path(__file__).resolve().parent
-    manifest_path = version_path / "manifest.json"
+    manifest = load_version(version_path).manifest  # what load_context will check, checked before logging
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         kind = json.loads((version_path / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))["kind"]
     except (OSError, ValueError, KeyError):
         raise ModelError(f"{version_path}: not a lifecycle version (manifest.json or tokenizer/tokenizer.json "
@@ -610,9 +804,7 @@ def registered_versions(name: str | None = None, tracking_uri: str | None = None
 
     Each row: model name, version number, kind, recipe, run id, parent run id, test accuracy, size, aliases.
     """
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri or default_tracking_uri())
+    client = open_client(tracking_uri or default_tracking_uri())
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []
     for model_name in names:
@@ -627,3 +819,45 @@ def registered_versions(name: str | None = None, tracking_uri: str | None = None
                 "aliases": list(getattr(mv, "aliases", []) or []),
             })
     return sorted(rows, key=lambda r: (r["name"], r["version"]))
+
+
+@dataclass(frozen=True)
+class StoreAudit:
+    """What a store holds for one registered model: runs by status, and versions that do not point at their own run.
+
+    ``crossed`` lists ``(version, reason)`` for a registered version whose source is not its own run's ``version``
+    artifact, whose run id another version also claims, or whose downloaded manifest names another run.
+    """
+
+    runs: dict[str, int]
+    versions: int
+    crossed: list[tuple[str, str]]
+
+    @property
+    def finished(self) -> int:
+        return self.runs.get("FINISHED", 0)
+
+
+def audit_store(uri: str, model_name: str, check_manifests: bool = True) -> StoreAudit:
+    """Count a store's runs by status and check every registered version of ``model_name`` against its run."""
+    from collections import Counter
+
+    client = open_client(uri, sweep=False)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, max_results=50000) if experiments else []
+    versions = client.search_model_versions(f"name='{model_name}'")
+    crossed: list[tuple[str, str]] = []
+    claimed = Counter(v.run_id for v in versions)
+    for mv in versions:
+        expected = f"{client.get_run(mv.run_id).info.artifact_uri}/{VERSION_ARTIFACT}"
+        if mv.source != expected:
+            crossed.append((mv.version, f"source {mv.source} is not its run's {expected}"))
+        elif claimed[mv.run_id] > 1:
+            crossed.append((mv.version, f"run {mv.run_id} is claimed by {claimed[mv.run_id]} versions"))
+        elif check_manifests:
+            with housekeeping.temp_dir("audit") as folder:
+                local = download_source(mv.source, folder / "v", uri)
+                found = json.loads((local / "manifest.json").read_text(encoding="utf-8")).get("run_id")
+            if found != mv.run_id:
+                crossed.append((mv.version, f"its manifest names run {found}, not {mv.run_id}"))
+    return StoreAudit(dict(Counter(r.info.status for r in runs)), len(versions), crossed)

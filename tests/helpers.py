@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from lifecycle.config import Config, load_config
 
@@ -34,3 +36,20 @@ def new_mr_csv(data_dir: Path, path: Path, n: int, extra_rows: Iterable[tuple[st
             writer.writerows([line.decode("cp1252").strip(), label] for line in lines)
         writer.writerows(extra_rows)
     return path
+
+
+def reseal(version_dir: Path, edit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Rewrite a version's manifest after ``edit`` (in place) with its listed files' sha256 and its digest recomputed,
+    as someone who can rewrite the whole directory would (the digest detects edits, not such a forger)."""
+    from lifecycle import artifacts
+
+    path = version_dir / artifacts.MANIFEST
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if edit is not None:
+        edit(manifest)
+    for rel, meta in (manifest.get("files") or {}).items():
+        if (version_dir / rel).is_file():
+            meta.update(bytes=(version_dir / rel).stat().st_size, sha256=artifacts.sha256_file(version_dir / rel))
+    manifest[artifacts.DIGEST_FIELD] = artifacts.manifest_digest(manifest)
+    path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return manifest

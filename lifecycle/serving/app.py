@@ -12,6 +12,28 @@ Limits answer early and cheaply: 413 for a body over ``max_body_bytes``, 408 (an
 not received within ``body_timeout_seconds``, 400 for malformed JSON, wrong types, non-UTF-8 bytes or too many / too
 long texts, 404 for an unknown model, 503 with Retry-After when ``max_in_flight`` requests are already being served
 (no unbounded queue).
+
+Connections are limited apart from requests, by the protocol (``guarded_protocol``) before any request reaches
+the app. ``max_in_flight`` counts only requests being served, so a connection still sending its headers, or idle
+between requests, never takes a request's place; uvicorn's own ``limit_concurrency`` (which counts every open
+connection and answers 503 past it) is off. What an open connection costs, a file descriptor and a little memory,
+is bounded on its own:
+
+- at most ``max_connections`` connections are open at once (default min(1024, the open-file soft limit - 320),
+  resolved at start; a value the soft limit cannot hold is a ConfigError): a new one past them is answered 503
+  with Retry-After and closed before its request is read, while the open ones are served as before;
+- at most ``max_connections_per_client`` of them from one client address: past that, 503 and closed the same way,
+  so one client cannot take every connection;
+- a connection whose request line and headers are not complete within ``header_timeout_seconds`` (from the
+  connection, or from the next request's first byte on a kept-alive one) gets 408 and is closed: a client that sends
+  half its headers and then nothing cannot hold a connection for longer than that;
+- the rest of a body the app answered without reading (404, 405, 413 on the declared length) must arrive within
+  ``body_timeout_seconds``, else the connection is closed; a kept-alive connection idle for ``keep_alive_seconds``
+  between requests is closed (uvicorn's own timer, re-armed where uvicorn would leave it unarmed).
+
+A refused connection is kept open for a second (reading and dropping what the client sends, so it reads the 503
+rather than a reset), at most 256 of them at once; more are closed at once. ``/healthz`` reports the open
+connections and how many were refused or timed out; refusals are logged at most once a minute.
 """
 
 from __future__ import annotations
@@ -24,7 +46,10 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import numpy as np
@@ -42,6 +67,18 @@ from lifecycle.serving.registry import ModelSlot, Registry
 log = logging.getLogger(__name__)
 
 _FIELDS = ("texts", "top_k")
+# A refused connection stays open this long (reading and dropping what the client sends) so the client reads the 503
+# and an EOF rather than a reset; it no longer counts against any limit meanwhile.
+_REFUSED_LINGER_SECONDS = 1.0
+# At most this many refused connections linger at once; past it they are closed at once (the client may then see a
+# reset instead of the 503), so a flood of refused connections cannot run the process out of file descriptors.
+_MAX_LINGERING = 256
+# File descriptors kept out of the connection budget: the listening socket, stdio, model files, the tracking
+# helper's pipes.
+_FD_RESERVE = 64
+_DEFAULT_MAX_CONNECTIONS = 1024
+# Refusals are logged at most this often (the counts are in /healthz): a flood must not become a log flood.
+_REFUSAL_LOG_SECONDS = 60.0
 
 
 class _ClientError(Exception):
@@ -54,6 +91,73 @@ class _ClientError(Exception):
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _raw_error(status: int, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """A whole JSON error response that closes the connection, written by the protocol itself (no request read)."""
+    body = json.dumps({"error": message}).encode()
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "content-type: application/json",
+             f"content-length: {len(body)}", "connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return "\r\n".join([*lines, "", ""]).encode("ascii") + body
+
+
+@dataclass
+class ConnectionStats:
+    """Open connections, in all and by client address, and what the limits did; kept on the event loop's thread."""
+
+    open: int = 0
+    open_by_client: Counter[str] = field(default_factory=Counter)
+    max_connections: int | None = None  # resolved at start; set by guarded_protocol
+    refused: int = 0  # over max_connections_per_client
+    refused_total: int = 0  # over max_connections
+    lingering: int = 0  # refused connections still open for their linger
+    header_timeouts: int = 0
+    unread_body_timeouts: int = 0
+    next_refusal_log: float = 0.0  # event-loop time before which refusals are not logged
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {"open": self.open, "clients": len(self.open_by_client), "max_connections": self.max_connections,
+                "refused_max_connections": self.refused_total, "refused_per_client_limit": self.refused,
+                "refused_lingering": self.lingering, "header_timeouts": self.header_timeouts,
+                "unread_body_timeouts": self.unread_body_timeouts}
+
+
+def resolve_max_connections(limits: LimitsConfig, soft_limit: int | None = None) -> int:
+    """``limits.max_connections``, or its default, checked against the open-file soft limit.
+
+    Each connection, and each refused one while it lingers (at most ``_MAX_LINGERING``), holds a file descriptor;
+    ``_FD_RESERVE`` more are kept for everything else. Past the soft limit accept() fails and the server stops
+    accepting for a while, so the cap has to stay under it.
+
+    Args:
+        limits: ``max_connections`` (None: min(1024, what the soft limit leaves)).
+        soft_limit: RLIMIT_NOFILE's soft value; default this process's.
+
+    Returns:
+        The number of connections to allow open at once.
+
+    Raises:
+        ConfigError: the value (or, for the default, any value) does not fit under the soft limit.
+    """
+    if soft_limit is None:
+        import resource
+
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft_limit == resource.RLIM_INFINITY:
+            soft_limit = 1 << 20
+    reserved = _FD_RESERVE + _MAX_LINGERING
+    room = soft_limit - reserved
+    wanted = limits.max_connections
+    if wanted is None:
+        if room < 1:
+            raise ConfigError(f"the open-file limit (ulimit -n) is {soft_limit}: too low to serve, as {reserved} "
+                              "descriptors are kept for files and refused connections. Raise it (ulimit -n 4096).")
+        return min(_DEFAULT_MAX_CONNECTIONS, room)
+    if wanted > room:
+        raise ConfigError(f"limits.max_connections is {wanted}, but the open-file limit (ulimit -n) is {soft_limit}, "
+                          f"{reserved} of which are kept for files and refused connections. Set limits."
+                          f"max_connections to at most {max(room, 1)} or raise ulimit -n to {wanted + reserved}.")
+    return wanted
 
 
 async def _read_body(request: Request, limits: LimitsConfig) -> bytes:
@@ -177,6 +281,7 @@ def build_app(registry: Registry, cfg: ServeConfig) -> Starlette:
     limits = cfg.limits
     metrics = Metrics()
     state = {"in_flight": 0}
+    connections = ConnectionStats()
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
@@ -237,6 +342,7 @@ def build_app(registry: Registry, cfg: ServeConfig) -> Starlette:
             "uptime_seconds": round(time.time() - registry.started, 3),
             "rss_bytes": rss_bytes(),
             "in_flight": state["in_flight"],
+            "connections": connections.as_dict(),
             "tensorflow_imported": "tensorflow" in sys.modules,
             "mlflow_imported": "mlflow" in sys.modules,
         })
@@ -261,7 +367,167 @@ def build_app(registry: Registry, cfg: ServeConfig) -> Starlette:
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.registry = registry
+    app.state.connections = connections
     return app
+
+
+def guarded_protocol(limits: LimitsConfig, stats: ConnectionStats, max_connections: int
+                     ) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol under the connection limits of the module docstring (for ``Config(http=...)``).
+
+    uvicorn 0.54 arms a timer only after a response (``timeout_keep_alive``), and the first byte of data cancels it:
+    a connection that never completes its headers, or that trickles the body of a request already answered, has no
+    deadline at all. Here, whenever none of the connection's requests is in the app, one deadline is armed: the
+    header timeout, the unread-body timeout, or uvicorn's keep-alive timer.
+
+    The protocol also does the connection counting: uvicorn's ``limit_concurrency`` would count connections that
+    are only waiting for their headers, or idle, against requests, so it is left off.
+
+    Args:
+        limits: header_timeout_seconds, body_timeout_seconds and max_connections_per_client are read from it.
+        stats: shared by every connection of the server (the counts); ``/healthz`` shows it.
+        max_connections: the resolved ``limits.max_connections`` (``resolve_max_connections``).
+
+    Returns:
+        A protocol class for ``uvicorn.Config(http=...)``; each server needs its own (the counts live in ``stats``).
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.utils import get_remote_addr
+
+    stats.max_connections = max_connections
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.deadline: asyncio.TimerHandle | None = None
+            self.peer: str | None = None  # the address this connection is counted under
+            self.refused = False
+            self.lingering = False  # refused, and counted in stats.lingering until it closes
+            self.receiving = False  # between a request's first byte and its last
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            address = get_remote_addr(transport)
+            host = address[0] if address else None
+            if host is not None and stats.open_by_client[host] >= limits.max_connections_per_client:
+                stats.refused += 1
+                self._refuse(transport, f"too many connections from {host}: at most "
+                                        f"{limits.max_connections_per_client} at once "
+                                        "(limits.max_connections_per_client); reuse or close open ones.",
+                             f"{host} has {limits.max_connections_per_client} open (limits.max_connections_per_client)")
+                return
+            if stats.open >= max_connections:
+                stats.refused_total += 1
+                self._refuse(transport, f"server busy: {max_connections} connections open, the most it takes "
+                                        "(limits.max_connections); retry shortly.",
+                             f"{max_connections} open (limits.max_connections)")
+                return
+            super().connection_made(transport)
+            stats.open += 1
+            if host is not None:
+                self.peer = host
+                stats.open_by_client[host] += 1
+            self._arm(limits.header_timeout_seconds, self._headers_late)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self.refused:
+                if self.lingering:
+                    self.lingering = False
+                    stats.lingering -= 1
+                return
+            stats.open -= 1
+            if self.peer is not None:
+                stats.open_by_client[self.peer] -= 1
+                if stats.open_by_client[self.peer] <= 0:
+                    del stats.open_by_client[self.peer]
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self.refused:
+                return
+            if self.deadline is None and not self.receiving and self._idle():
+                # Bytes on an idle connection start the next request's head (blank lines before a request line
+                # begin no message, so they are covered here rather than in on_message_begin).
+                self._arm(limits.header_timeout_seconds, self._headers_late)
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.receiving = True
+            if self.deadline is None:  # a pipelined request behind one still in the app
+                self._arm(limits.header_timeout_seconds, self._headers_late)
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self.receiving = False
+            super().on_message_complete()
+            if self._idle() and not self.pipeline and not self.transport.is_closing():
+                # The rest of a request answered early has arrived: idle now, under the keep-alive timer again
+                # (the body's bytes cancelled it).
+                self._disarm()
+                if self.timeout_keep_alive_task is None:
+                    self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                        self.timeout_keep_alive_handler)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.receiving and self.deadline is None and self._idle() and not self.transport.is_closing():
+                self._arm(limits.body_timeout_seconds, self._unread_body_late)
+
+        def _idle(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+            self._disarm()
+            self.deadline = self.loop.call_later(seconds, callback)
+
+        def _disarm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def _refuse(self, transport: asyncio.Transport, message: str, cause: str) -> None:
+            self.refused = True
+            self.transport = transport
+            transport.write(_raw_error(503, message, {"retry-after": "1"}))
+            now = self.loop.time()
+            if now >= stats.next_refusal_log:
+                stats.next_refusal_log = now + _REFUSAL_LOG_SECONDS
+                log.warning("refusing connections: %s; %d refused since the start (%d per client, %d over "
+                            "max_connections); /healthz keeps the counts, this is logged at most once a minute",
+                            cause, stats.refused + stats.refused_total, stats.refused, stats.refused_total)
+            if stats.lingering >= _MAX_LINGERING:
+                transport.close()  # the descriptor matters more than a clean close now
+                return
+            self.lingering = True
+            stats.lingering += 1
+            if transport.can_write_eof():
+                transport.write_eof()
+            self.deadline = self.loop.call_later(_REFUSED_LINGER_SECONDS, transport.close)
+
+        def _headers_late(self) -> None:
+            self.deadline = None
+            if self.transport.is_closing():
+                return
+            stats.header_timeouts += 1
+            if not self._idle():
+                self.cycle.keep_alive = False  # a pipelined head is late: close once the response in progress is out
+                return
+            self.transport.write(_raw_error(408, "request line and headers not received within "
+                                                 f"{limits.header_timeout_seconds:g} s "
+                                                 "(limits.header_timeout_seconds); send the whole head at once."))
+            self.transport.close()
+
+        def _unread_body_late(self) -> None:
+            self.deadline = None
+            if not self.transport.is_closing():
+                stats.unread_body_timeouts += 1
+                self.transport.close()
+
+    return GuardedHttpToolsProtocol
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -292,16 +558,21 @@ def run_server(cfg: ServeConfig, ready: Callable[[str], None] | None = None) -> 
     """
     import uvicorn
 
+    max_connections = resolve_max_connections(cfg.limits)  # before the models load: a bad value fails at once
     registry = Registry(cfg)
     registry.load()
     try:
         sock = _listen(cfg.host, cfg.port)
         host, port = sock.getsockname()[:2]
-        # limit_concurrency: past this many connections or tasks uvicorn itself answers 503, so a connection flood
-        # cannot grow memory without bound either (headroom above max_in_flight for /healthz and /metrics).
-        server = uvicorn.Server(uvicorn.Config(build_app(registry, cfg), log_level="warning", access_log=False,
+        # limit_concurrency=None: uvicorn would count every open connection (headers still arriving, idle ones)
+        # against it and answer 503 to complete requests. Requests are bounded by max_in_flight in the app, open
+        # connections by the protocol's max_connections (and so are uvicorn's tasks: one per connection at a time).
+        app = build_app(registry, cfg)
+        protocol = guarded_protocol(cfg.limits, app.state.connections, max_connections)
+        server = uvicorn.Server(uvicorn.Config(app, http=protocol, ws="none", log_level="warning", access_log=False,
                                                lifespan="off", server_header=False, timeout_graceful_shutdown=10,
-                                               limit_concurrency=cfg.limits.max_in_flight + 64))
+                                               timeout_keep_alive=cfg.limits.keep_alive_seconds,
+                                               limit_concurrency=None))
         # uvicorn handles SIGINT/SIGTERM itself (graceful shutdown), then re-raises the signal into the handlers it
         # found: make those no-ops so run() returns, the models are released and the exit status is 0.
         received: list[int] = []

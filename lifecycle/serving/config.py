@@ -10,7 +10,8 @@ models:
     version: versions/trec-word-compressed-20261126-101500
     threads: 2
 limits: {max_body_bytes: 1048576, max_texts: 256, max_text_chars: 10000, max_in_flight: 256,
-         body_timeout_seconds: 10}
+         body_timeout_seconds: 10, header_timeout_seconds: 10, keep_alive_seconds: 5,
+         max_connections: null, max_connections_per_client: 128}
 batching: {max_batch: 8, max_wait_ms: 0}
 ```
 
@@ -57,15 +58,51 @@ class LimitsConfig(_Section):
     max_in_flight: int = Field(
         256,
         ge=1,
-        description="Predict requests being served at once; the next one gets 503 with Retry-After at once "
-        "instead of waiting in an unbounded queue.",
+        description="Predict requests being served at once (from reading the body to the answer); "
+        "the next one gets 503 with Retry-After at once instead of waiting in an unbounded queue. Connections still "
+        "sending their headers, or idle between requests, do not count: max_connections bounds those.",
     )
     body_timeout_seconds: float = Field(
         10.0,
         gt=0,
         le=3600,
         description="Time allowed to receive a predict request's whole body; a client still sending after it gets "
-        "408 and the connection is closed, so a slow client cannot hold one of max_in_flight for long.",
+        "408 and the connection is closed, so a slow client cannot hold one of max_in_flight for long. It also bounds "
+        "the rest of a body the server answered without reading (404, 405, 413): past it the connection is closed.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Time allowed to receive a request's line and headers, counted from the connection (or, on a "
+        "kept-alive connection, from the next request's first byte); past it the client gets 408 and the connection "
+        "is closed. Such a connection does not keep complete requests from being served, but it holds one of "
+        "max_connections (and a file descriptor): without this, clients that never finish their headers would keep "
+        "them for as long as they liked, and new connections past max_connections would be refused.",
+    )
+    keep_alive_seconds: int = Field(
+        5,
+        ge=1,
+        le=3600,
+        description="How long a kept-alive connection may sit idle between requests before it is closed (uvicorn's "
+        "timeout_keep_alive, whole seconds); idle connections count against max_connections too.",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="Most connections open at once, whatever they are doing (being served, sending their headers, "
+        "idle between requests); a new one past it is answered 503 (with Retry-After) and closed before its request "
+        "is read, while the open ones are served as before. It bounds file descriptors and per-connection memory; "
+        "requests being served are bounded by max_in_flight. Default (null): min(1024, the process's open-file soft "
+        "limit - 320), resolved at start; a value above that soft limit - 320 fails at start (raise ulimit -n).",
+    )
+    max_connections_per_client: int = Field(
+        128,
+        ge=1,
+        description="Most connections open at once from one client address; the next one is answered 503 (with "
+        "Retry-After) and closed before its request is read, so one client cannot take all of max_connections. "
+        "Behind a reverse proxy every connection comes from the proxy's address: raise it above the proxy's "
+        "connection pool (and max_connections with it).",
     )
 
 

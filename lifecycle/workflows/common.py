@@ -31,10 +31,11 @@ class StepOutcome:
 
 
 def _write_checkpoint(output: Path, model: Any, tokenizer_dir: Path, cfg: Config, labels: Sequence[str],
-                      max_len: int, fields: dict[str, Any]) -> artifacts.Version:
+                      max_len: int, fields: dict[str, Any], unique: bool = False) -> artifacts.Version:
     """Write a checkpoint version: tokenizer/, config.yaml, model.keras (with Adam slots) and the manifest.
 
-    ``fields`` adds to or overrides the manifest (parent, metrics, training, data, run_id...).
+    ``fields`` adds to or overrides the manifest (parent, metrics, training, data, run_id...); ``unique``: see
+    :func:`artifacts.write_version`.
     """
     from lifecycle import model as model_lib
 
@@ -62,7 +63,7 @@ def _write_checkpoint(output: Path, model: Any, tokenizer_dir: Path, cfg: Config
             **fields,
         }
 
-    return artifacts.write_version(output, "checkpoint", build)
+    return artifacts.write_version(output, "checkpoint", build, unique=unique)
 
 
 def _log_evaluation(tracker: NullTracker, scores: Any, title: str, prefix: str = "test") -> None:
@@ -147,11 +148,28 @@ def load_graph_version(version: artifacts.Version) -> Any:
     path = version.path / GRAPH_FILE
     graph_def = read_graph(path)
     check_allowed(graph_def, path)
+    _check_graph_input(graph_def, version, path)
     weights = read_weights(graph_def, version.manifest["tensors"], path)
     weight_map = json.loads((version.path / "weight_map.json").read_text(encoding="utf-8"))
     kernel_sizes = tuple(version.manifest["architecture"]["kernel_sizes"])
     return FrozenGraph(graph_def, weights, kernel_sizes, weight_map, version.manifest["input"]["dtype"],
                        version.max_len)
+
+
+def _check_graph_input(graph_def: Any, version: artifacts.Version, path: Path) -> None:
+    """Refuse a graph whose ``input_ids`` placeholder is not the manifest's input (dtype, [None, max_len])."""
+    from lifecycle.backend import tf_module
+    from lifecycle.model import INPUT_NAME
+
+    tf = tf_module()
+    node = next(n for n in graph_def.node if n.name == INPUT_NAME)  # check_allowed made sure there is one
+    proto = node.attr["shape"].shape if "shape" in node.attr else None
+    shape = [-1, version.max_len] if proto is None or proto.unknown_rank else [int(d.size) for d in proto.dim]
+    dtype = tf.dtypes.as_dtype(node.attr["dtype"].type).name if node.attr["dtype"].type else None
+    expected = version.manifest["input"]["dtype"]
+    if shape != [-1, version.max_len] or dtype != expected:
+        raise ModelError(f"{path}: input {INPUT_NAME!r} is {dtype} {shape}, but the manifest says {expected} "
+                         f"[-1, {version.max_len}] (max_len). The version is inconsistent; re-freeze it.")
 
 
 def recipe_text(recipe: Sequence[dict[str, Any]]) -> str:

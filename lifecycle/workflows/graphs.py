@@ -109,6 +109,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
     from tokenization.base import load_tokenizer, serving_copy
 
     cfg = parent.config
+    unique = output is None
     output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, candidate.kind,
                                                                                       versions_dir)
     frozen = candidate.frozen
@@ -185,7 +186,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                 "config": cfg.to_dict(),
             }
 
-        version = artifacts.write_version(output, candidate.kind, build)
+        version = artifacts.write_version(output, candidate.kind, build, unique=unique)
         from lifecycle.bench import measure
 
         metrics.update(measure(version, candidate.texts[:256]).metrics())
@@ -333,6 +334,7 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
                          f"{compared_on}; nothing written.")
     model = restored.model
     model.optimizer.build(model.trainable_variables)  # Adam's slots exist, so sizes compare with a trained checkpoint
+    unique = output is None
     output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
                                                                                       versions_dir)
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
@@ -351,7 +353,7 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
             "metrics": dict(parent.manifest.get("metrics", {})),
             "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
             "data": parent.manifest.get("data"),
-        })
+        }, unique=unique)
         metrics = {"max_abs_diff_vs_parent": difference, "params_total": version.manifest["params_total"],
                    **version.manifest["metrics"]}
         tracker.log_metrics(metrics)

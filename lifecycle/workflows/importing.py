@@ -72,6 +72,7 @@ def run_import(source: Path, mapping: Path, tokenizer: Path, output: Path | None
                              f"{limit:g}) on {len(our_ids)} id rows; nothing written. Check the mapping ({mapping}): "
                              "conv widths, dense kernel and labels must match the graph.")
     model.optimizer.build(model.trainable_variables)  # Adam's slots exist, so sizes compare with a trained checkpoint
+    unique = output is None
     output = output or artifacts.default_output(cfg.name, "checkpoint", versions_dir)
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     tracker = make_tracker(tracking, cfg.name)
@@ -92,7 +93,7 @@ def run_import(source: Path, mapping: Path, tokenizer: Path, output: Path | None
                 "metrics": {},
                 "check": {"max_abs_diff_vs_parent": max(differences.values()), "differences": differences,
                           "bound": bound, "compared_on": "random ids", "n": int(len(our_ids))},
-            })
+            }, unique=unique)
         metrics = {f"max_abs_diff_{kind}": value for kind, value in differences.items()}
         metrics.update({"max_abs_diff_vs_parent": max(differences.values()),
                         "params_total": version.manifest["params_total"]})

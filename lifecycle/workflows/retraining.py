@@ -206,7 +206,7 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
                                           "test": len(new.test)},
                             "growth": grown["report"]},
                 "data": parent.manifest.get("data"),
-            })
+            }, unique=not output)
         tracker.log_artifacts(version.path, "version")
         registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.retrained": "true",
                                                  "lifecycle.parent_run": tags["lifecycle.parent_run"]})

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifecycle import artifacts
+from lifecycle import artifacts, housekeeping
 from lifecycle.config import Config
 from lifecycle.corpus import Corpus, load_corpus
 from lifecycle.tracking import NullTracker, make_tracker
@@ -88,11 +88,12 @@ def _train_tokenizer(cfg: Config, corpus: Corpus, directory: Path) -> tuple[Any,
 def run_tokenize(cfg: Config, output: Path | None = None) -> StepOutcome:
     """Train the config's tokenizer on its training split and save it as a tokenizer version."""
     corpus = load_corpus(cfg.data, cfg.name)
+    unique = output is None
     output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "tokenizer")
     tracker = make_tracker(cfg.tracking, cfg.name)
     with tracker.run("tokenize", f"tokenize-{cfg.tokenizer.kind}", {"lifecycle.tokenizer": cfg.tokenizer.kind}):
         tracker.log_params(cfg.flat())
-        work = Path(tempfile.mkdtemp(prefix="lifecycle-tok-"))
+        work = housekeeping.make_temp_dir("tokenize")
         try:
             tokenizer, seconds = _train_tokenizer(cfg, corpus, work / "tokenizer")
             report = _tokenizer_report(tokenizer, work / "tokenizer", seconds, corpus.validation.texts,
@@ -104,7 +105,7 @@ def run_tokenize(cfg: Config, output: Path | None = None) -> StepOutcome:
                 return {"max_len": cfg.tokenizer.max_len, "config": cfg.to_dict(),
                         "metrics": report.metrics(), "run_id": tracker.run_id}
 
-            version = artifacts.write_version(output, "tokenizer", build)
+            version = artifacts.write_version(output, "tokenizer", build, unique=unique)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         tracker.log_metrics(report.metrics())
@@ -122,6 +123,33 @@ def _work_dir(cfg: Config, versions_dir: Path | None) -> Path:
     """Where an unfinished training run keeps its tokenizer and per-epoch state, keyed by the config's hash."""
     sections = ("name", "data", "tokenizer", "model", "train")
     return (versions_dir or artifacts.versions_root()) / WORK_DIR / f"{cfg.name}-{cfg.digest(sections)}"
+
+
+@contextlib.contextmanager
+def _claim_work_dir(work: Path, resume: bool) -> Iterator[tuple[Path, bool]]:
+    """The work folder this process may use, and whether it may resume from it.
+
+    The config's own folder is held with an ``flock`` on ``<folder>.lock`` for the whole run (the kernel drops it
+    if the process dies, so a killed run is resumed by the next one). A second ``train`` of the same config while
+    the first runs does not wait: it trains apart, in a private folder beside it that is removed at the end (and
+    swept by the next command if this process is killed), and says so.
+    """
+    lock = work.with_name(f"{work.name}.lock")
+    with housekeeping.exclusive_lock(lock, blocking=False) as held:
+        if held:
+            if not resume:
+                shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+            yield work, resume
+            return
+        holder = housekeeping.lock_holder(lock)
+        apart = housekeeping.make_temp_dir(work.name, work.parent)
+        log.warning("another `train` of this config (pid %s) is using %s; this one trains apart in %s, from "
+                    "scratch, and is not resumable", holder or "?", work, apart)
+        try:
+            yield apart, False
+        finally:
+            shutil.rmtree(apart, ignore_errors=True)
 
 
 def run_train(
@@ -147,22 +175,28 @@ def run_train(
     Returns:
         The new version, its run id, registered version number and metrics.
     """
+    from lifecycle.console import Stage
+
+    stage = Stage(progress)
+    stage(f"reading {cfg.data.format} data")
+
+    unique = output is None
+    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
+                                                                                      versions_dir)
+    corpus = load_corpus(cfg.data, cfg.name)
+    with _claim_work_dir(_work_dir(cfg, versions_dir), resume) as (work, resume):
+        return _train_in(cfg, corpus, work, output, unique, resume, progress, stage)
+
+
+def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: bool, resume: bool, progress: Any,
+              stage: Any) -> StepOutcome:
+    """run_train's body, in a work folder this process holds."""
     from lifecycle import backend, evaluate
     from lifecycle import model as model_lib
     from lifecycle import train as train_lib
     from lifecycle.console import Stage
     from lifecycle.dataset import encode_corpus
 
-    stage = Stage(progress)
-    stage(f"reading {cfg.data.format} data")
-
-    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
-                                                                                      versions_dir)
-    corpus = load_corpus(cfg.data, cfg.name)
-    work = _work_dir(cfg, versions_dir)
-    if not resume:
-        shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
     run_file = work / "run.json"
     tracker = make_tracker(cfg.tracking, cfg.name)
     resume_run = tracker.resumable_run(run_file)
@@ -220,7 +254,7 @@ def run_train(
                          "stopped_early": result.stopped_early, "resumed_from": result.resumed_from},
             "data": {"source": corpus.source, "train": len(corpus.train), "validation": len(corpus.validation),
                      "test": len(corpus.test)},
-        })
+        }, unique=unique)
         sizes = version.manifest["sizes"]
         metrics = {
             **scores.metrics(),

@@ -101,3 +101,39 @@ def test_json_is_valid_for_help_free_commands() -> None:
     result = runner.invoke(app, ["config"])
     assert yaml.safe_load(result.output)["data"]["format"] == "chatterbot"
     assert json.dumps(yaml.safe_load(result.output))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.kernel_sizes=[0]", "model.kernel_sizes: every width must be >= 1 (a filter spans at least one token). "
+     "Received: [0]. Use positive widths, e.g. [3, 4, 5]."),
+    ("model.kernel_sizes=[3, 80]", "model.kernel_sizes: the widest filter (80) must be <= tokenizer.max_len (48), "
+     "the token ids a filter slides over. Received: [3, 80]. Narrow the kernels or raise tokenizer.max_len to at "
+     "least 80."),
+    ("train.learning_rate=.inf", "train.learning_rate: Input should be a finite number. Received: inf. NaN and "
+     "infinities are refused: write a finite number, e.g. 0.001 (the default)."),
+    ("train.epochs='3'", "train.epochs: Input should be a valid integer. Received: '3'. Write it without quotes: "
+     "train.epochs: 3."),
+])
+def test_invalid_value_exits_2_with_one_line(tmp_path: Path, override: str, message: str) -> None:
+    out = tmp_path / "out"
+    args = ["train", "configs/default.yaml", "--no-track", "-o", str(out), "--set", "data.limit=40", "--set", override]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.splitlines() == [f"Error: configs/default.yaml with --set data.limit=40 {override}: {message}"]
+    assert not out.exists()
+
+
+def test_mixed_jsonl_label_types_exit_3_with_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"text": "text {i}", "label": {i % 2}}}\n' for i in range(40))
+                    + '{"text": "last", "label": "1"}\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{format: jsonl, path: {data}}}\n")
+    result = runner.invoke(app, ["train", str(cfg), "--no-track", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.splitlines() == [
+        f'Error: {data}:41: label "1" is a string but the label on line 1 is 0, an integer; labels are compared as '
+        """text, so mixed types merge classes (0 and "0") or split them (1 and 1.0). Write every label under key """
+        """'label' as a string (e.g. "1")."""]
+    assert not (tmp_path / "out").exists()

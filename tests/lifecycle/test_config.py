@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
 
-from lifecycle.config import Config, load_config, parse_overrides, resolve_data_path
+from lifecycle.config import Config, load_config, parse_overrides, resolve_data_path, validate
 from lifecycle.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,3 +103,137 @@ def test_flat_params_cover_every_key() -> None:
     assert flat["train.epochs"] == "10"
     assert flat["model.kernel_sizes"] == "[3, 4, 5]"
     assert "tokenizer.word.word2vec.dim" in flat
+
+
+# --- value rules: kernel widths, finite positive floats, strict integers and booleans ----------------------------
+
+
+def _exact(message: str) -> str:
+    """A pytest.raises pattern matching the whole one-line message."""
+    return "^" + re.escape(message) + "$"
+
+
+SET = "defaults with --set "
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.kernel_sizes=[0]", "model.kernel_sizes: every width must be >= 1 (a filter spans at least one token). "
+     "Received: [0]. Use positive widths, e.g. [3, 4, 5]."),
+    ("model.kernel_sizes=[3, -1]", "model.kernel_sizes: every width must be >= 1 (a filter spans at least one "
+     "token). Received: [3, -1]. Use positive widths, e.g. [3, 4, 5]."),
+    ("model.kernel_sizes=[3, 4, 3]", "model.kernel_sizes: each width may appear only once (its layers are named "
+     "conv_<width>); repeated: 3. Received: [3, 4, 3]. Drop the repeated widths or raise model.filters instead."),
+    ("model.kernel_sizes=[3, 65]", "model.kernel_sizes: the widest filter (65) must be <= tokenizer.max_len (64), "
+     "the token ids a filter slides over. Received: [3, 65]. Narrow the kernels or raise tokenizer.max_len to at "
+     "least 65."),
+    ("model.kernel_sizes=['3']", "model.kernel_sizes.0: Input should be a valid integer. Received: '3'. Write it "
+     "without quotes."),
+])
+def test_kernel_sizes_are_checked(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=_exact(SET + override + ": " + message)):
+        load_config(None, [override])
+
+
+def test_kernel_width_limit_is_tokenizer_max_len(tmp_path: Path) -> None:
+    path = tmp_path / "short.yaml"
+    path.write_text("tokenizer: {max_len: 4}\nmodel: {kernel_sizes: [3, 4, 5]}\n")
+    with pytest.raises(ConfigError, match=_exact(
+            f"{path}: model.kernel_sizes: the widest filter (5) must be <= tokenizer.max_len (4), the token ids a "
+            "filter slides over. Received: [3, 4, 5]. Narrow the kernels or raise tokenizer.max_len to at least 5.")):
+        load_config(path)
+    assert load_config(path, ["tokenizer.max_len=5"]).model.kernel_sizes == (3, 4, 5)  # a width may equal max_len
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.learning_rate=.inf", "train.learning_rate: Input should be a finite number. Received: inf. NaN and "
+     "infinities are refused: write a finite number, e.g. 0.001 (the default)."),
+    ("train.learning_rate=.nan", "train.learning_rate: Input should be a finite number. Received: nan. NaN and "
+     "infinities are refused: write a finite number, e.g. 0.001 (the default)."),
+    ("train.learning_rate=-.inf", "train.learning_rate: Input should be a finite number. Received: -inf. NaN and "
+     "infinities are refused: write a finite number, e.g. 0.001 (the default)."),
+    ("train.learning_rate=0", "train.learning_rate: Input should be greater than 0. Received: 0."),
+    ("train.learning_rate=-1e-3", "train.learning_rate: Input should be greater than 0. Received: -0.001."),
+    ("train.adam_epsilon=.inf", "train.adam_epsilon: Input should be a finite number. Received: inf. NaN and "
+     "infinities are refused: write a finite number, e.g. 1e-07 (the default)."),
+    ("train.adam_epsilon=0", "train.adam_epsilon: Input should be greater than 0. Received: 0."),
+    ("model.max_norm=.inf", "model.max_norm: Input should be a finite number. Received: inf. NaN and infinities are "
+     "refused: write a finite number, e.g. 3.0 (the default)."),
+    ("model.dropout=.nan", "model.dropout: Input should be a finite number. Received: nan. NaN and infinities are "
+     "refused: write a finite number, e.g. 0.5 (the default)."),
+    ("model.dropout=1", "model.dropout: Input should be less than 1. Received: 1."),
+    ("data.split.validation=0", "data.split.validation: Input should be greater than 0. Received: 0."),
+    ("data.split.test=1.0", "data.split.test: Input should be less than 1. Received: 1.0."),
+    ("tokenizer.bpe.coverage=.nan", "tokenizer.bpe.coverage: Input should be a finite number. Received: nan. NaN and "
+     "infinities are refused: write a finite number, e.g. 1.0 (the default)."),
+    ("train.seed=-1", "train.seed: Input should be greater than or equal to 0. Received: -1."),
+    ("train.seed=4294967296", "train.seed: Input should be less than or equal to 4294967295. Received: 4294967296."),
+    ("data.max_text_chars=0", "data.max_text_chars: Input should be greater than or equal to 1. Received: 0."),
+])
+def test_floats_are_finite_and_in_range(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=_exact(SET + override + ": " + message)):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ('train: {epochs: "3"}', "train.epochs: Input should be a valid integer. Received: '3'. Write it without "
+     "quotes: train.epochs: 3."),
+    ("train: {epochs: 3.0}", "train.epochs: Input should be a valid integer. Received: 3.0. Write a whole number, "
+     "e.g. 10 (the default)."),
+    ("train: {epochs: true}", "train.epochs: Input should be a valid integer. Received: True. Write a whole number, "
+     "e.g. 10 (the default)."),
+    ("data: {limit: '800'}", "data.limit: Input should be a valid integer. Received: '800'. Write it without "
+     "quotes: data.limit: 800."),
+    ('tracking: {enabled: "false"}', "tracking.enabled: Input should be a valid boolean. Received: 'false'. Write "
+     "it without quotes: tracking.enabled: false."),
+    ("tracking: {enabled: 1}", "tracking.enabled: Input should be a valid boolean. Received: 1. Write true or "
+     "false."),
+    ('train: {learning_rate: "1e-3"}', "train.learning_rate: Input should be a valid number. Received: '1e-3'. "
+     "Write it without quotes: train.learning_rate: 1e-3."),
+    ("train: {learning_rate: fast}", "train.learning_rate: Input should be a valid number. Received: 'fast'. Write "
+     "a number without quotes, e.g. 0.001 (the default)."),
+    ("model: {dropout: false}", "model.dropout: Input should be a valid number. Received: False. Write a number, "
+     "e.g. 0.5 (the default)."),
+])
+def test_ints_bools_and_floats_are_strict(tmp_path: Path, yaml_text: str, message: str) -> None:
+    path = tmp_path / "strict.yaml"
+    path.write_text(yaml_text + "\n")
+    with pytest.raises(ConfigError, match=_exact(f"{path}: {message}")):
+        load_config(path)
+
+
+def test_numbers_yaml_produces_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "numbers.yaml"
+    # PyYAML alone reads 1e-3 and 1E-7 as strings; integers are fine for float keys; yes/no are YAML 1.1 booleans.
+    path.write_text("train: {learning_rate: 1e-3, adam_epsilon: 1E-7, epochs: 3}\nmodel: {dropout: 0, max_norm: 3}\n"
+                    "tokenizer: {bpe: {coverage: 1}}\ntracking: {enabled: no}\n")
+    cfg = load_config(path)
+    assert (cfg.train.learning_rate, cfg.train.adam_epsilon, cfg.train.epochs) == (1e-3, 1e-7, 3)
+    assert isinstance(cfg.model.dropout, float) and cfg.model.max_norm == 3.0 and cfg.tokenizer.bpe.coverage == 1.0
+    assert cfg.tracking.enabled is False
+    cfg = load_config(None, ["train.learning_rate=2e-4", "train.adam_epsilon=1.0e-4", "data.split.test=.5e-1",
+                             "tracking.enabled=true", "train.epochs=7"])
+    assert (cfg.train.learning_rate, cfg.train.adam_epsilon, cfg.data.split.test) == (2e-4, 1e-4, 0.05)
+    assert cfg.tracking.enabled is True and cfg.train.epochs == 7
+    assert parse_overrides(["data.text_field=1e3x", "name='2e5'"]) == {"data": {"text_field": "1e3x"}, "name": "2e5"}
+
+
+def test_resolved_config_round_trips_under_strict_types(tmp_path: Path) -> None:
+    # What every version stores (config.yaml, manifest.json's config) must validate again to the same config.
+    cfg = load_config(REPO / "configs" / "mr-word2vec.yaml", ["train.learning_rate=3e-4", "train.adam_epsilon=1e-8"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+    assert validate(json.loads(json.dumps(cfg.to_dict())), "manifest.json") == cfg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiment_grids_validate(path: Path) -> None:
+    from lifecycle.experiment import expand, load_experiment
+
+    assert expand(load_experiment(path), path)
+
+
+def test_shipped_serve_config_validates() -> None:
+    from lifecycle.serving.config import load_serve_config
+
+    assert load_serve_config(REPO / "configs" / "serve" / "example.yaml").models

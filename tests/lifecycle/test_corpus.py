@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -492,3 +493,106 @@ def test_tiny_classes_stay_in_train(tmp_path: Path, caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.WARNING, logger="lifecycle.corpus"):
         load_corpus(_cfg("csv", _write_table(path, rows[-3:] + [("a0", "a")], encoding="utf-8")), "tiny")
     assert "the validation split is empty" in caplog.text
+
+
+# --- label types and long texts ----------------------------------------------------------------------------------
+
+
+def _exact(message: str) -> str:
+    """A pytest.raises pattern matching the whole one-line message."""
+    return "^" + re.escape(message) + "$"
+
+
+def test_error_jsonl_labels_of_mixed_types(tmp_path: Path) -> None:
+    path = _write(tmp_path / "mixed.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n'
+                                            '{"text": "c", "label": "0"}\n')
+    with pytest.raises(DataError, match=_exact(
+            f'{path}:3: label "0" is a string but the label on line 1 is 0, an integer; labels are compared as text, '
+            """so 0 and "0" would be one class. Write every label under key 'label' as a string (e.g. "0").""")):
+        read_examples(_cfg("jsonl", path))
+    path = _write(tmp_path / "floats.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 1.0}\n')
+    with pytest.raises(DataError, match=_exact(
+            f"{path}:2: label 1.0 is a decimal number but the label on line 1 is 1, an integer; labels are compared "
+            """as text, so mixed types merge classes (0 and "0") or split them (1 and 1.0). Write every label under """
+            """key 'label' as a string (e.g. "1.0").""")):
+        read_examples(_cfg("jsonl", path))
+    path = _write(tmp_path / "bools.jsonl", '{"text": "a", "y": "True"}\n{"text": "b", "y": "x"}\n'
+                                            '{"text": "c", "y": true}\n')
+    with pytest.raises(DataError, match=_exact(
+            f'{path}:3: label true is a boolean but the label on line 1 is "True", a string; labels are compared as '
+            """text, so "True" and true would be one class. Write every label under key 'y' as a string """
+            '(e.g. "True").')):
+        read_examples(_cfg("jsonl", path, label_field="y"))
+
+
+def test_error_jsonl_label_types_differ_between_train_and_test(tmp_path: Path) -> None:
+    train = _write(tmp_path / "train.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
+    test = _write(tmp_path / "test.jsonl", '{"text": "c", "label": "1"}\n')
+    with pytest.raises(DataError, match=_exact(
+            f'{test}:1: label "1" is a string but the label on {train}:1 is 0, an integer; labels are compared as '
+            """text, so mixed types merge classes (0 and "0") or split them (1 and 1.0). Write every label under """
+            """key 'label' as a string (e.g. "1").""")):
+        read_examples(_cfg("jsonl", train, test_path=str(test)))
+
+
+def test_error_jsonl_label_is_not_a_scalar(tmp_path: Path) -> None:
+    path = _write(tmp_path / "multi.jsonl", '{"text": "a", "label": ["x", "y"]}\n{"text": "b", "label": "z"}\n')
+    with pytest.raises(DataError, match=_exact(
+            f"""{path}:1: the label under key 'label' is a JSON array (["x", "y"]); a label is one string or """
+            "number. Write one label per line, as a string.")):
+        read_examples(_cfg("jsonl", path))
+
+
+def test_jsonl_labels_of_one_type_load(tmp_path: Path) -> None:
+    path = _write(tmp_path / "ints.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n'
+                                           '{"text": "c", "label": 1}\n')
+    data, _ = read_examples(_cfg("jsonl", path))
+    assert data.labels == ("1", "0", "1")
+
+
+def test_csv_text_longer_than_the_csv_module_default_loads(tmp_path: Path) -> None:
+    # Python's csv module refuses fields over 131072 characters unless told otherwise; JSONL never had that limit.
+    long = "word " * 200_000
+    path = _write(tmp_path / "long.csv", f"text,label\nshort,a\n{long},b\n")
+    data, _ = read_examples(_cfg("csv", path))
+    assert data.texts == ("short", long.strip()) and data.labels == ("a", "b")
+    assert csv.field_size_limit() == 131072  # the process-wide limit is restored
+
+
+def test_error_csv_text_over_max_text_chars(tmp_path: Path) -> None:
+    path = _write(tmp_path / "long.csv", "text,label\nshort,a\n" + "x" * 5000 + ",b\n")
+    with pytest.raises(DataError, match=_exact(
+            f"{path}:3: the field in column 'text' has 5,000 characters, more than data.max_text_chars (4,096). "
+            "Shorten the text (the model reads only its first tokenizer.max_len tokens) or raise "
+            "data.max_text_chars (e.g. --set data.max_text_chars=5000).")):
+        read_examples(_cfg("csv", path, max_text_chars=4096))
+    assert csv.field_size_limit() == 131072
+
+
+def test_error_csv_unclosed_quote_names_the_line_it_opens(tmp_path: Path) -> None:
+    rows = "".join(f"row {i},b\n" for i in range(500))
+    path = _write(tmp_path / "quote.csv", f'text,label\nfine,a\n"he said hi,a\n{rows}')
+    size = len(f"he said hi,a\n{rows}")  # the quote swallows the rest of the file
+    with pytest.raises(DataError, match=_exact(
+            f"{path}:3: the field in column 'text' runs from line 3 to line 503 ({size:,} characters), more than "
+            "data.max_text_chars (1,000). If a double quote opened on line 3 is never closed, it joins the lines "
+            'after it into one field: close it, or write a quote inside a quoted field as "". If the text really is '
+            f"that long, raise data.max_text_chars (e.g. --set data.max_text_chars={size}).")):
+        read_examples(_cfg("csv", path, max_text_chars=1000))
+    with pytest.raises(DataError, match=_exact(
+            f"{path}:3: empty label in column 'label' of the row that runs from line 3 to line 503. Fill in the "
+            "label; or, if a double quote opened on line 3 is never closed, close it (it joins the lines after it "
+            'into one field), or write a quote inside a quoted field as "".')):
+        read_examples(_cfg("csv", path))
+
+
+def test_error_jsonl_text_over_max_text_chars(tmp_path: Path) -> None:
+    path = _write(tmp_path / "long.jsonl", '{"text": "a", "label": "x"}\n' + json.dumps({"text": "y" * 2000,
+                                                                                          "label": "z"}) + "\n")
+    with pytest.raises(DataError, match=_exact(
+            f"{path}:2: the text under key 'text' has 2,000 characters, more than data.max_text_chars (1,000). "
+            "Shorten the text (the model reads only its first tokenizer.max_len tokens) or raise data.max_text_chars "
+            "(e.g. --set data.max_text_chars=2000).")):
+        read_examples(_cfg("jsonl", path, max_text_chars=1000))
+    data, _ = read_examples(_cfg("jsonl", path, max_text_chars=2000))  # the limit itself is allowed
+    assert len(data.texts[1]) == 2000

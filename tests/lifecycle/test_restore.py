@@ -11,6 +11,7 @@ import pytest
 
 from lifecycle import artifacts
 from lifecycle.errors import ModelError
+from tests.helpers import reseal
 
 STORAGES = {"frozen": None, "fp16": "fp16", "int8": "int8", "prune+int8": "prune:0.6,int8"}
 
@@ -87,9 +88,7 @@ def test_restoring_a_checkpoint_or_an_unmappable_graph_fails(versions: dict, tra
     first = next(iter(weight_map))
     weight_map[first] = "weights/nowhere"
     (copy / "weight_map.json").write_text(json.dumps(weight_map))
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["files"]["weight_map.json"]["sha256"] = artifacts.sha256_file(copy / "weight_map.json")
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    reseal(copy)  # weight_map.json's new sha256, and the manifest's digest
     with pytest.raises(ModelError, match="which the graph does not store"):
         run_restore(str(copy), tmp_path / "y", track=False)
     assert not (tmp_path / "y").exists()

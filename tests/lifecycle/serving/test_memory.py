@@ -67,8 +67,9 @@ def bpe_version(serving_versions: dict[str, Path], data_dir: Path, tmp_path_fact
     files = {rel: meta for rel, meta in manifest["files"].items() if not rel.startswith("tokenizer/")}
     for file in sorted((path / "tokenizer").iterdir()):
         files[f"tokenizer/{file.name}"] = {"bytes": file.stat().st_size, "sha256": sha256_file(file)}
-    manifest["files"] = files
-    (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    from tests.helpers import reseal
+
+    reseal(path, lambda m: m.update(files=files))
     return path
 
 
@@ -89,24 +90,20 @@ def test_a_served_bpe_model_encodes_lean_and_predicts_the_same(bpe_version: Path
 
 
 def test_a_stalled_body_gets_408_and_frees_its_slot(serving_versions: dict[str, Path], tmp_path: Path) -> None:
-    import re
     import socket
-    import subprocess
-    import sys
     import time
     import urllib.request
+    from urllib.parse import urlsplit
+
+    from tests.lifecycle.serving.helpers import start_serve
 
     config = tmp_path / "serve.yaml"
     config.write_text(json.dumps({"port": 0, "models": {"m": str(serving_versions["int8"])},
                                   "limits": {"body_timeout_seconds": 1, "max_in_flight": 1}}))
-    with (tmp_path / "serve.log").open("wb") as err:
-        process = subprocess.Popen([sys.executable, "-m", "lifecycle", "serve", "--config", str(config)],
-                                   stdout=subprocess.PIPE, stderr=err, text=True)
+    process, base = start_serve(config, tmp_path / "serve.log")
     try:
-        assert process.stdout is not None
-        found = re.search(r"on http://([\d.]+):(\d+)", process.stdout.readline())
-        assert found, (tmp_path / "serve.log").read_text()[-2000:]
-        host, port = found.group(1), int(found.group(2))
+        url = urlsplit(base)
+        host, port = url.hostname, url.port
         with socket.create_connection((host, port), timeout=10) as slow:
             slow.sendall(b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 100\r\n\r\n{\"texts\": [\"half a bo")  # ...and nothing more

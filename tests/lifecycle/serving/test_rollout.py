@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from lifecycle.serving.app import build_app
 from lifecycle.serving.config import ServeConfig
 from lifecycle.serving.registry import Registry
 from lifecycle.tracking import VERSION_ARTIFACT, Tracker, set_alias
+from tests.lifecycle.serving.helpers import start_serve
 
 MODEL = "serve-rollout"
 
@@ -106,19 +105,6 @@ def test_alias_moves_are_followed_and_a_tampered_version_is_refused(mlflow_serve
         registry.close()
 
 
-def _start_serve(config: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    with log.open("wb") as err:
-        process = subprocess.Popen([sys.executable, "-m", "lifecycle", "serve", "--config", str(config)],
-                                   stdout=subprocess.PIPE, stderr=err, text=True)
-    assert process.stdout is not None
-    line = process.stdout.readline()  # printed once every model is loaded and the port listens
-    found = re.search(r"on (http://\S+)", line)
-    if not found:
-        process.kill()
-        pytest.fail(f"lifecycle serve did not start: {line!r} {log.read_text()[-2000:]}")
-    return process, found.group(1)
-
-
 def test_reload_under_concurrent_requests_fails_none_and_never_loads_tensorflow(
         mlflow_server, registered: dict[str, str], serving_versions: dict[str, Path], tmp_path: Path) -> None:
     url = mlflow_server.wait()
@@ -130,7 +116,7 @@ def test_reload_under_concurrent_requests_fails_none_and_never_loads_tensorflow(
         "models": {"sentiment": f"models:/{MODEL}@live", "fixed": str(serving_versions["int8"])},
         "batching": {"max_batch": 16, "max_wait_ms": 1},
     }))
-    process, base = _start_serve(config, tmp_path / "serve.log")
+    process, base = start_serve(config, tmp_path / "serve.log")
     stop = threading.Event()
     seen: list[list[str]] = [[] for _ in range(8)]
     failures: list[str] = []
