@@ -141,6 +141,21 @@ def versions_root() -> Path:
     return project_root() / "versions"
 
 
+def temp_journal_root() -> Path:
+    """This user's journal folder in the system temp directory (see :func:`journal_root`)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"lifecycle-{getattr(os, 'getuid', lambda: 'user')()}"
+
+
+def journal_root() -> Path:
+    """Where a version being built outside the versions directory is journalled (so the next command's sweep finds
+    it if its process is killed): the versions directory when it exists, else :func:`temp_journal_root`. A command
+    given ``--output`` elsewhere never makes a versions/ folder in the working directory just for that."""
+    root = versions_root()
+    return root if root.is_dir() else temp_journal_root()
+
+
 def default_output(name: str, kind: str, root: Path | None = None) -> Path:
     """A new folder name under the versions directory: ``<config>-<kind>-<UTC timestamp>``."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -186,7 +201,7 @@ def write_version(output: Path, kind: str, build: Callable[[Path], dict[str, Any
     # Built beside its target (a rename is atomic only within one file system); a process killed meanwhile leaves a
     # temp folder that names its pid, found by the next command's sweep (via the journal link when the folder is
     # outside the versions directory).
-    journal = versions_root()
+    journal = journal_root()
     housekeeping.sweep_debris([output.parent, journal])
     tmp = housekeeping.make_temp_dir(output.name, output.parent, journal)
     try:

@@ -83,10 +83,11 @@ def _errors(sweep: bool = True) -> Iterator[None]:
 def _sweep(legacy: bool = False, dry_run: bool = False) -> list[Any]:
     import tempfile
 
-    from lifecycle.artifacts import versions_root
+    from lifecycle.artifacts import temp_journal_root, versions_root
     from lifecycle.housekeeping import sweep_debris
 
-    return sweep_debris([versions_root(), Path(tempfile.gettempdir())], legacy=legacy, dry_run=dry_run)
+    return sweep_debris([versions_root(), temp_journal_root(), Path(tempfile.gettempdir())], legacy=legacy,
+                        dry_run=dry_run)
 
 
 def _config(path: Path | None, overrides: list[str] | None, no_track: bool, **flags: Any) -> Any:
@@ -359,7 +360,8 @@ def compress(
         from lifecycle.workflows import run_compress
 
         with console.spinner(f"compressing ({recipe})"):
-            outcome = run_compress(version, recipe, output, track=not no_track, serving_kernels=serving_kernels)
+            outcome = run_compress(version, recipe, output, track=not no_track, serving_kernels=serving_kernels,
+                                   on_step=console.compress_step_printer())
         _summary(f"compressed {outcome.version.name if outcome.version else ''}", _outcome_rows(outcome))
         console.out.print(str(outcome.version))
 

@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     ValidationError,
@@ -92,14 +93,22 @@ class DataConfig(_Section):
     )
     path: str | None = Field(
         None,
-        description="File (csv/tsv/jsonl) or directory (mr/trec/stackoverflow); relative paths are resolved "
-        "against data_dir. Unused for chatterbot.",
+        description="File (csv/tsv/jsonl) or directory (mr/trec/stackoverflow). A relative path is looked up beside "
+        "the config file, then in the working directory, then in data_dir; one found beside the config or in the "
+        "working directory is saved as an absolute path. Unused for chatterbot.",
     )
-    test_path: str | None = Field(None, description="Optional separate test file for csv/tsv/jsonl.")
+    test_path: str | None = Field(
+        None, description="Optional separate test file for csv/tsv/jsonl; a relative path resolves as data.path's."
+    )
+    validation_path: str | None = Field(
+        None, description="Optional separate validation file for csv/tsv/jsonl (same fields as data.path); when set, "
+        "no validation split is held out of data.path and split.validation is unused."
+    )
     data_dir: str | None = Field(
         None,
-        description="Base directory of relative paths; default $LIFECYCLE_DATA_DIR, else ../shared/data beside the "
-        "project root.",
+        description="Last place a relative path is looked up (the published sets: MR, TREC, StackOverflow); default "
+        "$LIFECYCLE_DATA_DIR, else ../shared/data beside the checkout. A relative data_dir is beside the config "
+        "file (if there), else in the working directory.",
     )
     text_field: str = Field("text", description="Column (csv/tsv) or key (jsonl) holding the text.")
     label_field: str = Field("label", description="Column (csv/tsv) or key (jsonl) holding the label.")
@@ -107,8 +116,16 @@ class DataConfig(_Section):
     language: str = Field("english", description="chatterbot only: the corpus language directory.")
     deduplicate: StrictBool = Field(
         True,
-        description="Drop repeated (text, label) pairs before splitting, so no test text also sits in train "
-        "(chatterbot's English corpus repeats 57% of its utterances; an official test split is left as it is).",
+        description="Drop repeated (text, label) pairs of the training data before splitting, with a warning naming "
+        "the count (chatterbot's English corpus repeats 57% of its utterances). A test file is left as it is; see "
+        "test_overlap.",
+    )
+    test_overlap: Literal["auto", "drop", "keep", "error"] = Field(
+        "auto",
+        description="Test texts that also sit in the training data (same text, any label): drop them from the test "
+        "split, keep them, or refuse the data (error); the count is a warning either way. auto: drop, except in the "
+        "official test split of a published set (TREC_10), kept as published so that its figures compare with the "
+        "literature, and in the seeded split when deduplicate is false (repeats were asked for).",
     )
     limit: StrictInt | None = Field(None, gt=0, description="Use only the first N examples of each split (smoke runs).")
     max_text_chars: StrictInt = Field(
@@ -121,6 +138,17 @@ class DataConfig(_Section):
         "unclosed quote than a real text.",
     )
     split: SplitConfig = SplitConfig()
+    # The folder of the config file this section was read from (set by load_config): the first place a relative
+    # path is looked up. Not part of the config: equality and hashing leave it out.
+    _config_dir: Path | None = PrivateAttr(None)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DataConfig):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash((DataConfig, tuple(self.__dict__.items())))
 
 
 class BPEConfig(_Section):
@@ -130,6 +158,12 @@ class BPEConfig(_Section):
     )
     threads: StrictInt = Field(-1, description="youtokentome training threads; -1 uses every core.")
     lowercase: StrictBool = Field(True, description="Lower-case text before training and encoding.")
+    dropout: Finite = Field(
+        0.0, ge=0, lt=1, description="BPE-dropout (Provilkov et al. 2020): while training the model, each merge is "
+        "skipped with this probability and the training split is re-encoded every epoch, so the CNN sees many "
+        "segmentations of a word; validation, test and serving always encode deterministically. 0: off (0.1 in the "
+        "paper). youtokentome's sampling has no seed, so a run with dropout is not bit-for-bit repeatable."
+    )
 
 
 class Word2VecConfig(_Section):
@@ -194,7 +228,10 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: StrictInt = Field(10, ge=1, description="Maximum number of epochs.")
+    epochs: StrictInt = Field(
+        100, ge=1, description="Maximum number of epochs, a cap: training normally ends earlier, on a plateau of the "
+        "monitored value (see patience and patience_steps). Old configs' epochs: 10 still mean at most 10."
+    )
     batch_size: StrictInt = Field(50, ge=1, description="Examples per step (Kim 2014: 50).")
     learning_rate: Finite = Field(1e-3, gt=0, description="Adam learning rate, a finite number > 0 (1e-3 or 0.001).")
     adam_epsilon: Finite = Field(
@@ -204,9 +241,28 @@ class TrainConfig(_Section):
     precision: Literal["float32", "mixed_bfloat16", "float16"] = Field(
         "float32", description="Compute dtype; variables stay float32 under the mixed policies."
     )
-    patience: StrictInt = Field(3, ge=1, description="Early stopping: epochs without a better monitored value.")
+    patience: StrictInt = Field(
+        2, ge=1, description="Early stopping: at least this many epochs without a better monitored value; "
+        "patience_steps raises it on small training sets."
+    )
+    patience_steps: StrictInt = Field(
+        500, ge=0, description="Early stopping, scaled to the data: wait at least this many optimizer steps without "
+        "a better monitored value, i.e. max(patience, ceil(patience_steps / steps per epoch)) epochs (a 600-text set "
+        "waits 42 epochs of 12 steps, a 100k-text set 2 epochs of 2000); 0: patience alone."
+    )
+    reduce_lr_factor: Finite = Field(
+        0.5, gt=0, le=1, description="Reduce-on-plateau: the learning rate is multiplied by this after every "
+        "reduce_lr_patience epochs without a better monitored value (1: a constant learning rate)."
+    )
+    reduce_lr_patience: StrictInt | None = Field(
+        None, ge=1, description="Epochs without improvement before each learning-rate reduction; null: half the "
+        "early-stopping patience, rounded down, at least 1 (so the rate is lowered before training stops)."
+    )
     monitor: Literal["val_loss", "val_accuracy"] = Field(
-        "val_loss", description="Validation metric that picks the kept epoch and drives early stopping."
+        "val_accuracy",
+        description="Validation metric that picks the kept epoch (restore-best) and drives early stopping and "
+        "reduce-on-plateau; val_accuracy ties are broken by the lower val_loss (Kim 2014 selected on dev accuracy; "
+        "validation loss rises with over-confidence while accuracy still improves).",
     )
     seed: StrictInt = Field(
         13, ge=0, le=SEED_MAX, description="Seed of weights, shuffling and dropout, from 0 to 2**32 - 1 (numpy's "
@@ -303,21 +359,102 @@ def project_root(start: Path | None = None) -> Path:
     return here
 
 
+def checkout_root() -> Path:
+    """The lifecycle checkout: the project around the working directory, else the one this package runs from (an
+    editable install used from another folder), else the working directory."""
+    here = project_root()
+    if (here / "pyproject.toml").is_file():
+        return here
+    installed = project_root(Path(__file__).resolve().parent)
+    return installed if (installed / "pyproject.toml").is_file() else here
+
+
 def default_data_dir() -> Path:
-    """Where relative data paths point: $LIFECYCLE_DATA_DIR, else ../shared/data beside the project root."""
+    """Where relative data paths are looked up last: $LIFECYCLE_DATA_DIR, else ../shared/data beside the checkout."""
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env).expanduser().resolve()
-    return (project_root().parent / "shared" / "data").resolve()
+    return (checkout_root().parent / "shared" / "data").resolve()
+
+
+DATA_DIR_PLACE = "the data directory: data.data_dir, else $LIFECYCLE_DATA_DIR, else ../shared/data beside the checkout"
+
+
+def data_dir_of(data: DataConfig) -> Path:
+    """A data section's data directory: data.data_dir (a relative one beside its config file if there, else in the
+    working directory), else :func:`default_data_dir`."""
+    if not data.data_dir:
+        return default_data_dir()
+    folder = Path(data.data_dir).expanduser()
+    if folder.is_absolute():
+        return folder
+    config_dir = data._config_dir
+    if config_dir is not None and (config_dir / folder).is_dir():
+        return (config_dir / folder).resolve()
+    return folder.resolve()
+
+
+def data_path_candidates(data: DataConfig, path: str) -> list[tuple[Path, str]]:
+    """Where a configured data path is looked up, in order, each with a description of the place: beside the config
+    file (when the section came from one), in the working directory, in the data directory. An absolute path is only
+    itself."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return [(candidate, "")]
+    places: list[tuple[Path, str]] = []
+    if data._config_dir is not None:
+        places.append(((data._config_dir / candidate).resolve(), "beside the config file"))
+    places.append(((Path.cwd() / candidate).resolve(), "the working directory"))
+    places.append(((data_dir_of(data) / candidate).resolve(), DATA_DIR_PLACE))
+    unique: list[tuple[Path, str]] = []
+    for place, what in places:
+        if all(place != seen for seen, _ in unique):
+            unique.append((place, what))
+    return unique
 
 
 def resolve_data_path(data: DataConfig, path: str) -> Path:
-    """A data path from the config made absolute (relative ones sit under data_dir)."""
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute():
-        return candidate
-    base = Path(data.data_dir).expanduser() if data.data_dir else default_data_dir()
-    return (base / candidate).resolve()
+    """A configured data path made absolute: the first place of :func:`data_path_candidates` that exists, else the
+    last one (the data directory), which the caller reports as missing, listing every place it looked."""
+    places = data_path_candidates(data, path)
+    return next((place for place, _ in places if place.exists()), places[-1][0])
+
+
+PATH_KEYS = ("path", "test_path", "validation_path")  # data keys naming files or directories
+
+
+def _anchor_paths(cfg: Config, config_dir: Path) -> Config:
+    """``cfg`` with its data section bound to ``config_dir`` (the first place relative paths are looked up), and each
+    relative path found beside the config file or in the working directory made absolute, so that the config saved
+    in a version reads the same files from any working directory. A path found only in the data directory stays as
+    written (portable between machines whose data directories differ); one found nowhere stays too, and reading it
+    fails listing every place looked. A relative ``sqlite:///`` tracking.uri is made absolute: beside the config
+    file if the database is there, else in the working directory (where MLflow itself would put it)."""
+    data = cfg.data
+    data._config_dir = config_dir
+    updates: dict[str, str] = {}
+    if data.data_dir and not Path(data.data_dir).expanduser().is_absolute():
+        updates["data_dir"] = str(data_dir_of(data))
+    for key in PATH_KEYS:
+        raw = getattr(data, key, None)
+        if not raw or Path(raw).expanduser().is_absolute():
+            continue
+        near = data_path_candidates(data, raw)[:-1]  # beside the config file, in the working directory
+        found = next((place for place, _ in near if place.exists()), None)
+        if found is not None:
+            updates[key] = str(found)
+    tracking = cfg.tracking
+    uri = tracking.uri or ""
+    relative, sep, query = uri.removeprefix("sqlite:///").partition("?")
+    if uri.startswith("sqlite:///") and relative and not Path(relative).is_absolute():
+        beside = (config_dir / relative).resolve()
+        db = beside if beside.is_file() else (Path.cwd() / relative).resolve()
+        tracking = tracking.model_copy(update={"uri": f"sqlite:///{db}{sep}{query}"})
+    if not updates and tracking is cfg.tracking:
+        return cfg
+    anchored = data.model_copy(update=updates)
+    anchored._config_dir = config_dir
+    return cfg.model_copy(update={"data": anchored, "tracking": tracking})
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
@@ -482,4 +619,6 @@ def load_config(
     source = str(path) if path is not None else "defaults"
     if override_list:
         source += " with --set " + " ".join(override_list)
-    return validate(data, source)
+    cfg = validate(data, source)
+    # Relative paths are looked up beside the file first; those found near are saved absolute (see _anchor_paths).
+    return _anchor_paths(cfg, path.resolve().parent) if path is not None else cfg

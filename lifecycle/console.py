@@ -1,12 +1,17 @@
 """Rich consoles for results (stdout) and diagnostics (stderr), spinners and progress bars.
 
-Progress is shown only on a terminal and never with ``--quiet``; library code reports through the callbacks built
-here and never prints by itself.
+On a terminal, progress is rich bars and spinners on stderr. Off one (output redirected to a file or a pipe), it is
+plain lines instead, one per epoch of training and one per step of compress, so a long redirected run is never
+silent; ``--quiet`` silences both. Results written to a file or pipe are laid out wide (rich would cut them at 80
+columns). Library code reports through the callbacks built here and never prints by itself.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,13 +24,35 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+# Columns of results written to a file or a pipe: wide enough that no table row or lineage line is cut or wrapped
+# (tables size to their content, so nothing is padded to it).
+PIPE_WIDTH = 1000
+
+
 class _State:
     quiet = False
 
 
+_USER_MLFLOW_LEVEL = os.environ.get("MLFLOW_LOGGING_LEVEL")
+
+
+class _PlainHandler(logging.Handler):
+    """Log records as plain ``LEVEL    message`` lines on stderr, for a log file: rich's handler would wrap them at 80
+    columns and indent the continuation lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
 def configure(verbose: int = 0, quiet: bool = False) -> None:
-    """Set the log level (``-v`` lowers it) and whether progress is shown."""
+    """Set the log level (``-v`` lowers it), whether progress is shown, and the layout of output off a terminal."""
     _State.quiet = quiet
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out.width = PIPE_WIDTH
     level = logging.WARNING
     if quiet:
         level = logging.ERROR
@@ -34,11 +61,19 @@ def configure(verbose: int = 0, quiet: bool = False) -> None:
     elif verbose >= 2:
         level = logging.DEBUG
     root = logging.getLogger()
-    root.handlers[:] = [RichHandler(console=err, show_path=False, show_time=False, markup=False)]
+    if err.is_terminal:
+        handler: logging.Handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
+    else:
+        handler = _PlainHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+    root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     for name in ("lifecycle", "tokenization"):
         logging.getLogger(name).setLevel(level)
-    # gensim and MLflow narrate every step at INFO; keep them to warnings unless -vv.
+    # gensim and MLflow narrate every step at INFO; keep them to warnings unless -vv. MLflow sets its own loggers'
+    # level when it is imported (later, inside a command), from $MLFLOW_LOGGING_LEVEL, unless the user set it.
+    if _USER_MLFLOW_LEVEL is None:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "DEBUG" if verbose >= 2 else "ERROR" if quiet else "WARNING"
     for name in ("gensim", "mlflow", "alembic", "smart_open"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
@@ -46,6 +81,16 @@ def configure(verbose: int = 0, quiet: bool = False) -> None:
 def show_progress() -> bool:
     """Progress bars and spinners only on an interactive stderr and without --quiet."""
     return not _State.quiet and err.is_terminal
+
+
+def plain_progress() -> bool:
+    """Plain progress lines instead of bars: stderr is not a terminal (a file, a pipe), and no --quiet."""
+    return not _State.quiet and not err.is_terminal
+
+
+def plain_line(text: str) -> None:
+    """One progress line on stderr, as it is: no markup, highlighting or wrapping."""
+    err.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -92,8 +137,15 @@ class Stage:
 
 
 def keras_progress(progress: Progress, epochs: int, steps_per_epoch: int, first_epoch: int = 0) -> Any:
-    """A Keras callback that drives two bars: epochs, and batches of the current epoch (Keras itself stays quiet)."""
+    """A Keras callback that drives two bars: epochs, and batches of the current epoch (Keras itself stays quiet).
+
+    When the bars are off because stderr is not a terminal, it prints one plain line per epoch instead (see
+    :func:`epoch_line`); with --quiet, nothing.
+    """
     import keras
+
+    if progress.disable and plain_progress():
+        return plain_epoch_callback(epochs)
 
     epoch_task = progress.add_task("epochs", total=epochs, completed=first_epoch, metrics="")
     batch_task = progress.add_task("batches", total=steps_per_epoch, metrics="")
@@ -110,6 +162,45 @@ def keras_progress(progress: Progress, epochs: int, steps_per_epoch: int, first_
             progress.update(epoch_task, completed=epoch + 1, metrics=format_metrics(shown))
 
     return _Progress()
+
+
+def plain_epoch_callback(epochs: int) -> Any:
+    """A Keras callback printing :func:`epoch_line` at the end of every epoch."""
+    import keras
+
+    class _EpochLines(keras.callbacks.Callback):
+        started = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            plain_line(epoch_line(epoch, epochs, logs or {}, time.perf_counter() - self.started))
+
+    return _EpochLines()
+
+
+EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def epoch_line(epoch: int, epochs: int, logs: dict[str, Any], seconds: float) -> str:
+    """``epoch 3/10 loss 0.4123 accuracy 0.8123 val_loss 0.4501 val_accuracy 0.8012 12.3 s`` (``epoch``: from 0;
+    metrics other than these four follow them)."""
+    ordered = [key for key in EPOCH_KEYS if key in logs] + [key for key in logs if key not in EPOCH_KEYS]
+    return f"epoch {epoch + 1}/{epochs} {format_metrics({key: logs[key] for key in ordered})} {seconds:.1f} s"
+
+
+def compress_step_printer() -> Any:
+    """A ``run_compress`` ``on_step`` callback printing one plain line per finished step when stderr is not a
+    terminal (and no --quiet), else None (the spinner covers it)."""
+    if not plain_progress():
+        return None
+
+    def on_step(number: int, total: int, text: str, bytes_before: int, bytes_after: int, seconds: float) -> None:
+        plain_line(f"compress step {number}/{total} {text}: {bytes_before / 1e6:.2f} MB -> {bytes_after / 1e6:.2f} MB "
+                   f"{seconds:.1f} s")
+
+    return on_step
 
 
 def format_metrics(logs: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lifecycle.config import DataConfig, default_data_dir, resolve_data_path
+from lifecycle.config import DataConfig, data_path_candidates, resolve_data_path
 from lifecycle.errors import DataError, DependencyError
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ class Corpus:
         source: Where the data came from (format and resolved paths), for logs and run records.
         name: The config name the corpus was loaded for.
         location: The one file or directory the data came from (a resolvable dataset source for MLflow).
+        cleaning: What reading dropped or found (see :func:`load_corpus`): ``repeats_dropped`` (repeated training
+            rows), ``test_in_train`` (test texts also in the training data), ``test_overlap`` (the policy applied:
+            drop, keep) and ``test_dropped``.
     """
 
     train: Examples
@@ -102,6 +105,7 @@ class Corpus:
     source: str
     name: str
     location: str = ""
+    cleaning: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -144,6 +148,7 @@ class _Read:
     test: Examples | None
     source: str
     location: str = ""
+    validation: Examples | None = None  # data.validation_path, when set
 
 
 def read_examples(cfg: DataConfig) -> tuple[Examples, Examples | None]:
@@ -165,7 +170,7 @@ def read_examples(cfg: DataConfig) -> tuple[Examples, Examples | None]:
     return read.data, read.test
 
 
-def load_corpus(cfg: DataConfig, name: str) -> Corpus:
+def load_corpus(cfg: DataConfig, name: str, *, report: bool = True) -> Corpus:
     """Read a data set and split it into train, validation and test, deterministically for ``cfg.split.seed``.
 
     Split rules, per class (so every split keeps the class proportions):
@@ -175,6 +180,11 @@ def load_corpus(cfg: DataConfig, name: str) -> Corpus:
     - A class always keeps at least one training example, so a tiny class reaches validation/test only by
       rounding (a 9-example class with fractions 0.1 gives 7 train, 1 validation, 1 test; 1 or 2 examples stay in
       train).
+    - Repeated (text, label) pairs of the training data are dropped first (``deduplicate``), with a warning naming
+      the count. Test texts that also sit in the training data (same text, any label: a test file's rows, or a text
+      the data gives two labels) are dropped from the test split, kept, or refused as ``test_overlap`` says, with a
+      warning naming the count either way; ``auto`` keeps an official test split of a published set (TREC_10) as
+      published, keeps them in the seeded split when ``deduplicate`` is off, and drops them otherwise.
     - Each split is ordered so that every prefix is stratified and starts with one example of each class: the
       ``limit`` (first N of each split) is taken after the split, keeps every class and shrinks splits to subsets
       of the unlimited ones.
@@ -182,26 +192,33 @@ def load_corpus(cfg: DataConfig, name: str) -> Corpus:
     Args:
         cfg: The ``data`` section.
         name: The config name, recorded on the corpus.
+        report: Warn about dropped repeats and test texts found in train (False: log them at INFO, for steps that
+            re-read a version's data, which its training already reported).
 
     Returns:
         The split corpus.
 
     Raises:
-        DataError: As ``read_examples``; also if the official test split has labels without training examples or
-            ``limit`` is smaller than the number of classes.
+        DataError: As ``read_examples``; also if the official test split has labels without training examples,
+            ``limit`` is smaller than the number of classes, or test texts also sit in the training data and
+            ``test_overlap`` is error (or every test text does and they would be dropped).
         DependencyError: If ``format`` is chatterbot and the chatterbot-corpus package is not installed.
     """
     read = _read(cfg)
+    repeats = 0
     if cfg.deduplicate:
-        read = dataclasses.replace(read, data=_deduplicate(read.data, read.source))
+        unique = _deduplicate(read.data, read.source, logging.WARNING if report else logging.INFO)
+        repeats = len(read.data) - len(unique)
+        read = dataclasses.replace(read, data=unique)
     labels = tuple(sorted(set(read.data.labels)))
     index = {label: i for i, label in enumerate(labels)}
-    if read.test is not None:
-        unseen = sorted(set(read.test.labels) - set(labels))
+    for split_name, given in (("test", read.test), ("validation", read.validation)):
+        unseen = sorted(set(given.labels) - set(labels)) if given is not None else []
         if unseen:
             raise DataError(
-                f"{read.source}: the test split has labels with no training example: {_preview(unseen)}.",
-                hint="Every class needs training data: add examples of them or drop those rows from the test file.",
+                f"{read.source}: the {split_name} split has labels with no training example: {_preview(unseen)}.",
+                hint=f"Every class needs training data: add examples of them or drop those rows from the "
+                f"{split_name} file.",
             )
     if cfg.limit is not None and cfg.limit < len(labels):
         raise DataError(
@@ -217,8 +234,13 @@ def load_corpus(cfg: DataConfig, name: str) -> Corpus:
         test, data = _take(data, test_idx), _take(data, rest_idx)
     else:
         test = read.test
-    train_idx, validation_idx = _stratified_split(_ids(data, index), cfg.split.validation, validation_rng)
-    splits = [_take(data, train_idx), _take(data, validation_idx), test]
+    test, cleaning = _test_overlap(cfg, read, data, test, logging.WARNING if report else logging.INFO)
+    cleaning = {"repeats_dropped": repeats, **cleaning}
+    if read.validation is None:
+        train_idx, validation_idx = _stratified_split(_ids(data, index), cfg.split.validation, validation_rng)
+        splits = [_take(data, train_idx), _take(data, validation_idx), test]
+    else:
+        splits = [data, read.validation, test]
     splits = [_take(split, _stratified_order(_ids(split, index), order_rng)) for split in splits]
     if cfg.limit is not None:
         splits = [_take(split, np.arange(min(cfg.limit, len(split)))) for split in splits]
@@ -240,7 +262,47 @@ def load_corpus(cfg: DataConfig, name: str) -> Corpus:
         len(labels),
     )
     return Corpus(train=train, validation=validation, test=test, labels=labels, source=read.source, name=name,
-                  location=read.location)
+                  location=read.location, cleaning=cleaning)
+
+
+def _test_overlap(cfg: DataConfig, read: _Read, rest: Examples, test: Examples, level: int
+                  ) -> tuple[Examples, dict[str, Any]]:
+    """The test split after ``data.test_overlap`` is applied to its texts that also sit in the training data
+    (``rest``: what train and validation are drawn from, and the validation file if any), and what was found."""
+    seen = set(rest.texts) | set(read.validation.texts if read.validation is not None else ())
+    inside = [i for i, text in enumerate(test.texts) if text in seen]
+    policy = cfg.test_overlap
+    official = read.test is not None and cfg.format not in ("csv", "tsv", "jsonl")
+    if policy == "auto":  # keep what was asked for: a published split as published, repeats when not deduplicated
+        policy = "keep" if official or (read.test is None and not cfg.deduplicate) else "drop"
+    found = {"test_in_train": len(inside), "test_overlap": policy, "test_dropped": 0}
+    if not inside:
+        return test, found
+    count = f"{len(inside):,} of {len(test):,} test texts also sit in the training data"
+    if policy == "error":
+        raise DataError(
+            f"{read.source}: {count} (e.g. {_shorten(test.texts[inside[0]])!r}); data.test_overlap is error.",
+            hint="Remove them from the test file (or from the training file), or set data.test_overlap to drop "
+            "(score the model on the others) or keep.",
+        )
+    if policy == "keep":
+        why = "data.test_overlap: keep"
+        if cfg.test_overlap == "auto":
+            why = "an official test split, kept as published" if official else "data.deduplicate: false"
+        logger.log(level, "%s: %s; kept (%s), so test accuracy counts texts the model was trained on. "
+                       "data.test_overlap: drop leaves them out.", read.source, count, why)
+        return test, found
+    if len(inside) == len(test):
+        raise DataError(
+            f"{read.source}: all {len(test):,} test texts also sit in the training data, so no test split is left "
+            "once they are dropped (data.test_overlap).",
+            hint="Point data.test_path at held-out texts, or set data.test_overlap: keep.",
+        )
+    logger.log(level, "%s: %s; dropped them from the test split (%s left). data.test_overlap: keep scores them, "
+                   "error refuses such data.", read.source, count, f"{len(test) - len(inside):,}")
+    drop = set(inside)
+    kept = np.asarray([i for i in range(len(test)) if i not in drop], dtype=np.int64)
+    return _take(test, kept), {**found, "test_dropped": len(inside)}
 
 
 def describe(corpus: Corpus) -> dict[str, Any]:
@@ -300,11 +362,17 @@ def _single_label_hint(cfg: DataConfig) -> str:
 
 
 def _read_with_test(cfg: DataConfig, read_file: Callable[[DataConfig, Path], Examples]) -> _Read:
-    """data.path and, when set, data.test_path, each read with one file reader."""
+    """data.path and, when set, data.test_path and data.validation_path, each read with one file reader."""
     path, test_path = _table_paths(cfg)
     data = read_file(cfg, path)
     test = read_file(cfg, test_path) if test_path is not None else None
-    return _Read(data, test, _table_source(cfg, path, test_path), str(path))
+    source = _table_source(cfg, path, test_path)
+    validation = None
+    if cfg.validation_path:
+        validation_path = _existing_file(cfg, cfg.validation_path, "data.validation_path")
+        validation = read_file(cfg, validation_path)
+        source += f" (validation: {validation_path})"
+    return _Read(data, test, source, str(path), validation)
 
 
 def _read_table(cfg: DataConfig) -> _Read:
@@ -335,8 +403,8 @@ def _read_table_file(cfg: DataConfig, path: Path) -> Examples:
                 f"{cfg.text_field!r} and {cfg.label_field!r}.",
                 hint="Add the header row, or point data.path at the right file.",
             )
-        text_col = _column(header, cfg.text_field, "text_field", path)
-        label_col = _column(header, cfg.label_field, "label_field", path)
+        text_col = _column(header, cfg.text_field, "text_field", path, cfg.format)
+        label_col = _column(header, cfg.label_field, "label_field", path, cfg.format)
         while True:
             start = reader.line_num + 1
             row = next(reader, None)
@@ -405,10 +473,20 @@ def _oversized_field(cfg: DataConfig, path: Path, text: str, dialect: str, start
     )
 
 
-def _column(header: list[str], field: str, key: str, path: Path) -> int:
-    """The index of a named column, or a DataError listing the columns there are."""
+def _column(header: list[str], field: str, key: str, path: Path, fmt: str) -> int:
+    """The index of a named column, or a DataError listing the columns there are (and, when the one "column" holds
+    the other format's delimiter, the format to use)."""
     if field in header:
         return header.index(field)
+    other = {"tsv": ("csv", ",", "comma"), "csv": ("tsv", "\t", "tab")}.get(fmt)
+    if other is not None and len(header) == 1 and other[1] in header[0]:
+        wanted, delimiter, name = other
+        columns = [column.strip() for column in header[0].split(delimiter)]
+        raise DataError(
+            f"{path}: no column {field!r}: data.format={fmt} reads one column, {header[0]!r}, whose name holds "
+            f"{name}s; the file looks {name}-separated (columns: {', '.join(columns)}).",
+            hint=f"Set data.format: {wanted} (or --set data.format={wanted}).",
+        )
     raise DataError(
         f"{path}: no column {field!r} (columns: {', '.join(header)}).",
         hint=f"Set data.{key} to one of them.",
@@ -713,12 +791,24 @@ def _table_paths(cfg: DataConfig) -> tuple[Path, Path | None]:
 
 
 def _existing_file(cfg: DataConfig, raw: str, key: str) -> Path:
-    """A configured file path, resolved, or a DataError naming the config key."""
+    """A configured file path, resolved, or a DataError naming the config key (and, for a relative path that is
+    nowhere, every place it was looked for)."""
     path = resolve_data_path(cfg, raw)
+    if path.is_dir():
+        raise DataError(f"{key}: {path} is a directory, not a file.", hint=f"Set {key} to an existing file.")
     if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "not found"
-        raise DataError(f"{key}: {path} {what}.", hint=f"Set {key} to an existing file{_relative_note(cfg, raw)}.")
+        raise DataError(f"{key}: {_not_found(cfg, raw, path)}.",
+                        hint=f"Set {key} to an existing file: an absolute path, or one relative to the config "
+                        "file's folder, the working directory or the data directory.")
     return path
+
+
+def _not_found(cfg: DataConfig, raw: str, path: Path) -> str:
+    """``<path> not found``, or for a relative path ``<raw> not found; looked <place> (<path>), ...``."""
+    places = data_path_candidates(cfg, raw)
+    if len(places) == 1 and not places[0][1]:
+        return f"{path} not found"
+    return f"{raw} not found; looked in " + ", ".join(f"{place} ({what})" for place, what in places)
 
 
 def _format_dir(cfg: DataConfig, fmt: str, expected: Sequence[str]) -> Path:
@@ -726,10 +816,11 @@ def _format_dir(cfg: DataConfig, fmt: str, expected: Sequence[str]) -> Path:
     raw = cfg.path or DEFAULT_DIRS[fmt]
     folder = resolve_data_path(cfg, raw)
     if not folder.is_dir():
-        what = "is a file, not a directory" if folder.exists() else "not found"
+        what = f"{folder} is a file, not a directory" if folder.exists() else _not_found(cfg, raw, folder)
         raise DataError(
-            f"data.path: {folder} {what}; data.format={fmt} reads a directory holding {' and '.join(expected)}.",
-            hint=f"Set data.path to that directory{_relative_note(cfg, raw)}.",
+            f"data.path: {what}; data.format={fmt} reads a directory holding {' and '.join(expected)}.",
+            hint="Set data.path to that directory: an absolute path, or one relative to the config file's folder, "
+            "the working directory or the data directory.",
         )
     return folder
 
@@ -743,14 +834,6 @@ def _member(folder: Path, filename: str, fmt: str, expected: Sequence[str]) -> P
             hint="Set data.path to the directory that holds them.",
         )
     return path
-
-
-def _relative_note(cfg: DataConfig, raw: str) -> str:
-    """Where a relative path was looked up, for error hints."""
-    if Path(raw).expanduser().is_absolute():
-        return ""
-    base = Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir()
-    return f" (relative paths resolve against {base}, set by data.data_dir or $LIFECYCLE_DATA_DIR)"
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -845,13 +928,14 @@ def _preview(names: Sequence[str], limit: int = 10) -> str:
 # --- splitting -------------------------------------------------------------------------------------------------
 
 
-def _deduplicate(examples: Examples, source: str) -> Examples:
+def _deduplicate(examples: Examples, source: str, level: int = logging.WARNING) -> Examples:
     """Keep the first of each repeated (text, label) pair, in file order."""
     seen: set[tuple[str, str]] = set()
     keep = [i for i, pair in enumerate(zip(examples.texts, examples.labels, strict=True))
             if not (pair in seen or seen.add(pair))]
     if len(keep) < len(examples):
-        logger.info("%s: dropped %d repeated (text, label) pairs", source, len(examples) - len(keep))
+        logger.log(level, "%s: dropped %s repeated (text, label) rows of %s, kept the first of each (data.deduplicate: "
+                       "false keeps them)", source, f"{len(examples) - len(keep):,}", f"{len(examples):,}")
     return _take(examples, np.asarray(keep, dtype=np.int64))
 
 

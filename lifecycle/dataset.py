@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,3 +50,22 @@ def encode_corpus(corpus: Corpus, tokenizer: Tokenizer, max_len: int) -> Encoded
         test=encode_examples(corpus.test, tokenizer, corpus.labels, max_len, corpus.source),
         labels=corpus.labels,
     )
+
+
+def training_encoder(examples: Examples, tokenizer: Tokenizer, labels: tuple[str, ...], max_len: int,
+                     dropout: float) -> Callable[[int], Arrays] | None:
+    """The training split re-encoded with BPE-dropout for each epoch (``train.fit``'s ``train_for_epoch``), or None
+    when ``dropout`` is 0 or the tokenizer has no dropout (word vocabularies).
+
+    Only the training split goes through it: validation, test and serving keep ``tokenizer.encode``'s ids.
+    """
+    encode = getattr(tokenizer, "encode_with_dropout", None)
+    if dropout <= 0 or encode is None:
+        return None
+    fixed = encode_examples(examples, tokenizer, labels, max_len)  # the labels (and their check) once
+    texts = list(examples.texts)
+
+    def for_epoch(epoch: int) -> Arrays:
+        return Arrays(encode(texts, max_len, dropout).astype(np.int32, copy=False), fixed.y)
+
+    return for_epoch

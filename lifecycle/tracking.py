@@ -40,11 +40,30 @@ T = TypeVar("T")
 
 
 def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else SQLite under ``<project root>/mlruns``."""
+    """``$MLFLOW_TRACKING_URI`` (a relative SQLite path made absolute), else SQLite under ``<project root>/mlruns``."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        return env
+        return absolute_uri(env)
     return f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
+
+
+def absolute_uri(uri: str) -> str:
+    """A ``sqlite:///`` URI with a relative path (``sqlite:///mlflow.db``, MLflow's own default) made absolute against
+    the working directory, where MLflow would open it; so the experiment's artifact location, derived from the
+    database's folder, is absolute too. Other URIs are returned as they are."""
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path, sep, query = uri.removeprefix("sqlite:///").partition("?")
+    if not path or path == ":memory:" or Path(path).is_absolute():
+        return uri
+    return f"sqlite:///{Path(path).resolve()}{sep}{query}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where experiments of a SQLite store keep their artifacts: ``<the database's folder>/artifacts`` (None for any
+    other store, whose server decides)."""
+    db = sqlite_path(absolute_uri(uri))
+    return str(db.parent / "artifacts") if db is not None else None
 
 
 def _mlflow() -> Any:
@@ -64,6 +83,8 @@ _TRANSIENT = ("database is locked", "database table is locked", "UNIQUE constrai
               "Connection aborted", "Max retries exceeded", "Remote end closed", "Read timed out", "timed out",
               "502 ", "503 ", "504 ", "Bad Gateway", "Service Unavailable", "Gateway Timeout")
 RETRY_SECONDS = 90.0
+# Opening a store: a server that is down should fail soon (mlflow's own HTTP client already retries each call).
+OPEN_RETRY_SECONDS = 20.0
 
 
 def _transient(exc: BaseException) -> bool:
@@ -113,6 +134,7 @@ def open_client(uri: str, sweep: bool = True) -> Any:
             left half-migrated), in one line naming it.
     """
     mlflow = _mlflow()
+    uri = absolute_uri(uri)
     if uri in _OPENED:
         return mlflow.MlflowClient(uri)
     db = sqlite_path(uri)
@@ -128,12 +150,14 @@ def open_client(uri: str, sweep: bool = True) -> Any:
 
     try:
         if db is None:
-            _retry("open the store", first_use, uri)
+            with _few_http_retries():
+                _retry("open the store", first_use, uri, seconds=OPEN_RETRY_SECONDS)
         else:
             db.parent.mkdir(parents=True, exist_ok=True)
             with housekeeping.exclusive_lock(db.with_name(f"{db.name}.lock")):
-                _prepare_sqlite(db)
-                _retry("open the store", first_use, uri)
+                if not _prepare_sqlite(db):
+                    _retry("create the store", lambda: _create_sqlite_store(uri), uri)
+                _retry("open the store", first_use, uri, seconds=OPEN_RETRY_SECONDS)
     except TrackingError:
         raise
     except Exception as exc:
@@ -150,8 +174,26 @@ def open_client(uri: str, sweep: bool = True) -> Any:
     return client
 
 
-def _prepare_sqlite(db: Path) -> None:
-    """WAL journal (kept by the file), and a refusal of a schema that an interrupted migration left behind."""
+@contextmanager
+def _few_http_retries() -> Iterator[None]:
+    """mlflow's HTTP client retries a refused connection 7 times with doubling waits (minutes for a server that is
+    down): while a store is first opened, retry twice and let :func:`_retry` pace the rest, unless the user set it."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    set_here = [name for name in names if name not in os.environ]
+    os.environ.update({name: names[name] for name in set_here})
+    try:
+        yield
+    finally:
+        for name in set_here:
+            os.environ.pop(name, None)
+
+
+def _prepare_sqlite(db: Path) -> bool:
+    """WAL journal (kept by the file), and a refusal of a schema that an interrupted migration left behind.
+
+    Returns:
+        Whether the database already holds MLflow's schema (False: a new or empty file).
+    """
     import sqlite3
 
     try:
@@ -159,6 +201,8 @@ def _prepare_sqlite(db: Path) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
             left = [row[0] for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type='table' AND name GLOB '_alembic_tmp_*'")]
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='experiments'").fetchone() is not None
         conn.close()
     except sqlite3.DatabaseError as exc:
         raise TrackingError(f"MLflow store {db} is not a usable SQLite database ({exc}).",
@@ -167,6 +211,18 @@ def _prepare_sqlite(db: Path) -> None:
         raise TrackingError(
             f"MLflow store {db} was left half-migrated (table {left[0]} of an interrupted schema migration).",
             "Move the file aside and run again (a new store is created), or repair it with `mlflow db upgrade`.")
+    return exists
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """Create MLflow's schema in a new SQLite database with the store's artifact root beside it. An ``MlflowClient``
+    would create it with MLflow's default root, ``./mlruns`` of the working directory, so that the experiment MLflow
+    makes itself ("Default", where runs started without an experiment go) would keep its artifacts wherever the
+    first command happened to run."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    _mlflow()
+    SqlAlchemyStore(uri, artifact_root(uri))
 
 
 def process_tags() -> dict[str, str]:
@@ -296,7 +352,7 @@ class Tracker(NullTracker):
 
     def __init__(self, cfg: TrackingConfig, experiment: str) -> None:
         self.cfg = cfg
-        self.uri = cfg.uri or default_tracking_uri()
+        self.uri = absolute_uri(cfg.uri or default_tracking_uri())
         mlflow = _mlflow()
         self.client = open_client(self.uri)
         mlflow.set_tracking_uri(self.uri)
@@ -326,6 +382,8 @@ class Tracker(NullTracker):
         active = self._write("start a run", lambda: mlflow.start_run(nested=parent is not None, tags=all_tags,
                                                                     **kwargs))
         self.run_id = active.info.run_id
+        if resume_run_id and "lifecycle.failure" in active.data.tags:  # resumed after its process was killed
+            self._write("clear the failure tag", lambda: self.client.delete_tag(resume_run_id, "lifecycle.failure"))
         status = "FINISHED"
         try:
             yield self
@@ -431,18 +489,41 @@ class Tracker(NullTracker):
 
 
 def ensure_experiment(client: Any, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created (artifacts beside a SQLite database) if missing; a process that loses
-    the race to create it reads the winner's."""
-    db = sqlite_path(uri)
-    location = str(db.parent / "artifacts") if db is not None else None
+    """The id of experiment ``name``, created (artifacts under ``<the SQLite database's folder>/artifacts``, whatever
+    the working directory) if missing; a process that loses the race to create it reads the winner's. An existing
+    experiment of a SQLite store whose artifacts live elsewhere (one made by MLflow itself or by other code, which
+    default to ``./mlruns`` of the working directory they ran in) is used as it is, with a warning naming where."""
+    location = artifact_root(uri)
 
-    def get_or_create() -> str:
+    def get_or_create() -> Any:
         existing = client.get_experiment_by_name(name)
         if existing is not None:
-            return str(existing.experiment_id)
-        return str(client.create_experiment(name, artifact_location=location))
+            return existing
+        return client.get_experiment(client.create_experiment(name, artifact_location=location))
 
-    return _retry(f"open experiment {name!r}", get_or_create, uri)
+    experiment = _retry(f"open experiment {name!r}", get_or_create, uri)
+    if location is not None and not _is_within(experiment.artifact_location, Path(location).parent):
+        key = (absolute_uri(uri), name)
+        if key not in _WARNED_LOCATIONS:
+            _WARNED_LOCATIONS.add(key)
+            log.warning("experiment %r keeps its artifacts in %s, not under %s (it was not created by lifecycle); "
+                        "its new runs' artifacts go there too. Set tracking.experiment to a new name to keep them "
+                        "beside the store.", name, experiment.artifact_location, location)
+    return str(experiment.experiment_id)
+
+
+_WARNED_LOCATIONS: set[tuple[str, str]] = set()
+
+
+def _is_within(location: str, folder: Path) -> bool:
+    """Whether an artifact location (a path or ``file:`` URI) is inside ``folder``."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return False
+    path = Path(unquote(parsed.path) if parsed.scheme == "file" else location)
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def make_tracker(cfg: TrackingConfig, experiment: str) -> NullTracker:
@@ -764,9 +845,10 @@ def log_pyfunc(version_path: Path, registered_name: str | None = None, tracking_
     if kind == "bpe":
         requirements.append(f"youtokentome=={installed('youtokentome')}")
     mlflow = _mlflow()
-    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    uri = absolute_uri(tracking_uri or default_tracking_uri())
+    mlflow.set_tracking_uri(uri)
     try:
-        with _active_or_new_run(mlflow, experiment, tracking_uri or default_tracking_uri()):
+        with _active_or_new_run(mlflow, experiment, uri):
             info = mlflow.pyfunc.log_model(
                 name=PYFUNC_ARTIFACT,
                 python_model=str(package / "serving" / "pyfunc_model.py"),
@@ -788,13 +870,8 @@ def _active_or_new_run(mlflow: Any, experiment: str, uri: str) -> Iterator[None]
     if mlflow.active_run() is not None:
         yield
         return
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        experiment_id = found.experiment_id
-    else:  # beside the database, as Tracker does, never a ./mlruns under the working directory
-        location = str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts") if uri.startswith("sqlite:///") \
-            else None
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+    # Artifacts beside the database, as Tracker's, never in a ./mlruns or ./artifacts of the working directory.
+    experiment_id = ensure_experiment(open_client(uri), experiment, uri)
     with mlflow.start_run(experiment_id=experiment_id, tags={"lifecycle.step": "pyfunc"}):
         yield
 

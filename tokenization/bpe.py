@@ -52,7 +52,9 @@ from tokenization.base import (
     UNK,
     PaddedEncoder,
     check_kept_ids,
+    check_max_len,
     check_texts,
+    pad_rows,
     read_array,
     read_metadata,
     remove_stale_files,
@@ -262,6 +264,25 @@ class BPETokenizer(PaddedEncoder):
             rows = self._bpe.encode(prepared, output_type=_youtokentome().OutputType.ID)
         table = self._old_to_new
         return rows if table is None else [[table[token_id] for token_id in row] for row in rows]
+
+    def encode_with_dropout(self, texts: Sequence[str], max_len: int, dropout: float) -> np.ndarray:
+        """Training-time ids as :meth:`encode` gives them, but with BPE-dropout: each merge skipped with probability
+        ``dropout``, so a word comes out in smaller pieces, differently on every call. Never used for evaluation or
+        serving. Always through youtokentome (the lean merge table has no dropout); unseeded.
+
+        Raises:
+            TokenizerError: ``dropout`` outside [0, 1) or ``max_len`` < 1.
+        """
+        check_texts(texts, "BPETokenizer.encode_with_dropout")
+        check_max_len(max_len)
+        if not 0.0 <= dropout < 1.0:
+            raise TokenizerError(f"tokenizer.bpe.dropout must be in [0, 1). Received: {dropout!r}.")
+        prepared = [_normalize(text, self._lowercase) for text in texts]
+        rows = self._bpe.encode(prepared, output_type=_youtokentome().OutputType.ID, dropout_prob=float(dropout))
+        table = self._old_to_new
+        if table is not None:
+            rows = [[table[token_id] for token_id in row] for row in rows]
+        return pad_rows(rows, int(max_len))
 
     def keep_ids(self, kept_ids: np.ndarray) -> BPETokenizer:
         """The vocabulary shrunk to ``kept_ids`` (ascending, specials first): id ``i`` becomes ``kept_ids[i]``.

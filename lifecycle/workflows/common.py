@@ -77,6 +77,15 @@ def _log_evaluation(tracker: NullTracker, scores: Any, title: str, prefix: str =
         tracker.log_artifact(png)
 
 
+def log_data_cleaning(tracker: NullTracker, corpus: Any) -> None:
+    """What reading the data dropped or found, as run metrics (``data_repeats_dropped``, ``data_test_in_train``,
+    ``data_test_dropped``) and the test-overlap policy applied as the ``lifecycle.test_overlap`` tag."""
+    cleaning = corpus.cleaning
+    tracker.log_metrics({f"data_{key}": float(value) for key, value in cleaning.items() if key != "test_overlap"})
+    if "test_overlap" in cleaning:
+        tracker.set_tags({"lifecycle.test_overlap": str(cleaning["test_overlap"])})
+
+
 def open_version(ref: str) -> artifacts.Version:
     """A VERSION argument (path, runs:/, models:/) loaded and verified."""
     return artifacts.load_version(resolve_version(ref))
@@ -114,7 +123,7 @@ def _check_arrays(version: artifacts.Version, tokenizer: Any, corpus: Any = None
 
     cfg = version.config
     try:
-        corpus = corpus or load_corpus(cfg.data, cfg.name)
+        corpus = corpus or load_corpus(cfg.data, cfg.name, report=False)
         arrays = encode_examples(corpus.test, tokenizer, version.labels, version.max_len, corpus.source)
         return arrays, "test split", list(corpus.test.texts)
     except DataError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,9 @@ from lifecycle.workflows.common import (
     open_version,
     recipe_label,
 )
+
+# (step number from 1, steps, the step as recipe text, stored bytes before, after, seconds)
+StepCallback = Callable[[int, int, str, int, int, float], None]
 
 
 @dataclass(frozen=True)
@@ -249,7 +254,8 @@ def serving_kernels_of(version: artifacts.Version) -> str:
 
 
 def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_dir: Path | None = None,
-                 track: bool = True, serving_kernels: str | None = None) -> StepOutcome:
+                 track: bool = True, serving_kernels: str | None = None, on_step: StepCallback | None = None
+                 ) -> StepOutcome:
     """Apply a compression recipe (``fp16``, ``int8``, ``prune:S``, ``vocab:N``, ``tune:E``...) to a frozen or
     compressed version.
 
@@ -260,7 +266,8 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     recorded.
 
     ``serving_kernels`` (``lifecycle.litert.KERNELS``) is how the int8 serving form runs its kernels; None keeps the
-    parent's choice (``hybrid`` when the parent has none).
+    parent's choice (``hybrid`` when the parent has none). ``on_step`` is called after each recipe step with its
+    number, the step count, the step as text, the stored bytes before and after and the seconds it took.
     """
     import numpy as np
 
@@ -279,7 +286,14 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     tokenizer = load_tokenizer(parent.tokenizer_dir)
     context = RecipeContext(parent.config, parent.labels, parent.max_len, source.kernel_sizes, source.weight_map,
                             tokenizer, str(parent.path))
-    weights, reports = apply_recipe(source.weights, steps, context)
+    weights, reports = source.weights, []
+    for number, step in enumerate(steps, start=1):  # one step at a time, to report each as it ends
+        started = time.perf_counter()
+        weights, done = apply_recipe(weights, [step], context)
+        reports.extend(done)
+        if on_step is not None:
+            on_step(number, len(steps), recipe_label([done[0].as_dict()]), done[0].bytes_before, done[0].bytes_after,
+                    time.perf_counter() - started)
     full_recipe = [*parent.manifest.get("recipe", []), *[r.as_dict() for r in reports]]
     if any(step["name"] == "int8-act" for step in full_recipe) and context.calibration_samples is None:
         context.calibration_samples = CALIBRATION_SAMPLES  # inherited from an ancestor's recipe

@@ -15,7 +15,7 @@ from lifecycle import artifacts, housekeeping
 from lifecycle.config import Config
 from lifecycle.corpus import Corpus, load_corpus
 from lifecycle.tracking import NullTracker, make_tracker
-from lifecycle.workflows.common import StepOutcome, _log_evaluation, _write_checkpoint
+from lifecycle.workflows.common import StepOutcome, _log_evaluation, _write_checkpoint, log_data_cleaning
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def _log_splits(tracker: NullTracker, corpus: Corpus) -> None:
     for context, examples in (("train", corpus.train), ("validation", corpus.validation), ("test", corpus.test)):
         tracker.log_input(examples.texts, examples.labels, name=f"{corpus.name}-{context}",
                           source=corpus.location or corpus.source, context=context)
+    log_data_cleaning(tracker, corpus)
 
 
 def _work_dir(cfg: Config, versions_dir: Path | None) -> Path:
@@ -195,7 +196,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
     from lifecycle import model as model_lib
     from lifecycle import train as train_lib
     from lifecycle.console import Stage
-    from lifecycle.dataset import encode_corpus
+    from lifecycle.dataset import encode_corpus, training_encoder
 
     run_file = work / "run.json"
     tracker = make_tracker(cfg.tracking, cfg.name)
@@ -239,8 +240,10 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
             tracker.log_metrics(logs, step=epoch)
 
         stage.done()
+        dropout = cfg.tokenizer.bpe.dropout if cfg.tokenizer.kind == "bpe" else 0.0
+        train_for_epoch = training_encoder(corpus.train, tokenizer, corpus.labels, cfg.tokenizer.max_len, dropout)
         result = train_lib.fit(model, data.train, data.validation, cfg.train, resume_dir=resume_dir,
-                               on_epoch=on_epoch, callbacks=callbacks)
+                               on_epoch=on_epoch, callbacks=callbacks, train_for_epoch=train_for_epoch)
         stage = Stage(progress)
         stage("evaluating on the test split")
 
@@ -250,10 +253,9 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
         version = _write_checkpoint(output, model, work / "tokenizer", cfg, corpus.labels, cfg.tokenizer.max_len, {
             "run_id": tracker.run_id,
             "metrics": scores.metrics(),
-            "training": {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                         "stopped_early": result.stopped_early, "resumed_from": result.resumed_from},
+            "training": result.summary(),
             "data": {"source": corpus.source, "train": len(corpus.train), "validation": len(corpus.validation),
-                     "test": len(corpus.test)},
+                     "test": len(corpus.test), **corpus.cleaning},
         }, unique=unique)
         sizes = version.manifest["sizes"]
         metrics = {
@@ -266,8 +268,16 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
             "params_total": version.manifest["params_total"],
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
+            "peak_epoch": result.best_epoch + 1,
+            "patience_epochs": result.schedule.patience_epochs if result.schedule else 0,
+            "lr_reductions": result.lr_reductions,
+            "final_learning_rate": result.final_learning_rate,
         }
         tracker.log_metrics(metrics)
+        # Why training ended, searchable in the MLflow UI (tags.`lifecycle.stop_reason` = 'max_epochs' finds runs
+        # that hit the epochs cap before converging).
+        tracker.set_tags({"lifecycle.stop_reason": result.stop_reason,
+                          "lifecycle.peak_epoch": str(result.best_epoch + 1)})
         _log_evaluation(tracker, scores, f"{cfg.name} test")
         stage("logging to MLflow")
         tracker.log_artifacts(version.path, "version")
@@ -275,7 +285,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
         tracker.set_tags({"lifecycle.version": str(version.path)})
         stage.done()
     shutil.rmtree(work, ignore_errors=True)
-    facts = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1,
+    facts = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1, "stop_reason": result.stop_reason,
              "resumed_from": result.resumed_from, "vocab_size": tokenizer.vocab_size,
              "labels": len(corpus.labels), "train/val/test": f"{len(corpus.train)}/{len(corpus.validation)}/"
                                                               f"{len(corpus.test)}"}

@@ -100,7 +100,7 @@ def test_relative_data_path_uses_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_flat_params_cover_every_key() -> None:
     flat = load_config(None).flat()
-    assert flat["train.epochs"] == "10"
+    assert flat["train.epochs"] == "100"
     assert flat["model.kernel_sizes"] == "[3, 4, 5]"
     assert "tokenizer.word.word2vec.dim" in flat
 
@@ -178,9 +178,9 @@ def test_floats_are_finite_and_in_range(override: str, message: str) -> None:
     ('train: {epochs: "3"}', "train.epochs: Input should be a valid integer. Received: '3'. Write it without "
      "quotes: train.epochs: 3."),
     ("train: {epochs: 3.0}", "train.epochs: Input should be a valid integer. Received: 3.0. Write a whole number, "
-     "e.g. 10 (the default)."),
+     "e.g. 100 (the default)."),
     ("train: {epochs: true}", "train.epochs: Input should be a valid integer. Received: True. Write a whole number, "
-     "e.g. 10 (the default)."),
+     "e.g. 100 (the default)."),
     ("data: {limit: '800'}", "data.limit: Input should be a valid integer. Received: '800'. Write it without "
      "quotes: data.limit: 800."),
     ('tracking: {enabled: "false"}', "tracking.enabled: Input should be a valid boolean. Received: 'false'. Write "

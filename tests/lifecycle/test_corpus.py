@@ -334,7 +334,8 @@ def test_error_path_not_set(fmt: str) -> None:
 
 
 def test_error_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"data\.path: .*nope\.csv not found.*relative paths resolve against"):
+    with pytest.raises(DataError, match=r"data\.path: nope\.csv not found; looked in .*nope\.csv \(the working "
+                                        r"directory\), .*nope\.csv \(the data directory"):
         read_examples(DataConfig(format="csv", path="nope.csv", data_dir=str(tmp_path)))
     train = _write(tmp_path / "t.csv", "text,label\na,x\nb,y\n")
     with pytest.raises(DataError, match=r"data\.test_path: .*missing\.csv not found"):
@@ -343,7 +344,8 @@ def test_error_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["mr", "trec", "stackoverflow"])
 def test_error_missing_directory(tmp_path: Path, fmt: str) -> None:
-    with pytest.raises(DataError, match=rf"data\.path: .* not found; data\.format={fmt} reads a directory"):
+    with pytest.raises(DataError, match=rf"data\.path: .* not found; looked in .*; data\.format={fmt} reads a "
+                                        r"directory"):
         read_examples(DataConfig(format=fmt, data_dir=str(tmp_path)))
 
 

@@ -195,3 +195,174 @@ def test_version_by_registry_alias(trained: dict, tracking_uri: str) -> None:
     assert version.manifest["run_id"] == trained["outcome"].run_id
     with pytest.raises(ModelError, match="models:/mr-slice@nobody: cannot be fetched"):
         open_version("models:/mr-slice@nobody")
+
+
+# ---------------------------------------------------------------- the schedule (issue 13)
+
+
+def test_schedule_reads_the_training_set_size() -> None:
+    from lifecycle.config import TrainConfig
+    from lifecycle.train import plan_schedule
+
+    cfg = TrainConfig()  # patience 2 epochs at least, 500 steps, batch 50
+    small, large = plan_schedule(cfg, 600), plan_schedule(cfg, 100_000)
+    assert (small.steps_per_epoch, small.patience_epochs, small.reduce_lr_patience) == (12, 42, 21)
+    assert (large.steps_per_epoch, large.patience_epochs, large.reduce_lr_patience) == (2000, 2, 1)
+    # the same number of steps without improvement, whatever the size (to within an epoch)
+    assert small.patience_epochs * small.steps_per_epoch >= 500 <= large.patience_epochs * large.steps_per_epoch
+    # an old config's patience is a floor, and patience_steps=0 restores plain epoch patience
+    assert plan_schedule(cfg.model_copy(update={"patience": 5, "patience_steps": 0}), 600).patience_epochs == 5
+    assert plan_schedule(cfg.model_copy(update={"reduce_lr_patience": 3}), 600).reduce_lr_patience == 3
+
+
+def _tiny_model(seed: int = 3):
+    from lifecycle.backend import tf_module
+    from lifecycle.config import ModelConfig, TrainConfig
+    from lifecycle.model import build_model
+
+    tf_module()
+    train_cfg = TrainConfig(seed=seed, learning_rate=0.01)
+    model = build_model(ModelConfig(embedding_dim=8, filters=4, kernel_sizes=(2, 3)), train_cfg, vocab_size=40,
+                        num_classes=3, max_len=8)
+    return model, train_cfg
+
+
+def _random_arrays(n: int, seed: int):
+    from lifecycle.train import Arrays
+
+    rng = np.random.default_rng(seed)
+    return Arrays(rng.integers(1, 40, size=(n, 8)).astype(np.int32), rng.integers(0, 3, size=n).astype(np.int32))
+
+
+def test_fit_stops_on_a_plateau_lowers_the_rate_and_restores_the_best_epoch() -> None:
+    from lifecycle.train import STOP_PLATEAU, fit
+
+    # Random labels: the validation accuracy cannot keep improving, so the run must stop on a plateau.
+    model, cfg = _tiny_model()
+    cfg = cfg.model_copy(update={"epochs": 60, "patience": 4, "patience_steps": 0, "batch_size": 20})
+    snapshots: dict[int, list[np.ndarray]] = {}
+    result = fit(model, _random_arrays(200, 1), _random_arrays(100, 2), cfg,
+                 on_epoch=lambda epoch, logs: snapshots.__setitem__(epoch, [w.numpy().copy() for w in model.weights]))
+    assert result.stop_reason == STOP_PLATEAU and result.stopped_early
+    assert result.epochs_run == result.best_epoch + 1 + 4 < 60
+    assert result.schedule is not None and result.schedule.patience_epochs == 4
+    # reduce-on-plateau: after 2 epochs without improvement the rate was halved, and the history shows it
+    rates = [logs["learning_rate"] for logs in result.history]
+    assert result.lr_reductions >= 1 and result.final_learning_rate == pytest.approx(0.01 * 0.5 ** result.lr_reductions)
+    assert rates[result.best_epoch + 3] == pytest.approx(rates[result.best_epoch] / 2)
+    # restore-best: the model holds the weights of the peak epoch, not the last one
+    for kept, best in zip(model.weights, snapshots[result.best_epoch], strict=True):
+        np.testing.assert_array_equal(kept.numpy(), best)
+    assert any(not np.array_equal(w.numpy(), last) for w, last in zip(model.weights, snapshots[result.epochs_run - 1],
+                                                                        strict=True))
+    # the peak is the best validation accuracy, ties going to the lower validation loss
+    accuracies = [logs["val_accuracy"] for logs in result.history]
+    assert result.best_value == max(accuracies) == accuracies[result.best_epoch]
+    tied = [logs["val_loss"] for logs in result.history if logs["val_accuracy"] == max(accuracies)]
+    assert result.history[result.best_epoch]["val_loss"] == min(tied)
+    summary = result.summary()
+    assert summary["stop_reason"] == "plateau" and summary["peak_epoch"] == result.best_epoch + 1
+
+
+def test_fit_reports_the_epoch_cap_when_it_ends_training() -> None:
+    from lifecycle.train import STOP_MAX_EPOCHS, fit
+
+    model, cfg = _tiny_model()
+    cfg = cfg.model_copy(update={"epochs": 2, "patience": 10, "monitor": "val_loss"})
+    result = fit(model, _random_arrays(60, 1), _random_arrays(30, 2), cfg)
+    assert (result.stop_reason, result.stopped_early, result.epochs_run) == (STOP_MAX_EPOCHS, False, 2)
+    assert result.lr_reductions == 0 or cfg.reduce_lr_patience is None
+
+
+def test_stop_reason_and_peak_epoch_reach_the_manifest_and_mlflow(trained: dict, tracking_uri: str) -> None:
+    import mlflow
+
+    outcome = trained["outcome"]
+    training = artifacts.load_version(outcome.version).manifest["training"]
+    # the fixture's 4-epoch cap ends it: on an 800-text slice (25 steps of 32) 500 steps of patience are 20 epochs
+    assert training["stop_reason"] == "max_epochs" and training["epochs_run"] == 4
+    assert training["steps_per_epoch"] == 25 and training["patience_epochs"] == 20
+    assert training["peak_epoch"] == training["best_epoch"] + 1 and training["monitor"] == "val_accuracy"
+    run = mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id)
+    assert run.data.tags["lifecycle.stop_reason"] == "max_epochs"
+    assert run.data.tags["lifecycle.peak_epoch"] == str(training["peak_epoch"])
+    assert run.data.metrics["peak_epoch"] == training["peak_epoch"]
+    assert "learning_rate" in run.data.metrics
+    assert outcome.facts["stop_reason"] == "max_epochs"
+
+
+def test_validation_path_is_read_instead_of_a_held_out_split(tmp_path: Path) -> None:
+    from lifecycle.config import load_config
+    from lifecycle.corpus import load_corpus
+    from lifecycle.errors import DataError
+
+    def write(name: str, rows: list[tuple[str, str]]) -> str:
+        path = tmp_path / name
+        path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows), encoding="utf-8")
+        return str(path)
+
+    train = [(f"good film number {i}", "pos") for i in range(30)] + [(f"bad film number {i}", "neg") for i in range(30)]
+    validation = [("a good one", "pos"), ("a bad one", "neg"), ("so good", "pos")]
+    keys = [f"data.path={write('train.csv', train)}", f"data.validation_path={write('val.csv', validation)}",
+            f"data.test_path={write('test.csv', [('good', 'pos'), ('bad', 'neg')])}", "data.format=csv"]
+    corpus = load_corpus(load_config(None, keys).data, "own-validation")
+    assert sorted(corpus.validation.texts) == sorted(t for t, _ in validation)
+    assert len(corpus.train) == 60  # nothing held out of data.path
+    assert "validation: " in corpus.source
+    unseen = [*keys[:1], f"data.validation_path={write('v2.csv', [('meh', 'neutral')])}", *keys[2:]]
+    with pytest.raises(DataError, match="validation split has labels with no training example"):
+        load_corpus(load_config(None, unseen).data, "own-validation")
+    missing = [*keys[:1], f"data.validation_path={tmp_path / 'nope.csv'}", *keys[2:]]
+    with pytest.raises(DataError, match="data.validation_path"):
+        load_corpus(load_config(None, missing).data, "own-validation")
+
+
+def test_fit_takes_a_fresh_training_encoding_each_epoch() -> None:
+    from lifecycle.train import fit
+
+    model, cfg = _tiny_model()
+    cfg = cfg.model_copy(update={"epochs": 3, "patience": 10, "patience_steps": 0})
+    asked: list[int] = []
+
+    def for_epoch(epoch: int):
+        asked.append(epoch)
+        return _random_arrays(60, 100 + epoch)
+
+    result = fit(model, _random_arrays(60, 1), _random_arrays(30, 2), cfg, train_for_epoch=for_epoch)
+    assert asked == [0, 1, 2] and result.epochs_run == 3
+
+
+def test_run_train_applies_bpe_dropout_to_the_training_split_only(data_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifecycle import train as train_lib
+    from lifecycle.workflows import run_train
+    from tokenization.bpe import BPETokenizer
+
+    seen: dict[str, object] = {}
+    real_fit, real_dropout = train_lib.fit, BPETokenizer.encode_with_dropout
+
+    def spy_fit(model, train, validation, cfg, **kwargs):
+        seen["validation"], seen["train"] = validation.x.copy(), train.x.copy()
+        seen["epoch0"] = kwargs["train_for_epoch"](0).x
+        return real_fit(model, train, validation, cfg, **kwargs)
+
+    def spy_dropout(self, texts, max_len, dropout):
+        seen.setdefault("dropout", []).append((len(texts), dropout))  # type: ignore[union-attr]
+        return real_dropout(self, texts, max_len, dropout)
+
+    monkeypatch.setattr(train_lib, "fit", spy_fit)
+    monkeypatch.setattr(BPETokenizer, "encode_with_dropout", spy_dropout)
+    cfg = mr_config("tracking.enabled=false", "tokenizer.kind=bpe", "tokenizer.bpe.vocab_size=500",
+                    "tokenizer.bpe.threads=1", "tokenizer.bpe.dropout=0.2", "train.epochs=2", "data.limit=300")
+    outcome = run_train(cfg, tmp_path / "v", versions_dir=tmp_path / "versions")
+    # the training texts (300 of them) were re-encoded with dropout, once per epoch plus the spy's call; nothing else
+    assert seen["dropout"] == [(300, 0.2)] * 3
+    assert not np.array_equal(seen["epoch0"], seen["train"])
+    # validation (like test and serving) was encoded deterministically, by the version's own tokenizer
+    from lifecycle.corpus import load_corpus
+    from tokenization.base import load_tokenizer
+
+    tokenizer = load_tokenizer(outcome.version / "tokenizer")
+    validation_texts = list(load_corpus(cfg.data, cfg.name).validation.texts)
+    np.testing.assert_array_equal(seen["validation"], tokenizer.encode(validation_texts, cfg.tokenizer.max_len))
+    assert np.isfinite(outcome.metrics["test_accuracy"])

@@ -169,3 +169,30 @@ def test_decode_rejects_unknown_ids(chat_bpe) -> None:
     with pytest.raises(TokenizerError, match="Token id must be in"):
         chat_bpe.decode([[5, chat_bpe.vocab_size]])
     assert chat_bpe.decode([[PAD, PAD]]) == [""]
+
+
+def test_bpe_dropout_changes_training_encodings_only(mr_bpe, mr_texts) -> None:
+    from lifecycle.corpus import Examples
+    from lifecycle.dataset import encode_examples, training_encoder
+
+    texts = mr_texts[:200]
+    plain = mr_bpe.encode(texts, 40)
+    first, second = (mr_bpe.encode_with_dropout(texts, 40, 0.3) for _ in range(2))
+    assert not np.array_equal(first, plain) and not np.array_equal(first, second)  # a new segmentation each call
+    # dropped merges leave smaller pieces: more tokens per text, never fewer, and the same characters
+    assert (first != 0).sum() > (plain != 0).sum()
+    assert mr_bpe.decode(mr_bpe.encode_with_dropout(texts[:50], 200, 0.3)) == mr_bpe.decode(
+        mr_bpe.encode(texts[:50], 200))
+    np.testing.assert_array_equal(mr_bpe.encode_with_dropout(texts, 40, 0.0), plain)
+    # evaluation and serving encodings are untouched by having sampled with dropout
+    np.testing.assert_array_equal(mr_bpe.encode(texts, 40), plain)
+    with pytest.raises(TokenizerError, match="dropout"):
+        mr_bpe.encode_with_dropout(texts, 40, 1.0)
+
+    examples = Examples(tuple(texts), tuple("pos" if i % 2 else "neg" for i in range(len(texts))))
+    for_epoch = training_encoder(examples, mr_bpe, ("neg", "pos"), 40, dropout=0.3)
+    assert for_epoch is not None
+    epoch0, epoch1 = for_epoch(0), for_epoch(1)
+    assert not np.array_equal(epoch0.x, epoch1.x) and not np.array_equal(epoch0.x, plain)
+    np.testing.assert_array_equal(epoch0.y, encode_examples(examples, mr_bpe, ("neg", "pos"), 40).y)
+    assert training_encoder(examples, mr_bpe, ("neg", "pos"), 40, dropout=0.0) is None
