@@ -167,6 +167,14 @@ def default_output(name: str, kind: str, root: Path | None = None) -> Path:
     return candidate
 
 
+def resolve_output(output: Path | None, name: str, kind: str, root: Path | None = None) -> tuple[Path, bool]:
+    """The directory a step writes: ``--output`` (checked to be new), else a default name; and whether that name may
+    move to ``-2``, ``-3``... when another process takes it first (the ``unique`` of :func:`write_version`)."""
+    if output is not None:
+        return check_output(output), False
+    return default_output(name, kind, root), True
+
+
 def check_output(output: Path) -> Path:
     """Refuse an --output that already exists (a version is never overwritten in place)."""
     output = output.expanduser().resolve()

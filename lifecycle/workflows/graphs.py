@@ -114,9 +114,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
     from tokenization.base import load_tokenizer, serving_copy
 
     cfg = parent.config
-    unique = output is None
-    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, candidate.kind,
-                                                                                      versions_dir)
+    output, unique = artifacts.resolve_output(output, cfg.name, candidate.kind, versions_dir)
     frozen = candidate.frozen
     metrics: dict[str, float] = {"max_abs_diff_vs_parent": candidate.max_abs_diff}
     if candidate.compared_on == "test split":
@@ -348,9 +346,7 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
                          f"{compared_on}; nothing written.")
     model = restored.model
     model.optimizer.build(model.trainable_variables)  # Adam's slots exist, so sizes compare with a trained checkpoint
-    unique = output is None
-    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
-                                                                                      versions_dir)
+    output, unique = artifacts.resolve_output(output, cfg.name, "checkpoint", versions_dir)
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     tracker = make_tracker(tracking, cfg.name)
     tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path)}

@@ -72,8 +72,7 @@ def run_import(source: Path, mapping: Path, tokenizer: Path, output: Path | None
                              f"{limit:g}) on {len(our_ids)} id rows; nothing written. Check the mapping ({mapping}): "
                              "conv widths, dense kernel and labels must match the graph.")
     model.optimizer.build(model.trainable_variables)  # Adam's slots exist, so sizes compare with a trained checkpoint
-    unique = output is None
-    output = output or artifacts.default_output(cfg.name, "checkpoint", versions_dir)
+    output, unique = artifacts.resolve_output(output, cfg.name, "checkpoint", versions_dir)
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     tracker = make_tracker(tracking, cfg.name)
     sha = artifacts.sha256_file(source)

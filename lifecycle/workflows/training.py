@@ -88,13 +88,11 @@ def _train_tokenizer(cfg: Config, corpus: Corpus, directory: Path) -> tuple[Any,
 def run_tokenize(cfg: Config, output: Path | None = None) -> StepOutcome:
     """Train the config's tokenizer on its training split and save it as a tokenizer version."""
     corpus = load_corpus(cfg.data, cfg.name)
-    unique = output is None
-    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "tokenizer")
+    output, unique = artifacts.resolve_output(output, cfg.name, "tokenizer")
     tracker = make_tracker(cfg.tracking, cfg.name)
     with tracker.run("tokenize", f"tokenize-{cfg.tokenizer.kind}", {"lifecycle.tokenizer": cfg.tokenizer.kind}):
         tracker.log_params(cfg.flat())
-        work = housekeeping.make_temp_dir("tokenize")
-        try:
+        with housekeeping.temp_dir("tokenize") as work:
             tokenizer, seconds = _train_tokenizer(cfg, corpus, work / "tokenizer")
             report = _tokenizer_report(tokenizer, work / "tokenizer", seconds, corpus.validation.texts,
                                        cfg.tokenizer.max_len)
@@ -106,8 +104,6 @@ def run_tokenize(cfg: Config, output: Path | None = None) -> StepOutcome:
                         "metrics": report.metrics(), "run_id": tracker.run_id}
 
             version = artifacts.write_version(output, "tokenizer", build, unique=unique)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         tracker.log_metrics(report.metrics())
         tracker.log_artifacts(version.path, "tokenizer")
     return StepOutcome(version.path, tracker.last_run_id, None, report.metrics())
@@ -181,9 +177,7 @@ def run_train(
     stage = Stage(progress)
     stage(f"reading {cfg.data.format} data")
 
-    unique = output is None
-    output = artifacts.check_output(output) if output else artifacts.default_output(cfg.name, "checkpoint",
-                                                                                      versions_dir)
+    output, unique = artifacts.resolve_output(output, cfg.name, "checkpoint", versions_dir)
     corpus = load_corpus(cfg.data, cfg.name)
     with _claim_work_dir(_work_dir(cfg, versions_dir), resume) as (work, resume):
         return _train_in(cfg, corpus, work, output, unique, resume, progress, stage)
