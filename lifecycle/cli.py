@@ -49,6 +49,9 @@ NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log to MLfl
 RuntimeOpt = Annotated[str, typer.Option(
     "--runtime", help="Model form of a frozen/compressed version: auto (the LiteRT serving form when present, no "
     "TensorFlow import), litert, or graph (graph.pb in TensorFlow).")]
+AbstainOpt = Annotated[float | None, typer.Option(
+    "--abstain", min=0.0, max=1.0, help="Answer 'unknown' for texts whose calibrated top probability is under this "
+    "(default: the version's calibration.abstain_threshold, if any; 0: always answer).", show_default=False)]
 VersionArg = Annotated[str, typer.Argument(help="Version: a directory, runs:/<run_id> or models:/<name>/<n>.",
                                            show_default=False)]
 
@@ -271,15 +274,20 @@ def evaluate(
     label_field: Annotated[str, typer.Option(help="Label column or key of --data.")] = "label",
     encoding: Annotated[str, typer.Option(help="Encoding of --data.")] = "utf-8",
     runtime: RuntimeOpt = "auto",
+    abstain: AbstainOpt = None,
     no_track: NoTrackOpt = False,
 ) -> None:
-    """Score a version on labelled data: accuracy, macro-F1 and a per-class report."""
+    """Score a version on labelled data: accuracy, macro-F1, a per-class report and calibration.
+
+    Calibration: the expected calibration error (15 equal-width bins) and NLL without and with the version's
+    temperature; with an abstain threshold, the share of texts answered and the accuracy on them.
+    """
     with _errors():
         from lifecycle.config import DataConfig
         from lifecycle.workflows import run_evaluate
 
         data_cfg = DataConfig(text_field=text_field, label_field=label_field, encoding=encoding)
-        outcome = run_evaluate(version, data, data_cfg, track=not no_track, runtime=runtime)
+        outcome = run_evaluate(version, data, data_cfg, track=not no_track, runtime=runtime, abstain=abstain)
         table = Table("label", "precision", "recall", "f1", "support", title=f"{outcome.version}")
         for label, row in outcome.facts["per_class"].items():
             table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
@@ -296,26 +304,35 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="Show the k most likely labels.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per text on stdout.")] = False,
     runtime: RuntimeOpt = "auto",
+    abstain: AbstainOpt = None,
 ) -> None:
-    """Classify texts with a version: label and probability for each."""
+    """Classify texts with a version: label and (calibrated) probability for each.
+
+    With an abstain threshold (--abstain, else the version's calibration.abstain_threshold), a text whose top
+    probability is under it gets the label "unknown"; its probability and top-k still show the best guesses, and
+    --json marks it "abstained": true.
+    """
     with _errors():
         items = list(texts or [])
         if file is not None:
             items += [line for line in _read_lines(file) if line.strip()]
         from lifecycle.workflows import run_predict
 
-        results = run_predict(version, items, top_k=top_k, runtime=runtime)
+        results = run_predict(version, items, top_k=top_k, runtime=runtime, abstain=abstain)
         if as_json:
             for r in results:
                 console.out.print_json(json.dumps({"text": r.text, "label": r.label, "probability": r.probability,
+                                                   "abstained": r.abstained,
                                                    "top": [{"label": k, "probability": p} for k, p in r.top]}))
             return
         table = Table("label", "probability", "text") if top_k == 1 else Table("text", f"top {top_k}")
         for r in results:
             if top_k == 1:
-                table.add_row(r.label, f"{r.probability:.3f}", r.text)
+                label = f"{r.label} (best: {r.top[0][0]})" if r.abstained else r.label
+                table.add_row(label, f"{r.probability:.3f}", r.text)
             else:
-                table.add_row(r.text, ", ".join(f"{label} {p:.3f}" for label, p in r.top))
+                table.add_row(r.text, ("unknown: " if r.abstained else "")
+                              + ", ".join(f"{label} {p:.3f}" for label, p in r.top))
         console.out.print(table)
 
 

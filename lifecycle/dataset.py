@@ -10,10 +10,20 @@ import numpy as np
 
 from lifecycle.corpus import Corpus, Examples
 from lifecycle.errors import DataError
-from lifecycle.train import Arrays
 
 if TYPE_CHECKING:
     from tokenization.base import Tokenizer
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """Token ids and label ids of one split."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
 
 
 @dataclass(frozen=True)

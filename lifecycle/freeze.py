@@ -502,7 +502,7 @@ class GraphRunner:
         self.max_len = max_len
         self.np_dtype = np.dtype(input_dtype)
         self.run(np.zeros((1, max_len), dtype=np.int32))  # warm-up: the user's first call is not the slow one
-        from lifecycle.bench import release_free_memory
+        from lifecycle.procstat import release_free_memory
 
         release_free_memory()
 

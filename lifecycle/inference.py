@@ -14,12 +14,17 @@ from lifecycle.errors import ModelError
 
 @dataclass(frozen=True)
 class Prediction:
-    """One text's label, its probability, and the top-k (label, probability) pairs."""
+    """One text's label, its probability, and the top-k (label, probability) pairs.
+
+    ``abstained``: the top probability is under the abstain threshold, so ``label`` is ``calibration.UNKNOWN``
+    while ``probability`` and ``top`` still show the model's best guesses.
+    """
 
     text: str
     label: str
     probability: float
     top: tuple[tuple[str, float], ...]
+    abstained: bool = False
 
 
 RUNTIMES = ("auto", "litert", "graph")
@@ -36,10 +41,16 @@ class Predictor:
     call (None: ``litert.DEFAULT_MAX_BATCH``), since the interpreter's memory grows with the largest batch it has run;
     ``lean_tokenizer`` loads a bpe tokenizer lean (``tokenization.base.load_tokenizer``: the same ids, 3.9 MB instead
     of 10-11 MB for 30,000 tokens, more CPU per new word).
+
+    Probabilities are calibrated: the version's temperature (manifest ``calibration.temperature``, 1 for versions
+    made without one) is applied to whatever the runtime returns, as ``softmax(log(p) / T)``, in every method;
+    ``calibrated=False`` on ``predict_ids``/``predict_proba`` gives the model's own. ``abstain_threshold`` is the
+    version's default threshold for ``predict`` (manifest ``calibration.abstain_threshold``, else None).
     """
 
     def __init__(self, version: Version, runtime: str = "auto", threads: int | None = None,
                  max_batch: int | None = None, lean_tokenizer: bool = False) -> None:
+        from lifecycle.calibration import abstain_threshold_of, temperature_of
         from tokenization.base import load_tokenizer
 
         if runtime not in RUNTIMES:
@@ -47,6 +58,8 @@ class Predictor:
         self.version = version
         self.labels = version.labels
         self.max_len = version.max_len
+        self.temperature = temperature_of(version.manifest)
+        self.abstain_threshold = abstain_threshold_of(version.manifest)
         self.tokenizer = load_tokenizer(version.tokenizer_dir, lean=lean_tokenizer)
         self.runtime = self._pick_runtime(version, runtime)
         self._run = self._load_model(version, self.runtime, threads, max_batch)
@@ -103,25 +116,36 @@ class Predictor:
             return runner.run
         raise ModelError(f"{version.path}: a {version.kind!r} version holds no model to predict with.")
 
-    def predict_ids(self, ids: np.ndarray) -> np.ndarray:
-        """Class probabilities for padded id rows."""
+    def predict_ids(self, ids: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities for padded id rows (temperature-scaled unless ``calibrated`` is False)."""
+        from lifecycle.calibration import apply_temperature
+
         if len(ids) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return np.asarray(self._run(ids), dtype=np.float32)
+        raw = np.asarray(self._run(ids), dtype=np.float32)
+        return apply_temperature(raw, self.temperature) if calibrated else raw
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], calibrated: bool = True) -> np.ndarray:
         """Class probabilities, one row per text."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.predict_ids(self.tokenizer.encode(list(texts), self.max_len))
+        return self.predict_ids(self.tokenizer.encode(list(texts), self.max_len), calibrated)
 
-    def predict(self, texts: Sequence[str], top_k: int = 1) -> list[Prediction]:
-        """Labels with their probabilities, best first."""
+    def predict(self, texts: Sequence[str], top_k: int = 1, abstain: float | None = None) -> list[Prediction]:
+        """Labels with their (calibrated) probabilities, best first.
+
+        A text whose top probability is under ``abstain`` (default: the version's ``abstain_threshold``; 0: never)
+        gets the label ``calibration.UNKNOWN``, its probabilities and top-k unchanged.
+        """
+        from lifecycle.calibration import UNKNOWN
+
+        threshold = self.abstain_threshold if abstain is None else abstain
         probabilities = self.predict_proba(texts)
         k = max(1, min(top_k, len(self.labels)))
         results = []
         for text, row in zip(texts, probabilities, strict=True):
             order = np.argsort(-row)[:k]
             top = tuple((self.labels[i], float(row[i])) for i in order)
-            results.append(Prediction(text, top[0][0], top[0][1], top))
+            refused = bool(threshold) and top[0][1] < threshold
+            results.append(Prediction(text, UNKNOWN if refused else top[0][0], top[0][1], top, refused))
         return results

@@ -43,7 +43,8 @@ class TrackingServer:
                  "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port",
                  str(self.port), "--workers", str(workers)],
                 cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+                # MLflow's job runner (GenAI scorers; four huey consumers of ~240 MB each) serves nothing here.
+                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
             )
         self._ready = False
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from lifecycle.backend import tf_module
 from lifecycle.config import TrainConfig
+from lifecycle.dataset import Arrays
 
 if TYPE_CHECKING:
     import keras
@@ -31,17 +32,6 @@ MODEL_FILE = "model.keras"
 BEST_FILE = "best.weights.h5"
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-
-
-@dataclass(frozen=True)
-class Arrays:
-    """Token ids and label ids of one split."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
 
 
 STOP_PLATEAU = "plateau"
@@ -107,6 +97,7 @@ class TrainResult:
             "monitor": self.monitor,
             "best_value": self.best_value,
             "resumed_from": self.resumed_from,
+            "train_seconds": round(self.train_seconds, 3),
             "max_epochs": schedule.max_epochs if schedule else None,
             "steps_per_epoch": schedule.steps_per_epoch if schedule else None,
             "patience_epochs": schedule.patience_epochs if schedule else None,

@@ -1,7 +1,8 @@
 """The HTTP JSON service: Starlette routes over a ``Registry``, run by uvicorn.
 
-- ``POST /v1/models/{name}:predict`` ``{"texts": [...], "top_k": k}`` -> each text's label, probability and top k,
-  with the model version that answered;
+- ``POST /v1/models/{name}:predict`` ``{"texts": [...], "top_k": k, "abstain": p}`` -> each text's label, its
+  calibrated probability, the top k and whether it abstained (label ``unknown``: top probability under the
+  threshold: the request's ``abstain``, else the served model's, else the version's), with the version that answered;
 - ``GET /v1/models`` (and ``/v1/models/{name}``): version, source, sizes, load time, requests served, the last
   refused roll-out and why;
 - ``GET /healthz``: liveness, memory, and whether TensorFlow or mlflow were ever imported (they must not be);
@@ -59,6 +60,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from lifecycle.calibration import UNKNOWN
 from lifecycle.errors import ConfigError
 from lifecycle.serving.config import LimitsConfig, ServeConfig
 from lifecycle.serving.metrics import CONTENT_TYPE, UNKNOWN_MODEL, Metrics, rss_bytes
@@ -66,7 +68,7 @@ from lifecycle.serving.registry import ModelSlot, Registry
 
 log = logging.getLogger(__name__)
 
-_FIELDS = ("texts", "top_k")
+_FIELDS = ("texts", "top_k", "abstain")
 # A refused connection stays open this long (reading and dropping what the client sends) so the client reads the 503
 # and an EOF rather than a reset; it no longer counts against any limit meanwhile.
 _REFUSED_LINGER_SECONDS = 1.0
@@ -182,8 +184,9 @@ async def _read_body(request: Request, limits: LimitsConfig) -> bytes:
     return bytes(body)
 
 
-def parse_predict(body: bytes, limits: LimitsConfig) -> tuple[list[str], int]:
-    """Texts and top_k from a predict body, or a ``_ClientError`` (400) saying exactly what is wrong."""
+def parse_predict(body: bytes, limits: LimitsConfig) -> tuple[list[str], int, float | None]:
+    """Texts, top_k and abstain (None: not given) from a predict body, or a ``_ClientError`` (400) saying exactly
+    what is wrong."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -202,7 +205,8 @@ def parse_predict(body: bytes, limits: LimitsConfig) -> tuple[list[str], int]:
                                 f"{_json_type(data)}.")
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
-        raise _ClientError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: texts, top_k.")
+        raise _ClientError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: texts, top_k, "
+                                "abstain.")
     if "texts" not in data:
         raise _ClientError(400, "field 'texts' is required: a list of strings.")
     texts = data["texts"]
@@ -227,7 +231,12 @@ def parse_predict(body: bytes, limits: LimitsConfig) -> tuple[list[str], int]:
     top_k = data.get("top_k", 1)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise _ClientError(400, f"'top_k' must be an integer >= 1; received {json.dumps(top_k)[:40]}.")
-    return texts, top_k
+    abstain = data.get("abstain")
+    if abstain is not None and (isinstance(abstain, bool) or not isinstance(abstain, int | float)
+                                or not 0 <= abstain <= 1):
+        raise _ClientError(400, "'abstain' must be a probability from 0 to 1 (0: always answer) or null; received "
+                                f"{json.dumps(abstain)[:40]}.")
+    return texts, top_k, None if abstain is None else float(abstain)
 
 
 def _json_type(value: Any) -> str:
@@ -235,14 +244,24 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _predictions(labels: tuple[str, ...], probabilities: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+def _predictions(labels: tuple[str, ...], probabilities: np.ndarray, top_k: int, abstain: float | None = None
+                 ) -> list[dict[str, Any]]:
     k = min(top_k, len(labels))
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     out = []
     for row, best in zip(probabilities, order, strict=True):
         top = [{"label": labels[i], "probability": round(float(row[i]), 6)} for i in best]
-        out.append({"label": top[0]["label"], "probability": top[0]["probability"], "top": top})
+        refused = bool(abstain) and float(row[best[0]]) < abstain
+        out.append({"label": UNKNOWN if refused else top[0]["label"], "probability": top[0]["probability"],
+                    "abstained": refused, "top": top})
     return out
+
+
+def _abstain_threshold(slot: ModelSlot, model: Any, requested: float | None) -> float | None:
+    """The request's threshold, else the served model's (``models.NAME.abstain``), else the version's default."""
+    if requested is not None:
+        return requested
+    return slot.spec.abstain if slot.spec.abstain is not None else model.abstain_threshold
 
 
 def model_info(slot: ModelSlot) -> dict[str, Any]:
@@ -259,6 +278,8 @@ def model_info(slot: ModelSlot) -> dict[str, Any]:
         "kind": model.kind,
         "recipe": model.recipe,
         "labels": list(model.labels),
+        "temperature": model.temperature,
+        "abstain_threshold": _abstain_threshold(slot, model, None),
         "size_bytes": model.size_bytes,
         "serving_bytes": model.serving_bytes,
         "loaded_at": model.loaded_at,
@@ -297,7 +318,7 @@ def build_app(registry: Registry, cfg: ServeConfig) -> Starlette:
         state["in_flight"] += 1
         try:
             try:
-                texts, top_k = parse_predict(await _read_body(request, limits), limits)
+                texts, top_k, abstain = parse_predict(await _read_body(request, limits), limits)
             except _ClientError as exc:
                 metrics.observe(name, exc.status, 0.0, 0)
                 return _error(exc.status, exc.message, exc.headers)
@@ -313,8 +334,9 @@ def build_app(registry: Registry, cfg: ServeConfig) -> Starlette:
                                    "has the details.")
             finally:
                 slot.release(model, served)
-            body = {"model": name, "version": model.label, "predictions": _predictions(model.labels, probabilities,
-                                                                                        top_k)}
+            threshold = _abstain_threshold(slot, model, abstain)
+            body = {"model": name, "version": model.label, "abstain_threshold": threshold,
+                    "predictions": _predictions(model.labels, probabilities, top_k, threshold)}
         finally:
             state["in_flight"] -= 1
         metrics.observe(name, 200, time.perf_counter() - started, len(texts))

@@ -9,6 +9,7 @@ models:
   topics:
     version: versions/trec-word-compressed-20261126-101500
     threads: 2
+    abstain: 0.7              # under 0.7 (calibrated top probability) the answer is "unknown"
 limits: {max_body_bytes: 1048576, max_texts: 256, max_text_chars: 10000, max_in_flight: 256,
          body_timeout_seconds: 10, header_timeout_seconds: 10, keep_alive_seconds: 5,
          max_connections: null, max_connections_per_client: 128}
@@ -48,6 +49,10 @@ class ModelSpec(_Section):
         "loaded, checked and switched in).",
     )
     threads: int | None = Field(None, ge=1, le=64, description="LiteRT interpreter threads; default `threads`.")
+    abstain: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, description="Abstain threshold: a text whose calibrated top "
+        "probability is under it is answered with the label 'unknown' (and \"abstained\": true); default the "
+        "version's calibration.abstain_threshold, 0 always answers. A request's own `abstain` overrides it.")
 
 
 class LimitsConfig(_Section):
@@ -128,7 +133,7 @@ class ServeConfig(_Section):
     host: str = Field("127.0.0.1", min_length=1, description="Address to listen on (0.0.0.0: every interface).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one (the URL is printed).")
     models: dict[str, ModelSpec] = Field(
-        default_factory=dict, description="Served models by name: a VERSION string, or {version, threads}."
+        default_factory=dict, description="Served models by name: a VERSION string, or {version, threads, abstain}."
     )
     tracking_uri: str | None = Field(
         None,

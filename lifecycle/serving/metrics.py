@@ -11,7 +11,7 @@ import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from lifecycle.procstat import memory_status
+from lifecycle.procstat import rss_bytes
 
 if TYPE_CHECKING:
     from lifecycle.serving.registry import Registry
@@ -20,11 +20,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN_MODEL = "_unknown"
 # Seconds; batch-1 requests on an int8 model take well under a millisecond of inference, so the low end is fine.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process (VmRSS), 0 where /proc is missing."""
-    return memory_status()["VmRSS"]
 
 
 def _escape(value: str) -> str:

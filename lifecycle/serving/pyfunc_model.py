@@ -3,7 +3,9 @@
 MLflow executes this file when it loads the model (``mlflow.pyfunc.load_model``, ``mlflow models serve
 --env-manager local``); the lifecycle package never imports it. It is the one module besides tracking.py that imports
 mlflow, because MLflow wants the model object set at module level. The input is a ``list[str]`` of texts; the output
-one row per text: its label, that label's probability, and every label's probability. The version directory travels
+one row per text: its label, that label's probability, and every label's probability, all calibrated with the
+version's temperature; under the version's abstain threshold (``calibration.abstain_threshold``) the label is
+``unknown`` and ``abstained`` is true. The version directory travels
 as the model's ``version`` artifact and runs in its LiteRT serving form (no TensorFlow).
 
 No ``from __future__ import annotations`` here: MLflow reads the type hints of ``predict`` at run time.
@@ -24,6 +26,7 @@ class TextPrediction(BaseModel):
     label: str
     probability: float
     probabilities: dict[str, float]
+    abstained: bool = False
 
 
 class LifecycleClassifier(PythonModel):
@@ -39,14 +42,19 @@ class LifecycleClassifier(PythonModel):
 
     def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None
                 ) -> list[TextPrediction]:
+        from lifecycle.calibration import UNKNOWN
+
         labels = self.predictor.labels
+        threshold = self.predictor.abstain_threshold
         with self.lock:
             rows = self.predictor.predict_proba(list(model_input))
         out = []
         for row in rows:
             best = int(row.argmax())
-            out.append(TextPrediction(label=labels[best], probability=float(row[best]),
-                                      probabilities={label: float(p) for label, p in zip(labels, row, strict=True)}))
+            refused = bool(threshold) and float(row[best]) < threshold
+            out.append(TextPrediction(label=UNKNOWN if refused else labels[best], probability=float(row[best]),
+                                      probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
+                                      abstained=refused))
         return out
 
 

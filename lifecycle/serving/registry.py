@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from lifecycle.artifacts import load_version
-from lifecycle.bench import release_free_memory
 from lifecycle.errors import LifecycleError, ModelError
+from lifecycle.procstat import release_free_memory
 from lifecycle.serving.config import BatchingConfig, ModelSpec, ServeConfig
 from lifecycle.serving.sources import Fetched, Source, discard
 
@@ -87,6 +87,9 @@ class LoadedModel:
         self.predictor: Any = Predictor(version, runtime="litert", threads=threads, max_batch=batching.max_batch,
                                         lean_tokenizer=True)
         self.labels = version.labels
+        # The version's own default (manifest calibration.abstain_threshold); a served model's `abstain` overrides it.
+        self.abstain_threshold = self.predictor.abstain_threshold
+        self.temperature = self.predictor.temperature
         self._check_warm_up(version.path, batching.max_batch)
         manifest = version.manifest
         self.kind = version.kind

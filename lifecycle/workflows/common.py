@@ -129,7 +129,7 @@ def _check_arrays(version: artifacts.Version, tokenizer: Any, corpus: Any = None
     except DataError as exc:
         log.warning("%s; comparing on random ids instead", exc)
         rng = np.random.default_rng(cfg.train.seed)
-        from lifecycle.train import Arrays
+        from lifecycle.dataset import Arrays
 
         x = rng.integers(0, tokenizer.vocab_size, size=(256, version.max_len), dtype=np.int32)
         return Arrays(x, np.zeros(256, dtype=np.int32)), "random ids", tokenizer.decode(x)

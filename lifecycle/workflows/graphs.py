@@ -12,6 +12,7 @@ from typing import Any
 from lifecycle import artifacts
 from lifecycle.errors import ConfigError, ModelError
 from lifecycle.tracking import make_tracker
+from lifecycle.workflows.calibrating import calibration_fact, inherited_entry, log_calibration, refit_for_graph
 from lifecycle.workflows.common import (
     StepOutcome,
     _check_arrays,
@@ -44,6 +45,8 @@ class _GraphCandidate:
     moved: dict[str, str] | None = None  # weights the fold step moved into a consumer's constant -> that node
     tokenizer: Any = None  # the version's tokenizer when a step replaced it (vocab pruning); None: the parent's
     serving_kernels: str = "hybrid"  # how an int8 serving form runs its kernels (lifecycle.litert.KERNELS)
+    # The manifest's probability ``calibration`` entry (temperature, ECE; workflows.calibrating); None: T = 1.
+    probability_calibration: dict[str, Any] | None = None
 
 
 def _graph_probabilities(frozen: Any, ids: Any) -> Any:
@@ -187,6 +190,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                           "n": int(len(candidate.probabilities)), **candidate.extra},
                 "data": parent.manifest.get("data"),
                 "config": cfg.to_dict(),
+                **({"calibration": candidate.probability_calibration} if candidate.probability_calibration else {}),
             }
 
         version = artifacts.write_version(output, candidate.kind, build, unique=unique)
@@ -196,6 +200,9 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
         tracker.log_params({"parent": str(parent.path), "input_dtype": frozen.input_dtype, "recipe": recipe_name})
         tracker.log_metrics(metrics)
         tracker.log_dict(candidate.recipe, "recipe.json")
+        on_test = candidate.compared_on == "test split"
+        log_calibration(tracker, candidate.probability_calibration, candidate.probabilities if on_test else None,
+                        candidate.labels_y, f"{cfg.name} {candidate.kind} {recipe_name} test")
         tracker.log_artifacts(version.path, "version")
         # Also MLflow's own form of the version (a list[str] pyfunc), so `mlflow models serve` runs it: 0.5-0.8 s
         # per run for a 30k x 300 int8 version, most of it MLflow loading the model to check the input example.
@@ -204,7 +211,8 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                                                  "lifecycle.parent_run": tags["lifecycle.parent_run"]})
         tracker.set_tags({"lifecycle.version": str(version.path)})
     facts = {"compared on": f"{candidate.compared_on} ({len(candidate.probabilities)})",
-             "input dtype": frozen.input_dtype, "recipe": recipe_name, **({"pyfunc": pyfunc} if pyfunc else {})}
+             "input dtype": frozen.input_dtype, "recipe": recipe_name, **({"pyfunc": pyfunc} if pyfunc else {}),
+             "calibration": calibration_fact(candidate.probability_calibration)}
     return StepOutcome(version.path, tracker.last_run_id, registered, metrics, facts)
 
 
@@ -237,8 +245,10 @@ def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | Non
     if max_abs_diff > bound:
         raise ModelError(f"frozen graph differs from {parent.path} by {max_abs_diff:.2e} (> {bound:g}) on the "
                          f"{compared_on}; nothing written. Report this as a bug with the version attached.")
+    # Freezing keeps the probabilities (within the bound), so the checkpoint's temperature holds as it is.
+    calibration = inherited_entry(parent, f"frozen from it within {bound:g}")
     candidate = _GraphCandidate("frozen", frozen, [], got, compared_on, arrays.y, max_abs_diff, {"bound": bound},
-                                texts, ids=arrays.x)
+                                texts, ids=arrays.x, probability_calibration=calibration)
     return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 
@@ -249,6 +259,15 @@ def serving_kernels_of(version: artifacts.Version) -> str:
 
     kernels = (version.manifest.get("serving") or {}).get("kernels")
     return kernels if kernels in litert.KERNELS else "hybrid"
+
+
+def _step_summary(step: dict[str, Any]) -> str:
+    """``prune:0.8``, or for a tune step what it ran: ``tune:5 (3 epochs, peak 1, plateau)``."""
+    label = recipe_label([step])
+    report = step.get("report") or {}
+    if step["name"] == "tune" and "epochs_run" in report:
+        label += f" ({report['epochs_run']} epochs, peak {report['peak_epoch']}, {report['stop_reason']})"
+    return label
 
 
 def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_dir: Path | None = None,
@@ -290,7 +309,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
         weights, done = apply_recipe(weights, [step], context)
         reports.extend(done)
         if on_step is not None:
-            on_step(number, len(steps), recipe_label([done[0].as_dict()]), done[0].bytes_before, done[0].bytes_after,
+            on_step(number, len(steps), _step_summary(done[0].as_dict()), done[0].bytes_before, done[0].bytes_after,
                     time.perf_counter() - started)
     full_recipe = [*parent.manifest.get("recipe", []), *[r.as_dict() for r in reports]]
     if any(step["name"] == "int8-act" for step in full_recipe) and context.calibration_samples is None:
@@ -317,9 +336,13 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     got = _graph_probabilities(frozen, child_ids)
     max_abs_diff = float(np.max(np.abs(expected - got)))
     calibration = context.calibration_ids("int8-act") if context.calibration_samples else None
+    # Compression changes the probabilities, so the temperature is fitted again (on the parent's validation split).
+    probability_calibration = refit_for_graph(parent, context, lambda ids: _graph_probabilities(frozen, ids),
+                                              (got, arrays.y) if compared_on == "test split" else None)
     candidate = _GraphCandidate("compressed", frozen, full_recipe, got, compared_on, arrays.y, max_abs_diff, {},
                                 texts, ids=child_ids, tokenizer=context.tokenizer if changed else None,
-                                calibration=calibration, moved=moved, serving_kernels=serving_kernels)
+                                calibration=calibration, moved=moved, serving_kernels=serving_kernels,
+                                probability_calibration=probability_calibration)
     return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 
@@ -363,6 +386,8 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
             "metrics": dict(parent.manifest.get("metrics", {})),
             "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
             "data": parent.manifest.get("data"),
+            # The restored model computes the graph's probabilities within 1e-5: the same temperature fits them.
+            **({"calibration": entry} if (entry := inherited_entry(parent, "restored from it")) else {}),
         }, unique=unique)
         metrics = {"max_abs_diff_vs_parent": difference, "params_total": version.manifest["params_total"],
                    **version.manifest["metrics"]}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.config import DataConfig
-from lifecycle.errors import DataError
+from lifecycle.errors import ConfigError, DataError
 from lifecycle.tracking import make_tracker
 from lifecycle.workflows.common import (
     StepOutcome,
@@ -20,23 +20,30 @@ from lifecycle.workflows.common import (
 
 
 def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None = None, track: bool = True,
-                 runtime: str = "auto") -> StepOutcome:
+                 runtime: str = "auto", abstain: float | None = None) -> StepOutcome:
     """Score a version on labelled data; logs an ``evaluate`` run in the version's experiment.
 
-    ``runtime`` is the Predictor's (auto: the LiteRT serving form when the version has one).
+    ``runtime`` is the Predictor's (auto: the LiteRT serving form when the version has one). Accuracy does not
+    depend on the temperature; the calibration metrics (``calibration.ece_before``/``ece_after``, NLL, 15 bins) do.
+    With an abstain threshold (``abstain``, else the version's default; 0: none), ``calibration.coverage`` is the
+    share of texts answered and ``calibration.answered_accuracy`` the accuracy on those.
     """
-    from lifecycle import evaluate
+    from lifecycle import calibration, evaluate
     from lifecycle.dataset import encode_examples
     from lifecycle.inference import Predictor
 
+    abstain = _abstain_option(abstain)
     version = open_version(ref)
     examples, source = evaluation_examples(version, data, data_cfg)
     if not len(examples):
         raise DataError(f"{source}: no examples to evaluate on. Pass a non-empty data set.")
     predictor = Predictor(version, runtime)
     arrays = encode_examples(examples, predictor.tokenizer, predictor.labels, predictor.max_len, source)
-    probabilities = predictor.predict_ids(arrays.x)
+    raw = predictor.predict_ids(arrays.x, calibrated=False)
+    probabilities = calibration.apply_temperature(raw, predictor.temperature)
     scores = evaluate.evaluate_probabilities(probabilities, arrays.y, predictor.labels)
+    threshold = predictor.abstain_threshold if abstain is None else abstain
+    calibration_metrics = _calibration_metrics(raw, probabilities, arrays.y, predictor.temperature, threshold)
     cfg = version.config
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     tracker = make_tracker(tracking, cfg.name)
@@ -44,19 +51,54 @@ def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None
     with tracker.run("evaluate", f"evaluate-{version.path.name}", tags):
         tracker.log_params({"version": str(version.path), "data": source, "n": scores.n,
                             "runtime": predictor.runtime})
-        tracker.log_metrics(scores.metrics())
+        tracker.log_metrics({**scores.metrics(), **calibration_metrics})
         _log_evaluation(tracker, scores, f"{version.path.name} on {Path(source).name}")
-    return StepOutcome(version.path, tracker.last_run_id, None, scores.metrics(),
+    return StepOutcome(version.path, tracker.last_run_id, None, {**scores.metrics(), **calibration_metrics},
                        {"n": scores.n, "per_class": scores.per_class, "runtime": predictor.runtime})
 
 
-def run_predict(ref: str, texts: Sequence[str], top_k: int = 1, runtime: str = "auto") -> list[Any]:
-    """Labels and probabilities for raw texts (with the serving form, TensorFlow is never imported)."""
+def _abstain_option(value: float | None) -> float | None:
+    """An ``--abstain`` value checked before any work (ConfigError: exit 2)."""
+    from lifecycle.calibration import check_threshold
+
+    try:
+        return check_threshold(value, "--abstain")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _calibration_metrics(raw: Any, calibrated: Any, y: Any, temperature: float, threshold: float | None
+                         ) -> dict[str, float]:
+    from lifecycle import calibration
+
+    metrics = {
+        "calibration.temperature": temperature,
+        "calibration.ece_before": calibration.expected_calibration_error(raw, y),
+        "calibration.ece_after": calibration.expected_calibration_error(calibrated, y),
+        "calibration.nll_before": calibration.negative_log_likelihood(raw, y),
+        "calibration.nll_after": calibration.negative_log_likelihood(calibrated, y),
+    }
+    if threshold:
+        chosen = calibration.selective(calibrated, y, threshold)
+        metrics.update({"calibration.abstain_threshold": threshold, "calibration.coverage": chosen.coverage})
+        if chosen.answered_accuracy is not None:
+            metrics["calibration.answered_accuracy"] = chosen.answered_accuracy
+    return metrics
+
+
+def run_predict(ref: str, texts: Sequence[str], top_k: int = 1, runtime: str = "auto",
+                abstain: float | None = None) -> list[Any]:
+    """Labels and calibrated probabilities for raw texts (with the serving form, TensorFlow is never imported).
+
+    ``abstain``: texts whose top probability is under it get the label ``unknown`` (None: the version's default
+    threshold, if it has one; 0: always answer).
+    """
     from lifecycle.inference import Predictor
 
     if not texts:
         raise DataError("no texts to predict: pass TEXT arguments or --file with one text per line.")
-    return Predictor(open_version(ref), runtime).predict(texts, top_k=top_k)
+    abstain = _abstain_option(abstain)
+    return Predictor(open_version(ref), runtime).predict(texts, top_k=top_k, abstain=abstain)
 
 
 def run_versions(name: str | None = None, tracking_uri: str | None = None) -> list[dict[str, Any]]:

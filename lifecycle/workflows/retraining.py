@@ -14,6 +14,7 @@ from lifecycle.config import DataConfig
 from lifecycle.corpus import Examples, load_corpus
 from lifecycle.errors import ConfigError, DataError
 from lifecycle.tracking import make_tracker
+from lifecycle.workflows.calibrating import fit_entry, log_calibration
 from lifecycle.workflows.common import (
     StepOutcome,
     _parent_ref,
@@ -67,10 +68,10 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
     from lifecycle import evaluate
     from lifecycle import train as train_lib
     from lifecycle.backend import configure
-    from lifecycle.dataset import encode_examples
+    from lifecycle.calibration import abstain_threshold_of
+    from lifecycle.dataset import Arrays, encode_examples
     from lifecycle.model import compile_model
     from lifecycle.restore import restore_model
-    from lifecycle.train import Arrays
     from tokenization.base import load_tokenizer
 
     parent = open_version(ref)
@@ -188,6 +189,12 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
                 metrics["accuracy_delta_vs_parent"] = after["parent"].accuracy - parent.manifest["metrics"][
                     "test_accuracy"]
         tracker.log_metrics(metrics)
+        # The temperature is fitted again on NEW's validation part: fine-tuning changed the probabilities.
+        new_test_p = np.asarray(model(new_test.x, training=False))
+        calibration = fit_entry(cfg, (np.asarray(model(new_val.x, training=False)), new_val.y),
+                                (new_test_p, new_test.y),
+                                abstain_threshold_of(parent.manifest) if parent.manifest.get("calibration") else None)
+        log_calibration(tracker, calibration, new_test_p, new_test.y, f"{cfg.name} retrained, new data's test part")
         checkpoint_dir = output / "checkpoint" if output else artifacts.default_output(cfg.name, "checkpoint",
                                                                                          versions_dir)
         with tempfile.TemporaryDirectory(prefix="lifecycle-retrain-") as folder:
@@ -206,6 +213,7 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
                                           "test": len(new.test)},
                             "growth": grown["report"]},
                 "data": parent.manifest.get("data"),
+                "calibration": calibration,
             }, unique=not output)
         tracker.log_artifacts(version.path, "version")
         registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.retrained": "true",

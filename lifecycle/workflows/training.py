@@ -15,6 +15,7 @@ from lifecycle import artifacts, housekeeping
 from lifecycle.config import Config
 from lifecycle.corpus import Corpus, load_corpus
 from lifecycle.tracking import NullTracker, make_tracker
+from lifecycle.workflows.calibrating import calibration_fact, fit_entry, log_calibration
 from lifecycle.workflows.common import StepOutcome, _log_evaluation, _write_checkpoint, log_data_cleaning
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,9 @@ def _log_splits(tracker: NullTracker, corpus: Corpus) -> None:
 
 def _work_dir(cfg: Config, versions_dir: Path | None) -> Path:
     """Where an unfinished training run keeps its tokenizer and per-epoch state, keyed by the config's hash."""
-    sections = ("name", "data", "tokenizer", "model", "train")
+    sections: tuple[str, ...] = ("name", "data", "tokenizer", "model", "train")
+    if cfg.teacher.enabled:  # a distilled run never resumes a plain one (or the other way round)
+        sections = (*sections, "teacher")
     return (versions_dir or artifacts.versions_root()) / WORK_DIR / f"{cfg.name}-{cfg.digest(sections)}"
 
 
@@ -210,6 +213,13 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
                                        cfg.tokenizer.max_len)
         tracker.log_metrics(tok_report.metrics())
         data = encode_corpus(corpus, tokenizer, cfg.tokenizer.max_len)
+        teaching = None
+        if cfg.teacher.enabled:  # the teacher's soft targets (lifecycle.distill), in a nested `teacher` run
+            from lifecycle import distill
+
+            stage(f"running the teacher ({cfg.teacher.package}) on {len(corpus.train)} texts")
+            teaching = distill.prepare_teacher(cfg, corpus, tracker)
+            distill.register_objects()  # a resumed model.keras carries the distillation loss
 
         stage("building the model")
         backend.configure(cfg.train.seed, cfg.train.threads)
@@ -220,14 +230,19 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
             model = model_lib.build_model(cfg.model, cfg.train, vocab_size=tokenizer.vocab_size,
                                           num_classes=len(corpus.labels), max_len=cfg.tokenizer.max_len,
                                           embeddings=vectors if cfg.model.embedding_init != "rand" else None)
+            if teaching is not None:  # a resumed model comes back compiled with the distillation loss
+                distill.compile_student(model, cfg)
         else:
             log.warning("resuming %s from %s", cfg.name, resume_dir)
+        train_arrays = data.train
+        if teaching is not None:  # labelled + unlabelled texts, targets = label column + soft targets
+            train_arrays = distill.student_arrays(teaching, data.train, tokenizer, cfg.tokenizer.max_len)
 
         callbacks = []
         if progress is not None:
             from lifecycle.console import keras_progress
 
-            steps = -(-len(data.train) // cfg.train.batch_size)
+            steps = -(-len(train_arrays) // cfg.train.batch_size)
             callbacks.append(keras_progress(progress, cfg.train.epochs, steps))
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
@@ -236,18 +251,26 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
         stage.done()
         dropout = cfg.tokenizer.bpe.dropout if cfg.tokenizer.kind == "bpe" else 0.0
         train_for_epoch = training_encoder(corpus.train, tokenizer, corpus.labels, cfg.tokenizer.max_len, dropout)
-        result = train_lib.fit(model, data.train, data.validation, cfg.train, resume_dir=resume_dir,
+        if teaching is not None:
+            train_for_epoch = distill.student_encoder(teaching, corpus.train.texts, train_arrays, tokenizer,
+                                                      cfg.tokenizer.max_len, dropout)
+        result = train_lib.fit(model, train_arrays, data.validation, cfg.train, resume_dir=resume_dir,
                                on_epoch=on_epoch, callbacks=callbacks, train_for_epoch=train_for_epoch)
         stage = Stage(progress)
         stage("evaluating on the test split")
 
         probabilities = model.predict(data.test.x, batch_size=256, verbose=0)
         scores = evaluate.evaluate_probabilities(probabilities, data.test.y, corpus.labels)
+        # Temperature scaling on the validation split (lifecycle.calibration); the test split only measures it.
+        calibration = fit_entry(cfg, (model.predict(data.validation.x, batch_size=256, verbose=0), data.validation.y),
+                                (probabilities, data.test.y))
         stage("writing the version")
         version = _write_checkpoint(output, model, work / "tokenizer", cfg, corpus.labels, cfg.tokenizer.max_len, {
             "run_id": tracker.run_id,
             "metrics": scores.metrics(),
             "training": result.summary(),
+            "calibration": calibration,
+            **({"teacher": teaching.record} if teaching is not None else {}),
             "data": {"source": corpus.source, "train": len(corpus.train), "validation": len(corpus.validation),
                      "test": len(corpus.test), **corpus.cleaning},
         }, unique=unique)
@@ -273,6 +296,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
         tracker.set_tags({"lifecycle.stop_reason": result.stop_reason,
                           "lifecycle.peak_epoch": str(result.best_epoch + 1)})
         _log_evaluation(tracker, scores, f"{cfg.name} test")
+        log_calibration(tracker, calibration, probabilities, data.test.y, f"{cfg.name} test")
         stage("logging to MLflow")
         tracker.log_artifacts(version.path, "version")
         registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.parent_run": ""})
@@ -281,6 +305,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
     shutil.rmtree(work, ignore_errors=True)
     facts = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1, "stop_reason": result.stop_reason,
              "resumed_from": result.resumed_from, "vocab_size": tokenizer.vocab_size,
+             "calibration": calibration_fact(calibration),
              "labels": len(corpus.labels), "train/val/test": f"{len(corpus.train)}/{len(corpus.validation)}/"
                                                               f"{len(corpus.test)}"}
     return StepOutcome(version.path, tracker.last_run_id, registered, {**tok_report.metrics(), **metrics}, facts)

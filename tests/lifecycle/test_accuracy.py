@@ -1,8 +1,9 @@
 """Full-size training on the published sets, with accuracy budgets near Kim (2014).
 
-TREC runs in the default suite, so CI checks one full-size accuracy on real data (about 90 s with the old 10-epoch
-default; the step-based schedule trains it about 19 epochs, to a plateau); MR and StackOverflow (several minutes
-each) are marked slow: run them with --run-slow (make test-slow).
+TREC runs in the default suite, so CI checks one full-size accuracy on real data. The default schedule trains it
+about 20 epochs to a plateau (peak near epoch 15); the default suite caps it at 10 epochs (about 90 s, within a point
+of the plateau's figure in benchmarks/train_bench.py), and --run-slow runs it with the shipped schedule. MR and
+StackOverflow (several minutes each) are marked slow: run them with --run-slow (make test-slow).
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ BUDGETS = {"trec-word.yaml": 0.88, "mr-word.yaml": 0.74, "stackoverflow-bpe.yaml
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("config", [pytest.param(c, marks=() if c.startswith("trec") else SLOW) for c in BUDGETS])
-def test_full_training_reaches_budget(config: str, data_dir: Path, tmp_path: Path) -> None:
+CASES = [pytest.param("trec-word.yaml", ["train.epochs=10"], id="trec-word-10-epochs"),
+         *(pytest.param(c, [], id=c.removesuffix(".yaml"), marks=SLOW) for c in BUDGETS)]
+
+
+@pytest.mark.parametrize(("config", "overrides"), CASES)
+def test_full_training_reaches_budget(config: str, overrides: list[str], data_dir: Path, tmp_path: Path) -> None:
     from lifecycle.workflows import run_train
 
-    cfg = load_config(REPO / "configs" / config, ["tracking.enabled=false"])
+    cfg = load_config(REPO / "configs" / config, ["tracking.enabled=false", *overrides])
     outcome = run_train(cfg, tmp_path / "v", versions_dir=tmp_path / "versions")
     assert outcome.metrics["test_accuracy"] >= BUDGETS[config]

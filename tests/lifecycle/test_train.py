@@ -228,7 +228,7 @@ def _tiny_model(seed: int = 3):
 
 
 def _random_arrays(n: int, seed: int):
-    from lifecycle.train import Arrays
+    from lifecycle.dataset import Arrays
 
     rng = np.random.default_rng(seed)
     return Arrays(rng.integers(1, 40, size=(n, 8)).astype(np.int32), rng.integers(0, 3, size=n).astype(np.int32))

@@ -29,9 +29,10 @@ def _context(version_path: Path) -> RecipeContext:
 
 
 def _probabilities(path: Path, texts: list[str]) -> np.ndarray:
+    """The model's own probabilities (before the version's temperature, which compress fits again for each child)."""
     from lifecycle.inference import Predictor
 
-    return Predictor(artifacts.load_version(path)).predict_proba(texts)
+    return Predictor(artifacts.load_version(path)).predict_proba(texts, calibrated=False)
 
 
 def _corpus(path: Path) -> Any:
@@ -370,3 +371,24 @@ def test_tune_lowers_training_loss_keeps_zeros_and_requantizes(frozen: dict) -> 
 
     assert loss(tuned) < loss(pruned)
     assert report.details["train_loss_after"] < report.details["train_loss_before"]
+
+
+def test_tune_stops_on_a_plateau_and_reports_what_it_ran(frozen: dict) -> None:
+    """``tune:E`` runs the training schedule: with a patience of one epoch (the parent's train.patience_steps set
+    low), a model that has already converged stops long before E, keeps its best epoch and says why it stopped."""
+    import dataclasses
+
+    from lifecycle.workflows.graphs import _step_summary
+
+    path = frozen["outcome"].version
+    context = _context(path)
+    cfg = context.config
+    quick = cfg.model_copy(update={"train": cfg.train.model_copy(update={"patience": 1, "patience_steps": 1})})
+    context = dataclasses.replace(context, config=quick)
+    _, [report] = apply_recipe(_source_weights(path), parse_recipe("tune:40"), context)
+    details = report.details
+    assert details["stop_reason"] == "plateau" and details["patience_epochs"] == 1
+    assert details["epochs_run"] == details["peak_epoch"] + 1 < 40
+    assert details["seconds_per_epoch"] > 0
+    summary = _step_summary(report.as_dict())
+    assert summary == f"tune:40 ({details['epochs_run']} epochs, peak {details['peak_epoch']}, plateau)"

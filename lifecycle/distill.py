@@ -1,0 +1,325 @@
+"""Knowledge distillation: the teacher's soft targets for the training texts, and the student's loss.
+
+``prepare_teacher`` runs the teacher (``lifecycle.teacher``: cached sentence embeddings + a logistic-regression
+head) on the training split, the optional unlabelled texts, validation and test, in a nested MLflow run of its
+own, and returns the soft targets and what the version's manifest records about the teacher. ``student_arrays`` packs
+labels and soft targets into one target matrix, and ``compile_student`` compiles the unchanged CNN with the
+distillation loss::
+
+    alpha * CE(y, p) + (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(log p / T))
+
+(Hinton et al. 2015). The CNN's output is a softmax, so ``log p`` is its logits up to a constant, which softmax
+ignores. Validation targets stay plain label ids: the loss and the accuracy metric see a one-column target there
+and score the hard labels, so ``train.fit``'s early stopping, reduce-on-plateau and restore-best judge the student as
+they judge any model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lifecycle.config import Config, resolve_data_path
+from lifecycle.dataset import Arrays
+from lifecycle.errors import DataError
+
+if TYPE_CHECKING:
+    import keras
+
+    from lifecycle.corpus import Corpus
+    from lifecycle.tracking import NullTracker
+    from tokenization.base import Tokenizer
+
+log = logging.getLogger(__name__)
+
+UNLABELLED = -1.0  # the label column of a text only the teacher labelled
+
+
+def cache_root(cfg: Config) -> Path:
+    """The teacher cache: teacher.cache_dir, else ``<versions>/.cache/teacher`` under the default versions root
+    ($LIFECYCLE_VERSIONS_DIR or <project root>/versions), one place whatever a step's --output or versions_dir, so
+    that experiment cells, ``tune:`` steps and repeated trainings all read it."""
+    from lifecycle import artifacts
+    from lifecycle.teacher import CACHE_DIR
+
+    if cfg.teacher.cache_dir:
+        return Path(cfg.teacher.cache_dir).expanduser().resolve()
+    return artifacts.versions_root() / ".cache" / CACHE_DIR
+
+
+@dataclass(frozen=True)
+class Teaching:
+    """The teacher's outputs for one training run and what the manifest records about it.
+
+    Attributes:
+        train_soft: softmax(teacher logits / T) of the training texts (n x classes).
+        unlabelled_texts: the unlabelled texts kept (not in train, validation or test).
+        unlabelled_soft: their soft targets.
+        record: the manifest's ``teacher`` section.
+        metrics: the teacher run's metrics (accuracies, seconds, texts encoded).
+    """
+
+    train_soft: np.ndarray
+    unlabelled_texts: tuple[str, ...]
+    unlabelled_soft: np.ndarray
+    record: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    scaled = logits.astype(np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def read_unlabelled(cfg: Config) -> tuple[str, ...]:
+    """The texts of teacher.unlabelled_path: a .txt file's non-blank lines, or a csv/tsv/jsonl file's
+    data.text_field; repeats dropped, first kept; at most teacher.unlabelled_limit.
+
+    Raises:
+        DataError: the file is missing, of an unknown type, or lacks the text field.
+    """
+    raw = cfg.teacher.unlabelled_path
+    if not raw:
+        return ()
+    path = resolve_data_path(cfg.data, raw)
+    if not path.is_file():
+        raise DataError(f"teacher.unlabelled_path: {raw} not found (looked up as data.path is; resolved to {path}).")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding=cfg.data.encoding, errors="replace")
+    field_name = cfg.data.text_field
+    if suffix in (".txt", ".text", ""):
+        texts = [line.strip() for line in text.splitlines()]
+    elif suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        if reader.fieldnames is None or field_name not in reader.fieldnames:
+            raise DataError(f"{path}: no {field_name!r} column (data.text_field); columns: {reader.fieldnames}.")
+        texts = [(row.get(field_name) or "").strip() for row in reader]
+    elif suffix == ".jsonl":
+        texts = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(str(json.loads(line)[field_name]).strip())
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{path}:{number}: not a JSON object with a {field_name!r} key "
+                                "(data.text_field).") from None
+    else:
+        raise DataError(f"teacher.unlabelled_path: {path.name} has an unknown type {suffix!r}. Use .txt (one text "
+                        "per line), .csv, .tsv or .jsonl.")
+    unique = tuple(dict.fromkeys(t for t in texts if t))
+    limit = cfg.teacher.unlabelled_limit
+    return unique[:limit] if limit else unique
+
+
+def prepare_teacher(cfg: Config, corpus: Corpus, tracker: NullTracker) -> Teaching:
+    """Run the teacher on every split and the unlabelled texts, in a ``teacher`` run nested in the active one.
+
+    Fine-tuned teacher (``teacher.fine_tune_epochs`` > 0): weights and logits from the cache when this data was
+    seen before, else fine-tuned first. Frozen teacher: embeddings from the cache where present, the head fitted (or
+    read from the cache). Unlabelled texts that are also in the labelled data are left out, with a warning.
+
+    Returns:
+        The soft targets of the training and unlabelled texts and the manifest record.
+
+    Raises:
+        DependencyError: the teacher extra is not installed.
+    """
+    from lifecycle import teacher as teacher_lib
+
+    tcfg = cfg.teacher
+    started = time.perf_counter()
+    source = teacher_lib.locate_teacher(tcfg.package, tcfg.max_len)
+    root = cache_root(cfg)
+    unlabelled = read_unlabelled(cfg)
+    if unlabelled:
+        seen = set(corpus.train.texts) | set(corpus.validation.texts) | set(corpus.test.texts)
+        kept = tuple(t for t in unlabelled if t not in seen)
+        if len(kept) < len(unlabelled):
+            log.warning("teacher.unlabelled_path: %d of %d unlabelled texts are also in the labelled data (train, "
+                        "validation or test) and are left out", len(unlabelled) - len(kept), len(unlabelled))
+        unlabelled = kept
+    index = {label: i for i, label in enumerate(corpus.labels)}
+    splits = {name: getattr(corpus, name) for name in ("train", "validation", "test")}
+    y = {name: np.array([index[label] for label in ex.labels], dtype=np.int64) for name, ex in splits.items()}
+    tags = {"lifecycle.teacher": tcfg.package, "lifecycle.teacher_encoder": source.encoder_key}
+    with tracker.run("teacher", f"teacher-{tcfg.package}", tags):
+        stats = teacher_lib.EmbedStats()
+        num_classes = len(corpus.labels)
+        if tcfg.fine_tune_epochs > 0:
+            key = teacher_lib.fine_tune_key(tcfg, source, (corpus.train.texts, y["train"]),
+                                            (corpus.validation.texts, y["validation"]), num_classes, cfg.train.seed)
+            tuned = teacher_lib.FineTunedTeacher(tcfg, source, root, key, num_classes)
+            train_pairs = (corpus.train.texts, y["train"])
+            val_pairs = (corpus.validation.texts, y["validation"])
+            logits = {name: tuned.logits(ex.texts, train=train_pairs, validation=val_pairs, seed=cfg.train.seed)
+                      for name, ex in splits.items()}
+            extra_logits = tuned.logits(unlabelled, train=train_pairs, validation=val_pairs, seed=cfg.train.seed)
+            stats.texts = sum(len(ex) for ex in splits.values()) + len(unlabelled)
+            stats.encoded, stats.encoder_seconds = tuned.encoded, tuned.encoder_seconds
+            stats.load_seconds = tuned.report.seconds
+            head_record: dict[str, Any] = {"kind": "fine_tuned", "key": key, "epochs": tcfg.fine_tune_epochs,
+                                           "learning_rate": tcfg.fine_tune_learning_rate,
+                                           "best_epoch": tuned.report.best_epoch,
+                                           "validation_accuracy_per_epoch": tuned.report.validation_accuracy,
+                                           "from_cache": tuned.report.cached or not tuned.trained}
+        else:
+            embed = {name: teacher_lib.embed_texts(ex.texts, source, root, batch_size=tcfg.batch_size, stats=stats)
+                     for name, ex in splits.items()}
+            extra = (teacher_lib.embed_texts(unlabelled, source, root, batch_size=tcfg.batch_size, stats=stats)
+                     if unlabelled else np.zeros((0, embed["train"].shape[1]), dtype=np.float32))
+            head = teacher_lib.fit_head(tcfg, source, root, (corpus.train.texts, y["train"]), embed["train"],
+                                        embed["validation"], y["validation"], num_classes)
+            logits = {name: head.logits(vectors) for name, vectors in embed.items()}
+            extra_logits = head.logits(extra)
+            head_record = {"kind": "logistic_regression", "c": head.c, "key": head.key}
+        accuracy = {name: float((logits[name].argmax(axis=1) == y[name]).mean()) if len(y[name]) else float("nan")
+                    for name in splits}
+        seconds = time.perf_counter() - started
+        metrics = {
+            "validation_accuracy": accuracy["validation"],
+            "test_accuracy": accuracy["test"],
+            "train_accuracy": accuracy["train"],
+            "teacher_seconds": seconds,
+            "teacher_encoder_seconds": stats.encoder_seconds,
+            "teacher_load_seconds": stats.load_seconds,
+            "teacher_texts": float(stats.texts),
+            "teacher_texts_encoded": float(stats.encoded),
+            "teacher_unlabelled_texts": float(len(unlabelled)),
+        }
+        tracker.log_params({"teacher.package": tcfg.package, "teacher.package_version": source.package_version,
+                            "teacher.weights_sha256": source.weights_sha256, "teacher.max_len": str(tcfg.max_len),
+                            "teacher.head": head_record["kind"], "teacher.temperature": str(tcfg.temperature),
+                            "teacher.alpha": str(tcfg.alpha)})
+        tracker.log_metrics(metrics)
+        run_id = tracker.run_id
+    record = {
+        **source.as_dict(),
+        "head": head_record,
+        "validation_accuracy": accuracy["validation"],
+        "test_accuracy": accuracy["test"],
+        "temperature": tcfg.temperature,
+        "alpha": tcfg.alpha,
+        "unlabelled_texts": len(unlabelled),
+        "seconds": round(seconds, 3),
+        "texts_encoded": stats.encoded,
+        "run_id": run_id,
+    }
+    return Teaching(_softmax(logits["train"], tcfg.temperature), unlabelled,
+                    _softmax(extra_logits, tcfg.temperature) if len(unlabelled) else
+                    np.zeros((0, len(corpus.labels)), dtype=np.float32), record, metrics)
+
+
+def student_arrays(teaching: Teaching, train: Arrays, tokenizer: Tokenizer, max_len: int) -> Arrays:
+    """The student's training arrays: labelled then unlabelled ids, and a target matrix whose first column is the
+    label id (-1 for an unlabelled text) and the rest the teacher's soft targets."""
+    labels = np.concatenate([train.y.astype(np.float32),
+                             np.full(len(teaching.unlabelled_texts), UNLABELLED, dtype=np.float32)])
+    soft = np.concatenate([teaching.train_soft, teaching.unlabelled_soft]).astype(np.float32)
+    x = train.x
+    if teaching.unlabelled_texts:
+        extra = tokenizer.encode(list(teaching.unlabelled_texts), max_len).astype(np.int32, copy=False)
+        x = np.concatenate([x, extra])
+    return Arrays(x, np.concatenate([labels[:, None], soft], axis=1))
+
+
+def tune_arrays(cfg: Config, corpus: Corpus, train: Arrays, tokenizer: Tokenizer, max_len: int) -> Arrays:
+    """The training arrays of a compression ``tune:`` step of a distilled version: its teacher's soft targets (from
+    the cache: the same data gives the same teacher key) packed as ``student_arrays`` does, ids under the step's
+    current tokenizer."""
+    from lifecycle.tracking import NullTracker
+
+    return student_arrays(prepare_teacher(cfg, corpus, NullTracker()), train, tokenizer, max_len)
+
+
+def student_encoder(teaching: Teaching, texts: Sequence[str], targets: Arrays, tokenizer: Tokenizer, max_len: int,
+                    dropout: float) -> Callable[[int], Arrays] | None:
+    """``train.fit``'s ``train_for_epoch`` for BPE-dropout: every text (labelled and unlabelled) re-encoded each
+    epoch, the targets unchanged; None without dropout."""
+    encode = getattr(tokenizer, "encode_with_dropout", None)
+    if dropout <= 0 or encode is None:
+        return None
+    every = [*texts, *teaching.unlabelled_texts]
+
+    def for_epoch(epoch: int) -> Arrays:
+        return Arrays(encode(every, max_len, dropout).astype(np.int32, copy=False), targets.y)
+
+    return for_epoch
+
+
+_OBJECTS: dict[str, Any] = {}
+
+
+def register_objects() -> dict[str, Any]:
+    """Define (once) and register the distillation loss and metric, so a resumed ``model.keras`` compiles."""
+    if _OBJECTS:
+        return _OBJECTS
+    from lifecycle.backend import tf_module
+
+    tf_module()
+    import keras
+    from keras import ops
+
+    def _split(y_true: Any) -> tuple[Any, Any | None]:
+        """(label ids, soft targets or None) from a one-column (validation) or 1 + classes (training) target."""
+        if len(y_true.shape) == 1 or y_true.shape[-1] == 1:
+            return ops.reshape(y_true, (-1,)), None
+        return y_true[:, 0], y_true[:, 1:]
+
+    @keras.saving.register_keras_serializable(package="lifecycle_distill")
+    class DistillationLoss(keras.losses.Loss):
+        """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T); CE alone on one-column targets."""
+
+        def __init__(self, temperature: float = 2.0, alpha: float = 0.5, name: str = "distillation", **kwargs: Any):
+            super().__init__(name=name, **kwargs)
+            self.temperature = float(temperature)
+            self.alpha = float(alpha)
+
+        def call(self, y_true: Any, y_pred: Any) -> Any:
+            labels, soft = _split(y_true)
+            log_p = ops.log(ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0))
+            labelled = ops.greater_equal(labels, 0.0)
+            ids = ops.cast(ops.where(labelled, labels, ops.zeros_like(labels)), "int32")
+            ce = -ops.sum(ops.one_hot(ids, ops.shape(y_pred)[-1]) * log_p, axis=-1)
+            if soft is None:
+                return ce
+            t = self.temperature
+            log_q = ops.log_softmax(log_p / t, axis=-1)
+            kl = ops.sum(soft * (ops.log(ops.clip(soft, 1e-12, 1.0)) - log_q), axis=-1) * (t * t)
+            return ops.where(labelled, self.alpha * ce + (1.0 - self.alpha) * kl, kl)
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "temperature": self.temperature, "alpha": self.alpha}
+
+    @keras.saving.register_keras_serializable(package="lifecycle_distill")
+    def distillation_accuracy(y_true: Any, y_pred: Any) -> Any:
+        """Accuracy on the label column; for an unlabelled text, agreement with the teacher's top class."""
+        labels, soft = _split(y_true)
+        if soft is not None:
+            labels = ops.where(ops.greater_equal(labels, 0.0), labels, ops.cast(ops.argmax(soft, axis=-1), "float32"))
+        return ops.cast(ops.equal(ops.cast(labels, "int32"), ops.cast(ops.argmax(y_pred, axis=-1), "int32")),
+                        "float32")
+
+    _OBJECTS.update(loss=DistillationLoss, accuracy=distillation_accuracy)
+    return _OBJECTS
+
+
+def compile_student(model: keras.Model, cfg: Config) -> None:
+    """Compile the CNN (already compiled by ``model.compile_model``: its optimizer is kept) with the distillation
+    loss; the metric keeps the name ``accuracy`` so ``val_accuracy`` drives the schedule as usual."""
+    import keras
+
+    objects = register_objects()
+    model.compile(optimizer=model.optimizer,
+                  loss=objects["loss"](temperature=cfg.teacher.temperature, alpha=cfg.teacher.alpha),
+                  metrics=[keras.metrics.MeanMetricWrapper(objects["accuracy"], name="accuracy")])
