@@ -46,6 +46,7 @@ RUNS: list[tuple[str, str, list[str], tuple[int, ...]]] = [
     ("trec-bpe", "trec-bpe.yaml", [], SEEDS3),
     # BPE-dropout (training split only, re-encoded each epoch), the probability of Provilkov et al. (2020).
     ("trec-bpe/dropout0.1", "trec-bpe.yaml", ["tokenizer.bpe.dropout=0.1"], SEEDS3),
+    ("trec-bpe/dropout0.2", "trec-bpe.yaml", ["tokenizer.bpe.dropout=0.2"], SEEDS3),
     ("banking77-word", "banking77-word.yaml", [], SEEDS3),
     ("stackoverflow-word", "stackoverflow-word.yaml", [], SEEDS3),
     ("stackoverflow-bpe", "stackoverflow-bpe.yaml", [], (13,)),
