@@ -48,7 +48,7 @@ RUNS = [
 ]
 
 
-def _checkpoint(name: str, config: str, retrain: bool) -> tuple[Path, float | None]:
+def trained_checkpoint(name: str, config: str, retrain: bool = False) -> tuple[Path, float | None]:
     """The set's trained checkpoint (trained now unless a finished one is kept) and the seconds training took."""
     from lifecycle.workflows import run_train
 
@@ -146,7 +146,7 @@ def main() -> None:
         if args.readme_only or (wanted and name not in wanted):
             continue
         print(f"== {name}", flush=True)
-        checkpoint, seconds = _checkpoint(name, config, args.retrain)
+        checkpoint, seconds = trained_checkpoint(name, config, args.retrain)
         rows = []
         for version in (checkpoint, _int8(checkpoint)):
             rows.append({"name": name, "config": config, **measure(version)})

@@ -2,12 +2,12 @@
 ``tune:`` costs.
 
 A model that stopped too early gets better under the fine-tune epochs of ``tune:E``, so its compressed version beats
-the checkpoint it came from; a converged one loses a little. For each trained checkpoint given (default: every set the
-calibration benchmark trained, under benchmarks/out/calibration-versions/, or trained here with the shipped config
-when missing), this freezes it, compresses it with the whole-path recipe and records: checkpoint and compressed test
-accuracy, the difference, the tune step's epochs (run, peak, why it stopped) and its seconds per epoch against one
-training epoch of the checkpoint's own model, timed in the same process. Rows go to benchmarks/out/converged.json
-and the table into README.md between the `bench:converged` markers.
+the checkpoint it came from; a converged one loses a little. For each set of the calibration benchmark (its trained
+checkpoint under benchmarks/out/calibration-versions/, trained there first when missing), this freezes it,
+compresses it with the whole-path recipe and records: checkpoint and compressed test accuracy, the difference, the
+tune step's epochs (run, peak, why it stopped) and its seconds per epoch against one training epoch of the
+checkpoint's own model, timed in the same process. Rows go to benchmarks/out/converged.json and the table into
+README.md between the `bench:converged` markers.
 
     .venv/bin/python benchmarks/converged_bench.py                     # every set (about 30 minutes on 2 cores)
     .venv/bin/python benchmarks/converged_bench.py --only trec-word --no-readme
@@ -24,26 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# The calibration benchmark's sets and their trained checkpoints (benchmarks/calibration_bench.py, beside this one).
+from calibration_bench import RUNS as SETS  # noqa: E402
+from calibration_bench import trained_checkpoint  # noqa: E402
 from readme import bench_parser, cpu_model, write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
 
 OUT = ROOT / "benchmarks" / "out"
-TRAINED = OUT / "calibration-versions"
 RECIPE = "vocab:coverage=0.97,prune:0.85,tune:5,int8"
-# (row, shipped config): the same configs as the training benchmark's rows.
-SETS = [("chatterbot", "default.yaml"), ("mr-word", "mr-word.yaml"), ("trec-word", "trec-word.yaml"),
-        ("banking77-word", "banking77-word.yaml"), ("stackoverflow-word", "stackoverflow-word.yaml")]
-
-
-def _checkpoint(name: str, config: str) -> Path:
-    """The set's trained checkpoint: the calibration benchmark's when it is there, else trained now."""
-    path = TRAINED / name / "checkpoint"
-    if (path / "manifest.json").is_file():
-        return path
-    from lifecycle.config import load_config
-    from lifecycle.workflows import run_train
-
-    cfg = load_config(ROOT / "configs" / config, ["tracking.enabled=false"])
-    return run_train(cfg, path, versions_dir=TRAINED / name / "work", resume=False).version
 
 
 def _train_epoch_seconds(checkpoint: Path, frozen: Path) -> float:
@@ -74,7 +61,7 @@ def _train_epoch_seconds(checkpoint: Path, frozen: Path) -> float:
 def run_one(name: str, config: str, work: Path) -> dict:
     from lifecycle.workflows import run_compress, run_freeze
 
-    checkpoint = _checkpoint(name, config)
+    checkpoint, _ = trained_checkpoint(name, config)
     parent = json.loads((checkpoint / "manifest.json").read_text())
     frozen = run_freeze(str(checkpoint), work / f"{name}-frozen", track=False)
     compressed = run_compress(str(frozen.version), RECIPE, work / f"{name}-whole", track=False)

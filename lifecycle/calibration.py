@@ -39,7 +39,9 @@ def _log_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), _TINY, None))
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits (float64 inside)."""
+    z = np.asarray(z, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -50,7 +52,7 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
     probabilities = np.asarray(probabilities)
     if temperature == 1.0 or probabilities.size == 0:
         return probabilities.astype(np.float32, copy=False)
-    return _softmax(_log_probabilities(probabilities) / temperature).astype(np.float32)
+    return softmax(_log_probabilities(probabilities) / temperature).astype(np.float32)
 
 
 def negative_log_likelihood(probabilities: np.ndarray, y: np.ndarray) -> float:
@@ -170,11 +172,19 @@ def check_threshold(value: Any, where: str) -> float | None:
     return float(value)
 
 
-def _scores(probabilities: np.ndarray, y: np.ndarray, temperature: float) -> dict[str, float]:
+def split_scores(probabilities: np.ndarray, y: np.ndarray, temperature: float,
+                 abstain_threshold: float | None = None) -> dict[str, Any]:
+    """NLL and ECE of a labelled split before and after ``temperature``, and with ``abstain_threshold`` the share of
+    texts answered (``coverage``) and the accuracy on them (``answered_accuracy``), on calibrated probabilities."""
     after = apply_temperature(probabilities, temperature)
-    return {"nll_before": negative_log_likelihood(probabilities, y), "nll_after": negative_log_likelihood(after, y),
-            "ece_before": expected_calibration_error(probabilities, y),
-            "ece_after": expected_calibration_error(after, y), "n": int(len(y))}
+    scores: dict[str, Any] = {
+        "nll_before": negative_log_likelihood(probabilities, y), "nll_after": negative_log_likelihood(after, y),
+        "ece_before": expected_calibration_error(probabilities, y),
+        "ece_after": expected_calibration_error(after, y), "n": int(len(y))}
+    if abstain_threshold:
+        chosen = selective(after, y, abstain_threshold)
+        scores.update({"coverage": chosen.coverage, "answered_accuracy": chosen.answered_accuracy})
+    return scores
 
 
 def fit_calibration(validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray] | None = None,
@@ -192,13 +202,10 @@ def fit_calibration(validation: tuple[np.ndarray, np.ndarray], test: tuple[np.nd
         "fitted_on": "validation split",
         "bins": BINS,
         "abstain_threshold": abstain_threshold,
-        "validation": _scores(val_p, val_y, temperature),
+        "validation": split_scores(val_p, val_y, temperature),
     }
     if test is not None and len(test[1]):
-        entry["test"] = _scores(test[0], test[1], temperature)
-        if abstain_threshold:
-            chosen = selective(apply_temperature(test[0], temperature), test[1], abstain_threshold)
-            entry["test"].update({"coverage": chosen.coverage, "answered_accuracy": chosen.answered_accuracy})
+        entry["test"] = split_scores(test[0], test[1], temperature, abstain_threshold)
     return entry
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -69,13 +69,22 @@ def training_encoder(examples: Examples, tokenizer: Tokenizer, labels: tuple[str
 
     Only the training split goes through it: validation, test and serving keep ``tokenizer.encode``'s ids.
     """
+    if dropout <= 0 or getattr(tokenizer, "encode_with_dropout", None) is None:
+        return None
+    fixed = encode_examples(examples, tokenizer, labels, max_len)  # the labels (and their check) once
+    return dropout_encoder(examples.texts, fixed.y, tokenizer, max_len, dropout)
+
+
+def dropout_encoder(texts: Sequence[str], y: np.ndarray, tokenizer: Tokenizer, max_len: int,
+                    dropout: float) -> Callable[[int], Arrays] | None:
+    """``texts`` re-encoded with BPE-dropout for each epoch, with the targets ``y`` unchanged (label ids, or a
+    distilled student's label-and-soft-target rows); None when ``dropout`` is 0 or the tokenizer has no dropout."""
     encode = getattr(tokenizer, "encode_with_dropout", None)
     if dropout <= 0 or encode is None:
         return None
-    fixed = encode_examples(examples, tokenizer, labels, max_len)  # the labels (and their check) once
-    texts = list(examples.texts)
+    texts = list(texts)
 
     def for_epoch(epoch: int) -> Arrays:
-        return Arrays(encode(texts, max_len, dropout).astype(np.int32, copy=False), fixed.y)
+        return Arrays(encode(texts, max_len, dropout).astype(np.int32, copy=False), y)
 
     return for_epoch

@@ -20,7 +20,6 @@ import csv
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,11 +73,10 @@ class Teaching:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    scaled = logits.astype(np.float64) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+def _soft_targets(logits: np.ndarray, temperature: float) -> np.ndarray:
+    from lifecycle.calibration import softmax
+
+    return softmax(logits / temperature).astype(np.float32)
 
 
 def read_unlabelled(cfg: Config) -> tuple[str, ...]:
@@ -215,8 +213,8 @@ def prepare_teacher(cfg: Config, corpus: Corpus, tracker: NullTracker) -> Teachi
         "texts_encoded": stats.encoded,
         "run_id": run_id,
     }
-    return Teaching(_softmax(logits["train"], tcfg.temperature), unlabelled,
-                    _softmax(extra_logits, tcfg.temperature) if len(unlabelled) else
+    return Teaching(_soft_targets(logits["train"], tcfg.temperature), unlabelled,
+                    _soft_targets(extra_logits, tcfg.temperature) if len(unlabelled) else
                     np.zeros((0, len(corpus.labels)), dtype=np.float32), record, metrics)
 
 
@@ -240,21 +238,6 @@ def tune_arrays(cfg: Config, corpus: Corpus, train: Arrays, tokenizer: Tokenizer
     from lifecycle.tracking import NullTracker
 
     return student_arrays(prepare_teacher(cfg, corpus, NullTracker()), train, tokenizer, max_len)
-
-
-def student_encoder(teaching: Teaching, texts: Sequence[str], targets: Arrays, tokenizer: Tokenizer, max_len: int,
-                    dropout: float) -> Callable[[int], Arrays] | None:
-    """``train.fit``'s ``train_for_epoch`` for BPE-dropout: every text (labelled and unlabelled) re-encoded each
-    epoch, the targets unchanged; None without dropout."""
-    encode = getattr(tokenizer, "encode_with_dropout", None)
-    if dropout <= 0 or encode is None:
-        return None
-    every = [*texts, *teaching.unlabelled_texts]
-
-    def for_epoch(epoch: int) -> Arrays:
-        return Arrays(encode(every, max_len, dropout).astype(np.int32, copy=False), targets.y)
-
-    return for_epoch
 
 
 _OBJECTS: dict[str, Any] = {}

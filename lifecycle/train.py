@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 from lifecycle.backend import tf_module
 from lifecycle.config import TrainConfig
 from lifecycle.dataset import Arrays
+from lifecycle.housekeeping import replace_file
 
 if TYPE_CHECKING:
     import keras
@@ -269,14 +269,10 @@ def fit(
 def _save_state(model: keras.Model, resume_dir: Path, state: dict[str, Any], *, save_best: bool) -> None:
     """Model first, state last: a crash between them leaves the previous epoch's state, which is still valid."""
     resume_dir.mkdir(parents=True, exist_ok=True)
-    _atomic(resume_dir / MODEL_FILE, lambda tmp: model.save(tmp))
+    replace_file(resume_dir / MODEL_FILE, lambda tmp: model.save(tmp))
     if save_best:
-        _atomic(resume_dir / BEST_FILE, lambda tmp: model.save_weights(tmp))
-    _atomic(resume_dir / STATE_FILE, lambda tmp: tmp.write_text(json.dumps(state, indent=1), encoding="utf-8"))
+        replace_file(resume_dir / BEST_FILE, lambda tmp: model.save_weights(tmp))
+    replace_file(resume_dir / STATE_FILE, lambda tmp: tmp.write_text(json.dumps(state, indent=1), encoding="utf-8"))
 
 
-def _atomic(target: Path, write: Callable[[Path], Any]) -> None:
-    # Keras picks the format from the suffix, so the temp name keeps it.
-    tmp = target.with_name(f".tmp-{target.name}")
-    write(tmp)
-    os.replace(tmp, target)
+

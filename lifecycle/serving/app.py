@@ -60,7 +60,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lifecycle.calibration import UNKNOWN
+from lifecycle.calibration import UNKNOWN, abstains
 from lifecycle.errors import ConfigError
 from lifecycle.serving.config import LimitsConfig, ServeConfig
 from lifecycle.serving.metrics import CONTENT_TYPE, UNKNOWN_MODEL, Metrics, rss_bytes
@@ -249,11 +249,10 @@ def _predictions(labels: tuple[str, ...], probabilities: np.ndarray, top_k: int,
     k = min(top_k, len(labels))
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     out = []
-    for row, best in zip(probabilities, order, strict=True):
+    for row, best, refused in zip(probabilities, order, abstains(probabilities, abstain), strict=True):
         top = [{"label": labels[i], "probability": round(float(row[i]), 6)} for i in best]
-        refused = bool(abstain) and float(row[best[0]]) < abstain
         out.append({"label": UNKNOWN if refused else top[0]["label"], "probability": top[0]["probability"],
-                    "abstained": refused, "top": top})
+                    "abstained": bool(refused), "top": top})
     return out
 
 

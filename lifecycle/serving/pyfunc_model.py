@@ -42,19 +42,17 @@ class LifecycleClassifier(PythonModel):
 
     def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None
                 ) -> list[TextPrediction]:
-        from lifecycle.calibration import UNKNOWN
+        from lifecycle.calibration import UNKNOWN, abstains
 
         labels = self.predictor.labels
-        threshold = self.predictor.abstain_threshold
         with self.lock:
             rows = self.predictor.predict_proba(list(model_input))
         out = []
-        for row in rows:
+        for row, refused in zip(rows, abstains(rows, self.predictor.abstain_threshold), strict=True):
             best = int(row.argmax())
-            refused = bool(threshold) and float(row[best]) < threshold
             out.append(TextPrediction(label=UNKNOWN if refused else labels[best], probability=float(row[best]),
                                       probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
-                                      abstained=refused))
+                                      abstained=bool(refused)))
         return out
 
 

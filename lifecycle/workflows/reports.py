@@ -43,7 +43,7 @@ def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None
     probabilities = calibration.apply_temperature(raw, predictor.temperature)
     scores = evaluate.evaluate_probabilities(probabilities, arrays.y, predictor.labels)
     threshold = predictor.abstain_threshold if abstain is None else abstain
-    calibration_metrics = _calibration_metrics(raw, probabilities, arrays.y, predictor.temperature, threshold)
+    calibration_metrics = _calibration_metrics(raw, arrays.y, predictor.temperature, threshold)
     cfg = version.config
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     tracker = make_tracker(tracking, cfg.name)
@@ -67,23 +67,13 @@ def _abstain_option(value: float | None) -> float | None:
         raise ConfigError(str(exc)) from None
 
 
-def _calibration_metrics(raw: Any, calibrated: Any, y: Any, temperature: float, threshold: float | None
-                         ) -> dict[str, float]:
+def _calibration_metrics(raw: Any, y: Any, temperature: float, threshold: float | None) -> dict[str, float]:
+    """The ``calibration.*`` metrics of an evaluation, named as a version's calibration entry's."""
     from lifecycle import calibration
 
-    metrics = {
-        "calibration.temperature": temperature,
-        "calibration.ece_before": calibration.expected_calibration_error(raw, y),
-        "calibration.ece_after": calibration.expected_calibration_error(calibrated, y),
-        "calibration.nll_before": calibration.negative_log_likelihood(raw, y),
-        "calibration.nll_after": calibration.negative_log_likelihood(calibrated, y),
-    }
-    if threshold:
-        chosen = calibration.selective(calibrated, y, threshold)
-        metrics.update({"calibration.abstain_threshold": threshold, "calibration.coverage": chosen.coverage})
-        if chosen.answered_accuracy is not None:
-            metrics["calibration.answered_accuracy"] = chosen.answered_accuracy
-    return metrics
+    threshold = threshold or None
+    return calibration.entry_metrics({"temperature": temperature, "abstain_threshold": threshold,
+                                      "test": calibration.split_scores(raw, y, temperature, threshold)})
 
 
 def run_predict(ref: str, texts: Sequence[str], top_k: int = 1, runtime: str = "auto",

@@ -193,7 +193,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
     from lifecycle import model as model_lib
     from lifecycle import train as train_lib
     from lifecycle.console import Stage
-    from lifecycle.dataset import encode_corpus, training_encoder
+    from lifecycle.dataset import dropout_encoder, encode_corpus
 
     run_file = work / "run.json"
     tracker = make_tracker(cfg.tracking, cfg.name)
@@ -250,10 +250,9 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
 
         stage.done()
         dropout = cfg.tokenizer.bpe.dropout if cfg.tokenizer.kind == "bpe" else 0.0
-        train_for_epoch = training_encoder(corpus.train, tokenizer, corpus.labels, cfg.tokenizer.max_len, dropout)
-        if teaching is not None:
-            train_for_epoch = distill.student_encoder(teaching, corpus.train.texts, train_arrays, tokenizer,
-                                                      cfg.tokenizer.max_len, dropout)
+        # BPE-dropout re-encodes every training text (a distilled student's unlabelled ones too) each epoch.
+        texts = (*corpus.train.texts, *(teaching.unlabelled_texts if teaching is not None else ()))
+        train_for_epoch = dropout_encoder(texts, train_arrays.y, tokenizer, cfg.tokenizer.max_len, dropout)
         result = train_lib.fit(model, train_arrays, data.validation, cfg.train, resume_dir=resume_dir,
                                on_epoch=on_epoch, callbacks=callbacks, train_for_epoch=train_for_epoch)
         stage = Stage(progress)
