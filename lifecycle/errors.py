@@ -55,3 +55,9 @@ class DependencyError(LifecycleError, ImportError):
     """An optional dependency is missing; the message carries the pip command (exit 1)."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), for one-line errors that quote it."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
