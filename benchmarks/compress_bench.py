@@ -210,7 +210,7 @@ def _load_model(kind: str, runtime: dict[str, Any], path: Path) -> tuple[Any, An
 
         from lifecycle.artifacts import load_version
         from lifecycle.freeze import GRAPH_FILE, read_graph
-        from tokenization.base import load_tokenizer
+        from tokenization.factory import load_tokenizer
 
         tf = runtime["tf"]
         version = load_version(path)
@@ -299,7 +299,7 @@ def _worker_ten(kind: str, paths: list[Path], runtime: dict[str, Any], ids: Any,
             models.append(predictor.predict_ids)
         else:
             if tokenizer_dir is not None:
-                from tokenization.base import load_tokenizer
+                from tokenization.factory import load_tokenizer
 
                 tokenizers.append(load_tokenizer(tokenizer_dir))
             models.append(_Lite(runtime["Interpreter"], path))
@@ -408,7 +408,7 @@ def worker_main(argv: list[str]) -> None:
                 predictor.predict_proba([texts[i % len(texts)]])
                 latencies.append(1e3 * (time.perf_counter() - started))
             result["text_p50_ms"] = float(np.percentile(latencies, 50))
-            from tokenization.base import load_tokenizer
+            from tokenization.factory import load_tokenizer
 
             before = _rss_mb()
             spare = load_tokenizer(predictor.version.tokenizer_dir)
@@ -658,7 +658,7 @@ class Bench:
         from lifecycle.artifacts import load_version
         from lifecycle.corpus import load_corpus
         from lifecycle.dataset import encode_examples
-        from tokenization.base import load_tokenizer
+        from tokenization.factory import load_tokenizer
 
         version = load_version(self.checkpoint)
         self.labels = version.labels

@@ -43,7 +43,7 @@ def _train_epoch_seconds(checkpoint: Path, frozen: Path) -> float:
     from lifecycle import artifacts
     from lifecycle.compress import RecipeContext
     from lifecycle.workflows import load_graph_version
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     version = artifacts.load_version(frozen)
     source = load_graph_version(version)

@@ -53,7 +53,7 @@ def main() -> None:
     stages["+ first run of a tiny graph"] = memory_mb()
 
     version = artifacts.load_version(version_dir)
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     tokenizer = load_tokenizer(version.tokenizer_dir)
     tokenizer.encode(["warm up"], version.max_len)

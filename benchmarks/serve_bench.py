@@ -263,7 +263,8 @@ def start_mlflow(root: Path) -> tuple[subprocess.Popen, str]:
 
 def register(uri: str, path: Path) -> str:
     from lifecycle.config import TrackingConfig
-    from lifecycle.tracking import VERSION_ARTIFACT, Tracker
+    from lifecycle.registry_client import VERSION_ARTIFACT
+    from lifecycle.tracking import Tracker
 
     tracker = Tracker(TrackingConfig(uri=uri), REGISTERED)
     with tracker.run("compress", path.name):

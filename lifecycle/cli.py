@@ -19,7 +19,7 @@ from rich.table import Table
 
 from lifecycle import console
 from lifecycle.config import load_config
-from lifecycle.errors import ConfigError, DataError, LifecycleError
+from lifecycle.errors import EXPECTED_ERRORS, ConfigError, DataError, exit_code_of
 
 app = typer.Typer(
     name="lifecycle",
@@ -75,9 +75,9 @@ def _errors(sweep: bool = True) -> Iterator[None]:
         _sweep()
     try:
         yield
-    except LifecycleError as exc:
+    except EXPECTED_ERRORS as exc:
         console.err.print(f"[bold red]Error:[/] {escape(str(exc))}", markup=True, highlight=False)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(exit_code_of(exc)) from None
     except KeyboardInterrupt:
         console.err.print("Interrupted. Run the same command again to continue from the last finished epoch.")
         raise typer.Exit(130) from None

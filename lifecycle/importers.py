@@ -567,7 +567,8 @@ def import_tokenizer(path: Path, spec: VocabSpec, rows: int, mapping_path: Path)
     Raises:
         TokenizerError: the vocabulary does not have one token per embedding row, or pad/unk are not in it.
     """
-    from tokenization.base import METADATA_FILE, N_SPECIAL, SPECIAL_TOKENS, VOCAB_FILE, load_tokenizer
+    from tokenization.base import METADATA_FILE, N_SPECIAL, SPECIAL_TOKENS, VOCAB_FILE
+    from tokenization.factory import load_tokenizer
     from tokenization.word import WordTokenizer
 
     if path.is_dir() and (path / METADATA_FILE).is_file():

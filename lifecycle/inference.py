@@ -39,7 +39,7 @@ class Predictor:
 
     For a process holding many models (``lifecycle serve``): ``max_batch`` caps the rows of one LiteRT interpreter
     call (None: ``litert.DEFAULT_MAX_BATCH``), since the interpreter's memory grows with the largest batch it has run;
-    ``lean_tokenizer`` loads a bpe tokenizer lean (``tokenization.base.load_tokenizer``: the same ids, 3.9 MB instead
+    ``lean_tokenizer`` loads a bpe tokenizer lean (``tokenization.factory.load_tokenizer``: the same ids, 3.9 MB instead
     of 10-11 MB for 30,000 tokens, more CPU per new word).
 
     Probabilities are calibrated: the version's temperature (manifest ``calibration.temperature``, 1 for versions
@@ -51,7 +51,7 @@ class Predictor:
     def __init__(self, version: Version, runtime: str = "auto", threads: int | None = None,
                  max_batch: int | None = None, lean_tokenizer: bool = False) -> None:
         from lifecycle.calibration import abstain_threshold_of, temperature_of
-        from tokenization.base import load_tokenizer
+        from tokenization.factory import load_tokenizer
 
         if runtime not in RUNTIMES:
             raise ModelError(f"runtime {runtime!r} is unknown; use one of {', '.join(RUNTIMES)}.")

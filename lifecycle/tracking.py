@@ -12,6 +12,10 @@ answers (locked database, a dataset or model row another process just inserted, 
 backoff and then fails with one line. Each run carries the pid, host and start time of its process
 (``lifecycle.pid|host|process_start``); a RUNNING run whose process is gone is marked FAILED by the next
 ``Tracker`` on that host (:func:`fail_dead_runs`).
+
+The registry read without mlflow (registry references, REST look-ups, copies of version directories, the default
+tracking URI) lives in :mod:`lifecycle.registry_client`; :func:`lookup_registry` and :func:`download_source` here use
+it where it suffices and the mlflow client for every other store.
 """
 
 from __future__ import annotations
@@ -30,33 +34,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lifecycle import housekeeping
-from lifecycle.config import TrackingConfig, project_root
-from lifecycle.errors import ConfigError, ModelError, TrackingError
+from lifecycle.config import TrackingConfig
+from lifecycle.errors import ConfigError, ModelError, TrackingError, first_line
+from lifecycle.registry_client import (
+    VERSION_ARTIFACT,
+    RegistryEntry,
+    absolute_uri,
+    copies_without_mlflow,
+    copy_source,
+    default_tracking_uri,
+    download_cleanup,
+    is_http_uri,
+    parse_registry_ref,
+    rest_lookup,
+)
 
 log = logging.getLogger(__name__)
 
-VERSION_ARTIFACT = "version"
 T = TypeVar("T")
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` (a relative SQLite path made absolute), else SQLite under ``<project root>/mlruns``."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return absolute_uri(env)
-    return f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
-
-
-def absolute_uri(uri: str) -> str:
-    """A ``sqlite:///`` URI with a relative path (``sqlite:///mlflow.db``, MLflow's own default) made absolute against
-    the working directory, where MLflow would open it; so the experiment's artifact location, derived from the
-    database's folder, is absolute too. Other URIs are returned as they are."""
-    if not uri.startswith("sqlite:///"):
-        return uri
-    path, sep, query = uri.removeprefix("sqlite:///").partition("?")
-    if not path or path == ":memory:" or Path(path).is_absolute():
-        return uri
-    return f"sqlite:///{Path(path).resolve()}{sep}{query}"
 
 
 def artifact_root(uri: str) -> str | None:
@@ -106,10 +101,10 @@ def _retry(what: str, call: Callable[[], T], uri: str, *, seconds: float = RETRY
             return call()
         except Exception as exc:
             if not _transient(exc) or time.monotonic() + delay > deadline:
-                raise TrackingError(f"MLflow at {uri} failed to {what}: {_first_line(exc)}.",
+                raise TrackingError(f"MLflow at {uri} failed to {what}: {first_line(exc)}.",
                                     "Check tracking.uri / MLFLOW_TRACKING_URI and that the store is reachable, or "
                                     "pass --no-track.") from None
-            log.info("MLflow at %s was busy (%s); retrying %s in %.1f s", uri, _first_line(exc), what, delay)
+            log.info("MLflow at %s was busy (%s); retrying %s in %.1f s", uri, first_line(exc), what, delay)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
 
@@ -163,7 +158,7 @@ def open_client(uri: str, sweep: bool = True) -> Any:
     except Exception as exc:
         where = db or uri
         raise TrackingError(
-            f"MLflow store {where} cannot be opened: {_first_line(exc)}.",
+            f"MLflow store {where} cannot be opened: {first_line(exc)}.",
             "If an older lifecycle left its schema half-migrated (concurrent first use), move the file aside and run "
             "again; otherwise fix tracking.uri / MLFLOW_TRACKING_URI, or pass --no-track.",
         ) from None
@@ -259,7 +254,7 @@ def fail_dead_runs(client: Any, uri: str, dry_run: bool = False) -> list[Any]:
         runs = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`lifecycle.host` = '{host}'",
                                   max_results=1000) if experiments else []
     except Exception as exc:
-        log.warning("could not look for runs of dead processes in %s: %s", uri, _first_line(exc))
+        log.warning("could not look for runs of dead processes in %s: %s", uri, first_line(exc))
         return []
     dead = [run for run in runs if run_is_orphaned(run.data.tags)]
     if dry_run:
@@ -271,7 +266,7 @@ def fail_dead_runs(client: Any, uri: str, dry_run: bool = False) -> list[Any]:
             client.set_tag(run.info.run_id, "lifecycle.failure", note)
             client.set_terminated(run.info.run_id, "FAILED")
         except Exception as exc:
-            log.warning("could not mark run %s FAILED: %s", run.info.run_id, _first_line(exc))
+            log.warning("could not mark run %s FAILED: %s", run.info.run_id, first_line(exc))
             continue
         log.warning("run %s (%s): %s", run.info.run_id, run.info.run_name, note)
     return dead
@@ -549,15 +544,10 @@ def resolve_version(ref: str, tracking_uri: str | None = None) -> Path:
     except Exception as exc:
         shutil.rmtree(target, ignore_errors=True)
         raise ModelError(
-            f"{ref}: cannot be fetched from MLflow at {mlflow.get_tracking_uri()} ({_first_line(exc)}).",
+            f"{ref}: cannot be fetched from MLflow at {mlflow.get_tracking_uri()} ({first_line(exc)}).",
             "Check the name and number (`mlflow models` UI) or pass a version directory.",
         ) from None
     return Path(local)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 def to_json(data: Any) -> str:
@@ -565,99 +555,14 @@ def to_json(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
-# --- The model registry for serving -------------------------------------------------------------------------------
-# `lifecycle serve` watches registry aliases from a process that must stay small: importing mlflow costs about 4 s
-# and 118 MB of RSS (measured with mlflow 3.17.2), more than the ten models it serves. Against an MLflow tracking
-# server (http/https URI) the functions below speak its REST API with urllib and never import mlflow; for any other
-# store (sqlite, file) they use the mlflow client, which `lifecycle serve` runs in a short-lived helper process.
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    """Where a registry reference points: ``models:/name@alias``, ``models:/name/<n>`` or ``runs:/<id>``."""
-
-    ref: str
-    name: str | None
-    version: str | None  # the registered version number; None for runs:/
-    source: str  # the artifact URI holding the version directory
-    run_id: str | None
-
-
-def is_http_uri(uri: str) -> bool:
-    """True for a tracking server reached over HTTP(S), whose REST API needs no mlflow import."""
-    return uri.startswith(("http://", "https://"))
-
-
-def parse_registry_ref(ref: str) -> tuple[str, str, str]:
-    """``models:/name@alias`` -> ("alias", name, alias); ``models:/name/3`` -> ("version", name, "3");
-    ``runs:/<id>[/path]`` -> ("run", id, path or "version").
-
-    Raises:
-        ConfigError: for anything else, naming the forms accepted.
-    """
-    forms = "use models:/<name>@<alias>, models:/<name>/<number>, runs:/<run_id> or runs:/<run_id>/<path>"
-    if ref.startswith("models:/"):
-        body = ref.removeprefix("models:/").strip("/")
-        if "@" in body and "/" not in body:
-            name, _, alias = body.partition("@")
-            if name and alias:
-                return "alias", name, alias
-        else:
-            name, _, number = body.rpartition("/")
-            if name and "/" not in name and number.isdigit():
-                return "version", name, number
-    elif ref.startswith("runs:/"):
-        run_id, _, path = ref.removeprefix("runs:/").strip("/").partition("/")
-        if run_id:
-            return "run", run_id, path or VERSION_ARTIFACT
-    raise ConfigError(f"{ref!r} is not a registry reference; {forms}.")
-
-
-def _rest(uri: str, endpoint: str, params: Mapping[str, str] | None = None, timeout: float = 10.0,
-          api: str = "mlflow") -> dict[str, Any]:
-    """One GET from an MLflow tracking server's REST API (``/api/2.0/<api>/<endpoint>``), answered in JSON."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    url = f"{uri.rstrip('/')}/api/2.0/{api}/{endpoint}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    request = urllib.request.Request(url, headers=_auth_headers())
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("message", exc.reason)
-        except (ValueError, AttributeError):
-            detail = exc.reason
-        raise TrackingError(f"MLflow at {uri} refused {endpoint} ({exc.code}: {_first_line(Exception(detail))}).",
-                            "Check the model name, alias or version in the registry.") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"MLflow at {uri} cannot be reached ({reason}).",
-                            "Start the tracking server or fix tracking_uri / MLFLOW_TRACKING_URI.") from None
-
-
-def _auth_headers() -> dict[str, str]:
-    """The credentials the mlflow client would send: MLFLOW_TRACKING_TOKEN, else USERNAME/PASSWORD."""
-    import base64
-
-    headers = {"Content-Type": "application/json"}
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    elif user and password:
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    return headers
+# --- The model registry, through the mlflow client where lifecycle.registry_client cannot go ---------------------
 
 
 def lookup_registry(ref: str, tracking_uri: str | None = None) -> RegistryEntry:
-    """Where a registry reference points now (an alias is read afresh on every call).
+    """Where a registry reference points now (an alias is read afresh on every call), in any store.
 
-    Over HTTP this is one REST call and no mlflow import; other stores go through the mlflow client.
+    Over HTTP this is :func:`lifecycle.registry_client.rest_lookup` (no mlflow import); other stores go through the
+    mlflow client.
 
     Raises:
         ConfigError: a malformed reference.
@@ -666,14 +571,7 @@ def lookup_registry(ref: str, tracking_uri: str | None = None) -> RegistryEntry:
     form, first, second = parse_registry_ref(ref)
     uri = tracking_uri or default_tracking_uri()
     if is_http_uri(uri):
-        if form == "run":
-            info = _rest(uri, "runs/get", {"run_id": first})["run"]["info"]
-            return RegistryEntry(ref, None, None, f"{info['artifact_uri']}/{second}", first)
-        if form == "alias":
-            found = _rest(uri, "registered-models/alias", {"name": first, "alias": second})["model_version"]
-        else:
-            found = _rest(uri, "model-versions/get", {"name": first, "version": second})["model_version"]
-        return RegistryEntry(ref, found["name"], str(found["version"]), found["source"], found.get("run_id"))
+        return rest_lookup(ref, uri)
     client = open_client(uri)
     try:
         if form == "run":
@@ -683,85 +581,33 @@ def lookup_registry(ref: str, tracking_uri: str | None = None) -> RegistryEntry:
         else:
             found = client.get_model_version(first, second)
     except Exception as exc:
-        raise TrackingError(f"{ref}: not found in MLflow at {uri} ({_first_line(exc)}).",
+        raise TrackingError(f"{ref}: not found in MLflow at {uri} ({first_line(exc)}).",
                             "Check the model name, alias or version in the registry.") from None
     return RegistryEntry(ref, found.name, str(found.version), found.source, found.run_id)
 
 
 def download_source(source: str, dst: Path, tracking_uri: str | None = None) -> Path:
-    """Copy a registry entry's artifact directory to ``dst`` (which must not exist) and return it.
+    """Copy a registry entry's artifact directory to ``dst`` (which must not exist) and return it, from any store.
 
-    ``mlflow-artifacts:`` sources are fetched through the tracking server's REST API and local paths are copied,
-    both without importing mlflow; other schemes (s3:, gs:, ...) use mlflow's artifact repositories.
+    Local paths and ``mlflow-artifacts:`` sources behind an HTTP server go through
+    :func:`lifecycle.registry_client.copy_source` (no mlflow import); other schemes (s3:, gs:, ...) use mlflow's
+    artifact repositories.
 
     Raises:
         TrackingError: the source cannot be listed or read.
     """
     uri = tracking_uri or default_tracking_uri()
-    local = local_source_path(source)
-    try:
-        if local is not None:
-            if not local.is_dir():
-                raise TrackingError(f"{source}: the registered version's directory is missing from the artifact store.")
-            shutil.copytree(local, dst)
-        elif source.startswith("mlflow-artifacts:") and is_http_uri(uri):
-            _download_proxied(uri, _proxied_path(source), dst)
-        else:
-            dst.mkdir(parents=True)
-            found = _mlflow().artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst),
-                                                           tracking_uri=uri)
-            inner = Path(found)
-            if inner != dst:  # download_artifacts nests the directory under its own name
-                for child in inner.iterdir():
-                    child.rename(dst / child.name)
-                inner.rmdir()
-    except TrackingError:
-        shutil.rmtree(dst, ignore_errors=True)
-        raise
-    except Exception as exc:
-        shutil.rmtree(dst, ignore_errors=True)
-        raise TrackingError(f"{source}: cannot be downloaded from MLflow at {uri} ({_first_line(exc)}).") from None
+    if copies_without_mlflow(source, uri):
+        return copy_source(source, dst, uri)
+    with download_cleanup(source, dst, uri):
+        dst.mkdir(parents=True)
+        found = _mlflow().artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri)
+        inner = Path(found)
+        if inner != dst:  # download_artifacts nests the directory under its own name
+            for child in inner.iterdir():
+                child.rename(dst / child.name)
+            inner.rmdir()
     return dst
-
-
-def local_source_path(source: str) -> Path | None:
-    """The directory a ``file://`` or absolute-path artifact source names (None for remote schemes)."""
-    if source.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        return Path(unquote(urlparse(source).path))
-    if source.startswith("/"):
-        return Path(source)
-    return None
-
-
-def _proxied_path(source: str) -> str:
-    """``mlflow-artifacts:/1/abc/artifacts/version`` (or ``mlflow-artifacts://host/1/...``) -> ``1/abc/...``."""
-    from urllib.parse import urlparse
-
-    return urlparse(source).path.strip("/")
-
-
-def _download_proxied(uri: str, path: str, dst: Path) -> None:
-    """Mirror a directory served by ``mlflow server``'s artifact proxy, refusing names that would leave ``dst``."""
-    import urllib.parse
-    import urllib.request
-
-    base = f"{uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts"
-    dst.mkdir(parents=True)
-    listing = _rest(uri, "artifacts", {"path": path}, api="mlflow-artifacts").get("files", [])
-    if not listing:
-        raise TrackingError(f"{uri}: no artifacts under {path}; the registered version's directory is empty or gone.")
-    for item in listing:
-        name = item["path"]
-        if name in ("", ".", "..") or "/" in name or "\\" in name:
-            raise TrackingError(f"{uri}: artifact listing of {path} holds an unsafe name {name!r}; refusing it.")
-        if item.get("is_dir"):
-            _download_proxied(uri, f"{path}/{name}", dst / name)
-            continue
-        request = urllib.request.Request(f"{base}/{urllib.parse.quote(f'{path}/{name}')}", headers=_auth_headers())
-        with urllib.request.urlopen(request, timeout=60) as response, (dst / name).open("wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
 
 
 def set_alias(ref: str, alias: str, tracking_uri: str | None = None) -> RegistryEntry:
@@ -785,7 +631,7 @@ def set_alias(ref: str, alias: str, tracking_uri: str | None = None) -> Registry
     try:
         open_client(uri).set_registered_model_alias(name, alias, str(entry.version))
     except Exception as exc:
-        raise TrackingError(f"MLflow at {uri} refused alias {alias!r} for {ref}: {_first_line(exc)}.") from None
+        raise TrackingError(f"MLflow at {uri} refused alias {alias!r} for {ref}: {first_line(exc)}.") from None
     return entry
 
 
@@ -800,7 +646,7 @@ def _registered_ref(path: Path, uri: str) -> str:
     try:
         found = open_client(uri).search_model_versions(f"run_id = '{run_id}'")
     except Exception as exc:
-        raise TrackingError(f"MLflow at {uri} cannot search model versions: {_first_line(exc)}.") from None
+        raise TrackingError(f"MLflow at {uri} cannot search model versions: {first_line(exc)}.") from None
     if not found:
         raise TrackingError(f"{path}: run {run_id} registered no model version in MLflow at {uri}.",
                             "Check MLFLOW_TRACKING_URI, or pass models:/<name>/<n>.")
@@ -859,7 +705,7 @@ def log_pyfunc(version_path: Path, registered_name: str | None = None, tracking_
                 registered_model_name=registered_name,
             )
     except Exception as exc:
-        raise TrackingError(f"MLflow refused to log {version_path} as a pyfunc: {_first_line(exc)}.") from None
+        raise TrackingError(f"MLflow refused to log {version_path} as a pyfunc: {first_line(exc)}.") from None
     if registered_name and info.registered_model_version is not None:
         return f"models:/{registered_name}/{info.registered_model_version}"
     return info.model_uri

@@ -1,8 +1,9 @@
-"""The tokenizer contract, the saved-metadata format and the kind-independent entry points.
+"""The tokenizer contract, the saved-metadata format and the helpers both kinds share.
 
 Two kinds implement :class:`Tokenizer`: ``bpe`` (:mod:`tokenization.bpe`, youtokentome) and ``word``
 (:mod:`tokenization.word`, a word vocabulary plus optional word2vec vectors). Both write ``tokenizer.json`` beside their
-own files, so :func:`load_tokenizer` can dispatch on the directory alone.
+own files, so :func:`tokenization.factory.load_tokenizer` can dispatch on the directory alone. This module imports
+neither kind: they import it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from lifecycle.errors import TokenizerError
+from tokenization.errors import TokenizerError
 
 if TYPE_CHECKING:
     from typing import Self
-
-    from lifecycle.config import TokenizerConfig
 
 # The ids youtokentome reserves by default; the word tokenizer reuses them so both kinds agree on the layout.
 PAD = 0
@@ -149,66 +148,6 @@ def coverage_stats(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> 
         truncation_rate=float(np.mean(lengths > max_len)),
         n_texts=len(rows),
     )
-
-
-def train_tokenizer(
-    texts: Sequence[str],
-    cfg: TokenizerConfig,
-    workdir: Path | None = None,
-    *,
-    seed: int = DEFAULT_SEED,
-) -> Tokenizer:
-    """Train the tokenizer that ``cfg.kind`` selects.
-
-    Args:
-        texts: training texts (never the validation or test split).
-        cfg: the ``tokenizer`` config section.
-        workdir: where bpe keeps its training text and model file; None uses a temporary directory.
-        seed: seed of word2vec and of the random rows of words without a trained vector (youtokentome takes none).
-
-    Returns:
-        A trained :class:`BPETokenizer` or :class:`WordTokenizer`.
-
-    Raises:
-        TokenizerError: no texts, an empty vocabulary or settings the data cannot support.
-        DependencyError: youtokentome (bpe) or gensim (word2vec) is not installed.
-    """
-    # Imported here because bpe.py and word.py import this module's constants.
-    if cfg.kind == "bpe":
-        from tokenization.bpe import BPETokenizer
-
-        return BPETokenizer.train(texts, cfg.bpe, workdir=workdir)
-    if cfg.kind == "word":
-        from tokenization.word import WordTokenizer
-
-        return WordTokenizer.train(texts, cfg.word, seed=seed)
-    raise TokenizerError(f"tokenizer.kind must be one of {', '.join(KINDS)}. Received: {cfg.kind!r}.")
-
-
-def load_tokenizer(directory: Path, *, lean: bool = False) -> Tokenizer:
-    """Load a saved tokenizer of either kind.
-
-    Args:
-        directory: a directory written by ``Tokenizer.save``.
-        lean: a bpe tokenizer encodes through :class:`tokenization.bpe.MergeTable` rather than youtokentome: the same
-            ids in well under half the memory, slower on words it has not seen recently (for processes that hold
-            many models; a word tokenizer, a dict and a list of its words, loads the same either way).
-
-    Returns:
-        The tokenizer, ready to encode.
-
-    Raises:
-        TokenizerError: the directory, ``tokenizer.json`` or one of the kind's files is missing or inconsistent.
-        DependencyError: the kind's library is not installed.
-    """
-    kind = str(read_metadata(Path(directory))["kind"])
-    if kind == "bpe":
-        from tokenization.bpe import BPETokenizer
-
-        return BPETokenizer.load(directory, lean=lean)
-    from tokenization.word import WordTokenizer
-
-    return WordTokenizer.load(directory)
 
 
 def tokenizer_vectors(tokenizer: Tokenizer) -> np.ndarray | None:

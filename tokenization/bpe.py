@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lifecycle.errors import DependencyError, TokenizerError
 from tokenization.base import (
     BOS,
     BPE_MODEL_FILE,
@@ -60,9 +59,10 @@ from tokenization.base import (
     remove_stale_files,
     write_metadata,
 )
+from tokenization.errors import DependencyError, TokenizerError
 
 if TYPE_CHECKING:
-    from lifecycle.config import BPEConfig
+    from tokenization.settings import BPESettings
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class BPETokenizer(PaddedEncoder):
             self._vocab_size = int(self._kept.size)
 
     @classmethod
-    def train(cls, texts: Sequence[str], cfg: BPEConfig, *, workdir: Path | None = None) -> BPETokenizer:
+    def train(cls, texts: Sequence[str], cfg: BPESettings, *, workdir: Path | None = None) -> BPETokenizer:
         """Learn BPE merges from ``texts``.
 
         Args:
@@ -541,7 +541,7 @@ def _normalize(text: str, lowercase: bool) -> str:
     return text.lower() if lowercase else text
 
 
-def _training_error(exc: ValueError, cfg: BPEConfig) -> TokenizerError:
+def _training_error(exc: ValueError, cfg: BPESettings) -> TokenizerError:
     """Turn youtokentome's training ValueError into a one-line TokenizerError naming the config key."""
     message = str(exc).strip()
     needed = _TOO_SMALL.search(message)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lifecycle.errors import DependencyError, TokenizerError
 from tokenization.base import (
     DEFAULT_SEED,
     N_SPECIAL,
@@ -35,10 +34,11 @@ from tokenization.base import (
     strip_specials,
     write_metadata,
 )
+from tokenization.errors import DependencyError, TokenizerError
 from tokenization.vocab import build_vocab, count_tokens
 
 if TYPE_CHECKING:
-    from lifecycle.config import Word2VecConfig, WordConfig
+    from tokenization.settings import Word2VecSettings, WordSettings
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class WordTokenizer(PaddedEncoder):
                              vectors=grown, info=self._info)
 
     @classmethod
-    def train(cls, texts: Sequence[str], cfg: WordConfig, *, seed: int = DEFAULT_SEED) -> WordTokenizer:
+    def train(cls, texts: Sequence[str], cfg: WordSettings, *, seed: int = DEFAULT_SEED) -> WordTokenizer:
         """Count the words of ``texts`` and, if enabled, train word2vec on them.
 
         Args:
@@ -334,7 +334,7 @@ class WordTokenizer(PaddedEncoder):
         )
 
 
-def train_word2vec(token_lists: Sequence[Sequence[str]], cfg: Word2VecConfig, *, seed: int) -> dict[str, np.ndarray]:
+def train_word2vec(token_lists: Sequence[Sequence[str]], cfg: Word2VecSettings, *, seed: int) -> dict[str, np.ndarray]:
     """Train gensim word2vec and return its vectors.
 
     Args:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lifecycle.artifacts import load_version
-from lifecycle.errors import LifecycleError, ModelError
+from lifecycle.errors import EXPECTED_ERRORS, ModelError
 from lifecycle.procstat import release_free_memory
 from lifecycle.serving.config import BatchingConfig, ModelSpec, ServeConfig
 from lifecycle.serving.sources import Fetched, Source, discard
@@ -275,7 +275,7 @@ class Registry:
                 try:
                     source = Source(spec.version, self.cfg.tracking_uri, self.work_dir)
                     model = self._load_model(name, spec, source, source.lookup())
-                except LifecycleError as exc:
+                except EXPECTED_ERRORS as exc:
                     raise type(exc)(f"model {name!r} ({spec.version}): {exc.message}", exc.hint) from None
                 self.slots[name] = ModelSlot(name, spec, source, model)
                 log.info("%s: serving %s (%s, %d labels)", name, model.label, model.recipe or model.kind,
@@ -308,7 +308,7 @@ class Registry:
         slot.last_check = _now()
         try:
             entry = slot.source.lookup()
-        except LifecycleError as exc:
+        except EXPECTED_ERRORS as exc:
             slot.last_check_error = str(exc)
             log.warning("%s: cannot read %s: %s", slot.name, slot.source.ref, exc)
             return "error"
@@ -324,7 +324,7 @@ class Registry:
         try:
             new = self._load_model(slot.name, slot.spec, slot.source, entry)
         except Exception as exc:  # whatever fails, the old version keeps serving
-            reason = str(exc) if isinstance(exc, LifecycleError) else f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, EXPECTED_ERRORS) else f"{type(exc).__name__}: {exc}"
             slot.last_refused = Refusal(label, reason, _now())
             slot.refusing = True
             log.error("%s: refused %s, still serving %s: %s", slot.name, label, slot.current.label, reason)

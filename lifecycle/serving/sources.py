@@ -2,9 +2,10 @@
 
 A ``models:/name@alias`` source is *watched*: ``lookup`` reads where the alias points now, and the registry loads a
 new version when that changes. Lookups and downloads against an MLflow tracking server use its REST API in this
-process; against any other store (sqlite, file) they run ``python -m lifecycle.serving.sources`` in a helper
-process, so the server never imports mlflow (4 s and 118 MB, more than ten int8 models); a SQLite store whose
-files have not changed since the last lookup is not asked again.
+process (:mod:`lifecycle.registry_client`), as do copies of local version directories; lookups in any other store
+(sqlite, file) and downloads from artifact stores only mlflow reads (s3:, gs:, ...) run ``python -m
+lifecycle.serving.sources`` in a helper process, so the server never imports mlflow (4 s and 118 MB, more than ten
+int8 models); a SQLite store whose files have not changed since the last lookup is not asked again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lifecycle import tracking
+from lifecycle import registry_client
 from lifecycle.errors import LifecycleError, TrackingError
 
 log = logging.getLogger(__name__)
@@ -42,24 +43,24 @@ class Source:
     def __init__(self, ref: str, tracking_uri: str | None, work_dir: Path) -> None:
         self.ref = ref
         self.registry = ref.startswith(("models:/", "runs:/"))
-        self.form = tracking.parse_registry_ref(ref)[0] if self.registry else "path"
+        self.form = registry_client.parse_registry_ref(ref)[0] if self.registry else "path"
         self.watched = self.form == "alias"
-        self.tracking_uri = tracking_uri or tracking.default_tracking_uri()
-        self.in_process = tracking.is_http_uri(self.tracking_uri)
+        self.tracking_uri = tracking_uri or registry_client.default_tracking_uri()
+        self.in_process = registry_client.is_http_uri(self.tracking_uri)
         self.work_dir = work_dir
         self._store_stamp: tuple[int, ...] | None = None
-        self._last: tracking.RegistryEntry | None = None
+        self._last: registry_client.RegistryEntry | None = None
 
-    def lookup(self) -> tracking.RegistryEntry | None:
+    def lookup(self) -> registry_client.RegistryEntry | None:
         """Where the reference points now (None for a directory)."""
         if not self.registry:
             return None
         if self.in_process:
-            return tracking.lookup_registry(self.ref, self.tracking_uri)
+            return registry_client.rest_lookup(self.ref, self.tracking_uri)
         stamp = self._sqlite_stamp()
         if stamp is not None and stamp == self._store_stamp and self._last is not None:
             return self._last  # the database has not been written since: the alias cannot have moved
-        self._last = tracking.RegistryEntry(**_helper(["lookup", self.ref, self.tracking_uri]))
+        self._last = registry_client.RegistryEntry(**_helper(["lookup", self.ref, self.tracking_uri]))
         self._store_stamp = stamp
         return self._last
 
@@ -78,7 +79,7 @@ class Source:
                 stamp += [0, 0]
         return tuple(stamp)
 
-    def fetch(self, entry: tracking.RegistryEntry | None) -> Fetched:
+    def fetch(self, entry: registry_client.RegistryEntry | None) -> Fetched:
         """The version ``entry`` names, copied into a new private folder (a directory source is used in place)."""
         if entry is None:
             path = Path(self.ref).expanduser().resolve()
@@ -86,8 +87,8 @@ class Source:
         label = f"models:/{entry.name}/{entry.version}" if entry.version is not None else entry.ref
         stem = f"{entry.name}-v{entry.version}" if entry.version is not None else f"run-{entry.run_id}"
         target = self.work_dir / f"{stem}-{uuid.uuid4().hex[:8]}"
-        if self.in_process or tracking.local_source_path(entry.source) is not None:
-            tracking.download_source(entry.source, target, self.tracking_uri)
+        if registry_client.copies_without_mlflow(entry.source, self.tracking_uri):
+            registry_client.copy_source(entry.source, target, self.tracking_uri)
         else:
             _helper(["download", entry.source, str(target), self.tracking_uri])
         return Fetched(target, label, entry.version, owned=True)
@@ -120,6 +121,8 @@ def _helper(args: list[str]) -> dict:
 
 def _main(argv: list[str]) -> int:
     """``lookup REF URI`` -> the entry as JSON; ``download SOURCE DST URI`` -> {"path": DST}."""
+    from lifecycle import tracking  # the helper process may import mlflow; the server never does
+
     try:
         if argv[0] == "lookup":
             answer = asdict(tracking.lookup_registry(argv[1], argv[2]))

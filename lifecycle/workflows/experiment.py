@@ -104,7 +104,8 @@ def _tokenizer_metrics(cfg: Any, tokenizer_dir: Path) -> dict[str, float]:
     import numpy as np
 
     from lifecycle.corpus import load_corpus
-    from tokenization.base import UNK, coverage_stats, load_tokenizer
+    from tokenization.base import UNK, coverage_stats
+    from tokenization.factory import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     corpus = load_corpus(cfg.data, cfg.name)

@@ -114,7 +114,8 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
 
     from lifecycle import evaluate
     from lifecycle.freeze import GRAPH_FILE, tensor_manifest
-    from tokenization.base import load_tokenizer, serving_copy
+    from tokenization.base import serving_copy
+    from tokenization.factory import load_tokenizer
 
     cfg = parent.config
     output, unique = artifacts.resolve_output(output, cfg.name, candidate.kind, versions_dir)
@@ -227,7 +228,7 @@ def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | Non
 
     from lifecycle.backend import tf_module
     from lifecycle.freeze import freeze_model
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     parent = open_version(ref)
     if parent.kind != "checkpoint":
@@ -291,7 +292,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     from lifecycle import litert
     from lifecycle.compress import CALIBRATION_SAMPLES, RecipeContext, apply_recipe, parse_recipe
     from lifecycle.freeze import FrozenGraph, emit_graph, input_dtype_for
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     steps = parse_recipe(recipe)
     if serving_kernels is not None and serving_kernels not in litert.KERNELS:
@@ -355,7 +356,7 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
     """
     from lifecycle.backend import configure
     from lifecycle.restore import restore_model, restored_difference
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     parent = open_version(ref)
     frozen = load_graph_version(parent)

@@ -111,7 +111,7 @@ def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: in
     """
     from lifecycle.bench import measure
     from lifecycle.inference import Predictor
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     versions = [open_version(ref) for ref in refs]
     if any(Predictor._pick_runtime(version, runtime) != "litert" for version in versions):

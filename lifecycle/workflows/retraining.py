@@ -72,7 +72,7 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
     from lifecycle.dataset import Arrays, encode_examples
     from lifecycle.model import compile_model
     from lifecycle.restore import restore_model
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     parent = open_version(ref)
     cfg = parent.config

@@ -68,7 +68,7 @@ def _tokenizer_report(tokenizer: Any, directory: Path, seconds: float, texts: Se
 
 def _train_tokenizer(cfg: Config, corpus: Corpus, directory: Path) -> tuple[Any, float]:
     """Train on the training split and save to ``directory`` (via a temp folder, renamed when complete)."""
-    from tokenization.base import load_tokenizer, train_tokenizer
+    from tokenization.factory import load_tokenizer, train_tokenizer
 
     seconds_file = directory.with_name(f"{directory.name}.seconds")
     if (directory / "tokenizer.json").is_file():  # a resumed run: report the time the first attempt took

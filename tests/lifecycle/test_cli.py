@@ -78,6 +78,17 @@ def test_unknown_column_single_class_empty_and_undecodable(tmp_path: Path) -> No
     run("text,label\nna\xefve,a\nbye,b\n".encode("cp1252"), "encoding")
 
 
+def test_a_tokenizer_error_is_exit_3_with_one_line(tmp_path: Path) -> None:
+    # Raised inside the stand-alone tokenization package, whose errors are not LifecycleErrors.
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(40)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{format: csv, path: {data}}}\ntokenizer: {{kind: word, word: {{min_count: 1000}}}}\n")
+    text = _fails(["tokenizer", "train", str(cfg), "--no-track", "--output", str(tmp_path / "tok")], 3,
+                  "No word occurs tokenizer.word.min_count=1000 times")
+    assert len(text.strip().splitlines()) == 1 and text.startswith("Error: ")
+
+
 def test_predict_unknown_version(tmp_path: Path) -> None:
     _fails(["predict", str(tmp_path / "nothing"), "hello"], 4, "no such version directory")
 

@@ -29,7 +29,7 @@ def test_mean_init_keeps_old_columns_and_the_parents_predictions(frozen: dict, d
     from lifecycle.dataset import encode_examples
     from lifecycle.restore import restore_model
     from lifecycle.workflows import load_graph_version
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     version = artifacts.load_version(frozen["outcome"].version)
     model = restore_model(load_graph_version(version), version.config, 2).model
@@ -88,7 +88,7 @@ def test_grow_labels_widens_the_output_and_learns_the_new_label(frozen: dict, da
 def test_grow_vocab_on_a_vocab_pruned_parent_keeps_old_ids_and_widens_input(frozen: dict, data_dir: Path,
                                                                            tmp_path: Path) -> None:
     from lifecycle.workflows import RetrainOptions, load_graph_version, run_compress, run_retrain
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     pruned = run_compress(str(frozen["outcome"].version), "vocab:250", tmp_path / "pruned", track=False).version
     parent = artifacts.load_version(pruned)

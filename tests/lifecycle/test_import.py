@@ -231,7 +231,7 @@ def keras_cnn(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from lifecycle.corpus import load_corpus
     from lifecycle.dataset import encode_examples
     from lifecycle.model import build_model
-    from tokenization.base import train_tokenizer
+    from tokenization.factory import train_tokenizer
 
     root = tmp_path_factory.mktemp("keras-cnn")
     cfg = mr_config("model.embedding_dim=16", "model.filters=32", "model.kernel_sizes=[3,4]")

@@ -189,7 +189,8 @@ def test_artifacts_land_under_the_store_from_another_cwd(tmp_path: Path, monkeyp
 
 
 def test_a_relative_sqlite_uri_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lifecycle.tracking import Tracker, default_tracking_uri
+    from lifecycle.registry_client import default_tracking_uri
+    from lifecycle.tracking import Tracker
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")  # MLflow's own default form

@@ -63,7 +63,7 @@ def test_restored_model_trains(versions: dict, data_dir: Path) -> None:
     from lifecycle.dataset import encode_examples
     from lifecycle.restore import restore_model
     from lifecycle.workflows import load_graph_version
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     version = artifacts.load_version(versions["int8"])
     frozen = load_graph_version(version)

@@ -165,7 +165,7 @@ def test_word2vec_init_starts_from_vectors_and_keeps_checkpoint_lean(data_dir: P
 
     from lifecycle.backend import tf_module
     from lifecycle.model import build_model
-    from tokenization.base import train_tokenizer
+    from tokenization.factory import train_tokenizer
 
     cfg = mr_config("tracking.enabled=false", "model.embedding_init=non-static",
                     "tokenizer.word.word2vec.enabled=true", "tokenizer.word.word2vec.dim=32",
@@ -360,7 +360,7 @@ def test_run_train_applies_bpe_dropout_to_the_training_split_only(data_dir: Path
     assert not np.array_equal(seen["epoch0"], seen["train"])
     # validation (like test and serving) was encoded deterministically, by the version's own tokenizer
     from lifecycle.corpus import load_corpus
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     tokenizer = load_tokenizer(outcome.version / "tokenizer")
     validation_texts = list(load_corpus(cfg.data, cfg.name).validation.texts)

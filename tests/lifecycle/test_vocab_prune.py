@@ -20,7 +20,7 @@ from tests.helpers import mr_config
 def _context(version_path: Path) -> RecipeContext:
     """The context run_compress gives the recipe, for a frozen version on disk."""
     from lifecycle.workflows import load_graph_version
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     version = artifacts.load_version(version_path)
     source = load_graph_version(version)
@@ -103,7 +103,8 @@ def test_context_steps_need_a_context() -> None:
 # --- tokenizers -----------------------------------------------------------------------------------------------------
 
 def test_word_tokenizer_keep_ids_round_trips(tmp_path: Path) -> None:
-    from tokenization.base import UNK, load_tokenizer
+    from tokenization.base import UNK
+    from tokenization.factory import load_tokenizer
     from tokenization.word import WordTokenizer
 
     vocab = ["<PAD>", "<UNK>", "<BOS>", "<EOS>", "the", "film", "is", "dull", "bright"]
@@ -132,7 +133,8 @@ def word_pruned(frozen: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_word_vocab_pruning_round_trips(word_pruned: dict) -> None:
-    from tokenization.base import N_SPECIAL, UNK, load_tokenizer
+    from tokenization.base import N_SPECIAL, UNK
+    from tokenization.factory import load_tokenizer
 
     parent, child = (artifacts.load_version(p) for p in (word_pruned["parent"], word_pruned["n"].version))
     parent_tok, child_tok = load_tokenizer(parent.tokenizer_dir), load_tokenizer(child.tokenizer_dir)
@@ -183,7 +185,8 @@ def test_word_vocab_step_report_and_honest_comparison(word_pruned: dict) -> None
 
 
 def test_coverage_mode_keeps_the_fewest_words_covering_c(word_pruned: dict) -> None:
-    from tokenization.base import N_SPECIAL, load_tokenizer
+    from tokenization.base import N_SPECIAL
+    from tokenization.factory import load_tokenizer
 
     parent = artifacts.load_version(word_pruned["parent"])
     child = artifacts.load_version(word_pruned["coverage"].version)
@@ -235,7 +238,7 @@ def test_retrain_of_a_vocab_pruned_version_keeps_its_vocabulary(word_pruned: dic
     import csv
 
     from lifecycle.workflows import RetrainOptions, run_retrain
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
 
     new = tmp_path / "new.csv"
     with new.open("w", newline="", encoding="utf-8") as handle:
@@ -283,7 +286,8 @@ def bpe_versions(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def test_bpe_vocab_pruning_round_trips(bpe_versions: dict, tmp_path: Path) -> None:
-    from tokenization.base import N_SPECIAL, UNK, load_tokenizer
+    from tokenization.base import N_SPECIAL, UNK
+    from tokenization.factory import load_tokenizer
     from tokenization.vocab import count_ids
 
     parent, child = (artifacts.load_version(bpe_versions[k]) for k in ("parent", "child"))
@@ -321,7 +325,7 @@ def test_bpe_vocab_pruning_round_trips(bpe_versions: dict, tmp_path: Path) -> No
 
 
 def test_bpe_pruning_twice_composes_from_the_model(bpe_versions: dict) -> None:
-    from tokenization.base import load_tokenizer
+    from tokenization.factory import load_tokenizer
     from tokenization.vocab import prune_vocab
 
     parent = load_tokenizer(artifacts.load_version(bpe_versions["parent"]).tokenizer_dir)

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from lifecycle.config import TokenizerConfig
-from tokenization.base import Tokenizer, load_tokenizer, train_tokenizer
+from tokenization.base import Tokenizer
+from tokenization.factory import load_tokenizer, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Enough of MR to have a realistic vocabulary while keeping training fast.

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from lifecycle.errors import TokenizerError
 from tokenization import (
     BOS,
     EOS,
@@ -28,6 +29,7 @@ from tokenization import (
     train_tokenizer,
 )
 from tokenization.base import SPECIAL_TOKENS
+from tokenization.errors import TokenizerError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +42,39 @@ def test_import_pulls_in_no_heavy_module() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_the_package_stands_alone_without_an_import_circle() -> None:
+    # Nothing of lifecycle, even lazily or for type checking; base.py never imports the kinds it describes.
+    for path in (REPO_ROOT / "tokenization").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not {m for m in modules if m.split(".")[0] == "lifecycle"}, path.name
+        if path.name in ("base.py", "errors.py", "settings.py", "vocab.py"):
+            assert not modules & {"tokenization.bpe", "tokenization.word", "tokenization.factory"}, path.name
+    code = (
+        "import sys, tokenization.errors\n"
+        "print(','.join(name for name in ('numpy', 'tokenization.base') if name in sys.modules))\n"
+        "import tokenization.base\n"
+        "kinds = ('tokenization.bpe', 'tokenization.word', 'tokenization.factory')\n"
+        "print(','.join(name for name in kinds if name in sys.modules))\n"
+        "import tokenization.factory, tokenization.vocab\n"
+        "print(','.join(name for name in sys.modules if name.split('.')[0] == 'lifecycle'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:3] == ["", "", ""]
+
+
+def test_plain_settings_objects_train_a_tokenizer() -> None:
+    # Any object with the attributes tokenization.settings names will do; lifecycle's pydantic config is one.
+    w2v = SimpleNamespace(enabled=False, dim=8, window=2, min_count=1, epochs=1, sg=True, workers=1)
+    word = SimpleNamespace(lowercase=True, token_pattern=r"[\w']+", min_count=1, max_size=None, word2vec=w2v)
+    settings = SimpleNamespace(kind="word", bpe=None, word=word)
+    tokenizer = train_tokenizer(["A film", "a dull film"], settings)
+    assert sorted(tokenizer.vocab[4:]) == ["a", "dull", "film"]
+    with pytest.raises(TokenizerError, match="tokenizer.kind must be one of bpe, word. Received: 'char'"):
+        train_tokenizer(["a film"], SimpleNamespace(kind="char", bpe=None, word=word))
 
 
 def test_special_ids_equal_youtokentome_defaults() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lifecycle.errors import DependencyError, TokenizerError
 from tokenization import PAD, UNK, BPETokenizer, coverage_stats, load_tokenizer, train_tokenizer
+from tokenization.errors import DependencyError, TokenizerError
 
 pytest.importorskip("youtokentome", reason="youtokentome is not installed")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lifecycle.errors import TokenizerError
 from tokenization import BPETokenizer, load_tokenizer
 from tokenization import bpe as bpe_module
+from tokenization.errors import TokenizerError
 
 pytest.importorskip("youtokentome", reason="youtokentome is not installed")
 

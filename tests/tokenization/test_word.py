@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from lifecycle.config import Word2VecConfig
-from lifecycle.errors import DependencyError, TokenizerError
 from tokenization import PAD, UNK, WordTokenizer, coverage_stats, load_tokenizer, train_tokenizer
 from tokenization.base import N_SPECIAL, SPECIAL_TOKENS
+from tokenization.errors import DependencyError, TokenizerError
 from tokenization.vocab import count_tokens
 from tokenization.word import align_vectors, train_word2vec
 

@@ -22,10 +22,11 @@ from typer.testing import CliRunner
 
 from lifecycle.cli import app as cli_app
 from lifecycle.config import TrackingConfig
+from lifecycle.registry_client import VERSION_ARTIFACT
 from lifecycle.serving.app import build_app
 from lifecycle.serving.config import ServeConfig
 from lifecycle.serving.registry import Registry
-from lifecycle.tracking import VERSION_ARTIFACT, Tracker, set_alias
+from lifecycle.tracking import Tracker, set_alias
 from tests.lifecycle.serving.helpers import start_serve
 
 MODEL = "serve-rollout"
