@@ -93,7 +93,7 @@ def test_cli_names_the_bad_vocab_parameter(tmp_path: Path) -> None:
 
 def test_context_steps_need_a_context() -> None:
     from lifecycle.errors import ModelError
-    from lifecycle.freeze import StoredTensor
+    from lifecycle.storage import StoredTensor
 
     weights = {"weights/embedding": StoredTensor("float32", np.ones((10, 2), dtype=np.float32))}
     with pytest.raises(ModelError, match="vocab needs the version's tokenizer and data"):
