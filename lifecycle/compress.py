@@ -27,10 +27,16 @@ Two steps need more than the weights: the parent's tokenizer and training data, 
 - ``tune:E``: fine-tune for at most E epochs on the training split to recover accuracy: the stored weights are
   dequantized into a trainable Keras model, trained with every zero kept at zero, and stored again as they were
   (int8 is re-quantized from the tuned float values along the same axes), so ``prune:0.8,tune:1,int8`` and
-  ``prune:0.8,int8,tune:1`` both end as sparse int8.
+  ``prune:0.8,int8,tune:1`` both end as sparse int8 (the training loop is ``lifecycle.finetune``).
 
 Each step's manifest entry holds its parameters, bytes before and after, and for these two a report (rows and
 coverage of training tokens before and after, the test split's unk rate; epochs, loss and accuracy before and after).
+
+Every step is one :class:`Step` of ``STEPS``: its parser and its effects as hooks. ``apply_recipe`` runs the weight
+hooks; the compress workflow then runs, over the version's whole recipe (an ancestor's steps included), the graph
+hooks on the graph written over the final weights (``fold``: ``apply_graph_steps``) and the serving hook that asks
+for a full-integer LiteRT form calibrated on training rows (``int8-act``: ``serving_calibration``). How each storage
+is encoded, written and read back is ``lifecycle.storage``'s.
 """
 
 from __future__ import annotations

@@ -59,14 +59,15 @@ def check_storage_round_trip(storage: str, layout: str, seed: int = 0) -> None:
     """A storage's contract (keras-hub's run_serialization_test, for one ``lifecycle.storage.STORAGES`` entry in one
     ``LAYOUTS`` entry): encode every weight of a small CNN -> emit the graph -> read the weights back from its
     constants as the manifest says -> the codes, scales and layout read back are the ones encoded, the bytes and
-    nodes agree with the manifest, and the float32 values restore computes equal ``dequantize()`` of what was encoded.
+    nodes agree with the manifest, and the float32 values restore computes equal ``dequantize()`` of what was encoded;
+    the graph computes what a float32 graph over those values does.
     """
     from dataclasses import replace
 
     import numpy as np
 
-    from lifecycle.freeze import emit_graph, tensor_manifest
-    from lifecycle.storage import STORAGES, int8_axis, read_weights
+    from lifecycle.freeze import GraphRunner, emit_graph, tensor_manifest
+    from lifecycle.storage import STORAGES, StoredTensor, int8_axis, read_weights
 
     rng = np.random.default_rng(seed)
     shapes = {"weights/embedding": (50, 8), "weights/conv_3/kernel": (3, 8, 4), "weights/conv_3/bias": (4,),
@@ -95,3 +96,13 @@ def check_storage_round_trip(storage: str, layout: str, seed: int = 0) -> None:
         restored = got.dequantize()
         assert restored.dtype == np.float32, name
         np.testing.assert_array_equal(restored, stored.dequantize(), err_msg=name)
+    ids = rng.integers(0, shapes["weights/embedding"][0], size=(16, 6))
+    floats = {name: StoredTensor("float32", stored.dequantize()) for name, stored in weights.items()}
+    runners = [GraphRunner(graph, f"{storage}/{layout}", 6, "uint8")
+               for graph in (graph_def, emit_graph(floats, (3,), 6, "uint8"))]
+    try:
+        stored_probabilities, float_probabilities = (runner.run(ids) for runner in runners)
+    finally:
+        for runner in runners:
+            runner.close()
+    np.testing.assert_allclose(stored_probabilities, float_probabilities, rtol=0, atol=1e-6)

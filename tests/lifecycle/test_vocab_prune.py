@@ -378,7 +378,7 @@ def test_tune_stops_on_a_plateau_and_reports_what_it_ran(frozen: dict) -> None:
     low), a model that has already converged stops long before E, keeps its best epoch and says why it stopped."""
     import dataclasses
 
-    from lifecycle.workflows.graphs import _step_summary
+    from lifecycle.compress import step_summary
 
     path = frozen["outcome"].version
     context = _context(path)
@@ -390,5 +390,5 @@ def test_tune_stops_on_a_plateau_and_reports_what_it_ran(frozen: dict) -> None:
     assert details["stop_reason"] == "plateau" and details["patience_epochs"] == 1
     assert details["epochs_run"] == details["peak_epoch"] + 1 < 40
     assert details["seconds_per_epoch"] > 0
-    summary = _step_summary(report.as_dict())
+    summary = step_summary(report.as_dict())
     assert summary == f"tune:40 ({details['epochs_run']} epochs, peak {details['peak_epoch']}, plateau)"
