@@ -53,3 +53,31 @@ def configure(seed: int, threads: int = 0) -> Any:
             pass
     keras.utils.set_random_seed(seed)
     return tf
+
+
+# TensorFlow internals a few steps need, imported here so no other module names tensorflow's packages.
+
+
+def grappler_optimizer() -> Any:
+    """``tensorflow.python.grappler.tf_optimizer`` (``OptimizeGraph``), for the offline fold step."""
+    tf_module()
+    from tensorflow.python.grappler import tf_optimizer
+
+    return tf_optimizer
+
+
+def rewriter_protos() -> tuple[Any, Any]:
+    """``(config_pb2, rewriter_config_pb2)`` from ``tensorflow.core.protobuf``: Grappler's configuration messages."""
+    tf_module()
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+
+    return config_pb2, rewriter_config_pb2
+
+
+def tflite_flatbuffers() -> tuple[Any, Any]:
+    """``(schema_py_generated, flatbuffer_utils)`` of ``tensorflow.lite``: reading and editing a converted model."""
+    tf_module()
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return schema, flatbuffer_utils

@@ -10,7 +10,7 @@ storage of every tensor is recorded in the version's manifest, so restore knows 
   ``int8:embedding=table`` gives the embedding one scale for the whole table instead (what TFLite's dynamic-range
   converter does): 4 bytes per row smaller, each row quantized against the largest value of the table.
 - ``prune:S``: magnitude pruning of each kernel and the embedding to sparsity S, stored in the sparse layout
-  (nonzero codes plus a 1-bit-per-element mask, ``freeze.encode_sparse``) wherever that makes the smaller file:
+  (nonzero codes plus a 1-bit-per-element mask, ``storage.encode_sparse``) wherever that makes the smaller file:
   on large tensors from about 3% zeros for float32 and 12.5% for int8; a tensor of a few KB stays dense, as its
   decode nodes would cost more than they save. The zeros are the mask a later retrain keeps. A storage step after
   (or before) ``prune`` keeps a sparse tensor sparse while that still saves bytes; each step's report records the
@@ -27,33 +27,47 @@ Two steps need more than the weights: the parent's tokenizer and training data, 
 - ``tune:E``: fine-tune for at most E epochs on the training split to recover accuracy: the stored weights are
   dequantized into a trainable Keras model, trained with every zero kept at zero, and stored again as they were
   (int8 is re-quantized from the tuned float values along the same axes), so ``prune:0.8,tune:1,int8`` and
-  ``prune:0.8,int8,tune:1`` both end as sparse int8.
+  ``prune:0.8,int8,tune:1`` both end as sparse int8 (the training loop is ``lifecycle.finetune``).
 
 Each step's manifest entry holds its parameters, bytes before and after, and for these two a report (rows and
 coverage of training tokens before and after, the test split's unk rate; epochs, loss and accuracy before and after).
+
+Every step is one :class:`Step` of ``STEPS``: its parser and its effects as hooks. ``apply_recipe`` runs the weight
+hooks; the compress workflow then runs, over the version's whole recipe (an ancestor's steps included), the graph
+hooks on the graph written over the final weights (``fold``: ``apply_graph_steps``) and the serving hook that asks
+for a full-integer LiteRT form calibrated on training rows (``int8-act``: ``serving_calibration``). How each storage
+is encoded, written and read back is ``lifecycle.storage``'s.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lifecycle.errors import ConfigError, DataError, ModelError
-from lifecycle.freeze import SPARSE_GRAPH_OVERHEAD, StoredTensor, Weights
+from lifecycle.storage import (
+    STORAGES,
+    StoredTensor,
+    Weights,
+    carry_layout,
+    int8_axis,
+    smaller_layout,
+    tensor_entry,
+)
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from lifecycle.config import Config
     from lifecycle.corpus import Corpus
     from lifecycle.dataset import Arrays
     from tokenization.base import Tokenizer
 
 log = logging.getLogger(__name__)
-
-INT8_MAX = 127
 
 
 @dataclass(frozen=True)
@@ -88,22 +102,11 @@ def _is_bias(name: str) -> bool:
 
 
 def _refuse_requantize(name: str, stored: StoredTensor, step: str) -> None:
-    if stored.storage == "int8":
+    if stored.spec.final:
         raise ModelError(
-            f"{step}: tensor {name} is already stored as int8; compressing it again only adds error. Apply "
-            f"{step} to the frozen (float32) ancestor of this version instead."
+            f"{step}: tensor {name} is already stored as {stored.storage}; compressing it again only adds error. "
+            f"Apply {step} to the frozen (float32) ancestor of this version instead."
         )
-
-
-def smaller_layout(stored: StoredTensor) -> StoredTensor:
-    """The tensor in whichever layout (dense or sparse) makes the smaller graph file, decode nodes included."""
-    sparse, dense = replace(stored, layout="sparse"), replace(stored, layout="dense")
-    return sparse if sparse.nbytes + SPARSE_GRAPH_OVERHEAD < dense.nbytes else dense
-
-
-def _carry_layout(before: StoredTensor, after: StoredTensor) -> StoredTensor:
-    """A pruned (sparse) tensor stays sparse through a storage change, unless dense has become smaller."""
-    return smaller_layout(after) if before.layout == "sparse" else after
 
 
 def quantize_fp16(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
@@ -113,33 +116,11 @@ def quantize_fp16(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
     for name, stored in weights.items():
         _refuse_requantize(name, stored, "fp16")
         if stored.storage == "float32":
-            out[name] = _carry_layout(stored, StoredTensor("float16", stored.value.astype(np.float16)))
+            out[name] = carry_layout(stored, STORAGES["float16"].encode(stored.value))
             changed.append(name)
         else:
             out[name] = stored
     return out, tuple(changed)
-
-
-def int8_axis(name: str) -> int:
-    """The axis int8 scales run along: rows for the embedding, output channels (last axis) for kernels."""
-    return 0 if name == "weights/embedding" else -1
-
-
-def quantize_int8_array(values: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8, per channel along ``axis`` (None: one scale for the tensor, a 0-d array):
-    ``values ~= codes * scale``; |error| <= scale / 2 element-wise."""
-    if axis is None:
-        peak = np.max(np.abs(values)) if values.size else np.float32(0)
-        scale = np.asarray(peak / INT8_MAX if peak > 0 else 1.0, dtype=np.float32)
-        return np.clip(np.rint(values / scale), -INT8_MAX, INT8_MAX).astype(np.int8), scale
-    reduce_axes = tuple(i for i in range(values.ndim) if i != axis % values.ndim)
-    peak = np.max(np.abs(values), axis=reduce_axes, keepdims=True)
-    # A channel of zeros (pruned away, or a pad row) keeps scale 1 so it stays exactly zero without dividing by 0.
-    scale = np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
-    codes = np.clip(np.rint(values / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
-    if axis % values.ndim == values.ndim - 1:
-        scale = scale.reshape(values.shape[-1])  # broadcasts along the last axis as it is
-    return codes, scale
 
 
 EMBEDDING_SCALES = ("rows", "table")
@@ -158,9 +139,8 @@ def quantize_int8(weights: Weights, embedding: str = "rows") -> tuple[Weights, t
             out[name] = stored
             continue
         axis = None if name == "weights/embedding" and embedding == "table" else int8_axis(name)
-        codes, scale = quantize_int8_array(stored.dequantize(), axis)
         # Survivors below half a step of their channel's scale round to code 0 and leave the mask.
-        out[name] = _carry_layout(stored, StoredTensor("int8", codes, scale, axis))
+        out[name] = carry_layout(stored, STORAGES["int8"].encode(stored.dequantize(), axis))
         changed.append(name)
     return out, tuple(changed)
 
@@ -220,7 +200,6 @@ class RecipeContext:
     weight_map: dict[str, str]
     tokenizer: Tokenizer
     source: str = "the parent version"
-    calibration_samples: int | None = field(default=None, init=False)  # set by int8-act
     _corpus: Corpus | None = field(default=None, init=False, repr=False)
     _encoded: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
@@ -267,11 +246,10 @@ class RecipeContext:
         return self._cached((split, "arrays"), lambda: encode_examples(
             getattr(corpus, split), self.tokenizer, self.labels, self.max_len, corpus.source))
 
-
-    def calibration_ids(self, step: str) -> np.ndarray:
-        """A seeded sample of ``calibration_samples`` padded training rows under the current tokenizer."""
+    def calibration_ids(self, step: str, samples: int) -> np.ndarray:
+        """A seeded sample of ``samples`` padded training rows under the current tokenizer."""
         x = self.arrays("train", step).x
-        count = min(int(self.calibration_samples or 0), len(x))
+        count = min(int(samples), len(x))
         rows = np.random.default_rng(self.config.train.seed).choice(len(x), size=count, replace=False)
         return x[np.sort(rows)]
 
@@ -281,7 +259,7 @@ def _take_rows(stored: StoredTensor, rows: np.ndarray) -> StoredTensor:
     scale = stored.scale
     if scale is not None and stored.axis is not None and stored.axis % stored.value.ndim == 0:
         scale = scale[rows]
-    return _carry_layout(stored, replace(stored, value=stored.value[rows], scale=scale))
+    return carry_layout(stored, replace(stored, value=stored.value[rows], scale=scale))
 
 
 def _ids_for_coverage(counts: np.ndarray, coverage: float) -> int | None:
@@ -364,89 +342,11 @@ def prune_vocabulary(weights: Weights, context: RecipeContext, keep: int | None 
     return {**weights, EMBEDDING: _take_rows(embedding, kept_ids)}, (EMBEDDING,), report
 
 
-def _store_like(name: str, stored: StoredTensor, value: np.ndarray) -> StoredTensor:
-    """New float32 values in the storage (and layout) ``stored`` had; int8 is re-derived from the floats."""
-    if stored.storage == "float32":
-        fresh = StoredTensor("float32", value.astype(np.float32))
-    elif stored.storage == "float16":
-        fresh = StoredTensor("float16", value.astype(np.float16))
-    elif stored.storage == "int8":
-        if stored.scale is not None and stored.scale.ndim == 0:
-            axis = None  # one scale for the tensor (int8:embedding=table) stays one scale
-        else:
-            axis = stored.axis if stored.axis is not None else int8_axis(name)
-        codes, scale = quantize_int8_array(value, axis)
-        fresh = StoredTensor("int8", codes, scale, axis)
-    else:
-        raise ModelError(f"tune: tensor {name} has storage {stored.storage!r}, which tune cannot write back.")
-    return _carry_layout(stored, fresh)
+def _tune(weights: Weights, context: RecipeContext, epochs: int) -> tuple[Weights, tuple[str, ...], dict[str, Any]]:
+    """``tune:E``: train the current weights at most E more epochs (``lifecycle.finetune.fine_tune``)."""
+    from lifecycle import finetune
 
-
-def fine_tune(weights: Weights, context: RecipeContext, epochs: int) -> tuple[Weights, tuple[str, ...], dict[str, Any]]:
-    """Train the current weights ``epochs`` more epochs on the training split, pruning mask kept, storage re-applied.
-
-    The stored weights are dequantized into a trainable Keras CNN (``restore.restore_model``), trained with the
-    parent's settings (the epoch with the best validation score is kept) while every zero stays zero, read back and
-    stored as before: float16 casts again, int8 is quantized again from the tuned float values along the same axes.
-
-    Args:
-        weights: the stored weights (any storage and layout).
-        context: the parent's config, tokenizer and data (the training split trains, validation selects the epoch).
-        epochs: most epochs to train.
-
-    Returns:
-        The tuned weights, every tensor, and the report: epochs run, training loss and validation accuracy before
-        and after.
-
-    Raises:
-        DataError: the parent's data cannot be read.
-    """
-    from lifecycle import train as train_lib
-    from lifecycle.backend import configure
-    from lifecycle.freeze import FrozenGraph, keras_weights
-    from lifecycle.restore import restore_model
-
-    train = context.arrays("train", "tune")
-    validation = context.arrays("validation", "tune")
-    cfg = context.config
-    if cfg.teacher.enabled:  # a distilled student keeps learning from its teacher's soft targets (read from cache)
-        from lifecycle import distill
-
-        train = distill.tune_arrays(cfg, context.corpus("tune"), train, context.tokenizer, context.max_len)
-    configure(cfg.train.seed, cfg.train.threads)
-    frozen = FrozenGraph(None, weights, context.kernel_sizes, context.weight_map, "int32", context.max_len)
-    restored = restore_model(frozen, cfg, len(context.labels))
-    model = restored.model
-    if cfg.teacher.enabled:
-        distill.compile_student(model, cfg)
-    train_cfg = cfg.train.model_copy(update={"epochs": epochs})
-
-    def scores(arrays: Arrays) -> tuple[float, float]:
-        loss, accuracy = model.evaluate(arrays.x, arrays.y, batch_size=train_cfg.batch_size, verbose=0)[:2]
-        return float(loss), float(accuracy)
-
-    (train_loss, train_accuracy), (_, val_accuracy) = scores(train), scores(validation)
-    result = train_lib.fit(model, train, validation, train_cfg,
-                           callbacks=[train_lib.keep_sparsity_callback(model, restored.masks)])
-    (train_loss_after, train_accuracy_after), (_, val_accuracy_after) = scores(train), scores(validation)
-    tuned, _, _ = keras_weights(model)
-    out = {name: _store_like(name, stored, tuned[name].value) for name, stored in weights.items()}
-    report = {
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "peak_epoch": result.best_epoch + 1,
-        "stop_reason": result.stop_reason,
-        "patience_epochs": result.schedule.patience_epochs if result.schedule else None,
-        "train_seconds": round(result.train_seconds, 3),
-        "seconds_per_epoch": round(result.train_seconds / max(1, result.epochs_run), 3),
-        "train_loss_before": train_loss,
-        "train_loss_after": train_loss_after,
-        "train_accuracy_before": train_accuracy,
-        "train_accuracy_after": train_accuracy_after,
-        "validation_accuracy_before": val_accuracy,
-        "validation_accuracy_after": val_accuracy_after,
-    }
-    return out, tuple(out), report
+    return finetune.fine_tune(weights, context, epochs)
 
 
 CALIBRATION_SAMPLES = 256
@@ -456,12 +356,16 @@ def int8_activations(weights: Weights, context: RecipeContext) -> tuple[Weights,
     """``int8-act``: ask for a full-integer serving form (int8 activations too), calibrated on training texts.
 
     graph.pb, the retrainable master, is untouched: only the LiteRT serving form changes. Its calibration sample is
-    drawn when the version is written (after every step, so it follows a vocabulary pruned later in the recipe), and
-    its accuracy and agreement with graph.pb are measured there and recorded in ``manifest.serving``.
+    drawn when the version is written (after every step, so it follows a vocabulary pruned later in the recipe; the
+    step's serving hook, :func:`serving_calibration`), and its accuracy and agreement with graph.pb are measured there
+    and recorded in ``manifest.serving``.
     """
-    context.calibration_samples = CALIBRATION_SAMPLES
     context.corpus("int8-act")  # fail now, with the step named, if the training data cannot be read
     return weights, (), {"calibration_samples": CALIBRATION_SAMPLES, "serving": "int8-full"}
+
+
+def _calibration_rows(context: RecipeContext) -> np.ndarray:
+    return context.calibration_ids("int8-act", CALIBRATION_SAMPLES)
 
 
 def fold(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
@@ -469,25 +373,21 @@ def fold(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
     return weights, ()
 
 
-STEPS: dict[str, Callable[..., tuple[Weights, tuple[str, ...]]]] = {
-    "fp16": quantize_fp16,
-    "int8": quantize_int8,
-    "prune": prune_magnitude,
-    "fold": fold,
-}
-# Steps that need the parent's tokenizer and data: called as step(weights, context, **params) and returning a report
-# (a dict recorded in the manifest) beside the weights and the changed tensors.
-CONTEXT_STEPS: dict[str, Callable[..., tuple[Weights, tuple[str, ...], dict[str, Any]]]] = {
-    "vocab": prune_vocabulary,
-    "tune": fine_tune,
-    "int8-act": int8_activations,
-}
-# Steps that take one parameter (``prune:0.8``) and the name it is recorded under; ``vocab`` also takes coverage=C.
-PARAMETERS: dict[str, str] = {"prune": "sparsity", "vocab": "keep", "tune": "epochs"}
-# Steps whose parameter may be left out (``int8`` or ``int8:embedding=table``).
-OPTIONAL_PARAMETERS = frozenset({"int8"})
-# How each step is written in --recipe, for messages.
-USAGE = "fp16, int8, int8:embedding=table, prune:S, vocab:N, vocab:coverage=C, tune:E, int8-act, fold"
+@dataclass(frozen=True)
+class GraphEdit:
+    """What a step's graph hook made of the emitted graph."""
+
+    graph_def: Any
+    moved: dict[str, str]  # weights now held in another node's constant (reshaped) -> that node
+    report: dict[str, Any]  # recorded as the step's manifest report
+
+
+def _fold_graph(graph_def: Any, weights: Weights, source: Path | str) -> GraphEdit:
+    from lifecycle.fold import fold_graph
+
+    tensors = {name: tensor_entry(name, stored) for name, stored in weights.items()}
+    folded = fold_graph(graph_def, weights, tensors, source)
+    return GraphEdit(folded.graph_def, folded.moved, folded.report)
 
 
 def _parse_prune(arg: str, text: str) -> dict[str, Any]:
@@ -547,8 +447,72 @@ def _parse_int8(arg: str, text: str) -> dict[str, Any]:
     return {"embedding": "table"} if value.strip() == "table" else {}
 
 
-_PARSERS: dict[str, Callable[[str, str], dict[str, Any]]] = {"prune": _parse_prune, "vocab": _parse_vocab,
-                                                              "tune": _parse_tune, "int8": _parse_int8}
+StepResult = tuple[Weights, tuple[str, ...], dict[str, Any]]  # new weights, changed tensors, report details
+
+
+@dataclass(frozen=True)
+class Step:
+    """A recipe step: how --recipe writes it, and its effects as hooks the workflow calls.
+
+    Attributes:
+        name: the step's name in --recipe and in the manifest.
+        transform: what it does to the weights, ``transform(weights, **params)`` returning (weights, changed), or
+            with ``needs_context`` ``transform(weights, context, **params)`` returning (weights, changed, details).
+        needs_context: it needs the parent's tokenizer and data (a :class:`RecipeContext`).
+        parse: reads the text after ``name:`` into params (None: the step takes no parameter).
+        parameter: the name a one-parameter step's value is recorded under (``prune:0.8`` -> sparsity).
+        optional: the parameter may be left out (``int8``).
+        on_graph: run once on the graph emitted over the final weights of a version whose recipe (ancestors'
+            included) holds the step: ``on_graph(graph_def, weights, source) -> GraphEdit``.
+        on_serving: the same for the serving form: ``on_serving(context)`` returns the padded training rows a
+            full-integer LiteRT form is calibrated on.
+        summary: what the step's printed line adds after its recipe text, from its manifest report.
+    """
+
+    name: str
+    transform: Callable[..., Any]
+    needs_context: bool = False
+    parse: Callable[[str, str], dict[str, Any]] | None = None
+    parameter: str | None = None
+    optional: bool = False
+    on_graph: Callable[[Any, Weights, Path | str], GraphEdit] | None = None
+    on_serving: Callable[[RecipeContext], np.ndarray] | None = None
+    summary: Callable[[dict[str, Any]], str] | None = None
+
+    def apply(self, weights: Weights, params: dict[str, Any], context: RecipeContext | None) -> StepResult:
+        """The step's weight hook: new weights, the changed tensors and the report details (empty for pure steps)."""
+        if not self.needs_context:
+            out, changed = self.transform(weights, **params)
+            return out, changed, {}
+        if context is None:
+            raise ModelError(f"recipe step {self.name} needs the version's tokenizer and data (a RecipeContext); "
+                             "run it through `lifecycle compress` (workflows.run_compress).")
+        result: StepResult = self.transform(weights, context, **params)
+        return result
+
+
+def _tune_summary(report: dict[str, Any]) -> str:
+    if "epochs_run" not in report:
+        return ""
+    return f" ({report['epochs_run']} epochs, peak {report['peak_epoch']}, {report['stop_reason']})"
+
+
+STEPS: dict[str, Step] = {step.name: step for step in (
+    Step("fp16", quantize_fp16),
+    Step("int8", quantize_int8, parse=_parse_int8, optional=True),
+    Step("prune", prune_magnitude, parse=_parse_prune, parameter="sparsity"),
+    Step("fold", fold, on_graph=_fold_graph),
+    # ``vocab`` also takes coverage=C, recorded under its own name.
+    Step("vocab", prune_vocabulary, needs_context=True, parse=_parse_vocab, parameter="keep"),
+    Step("tune", _tune, needs_context=True, parse=_parse_tune, parameter="epochs", summary=_tune_summary),
+    Step("int8-act", int8_activations, needs_context=True, on_serving=_calibration_rows),
+)}
+# Steps that need the parent's tokenizer and data: they return a report (recorded in the manifest) beside the weights.
+CONTEXT_STEPS = frozenset(name for name, step in STEPS.items() if step.needs_context)
+# Steps that take one parameter (``prune:0.8``) and the name it is recorded under.
+PARAMETERS: dict[str, str] = {name: step.parameter for name, step in STEPS.items() if step.parameter}
+# How each step is written in --recipe, for messages.
+USAGE = "fp16, int8, int8:embedding=table, prune:S, vocab:N, vocab:coverage=C, tune:E, int8-act, fold"
 
 
 def parse_recipe(text: str) -> list[RecipeStep]:
@@ -562,17 +526,18 @@ def parse_recipe(text: str) -> list[RecipeStep]:
         if not raw:
             continue
         name, _, arg = raw.partition(":")
-        if name not in STEPS and name not in CONTEXT_STEPS:
+        if name not in STEPS:
             raise ConfigError(f"--recipe {text!r}: unknown step {name!r}. Steps available in this build: {USAGE}.")
-        if name in OPTIONAL_PARAMETERS:
-            steps.append(RecipeStep(name, _PARSERS[name](arg.strip(), text) if arg else {}))
-            continue
-        if name not in PARAMETERS:
+        spec = STEPS[name]
+        if spec.parse is None:
             if arg:
                 raise ConfigError(f"--recipe {text!r}: step {name!r} takes no parameter. Received: {arg!r}.")
             steps.append(RecipeStep(name))
             continue
-        steps.append(RecipeStep(name, _PARSERS[name](arg.strip(), text)))
+        if spec.optional and not arg:
+            steps.append(RecipeStep(name))
+            continue
+        steps.append(RecipeStep(name, spec.parse(arg.strip(), text)))
     if not steps:
         raise ConfigError(f"--recipe {text!r} names no step. Use e.g. --recipe int8 (steps: {USAGE}).")
     if len({s.name for s in steps} & {"fp16", "int8"}) > 1:
@@ -588,6 +553,16 @@ def step_text(name: str, params: dict[str, Any]) -> str:
 
     return name + "".join(f":{number(value)}" if key == PARAMETERS.get(name) else f":{key}={number(value)}"
                           for key, value in params.items())
+
+
+def step_summary(entry: dict[str, Any]) -> str:
+    """A manifest recipe entry as its printed line: ``prune:0.8``, or for a tune step what it ran:
+    ``tune:5 (3 epochs, peak 1, plateau)``."""
+    label = step_text(entry["name"], entry.get("params", {}))
+    step = STEPS.get(entry["name"])
+    if step is not None and step.summary is not None:
+        label += step.summary(entry.get("report") or {})
+    return label
 
 
 def _total_bytes(weights: Weights) -> int:
@@ -611,14 +586,48 @@ def apply_recipe(weights: Weights, steps: list[RecipeStep], context: RecipeConte
     reports = []
     for step in steps:
         before = _total_bytes(weights)
-        details: dict[str, Any] = {}
-        if step.name in CONTEXT_STEPS:
-            if context is None:
-                raise ModelError(f"recipe step {step.name} needs the version's tokenizer and data (a RecipeContext); "
-                                 "run it through `lifecycle compress` (workflows.run_compress).")
-            weights, changed, details = CONTEXT_STEPS[step.name](weights, context, **step.params)
-        else:
-            weights, changed = STEPS[step.name](weights, **step.params)
+        weights, changed, details = STEPS[step.name].apply(weights, step.params, context)
         reports.append(StepReport(step.name, step.params, before, _total_bytes(weights), changed,
                                   {name: weights[name].layout for name in changed}, details))
     return weights, reports
+
+
+def _hooked(recipe: Sequence[dict[str, Any]], hook: str) -> list[Step]:
+    """The steps of a manifest recipe that have ``hook``, each once, in recipe order."""
+    names = dict.fromkeys(entry["name"] for entry in recipe if getattr(STEPS.get(entry["name"]), hook, None))
+    return [STEPS[name] for name in names]
+
+
+def apply_graph_steps(graph_def: Any, weights: Weights, recipe: list[dict[str, Any]], first_new: int,
+                      source: Path | str) -> tuple[Any, dict[str, str] | None]:
+    """Run the graph hooks (``fold``) of a version's recipe on the graph emitted over its final weights.
+
+    Args:
+        graph_def: the graph ``freeze.emit_graph`` wrote over ``weights``.
+        weights: the version's stored weights.
+        recipe: the version's manifest recipe, ancestors' steps first; entries from ``first_new`` on (this run's)
+            get the report of their step's hook, an ancestor's stays as it was.
+        first_new: how many entries of ``recipe`` an ancestor ran.
+        source: named in errors.
+
+    Returns:
+        The graph, and the weights moved into another node's constant (None when no step has a graph hook).
+    """
+    moved: dict[str, str] | None = None
+    for step in _hooked(recipe, "on_graph"):
+        assert step.on_graph is not None
+        edit = step.on_graph(graph_def, weights, source)
+        graph_def, moved = edit.graph_def, {**(moved or {}), **edit.moved}
+        for entry in recipe[first_new:]:
+            if entry["name"] == step.name:
+                entry["report"] = edit.report
+    return graph_def, moved
+
+
+def serving_calibration(recipe: Sequence[dict[str, Any]], context: RecipeContext) -> np.ndarray | None:
+    """The calibration rows of a full-integer serving form, if a step of the recipe (``int8-act``, an ancestor's
+    included) asks for one; None: the serving form keeps the weights' own storage."""
+    for step in _hooked(recipe, "on_serving"):
+        assert step.on_serving is not None
+        return step.on_serving(context)
+    return None

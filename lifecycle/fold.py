@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from lifecycle.errors import ModelError
-from lifecycle.freeze import ALLOWED_OPS, Weights
+from lifecycle.freeze import ALLOWED_OPS
 from lifecycle.model import OUTPUT_NAME
+from lifecycle.storage import Weights
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def _protected(graph_def: Any, weights: Weights, tensors: dict[str, dict[str, An
             consumers.setdefault(_input_name(ref), []).append(node.name)
     protected: set[str] = set()
     for name, stored in weights.items():
-        if stored.storage == "float32" and stored.layout == "dense":
+        if stored.plain:
             continue
         frontier = list(tensors[name]["nodes"])
         while frontier:
@@ -91,11 +92,11 @@ def _grappler(graph_def: Any, keep: set[str]) -> Any:
     of it), so each kept chain is taken out of the graph first: the nodes of the chain that feed the rest of the
     graph are stood in for by placeholders of the same name, dtype and shape, and put back afterwards.
     """
-    from lifecycle.backend import tf_module
+    from lifecycle.backend import grappler_optimizer, rewriter_protos, tf_module
 
     tf = tf_module()
-    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
-    from tensorflow.python.grappler import tf_optimizer
+    config_pb2, rewriter_config_pb2 = rewriter_protos()
+    tf_optimizer = grappler_optimizer()
 
     with tf.Graph().as_default() as original:
         tf.graph_util.import_graph_def(graph_def, name="")
@@ -135,14 +136,14 @@ def fold_graph(graph_def: Any, weights: Weights, tensors: dict[str, dict[str, An
     Args:
         graph_def: a graph written by ``freeze.emit_graph``.
         weights: its stored weights.
-        tensors: its manifest ``tensors`` entries (``freeze.tensor_manifest``), for the nodes holding each weight.
+        tensors: its manifest ``tensors`` entries (``storage.tensor_entry``), for the nodes holding each weight.
         source: named in errors.
     """
     from lifecycle.backend import tf_module
 
     tf = tf_module()
     keep = _protected(graph_def, weights, tensors)
-    plain = [name for name, stored in weights.items() if stored.storage == "float32" and stored.layout == "dense"]
+    plain = [name for name, stored in weights.items() if stored.plain]
     while True:
         folded = _grappler(graph_def, keep)
         consts = {node.name: node for node in folded.node if node.op == "Const"}

@@ -362,9 +362,10 @@ def read_tflite(path: Path, mapping: ImportMapping, mapping_path: Path) -> Forei
             model lacks, ops that do not tell the weights apart (name them in the mapping), or shapes that do not fit.
         DependencyError: ai-edge-litert is not installed.
     """
-    from lifecycle.litert import _interpreter_class, serving_ops
+    from lifecycle.litert import interpreter_class as lite_interpreter_class
+    from lifecycle.litert import serving_ops
 
-    interpreter_class = _interpreter_class()
+    interpreter_class = lite_interpreter_class()
     if not path.is_file():
         raise ModelError(f"{path}: no such file.")
     serving_ops(path, FOREIGN_LITE_OPS)  # before the runtime sees the file: no custom op, builtins on the list

@@ -71,20 +71,13 @@ class Export:
 
 
 def _serving_weights(weights: dict[str, Any]) -> dict[str, Any]:
-    """The weights graph.pb-style, dense, with every tensor but an int8 embedding dequantized to float32.
+    """The weights graph.pb-style, dense, as each storage hands them to the converter (``Storage.serving``): float32,
+    but for an int8 embedding, which stays an int8 table.
 
     A sparse layout is a file format of graph.pb; the serving form stores the dense codes (the flatbuffer has no
     decode ops, and its zeros still shrink under gzip).
     """
-    from lifecycle.freeze import StoredTensor
-
-    out = {}
-    for name, stored in weights.items():
-        if name == "weights/embedding" and stored.storage == "int8":
-            out[name] = StoredTensor("int8", stored.value, stored.scale, stored.axis)
-        else:
-            out[name] = StoredTensor("float32", stored.dequantize())
-    return out
+    return {name: stored.spec.serving(name, stored) for name, stored in weights.items()}
 
 
 def _concrete_function(graph_def: Any) -> Any:
@@ -144,8 +137,9 @@ def _int8_kernels(content: bytes, kernels: dict[str, tuple[np.ndarray, np.ndarra
     by their values, and the codes are re-derived along the converted tensor's output-channel axis (axis 0), which
     reproduces the version's codes exactly.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from lifecycle.backend import tflite_flatbuffers
+
+    schema, flatbuffer_utils = tflite_flatbuffers()
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     graph = model.subgraphs[0]
@@ -227,11 +221,11 @@ def export(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max_len: int,
         raise ModelError(f"serving kernels {kernels!r} are unknown; use one of {', '.join(KERNELS)}.")
     from lifecycle.freeze import emit_graph
 
-    storages = {stored.storage for name, stored in weights.items() if not name.endswith("/bias")}
+    modes = {stored.spec.serving_quantization for name, stored in weights.items() if not name.endswith("/bias")}
     graph_def = emit_graph(_serving_weights(weights), kernel_sizes, max_len, input_dtype)
-    if storages == {"float32"}:
+    if modes == {"float32"}:
         return Export(_convert(graph_def), "float32")
-    if "float16" in storages:
+    if "float16" in modes:
 
         def half(converter: Any) -> None:
             from lifecycle.backend import tf_module
@@ -241,11 +235,9 @@ def export(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max_len: int,
             converter.target_spec.supported_types = [tf.float16]
 
         return Export(_convert(graph_def, half), "float16")
-    int8 = {
-        name: (stored.dequantize(), stored.value)
-        for name, stored in weights.items()
-        if stored.storage == "int8" and name != "weights/embedding"
-    }
+    # Kernels the flatbuffer holds as int8 constants: (float32 values as graph.pb computes them, int8 codes).
+    int8 = {name: kernel for name, stored in weights.items()
+            if (kernel := stored.spec.serving_kernel(name, stored)) is not None}
     content, done = _int8_kernels(_convert(graph_def), int8, kernels == "hybrid")
     return Export(content, "int8-weights", done, kernels if done else None)
 
@@ -258,7 +250,8 @@ def export_full_int8(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max
     embedding gather), and the activation scales from ``calibration``; input stays integer ids, output float
     probabilities.
     """
-    from lifecycle.freeze import StoredTensor, emit_graph
+    from lifecycle.freeze import emit_graph
+    from lifecycle.storage import StoredTensor
 
     floats = {name: StoredTensor("float32", stored.dequantize()) for name, stored in weights.items()}
     graph_def = emit_graph(floats, kernel_sizes, max_len, input_dtype)
@@ -281,7 +274,12 @@ def export_full_int8(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max
     return Export(_convert(graph_def, full), "int8-full")
 
 
-def _interpreter_class() -> Any:
+def interpreter_class() -> Any:
+    """The LiteRT runtime's ``Interpreter`` class (``ai_edge_litert``; no TensorFlow import).
+
+    Raises:
+        DependencyError: ai-edge-litert is not installed.
+    """
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -398,11 +396,11 @@ def open_interpreter(source: Path | bytes, threads: int | None = None) -> Any:
         ModelError: a forbidden or custom op, or not a LiteRT model.
     """
     serving_ops(source)
-    interpreter_class = _interpreter_class()
+    loader = interpreter_class()
     try:
         if isinstance(source, Path):
-            return interpreter_class(model_path=str(source), num_threads=threads)
-        return interpreter_class(model_content=source, num_threads=threads)
+            return loader(model_path=str(source), num_threads=threads)
+        return loader(model_content=source, num_threads=threads)
     except ValueError as exc:
         name = str(source) if isinstance(source, Path) else "<serving flatbuffer>"
         raise ModelError(f"{name}: not a LiteRT model ({exc}). The file is damaged; re-freeze.") from None

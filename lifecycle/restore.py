@@ -1,7 +1,8 @@
 """Frozen or compressed constants -> a trainable Keras CNN (float32 tf.Variables), checked against the graph.
 
-Every stored tensor is read as the manifest says it is stored (float32, float16, int8 codes with scales; pruned zeros
-stay zeros), dequantized exactly as the graph does it, and assigned to the Keras weight that ``weight_map.json``
+Every stored tensor is read as the manifest says it is stored (``storage.read_weights``: float32, float16, int8 codes
+with scales; pruned zeros stay zeros), dequantized exactly as the graph does it (``StoredTensor.dequantize``, each
+storage's own), and assigned to the Keras weight that ``weight_map.json``
 names, so nothing is matched by guessing.
 """
 

@@ -149,7 +149,8 @@ def _parent_ref(parent: artifacts.Version) -> dict[str, Any]:
 
 def load_graph_version(version: artifacts.Version) -> Any:
     """A frozen or compressed version's graph and stored weights, as a FrozenGraph."""
-    from lifecycle.freeze import GRAPH_FILE, FrozenGraph, check_allowed, read_graph, read_weights
+    from lifecycle.freeze import GRAPH_FILE, FrozenGraph, check_allowed, read_graph
+    from lifecycle.storage import read_weights
 
     if version.kind not in ("frozen", "compressed"):
         raise ModelError(f"{version.path}: expected a frozen or compressed version; this one is {version.kind}. "

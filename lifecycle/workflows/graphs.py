@@ -262,15 +262,6 @@ def serving_kernels_of(version: artifacts.Version) -> str:
     return kernels if kernels in litert.KERNELS else "hybrid"
 
 
-def _step_summary(step: dict[str, Any]) -> str:
-    """``prune:0.8``, or for a tune step what it ran: ``tune:5 (3 epochs, peak 1, plateau)``."""
-    label = recipe_label([step])
-    report = step.get("report") or {}
-    if step["name"] == "tune" and "epochs_run" in report:
-        label += f" ({report['epochs_run']} epochs, peak {report['peak_epoch']}, {report['stop_reason']})"
-    return label
-
-
 def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_dir: Path | None = None,
                  track: bool = True, serving_kernels: str | None = None, on_step: StepCallback | None = None
                  ) -> StepOutcome:
@@ -290,7 +281,14 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     import numpy as np
 
     from lifecycle import litert
-    from lifecycle.compress import CALIBRATION_SAMPLES, RecipeContext, apply_recipe, parse_recipe
+    from lifecycle.compress import (
+        RecipeContext,
+        apply_graph_steps,
+        apply_recipe,
+        parse_recipe,
+        serving_calibration,
+        step_summary,
+    )
     from lifecycle.freeze import FrozenGraph, emit_graph, input_dtype_for
     from tokenization.factory import load_tokenizer
 
@@ -310,24 +308,14 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
         weights, done = apply_recipe(weights, [step], context)
         reports.extend(done)
         if on_step is not None:
-            on_step(number, len(steps), _step_summary(done[0].as_dict()), done[0].bytes_before, done[0].bytes_after,
+            on_step(number, len(steps), step_summary(done[0].as_dict()), done[0].bytes_before, done[0].bytes_after,
                     time.perf_counter() - started)
     full_recipe = [*parent.manifest.get("recipe", []), *[r.as_dict() for r in reports]]
-    if any(step["name"] == "int8-act" for step in full_recipe) and context.calibration_samples is None:
-        context.calibration_samples = CALIBRATION_SAMPLES  # inherited from an ancestor's recipe
     input_dtype = input_dtype_for(weights["weights/embedding"].shape[0])
     graph_def = emit_graph(weights, source.kernel_sizes, source.max_len, input_dtype)
-    moved = None
-    if any(step["name"] == "fold" for step in full_recipe):  # a graph-level step: applied to the graph as written
-        from lifecycle.fold import fold_graph
-        from lifecycle.freeze import tensor_manifest
-
-        folded = fold_graph(graph_def, weights, tensor_manifest(weights), parent.path / "graph.pb")
-        graph_def, moved = folded.graph_def, folded.moved
-        inherited = len(parent.manifest.get("recipe", []))
-        for step in full_recipe[inherited:]:  # this run's fold step gets the report; an ancestor's stays as it was
-            if step["name"] == "fold":
-                step["report"] = folded.report
+    # Graph-level steps (fold), an ancestor's included, applied to the graph as written.
+    graph_def, moved = apply_graph_steps(graph_def, weights, full_recipe, len(parent.manifest.get("recipe", [])),
+                                         parent.path / "graph.pb")
     frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, input_dtype, source.max_len)
     arrays, compared_on, texts = _check_arrays(parent, tokenizer, context.read_corpus)
     # The same texts through each version's own tokenizer: after vocabulary pruning the ids differ.
@@ -336,7 +324,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     expected = _graph_probabilities(source, arrays.x)
     got = _graph_probabilities(frozen, child_ids)
     max_abs_diff = float(np.max(np.abs(expected - got)))
-    calibration = context.calibration_ids("int8-act") if context.calibration_samples else None
+    calibration = serving_calibration(full_recipe, context)  # int8-act, or an ancestor's: a full-integer form
     # Compression changes the probabilities, so the temperature is fitted again (on the parent's validation split).
     probability_calibration = refit_for_graph(parent, context, lambda ids: _graph_probabilities(frozen, ids),
                                               (got, arrays.y) if compared_on == "test split" else None)

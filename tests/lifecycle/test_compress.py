@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lifecycle import artifacts
-from lifecycle.compress import parse_recipe, quantize_int8_array
+from lifecycle.compress import parse_recipe
+from lifecycle.storage import quantize_int8_array
 from lifecycle.errors import ConfigError, ModelError
 
 
@@ -171,7 +172,7 @@ def test_bench_measures_versions_side_by_side(compressed: dict, frozen: dict) ->
 
 def test_prune_hits_sparsity_keeps_biases_and_composes_with_int8() -> None:
     from lifecycle.compress import apply_recipe
-    from lifecycle.freeze import StoredTensor
+    from lifecycle.storage import StoredTensor
 
     rng = np.random.default_rng(1)
     weights = {

@@ -12,7 +12,7 @@ import pytest
 
 from lifecycle import artifacts
 from lifecycle.errors import ModelError
-from lifecycle.freeze import StoredTensor, decode_sparse, encode_sparse, sparse_nbytes
+from lifecycle.storage import StoredTensor, decode_sparse, encode_sparse, sparse_nbytes
 
 TEXTS = ["an utterly charming and hilarious film", "a boring , lifeless mess", "it is a movie", "not bad at all"]
 
@@ -98,7 +98,8 @@ def _dense_twin(version: artifacts.Version) -> tuple[object, object]:
 @pytest.mark.parametrize("recipe", ["prune:0.8", "prune:0.8,int8"])
 def test_sparse_graph_is_smaller_on_disk_and_predicts_like_the_dense_one(sparse: dict, recipe: str) -> None:
     from lifecycle.backend import tf_module
-    from lifecycle.freeze import GRAPH_FILE, GraphRunner, densify_sparse
+    from lifecycle.freeze import GRAPH_FILE, GraphRunner
+    from lifecycle.storage import densify_sparse
     from lifecycle.inference import Predictor
 
     tf = tf_module()

@@ -93,7 +93,7 @@ def test_cli_names_the_bad_vocab_parameter(tmp_path: Path) -> None:
 
 def test_context_steps_need_a_context() -> None:
     from lifecycle.errors import ModelError
-    from lifecycle.freeze import StoredTensor
+    from lifecycle.storage import StoredTensor
 
     weights = {"weights/embedding": StoredTensor("float32", np.ones((10, 2), dtype=np.float32))}
     with pytest.raises(ModelError, match="vocab needs the version's tokenizer and data"):
@@ -382,7 +382,7 @@ def test_tune_stops_on_a_plateau_and_reports_what_it_ran(frozen: dict) -> None:
     low), a model that has already converged stops long before E, keeps its best epoch and says why it stopped."""
     import dataclasses
 
-    from lifecycle.workflows.graphs import _step_summary
+    from lifecycle.compress import step_summary
 
     path = frozen["outcome"].version
     context = _context(path)
@@ -394,5 +394,5 @@ def test_tune_stops_on_a_plateau_and_reports_what_it_ran(frozen: dict) -> None:
     assert details["stop_reason"] == "plateau" and details["patience_epochs"] == 1
     assert details["epochs_run"] == details["peak_epoch"] + 1 < 40
     assert details["seconds_per_epoch"] > 0
-    summary = _step_summary(report.as_dict())
+    summary = step_summary(report.as_dict())
     assert summary == f"tune:40 ({details['epochs_run']} epochs, peak {details['peak_epoch']}, plateau)"

@@ -1,0 +1,83 @@
+"""The ``tune:E`` recipe step's training loop: fine-tune stored weights on the parent's training split.
+
+The stored weights (any storage, any layout) are dequantized into a trainable Keras CNN, trained with every pruned
+zero kept at zero, and stored again as they were (``storage.store_like``: float16 casts again, int8 is quantized
+again from the tuned float values along the same axes). ``lifecycle.compress`` parses the step and records its report.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lifecycle.storage import Weights, store_like
+
+if TYPE_CHECKING:
+    from lifecycle.compress import RecipeContext
+    from lifecycle.dataset import Arrays
+
+
+def fine_tune(weights: Weights, context: RecipeContext, epochs: int) -> tuple[Weights, tuple[str, ...], dict[str, Any]]:
+    """Train the current weights ``epochs`` more epochs on the training split, pruning mask kept, storage re-applied.
+
+    The stored weights are dequantized into a trainable Keras CNN (``restore.restore_model``), trained with the
+    parent's settings (the epoch with the best validation score is kept) while every zero stays zero, read back and
+    stored as before: float16 casts again, int8 is quantized again from the tuned float values along the same axes.
+
+    Args:
+        weights: the stored weights (any storage and layout).
+        context: the parent's config, tokenizer and data (the training split trains, validation selects the epoch).
+        epochs: most epochs to train.
+
+    Returns:
+        The tuned weights, every tensor, and the report: epochs run, training loss and validation accuracy before
+        and after.
+
+    Raises:
+        DataError: the parent's data cannot be read.
+    """
+    from lifecycle import train as train_lib
+    from lifecycle.backend import configure
+    from lifecycle.freeze import FrozenGraph, keras_weights
+    from lifecycle.restore import restore_model
+
+    train = context.arrays("train", "tune")
+    validation = context.arrays("validation", "tune")
+    cfg = context.config
+    if cfg.teacher.enabled:  # a distilled student keeps learning from its teacher's soft targets (read from cache)
+        from lifecycle import distill
+
+        train = distill.tune_arrays(cfg, context.corpus("tune"), train, context.tokenizer, context.max_len)
+    configure(cfg.train.seed, cfg.train.threads)
+    frozen = FrozenGraph(None, weights, context.kernel_sizes, context.weight_map, "int32", context.max_len)
+    restored = restore_model(frozen, cfg, len(context.labels))
+    model = restored.model
+    if cfg.teacher.enabled:
+        distill.compile_student(model, cfg)
+    train_cfg = cfg.train.model_copy(update={"epochs": epochs})
+
+    def scores(arrays: Arrays) -> tuple[float, float]:
+        loss, accuracy = model.evaluate(arrays.x, arrays.y, batch_size=train_cfg.batch_size, verbose=0)[:2]
+        return float(loss), float(accuracy)
+
+    (train_loss, train_accuracy), (_, val_accuracy) = scores(train), scores(validation)
+    result = train_lib.fit(model, train, validation, train_cfg,
+                           callbacks=[train_lib.keep_sparsity_callback(model, restored.masks)])
+    (train_loss_after, train_accuracy_after), (_, val_accuracy_after) = scores(train), scores(validation)
+    tuned, _, _ = keras_weights(model)
+    out = {name: store_like(name, stored, tuned[name].value) for name, stored in weights.items()}
+    report = {
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "peak_epoch": result.best_epoch + 1,
+        "stop_reason": result.stop_reason,
+        "patience_epochs": result.schedule.patience_epochs if result.schedule else None,
+        "train_seconds": round(result.train_seconds, 3),
+        "seconds_per_epoch": round(result.train_seconds / max(1, result.epochs_run), 3),
+        "train_loss_before": train_loss,
+        "train_loss_after": train_loss_after,
+        "train_accuracy_before": train_accuracy,
+        "train_accuracy_after": train_accuracy_after,
+        "validation_accuracy_before": val_accuracy,
+        "validation_accuracy_after": val_accuracy_after,
+    }
+    return out, tuple(out), report

@@ -1,0 +1,581 @@
+"""Tensor storage: how one weight is held in graph.pb, read back, dequantized and served. Every storage is here.
+
+A weight is a :class:`StoredTensor`: a *storage* (the codes' dtype and how they become float32) in a *layout* (how
+graph.pb holds the codes). Each storage is one :class:`Storage` entry of ``STORAGES``:
+
+==========  ===================  =========================================================================
+storage     codes node           float32 values
+==========  ===================  =========================================================================
+float32     ``<name>``           the codes themselves
+float16     ``<name>/fp16``      ``Cast`` (the embedding after its gather, so the table stays float16)
+int8        ``<name>/q``         ``Cast(codes) * <name>/scale``: symmetric codes, a float32 scale per channel
+                                 along ``axis`` (rows of the embedding, output channels of a kernel) or one
+                                 scale for the tensor (0-d); the embedding gathers int8 rows, then scales them
+==========  ===================  =========================================================================
+
+Each entry says how values are encoded (``encode``, ``encode_like`` for re-storing tuned values), dequantized and
+counted (``dequantize``, ``nbytes``), named in the graph (``codes_node``, ``scale_node``), emitted (``emit_codes``,
+``emit_float``, ``emit_embedding``), read back from a graph (``read_codes``, ``read``: what restore dequantizes), and
+handed to the LiteRT converter (``serving``, ``serving_kernel``, ``serving_quantization``).
+A new storage (4-bit, codebook) is one new ``Storage`` subclass registered in ``STORAGES`` (``tests/helpers.py``'s
+``check_storage_round_trip`` runs on every entry).
+
+Each layout is one :class:`Layout` entry of ``LAYOUTS``. Dense is one Const of codes. Sparse (pruned weights) keeps
+only the nonzero codes plus a bitmask of where they go:
+
+    <codes>/values  (Const, the storage's dtype, [nonzero])
+    <codes>/mask    (Const uint8, [ceil(size / 8)], bit i % 8 of byte i // 8 set where element i is nonzero)
+    <codes>/decode/...  RightShift, BitwiseAnd, Where, ScatterNd: the dense codes from the two constants
+    <codes>         (Reshape) the dense codes, under the same name a dense layout gives its Const
+
+The graph stays self-contained: any TensorFlow import computes the same probabilities. At load, ``densify_sparse``
+decodes each sparse tensor once with numpy into the dense Const, so a loaded sparse graph is the dense graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lifecycle.backend import tf_module
+from lifecycle.errors import ModelError
+
+INT8_MAX = 127
+SPARSE_ENCODING = "bitmask"  # nonzero codes + 1 bit per element; see module docstring
+# What a sparse tensor's decode nodes add to graph.pb (about 1.6 KB measured, with the weights' names): below this
+# saving, the dense layout is the smaller file.
+SPARSE_GRAPH_OVERHEAD = 2048
+EMBEDDING = "weights/embedding"
+
+
+# --- the sparse layout's arrays -----------------------------------------------------------------------------------
+
+def encode_sparse(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sparse layout of an array: its nonzero values in row-major order and a little-endian packed bitmask."""
+    flat = dense.reshape(-1)
+    present = flat != 0
+    return flat[present], np.packbits(present, bitorder="little")
+
+
+def decode_sparse(values: np.ndarray, mask: np.ndarray, shape: Sequence[int], source: Path | str,
+                  name: str) -> np.ndarray:
+    """The dense array a sparse layout stands for; a values count that disagrees with the mask is a ModelError."""
+    size = int(np.prod(shape, dtype=np.int64))
+    values = np.asarray(values).reshape(-1)
+    mask = np.asarray(mask)
+    if mask.dtype != np.uint8 or mask.size != (size + 7) // 8:
+        raise ModelError(
+            f"{source}: sparse tensor {name!r} has a {mask.dtype} mask of {mask.size} bytes; shape {list(shape)} "
+            f"needs {(size + 7) // 8} uint8 bytes. The file is damaged or was edited: re-run the compress step."
+        )
+    if size % 8 and mask.reshape(-1)[-1] >> (size % 8):
+        raise ModelError(
+            f"{source}: sparse tensor {name!r} sets mask bits past its {size} elements. The file is damaged or was "
+            "edited: re-run the compress step that wrote it."
+        )
+    # One byte per element, viewed as bool without a copy: this runs at every load, on the largest tensors.
+    present = np.unpackbits(mask.reshape(-1), count=size, bitorder="little").view(bool)
+    marked = int(np.count_nonzero(present))
+    if marked != values.size:
+        raise ModelError(
+            f"{source}: sparse tensor {name!r} stores {values.size} values but its mask marks {marked} positions "
+            f"(of {size}). The file is damaged or was edited: re-run the compress step that wrote it."
+        )
+    dense = np.zeros(size, dtype=values.dtype)
+    dense[present] = values
+    return dense.reshape(tuple(int(d) for d in shape))
+
+
+def sparse_nbytes(dense: np.ndarray) -> int:
+    """Bytes of an array in the sparse layout: its nonzero values plus one mask bit per element."""
+    return int(np.count_nonzero(dense)) * dense.itemsize + (dense.size + 7) // 8
+
+
+# --- layouts ------------------------------------------------------------------------------------------------------
+
+ConstReader = Callable[[str], np.ndarray]  # a graph Const's value by node name (ModelError when it is missing)
+
+
+class Layout:
+    """How graph.pb holds a tensor's dense codes (one entry of ``LAYOUTS``)."""
+
+    name = ""
+
+    def nbytes(self, codes: np.ndarray) -> int:
+        """Bytes the graph's constants hold for ``codes``."""
+        raise NotImplementedError
+
+    def consts(self, codes_node: str) -> list[str]:
+        """The Const nodes holding the codes."""
+        raise NotImplementedError
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """Extra fields of the tensor's manifest entry."""
+        return {}
+
+    def check(self, meta: dict[str, Any], name: str, source: Path | str) -> None:
+        """Refuse a manifest entry this lifecycle cannot read in this layout."""
+
+    def emit(self, tf: Any, node: str, codes: np.ndarray) -> Any:
+        """The dense codes as a graph tensor named ``node``."""
+        raise NotImplementedError
+
+    def read(self, value: ConstReader, codes_node: str, shape: Sequence[int], name: str,
+             source: Path | str) -> np.ndarray:
+        """The dense codes from a graph's constants."""
+        raise NotImplementedError
+
+
+class DenseLayout(Layout):
+    """One Const of codes, named by the storage's codes node."""
+
+    name = "dense"
+
+    def nbytes(self, codes: np.ndarray) -> int:
+        return int(codes.nbytes)
+
+    def consts(self, codes_node: str) -> list[str]:
+        return [codes_node]
+
+    def emit(self, tf: Any, node: str, codes: np.ndarray) -> Any:
+        return tf.constant(codes, name=node)
+
+    def read(self, value: ConstReader, codes_node: str, shape: Sequence[int], name: str,
+             source: Path | str) -> np.ndarray:
+        return value(codes_node)
+
+
+class SparseLayout(Layout):
+    """Nonzero codes plus a bitmask, decoded inside the graph (module docstring)."""
+
+    name = "sparse"
+
+    def nbytes(self, codes: np.ndarray) -> int:
+        return sparse_nbytes(codes)
+
+    def consts(self, codes_node: str) -> list[str]:
+        return [f"{codes_node}/values", f"{codes_node}/mask"]
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {"encoding": SPARSE_ENCODING}
+
+    def check(self, meta: dict[str, Any], name: str, source: Path | str) -> None:
+        if meta.get("encoding", SPARSE_ENCODING) != SPARSE_ENCODING:
+            raise ModelError(f"{source}: tensor {name!r} has sparse encoding {meta['encoding']!r}; this lifecycle "
+                             f"reads {SPARSE_ENCODING!r}. Upgrade lifecycle to load this version.")
+
+    def emit(self, tf: Any, node: str, codes: np.ndarray) -> Any:
+        values, mask = encode_sparse(codes)
+        size = codes.size
+        bits = tf.bitwise.right_shift(
+            tf.reshape(tf.constant(mask, name=f"{node}/mask"), tf.constant([-1, 1], name=f"{node}/decode/column"),
+                       name=f"{node}/decode/bytes"),
+            tf.constant(np.arange(8, dtype=np.uint8), name=f"{node}/decode/shifts"), name=f"{node}/decode/shifted")
+        flags = tf.bitwise.bitwise_and(bits, tf.constant(np.uint8(1), name=f"{node}/decode/one"),
+                                       name=f"{node}/decode/bits")
+        flat = tf.reshape(flags, tf.constant([-1], name=f"{node}/decode/flat_shape"), name=f"{node}/decode/flat")
+        # Padding bits past ``size`` are zero, so every position Where finds is inside the tensor.
+        positions = tf.where(flat, name=f"{node}/decode/positions")
+        dense = tf.scatter_nd(positions, tf.constant(values, name=f"{node}/values"),
+                              tf.constant([size], dtype=tf.int64, name=f"{node}/decode/size"),
+                              name=f"{node}/decode/scatter")
+        shape = tuple(int(d) for d in codes.shape)
+        return tf.reshape(dense, tf.constant(shape, dtype=tf.int64, name=f"{node}/decode/shape"), name=node)
+
+    def read(self, value: ConstReader, codes_node: str, shape: Sequence[int], name: str,
+             source: Path | str) -> np.ndarray:
+        return decode_sparse(value(f"{codes_node}/values"), value(f"{codes_node}/mask"), shape, source, name)
+
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (DenseLayout(), SparseLayout())}
+
+
+def layout_of(name: str) -> Layout:
+    """The ``LAYOUTS`` entry named ``name``."""
+    if name not in LAYOUTS:
+        raise ModelError(f"layout must be one of {', '.join(LAYOUTS)}. Received: {name!r}.")
+    return LAYOUTS[name]
+
+
+# --- the stored tensor --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One weight as a graph stores it: float32, float16, or int8 codes with float32 scales along one axis.
+
+    ``value`` is always the dense array of stored codes, whatever the layout; ``layout`` says how the graph file holds
+    them (``dense``: one Const; ``sparse``: nonzero values plus a bitmask) and ``nbytes`` counts the bytes it holds.
+    ``storage`` names a ``STORAGES`` entry, which does the work behind each method.
+    """
+
+    storage: str
+    value: np.ndarray
+    scale: np.ndarray | None = None
+    axis: int | None = None
+    layout: str = "dense"
+
+    def __post_init__(self) -> None:
+        layout_of(self.layout)
+
+    @property
+    def spec(self) -> Storage:
+        """The storage's ``STORAGES`` entry."""
+        return storage_of(self.storage)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.value.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.spec.nbytes(self)
+
+    @property
+    def plain(self) -> bool:
+        """True for a float32 dense tensor: its Const is its value, which graph folding may move."""
+        return self.storage == "float32" and self.layout == "dense"
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 values the graph computes with."""
+        return self.spec.dequantize(self)
+
+    def codes_node(self, name: str) -> str:
+        """The node whose output is the dense stored codes (a Const when dense, the decode's Reshape when sparse)."""
+        return self.spec.codes_node(name)
+
+    def nodes(self, name: str) -> list[str]:
+        """The Const nodes holding this tensor in a graph."""
+        scale = self.spec.scale_node(name)
+        return LAYOUTS[self.layout].consts(self.codes_node(name)) + ([scale] if scale else [])
+
+
+Weights = dict[str, StoredTensor]
+
+
+# --- storages -----------------------------------------------------------------------------------------------------
+
+class Storage:
+    """One way of storing a weight's values (one entry of ``STORAGES``); see the module docstring's table."""
+
+    name = ""
+    suffix = ""  # the codes node is ``<weight name><suffix>``
+    # What the LiteRT export of a graph whose kernels are all in this storage is (``litert.export``).
+    serving_quantization = "float32"
+    # Integer codes: quantizing them again only adds error, so fp16/int8 steps refuse them.
+    final = False
+
+    def encode(self, values: np.ndarray, axis: int | None = None) -> StoredTensor:
+        """Float values -> this storage (dense layout). ``axis`` is where per-channel scales run, if any."""
+        raise NotImplementedError
+
+    def encode_like(self, name: str, stored: StoredTensor, values: np.ndarray) -> StoredTensor:
+        """New float values of weight ``name`` in ``stored``'s storage and parameters (dense layout)."""
+        return self.encode(values)
+
+    def dequantize(self, stored: StoredTensor) -> np.ndarray:
+        """The float32 values the graph computes with."""
+        return stored.value.astype(np.float32)
+
+    def nbytes(self, stored: StoredTensor) -> int:
+        """Bytes the graph's constants hold for the tensor: its codes in their layout, plus any scales."""
+        scale = stored.scale.nbytes if stored.scale is not None else 0
+        return int(LAYOUTS[stored.layout].nbytes(stored.value) + scale)
+
+    def codes_node(self, name: str) -> str:
+        return f"{name}{self.suffix}"
+
+    def emit_codes(self, tf: Any, name: str, stored: StoredTensor) -> Any:
+        """The dense codes as a graph tensor named ``codes_node(name)``, written by the tensor's layout.
+
+        A storage whose Const is not its codes as they are (e.g. packed 4-bit) overrides this, ``nbytes`` and
+        ``read_codes``; ``StoredTensor.value`` stays the codes in the logical shape.
+        """
+        return LAYOUTS[stored.layout].emit(tf, self.codes_node(name), stored.value)
+
+    def read_codes(self, value: ConstReader, name: str, shape: Sequence[int], layout: str,
+                   source: Path | str) -> np.ndarray:
+        """The dense codes of weight ``name`` from the graph's constants (the inverse of ``emit_codes``)."""
+        return LAYOUTS[layout].read(value, self.codes_node(name), shape, name, source)
+
+    def scale_node(self, name: str) -> str | None:
+        """The Const holding the scales, if the storage has any."""
+        return None
+
+    def emit_float(self, tf: Any, name: str, stored: StoredTensor, codes: Any) -> Any:
+        """A float32 graph tensor named ``name`` from the codes tensor."""
+        raise NotImplementedError
+
+    def emit_embedding(self, tf: Any, stored: StoredTensor, table: Any, ids: Any) -> Any:
+        """The embedding lookup named ``embed``, gathering stored rows before converting them."""
+        raise NotImplementedError
+
+    def read(self, name: str, codes: np.ndarray, meta: dict[str, Any], value: ConstReader) -> StoredTensor:
+        """The stored tensor from its dense codes and the graph's other constants (dense layout)."""
+        return StoredTensor(self.name, codes)
+
+    def serving(self, name: str, stored: StoredTensor) -> StoredTensor:
+        """What the LiteRT converter is given for this weight (dense; float32 unless kept stored in memory)."""
+        return StoredTensor("float32", stored.dequantize())
+
+    def serving_kernel(self, name: str, stored: StoredTensor) -> tuple[np.ndarray, np.ndarray] | None:
+        """(float32 values, codes) of a kernel the flatbuffer holds as int8 constants, else None."""
+        return None
+
+
+class Float32Storage(Storage):
+    name = "float32"
+
+    def encode(self, values: np.ndarray, axis: int | None = None) -> StoredTensor:
+        return StoredTensor("float32", np.asarray(values).astype(np.float32))
+
+    def emit_float(self, tf: Any, name: str, stored: StoredTensor, codes: Any) -> Any:
+        return codes
+
+    def emit_embedding(self, tf: Any, stored: StoredTensor, table: Any, ids: Any) -> Any:
+        return tf.gather(table, ids, name="embed")
+
+
+class Float16Storage(Storage):
+    name = "float16"
+    suffix = "/fp16"
+    serving_quantization = "float16"
+
+    def encode(self, values: np.ndarray, axis: int | None = None) -> StoredTensor:
+        return StoredTensor("float16", np.asarray(values).astype(np.float16))
+
+    def emit_float(self, tf: Any, name: str, stored: StoredTensor, codes: Any) -> Any:
+        return tf.cast(codes, tf.float32, name=name)
+
+    def emit_embedding(self, tf: Any, stored: StoredTensor, table: Any, ids: Any) -> Any:
+        return tf.cast(tf.gather(table, ids), tf.float32, name="embed")
+
+
+def int8_axis(name: str) -> int:
+    """The axis int8 scales run along: rows for the embedding, output channels (last axis) for kernels."""
+    return 0 if name == EMBEDDING else -1
+
+
+def quantize_int8_array(values: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8, per channel along ``axis`` (None: one scale for the tensor, a 0-d array):
+    ``values ~= codes * scale``; |error| <= scale / 2 element-wise."""
+    if axis is None:
+        peak = np.max(np.abs(values)) if values.size else np.float32(0)
+        scale = np.asarray(peak / INT8_MAX if peak > 0 else 1.0, dtype=np.float32)
+        return np.clip(np.rint(values / scale), -INT8_MAX, INT8_MAX).astype(np.int8), scale
+    reduce_axes = tuple(i for i in range(values.ndim) if i != axis % values.ndim)
+    peak = np.max(np.abs(values), axis=reduce_axes, keepdims=True)
+    # A channel of zeros (pruned away, or a pad row) keeps scale 1 so it stays exactly zero without dividing by 0.
+    scale = np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(values / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
+    if axis % values.ndim == values.ndim - 1:
+        scale = scale.reshape(values.shape[-1])  # broadcasts along the last axis as it is
+    return codes, scale
+
+
+class Int8Storage(Storage):
+    """Symmetric int8 codes with float32 scales (per channel along ``axis``, or one 0-d scale)."""
+
+    name = "int8"
+    suffix = "/q"
+    serving_quantization = "int8-weights"
+    final = True
+
+    def encode(self, values: np.ndarray, axis: int | None = None) -> StoredTensor:
+        codes, scale = quantize_int8_array(values, axis)
+        return StoredTensor("int8", codes, scale, axis)
+
+    def encode_like(self, name: str, stored: StoredTensor, values: np.ndarray) -> StoredTensor:
+        if stored.scale is not None and stored.scale.ndim == 0:
+            axis = None  # one scale for the tensor (int8:embedding=table) stays one scale
+        else:
+            axis = stored.axis if stored.axis is not None else int8_axis(name)
+        return self.encode(values, axis)
+
+    def dequantize(self, stored: StoredTensor) -> np.ndarray:
+        assert stored.scale is not None
+        return stored.value.astype(np.float32) * stored.scale
+
+    def scale_node(self, name: str) -> str | None:
+        return f"{name}/scale"
+
+    def emit_float(self, tf: Any, name: str, stored: StoredTensor, codes: Any) -> Any:
+        return tf.multiply(tf.cast(codes, tf.float32), tf.constant(stored.scale, name=f"{name}/scale"), name=name)
+
+    def emit_embedding(self, tf: Any, stored: StoredTensor, table: Any, ids: Any) -> Any:
+        rows = tf.cast(tf.gather(table, ids), tf.float32)
+        scale = tf.constant(stored.scale, name=f"{EMBEDDING}/scale")
+        if np.ndim(stored.scale) == 0:  # one scale for the table (int8:embedding=table)
+            return tf.multiply(rows, scale, name="embed")
+        return tf.multiply(rows, tf.gather(scale, ids), name="embed")
+
+    def read(self, name: str, codes: np.ndarray, meta: dict[str, Any], value: ConstReader) -> StoredTensor:
+        return StoredTensor("int8", codes, value(f"{name}/scale"), meta.get("axis"))
+
+    def serving(self, name: str, stored: StoredTensor) -> StoredTensor:
+        if name == EMBEDDING:  # gathered as int8 rows, then scaled, as in graph.pb: memory stays int8
+            return StoredTensor("int8", stored.value, stored.scale, stored.axis)
+        return super().serving(name, stored)
+
+    def serving_kernel(self, name: str, stored: StoredTensor) -> tuple[np.ndarray, np.ndarray] | None:
+        return None if name == EMBEDDING else (stored.dequantize(), stored.value)
+
+
+STORAGES: dict[str, Storage] = {s.name: s for s in (Float32Storage(), Float16Storage(), Int8Storage())}
+
+
+def storage_of(name: str) -> Storage:
+    """The ``STORAGES`` entry named ``name``."""
+    if name not in STORAGES:
+        raise ModelError(f"storage must be one of {', '.join(STORAGES)}. Received: {name!r}.")
+    return STORAGES[name]
+
+
+# --- layout choice ------------------------------------------------------------------------------------------------
+
+def smaller_layout(stored: StoredTensor) -> StoredTensor:
+    """The tensor in whichever layout (dense or sparse) makes the smaller graph file, decode nodes included."""
+    sparse, dense = replace(stored, layout="sparse"), replace(stored, layout="dense")
+    return sparse if sparse.nbytes + SPARSE_GRAPH_OVERHEAD < dense.nbytes else dense
+
+
+def carry_layout(before: StoredTensor, after: StoredTensor) -> StoredTensor:
+    """A pruned (sparse) tensor stays sparse through a storage change, unless dense has become smaller."""
+    return smaller_layout(after) if before.layout == "sparse" else after
+
+
+def store_like(name: str, stored: StoredTensor, values: np.ndarray) -> StoredTensor:
+    """New float32 values in the storage (and layout) ``stored`` had; int8 is re-derived from the floats."""
+    return carry_layout(stored, stored.spec.encode_like(name, stored, values))
+
+
+# --- graph emission -----------------------------------------------------------------------------------------------
+
+def emit_codes(tf: Any, name: str, stored: StoredTensor) -> Any:
+    """The dense stored codes as a graph tensor named ``stored.codes_node(name)``: one Const, or the sparse decode."""
+    return stored.spec.emit_codes(tf, name, stored)
+
+
+def emit_float(tf: Any, name: str, stored: StoredTensor) -> Any:
+    """A float32 tensor named ``name`` computed from its stored form (the codes themselves when float32)."""
+    return stored.spec.emit_float(tf, name, stored, emit_codes(tf, name, stored))
+
+
+def emit_embedding(tf: Any, stored: StoredTensor, ids: Any) -> Any:
+    """Embedding lookup that gathers the stored rows first, so a float16/int8 table stays small in memory."""
+    return stored.spec.emit_embedding(tf, stored, emit_codes(tf, EMBEDDING, stored), ids)
+
+
+def tensor_entry(name: str, stored: StoredTensor) -> dict[str, Any]:
+    """A weight's manifest ``tensors`` entry: logical shape and dtype, storage, layout, stored bytes, Const nodes."""
+    return {
+        "shape": list(stored.shape),
+        "dtype": "float32",
+        "storage": stored.storage,
+        "layout": stored.layout,
+        **LAYOUTS[stored.layout].manifest_fields(),
+        "bytes": stored.nbytes,
+        "nodes": stored.nodes(name),
+        "nonzero": int(np.count_nonzero(stored.value)),
+        "sparsity": float(1.0 - np.count_nonzero(stored.value) / max(stored.value.size, 1)),
+        **({"axis": stored.axis} if stored.axis is not None else {}),
+    }
+
+
+# --- reading a graph back -----------------------------------------------------------------------------------------
+
+def read_weights(graph_def: Any, tensors: dict[str, dict[str, Any]], source: Path | str) -> Weights:
+    """The stored weights of a graph, read by the storage and layout the manifest records (restore never guesses)."""
+    tf = tf_module()
+    consts = {node.name: node for node in graph_def.node if node.op == "Const"}
+
+    def value(node_name: str) -> np.ndarray:
+        if node_name not in consts:
+            raise ModelError(f"{source}: the manifest names constant {node_name!r}, which the graph lacks.")
+        return tf.make_ndarray(consts[node_name].attr["value"].tensor)
+
+    weights: Weights = {}
+    for name, meta in tensors.items():
+        storage, layout = meta["storage"], meta.get("layout", "dense")  # manifests before sparse layouts: dense
+        if storage not in STORAGES:
+            raise ModelError(f"{source}: tensor {name!r} has unknown storage {storage!r}.")
+        if layout not in LAYOUTS:
+            raise ModelError(f"{source}: tensor {name!r} has unknown layout {layout!r} (manifest field "
+                             f"tensors.{name}.layout); this lifecycle reads {', '.join(LAYOUTS)}.")
+        spec = STORAGES[storage]
+        LAYOUTS[layout].check(meta, name, source)
+        if layout == "dense" and meta.get("folded_into"):
+            # The fold step moved it into a consumer's constant: same values, reshaped.
+            codes = value(meta["folded_into"])
+            if codes.size != int(np.prod(meta["shape"])):
+                raise ModelError(f"{source}: constant {meta['folded_into']!r} holds {codes.size} values; tensor "
+                                 f"{name!r} needs {int(np.prod(meta['shape']))}. The version is damaged; re-freeze.")
+            codes = codes.reshape(meta["shape"])
+        else:
+            codes = spec.read_codes(value, name, meta["shape"], layout, source)
+        weights[name] = replace(spec.read(name, codes, meta, value), layout=layout)
+        if list(weights[name].shape) != list(meta["shape"]):
+            raise ModelError(
+                f"{source}: tensor {name!r} has shape {weights[name].shape}, manifest says {meta['shape']}."
+            )
+        held = [meta["folded_into"]] if meta.get("folded_into") else weights[name].nodes(name)
+        if "nodes" in meta and list(meta["nodes"]) != held:
+            raise ModelError(f"{source}: manifest field tensors.{name}.nodes is {meta['nodes']}; storage {storage} "
+                             f"with layout {layout} is held in {held}. Re-write the version.")
+    return weights
+
+
+def densify_sparse(graph_def: Any, source: Path | str) -> Any:
+    """The same graph with every sparse-layout tensor decoded once into a dense Const (its decode nodes dropped).
+
+    A sparse tensor is recognised by its node names (module docstring) and its decode is checked to be exactly the
+    one ``emit_graph`` writes, so nothing else is rewritten. Returns ``graph_def`` itself when nothing is sparse; the
+    argument is never modified.
+    """
+    tf = tf_module()
+    nodes = {node.name: node for node in graph_def.node}
+    bases = [name.removesuffix("/mask") for name, node in nodes.items()
+             if node.op == "Const" and name.endswith("/mask") and f"{name.removesuffix('/mask')}/values" in nodes]
+    if not bases:
+        return graph_def
+    dropped: set[str] = set()
+    for base in bases:
+        decode = {name for name in nodes if name.startswith(f"{base}/decode/")}
+        node = nodes.get(base)
+        if (node is None or node.op != "Reshape"
+                or list(node.input) != [f"{base}/decode/scatter", f"{base}/decode/shape"]
+                or nodes[f"{base}/values"].op != "Const" or f"{base}/decode/shape" not in decode
+                or nodes[f"{base}/decode/shape"].op != "Const"):
+            raise ModelError(f"{source}: sparse tensor {base!r} (nodes {base}/values, {base}/mask) is not decoded "
+                             "the way lifecycle writes it; refusing to load an edited graph. Re-run compress.")
+        dropped |= decode | {f"{base}/values", f"{base}/mask"}
+
+    def array(node_name: str) -> np.ndarray:
+        return tf.make_ndarray(nodes[node_name].attr["value"].tensor)
+
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name in dropped:
+            continue
+        if node.name in bases:
+            # One tensor decoded at a time and written straight into the new Const, to keep the load's peak low.
+            dense = decode_sparse(array(f"{node.name}/values"), array(f"{node.name}/mask"),
+                                  array(f"{node.name}/decode/shape"), source, node.name)
+            const = out.node.add(name=node.name, op="Const", device=node.device)
+            const.attr["dtype"].type = tf.as_dtype(dense.dtype).as_datatype_enum
+            tensor = const.attr["value"].tensor
+            tensor.dtype = const.attr["dtype"].type
+            tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=d) for d in dense.shape)
+            tensor.tensor_content = dense.tobytes()
+            del dense
+            continue
+        if any(ref.lstrip("^").split(":")[0] in dropped for ref in node.input):
+            raise ModelError(f"{source}: node {node.name!r} reads a sparse tensor's decode internals; refusing to "
+                             "load an edited graph. Re-run compress.")
+        out.node.add().CopyFrom(node)
+    return out
