@@ -1,7 +1,9 @@
 """The ``lifecycle`` command line: thin Typer commands over ``lifecycle.workflows``.
 
-Imports here stay light (typer, rich, pydantic, yaml) so ``lifecycle --help`` is instant; TensorFlow, MLflow,
-gensim and youtokentome are imported inside the commands that need them.
+Each command parses and merges its options, makes one workflow call and hands the result to ``lifecycle.render``,
+which prints it (a test keeps every command body within 15 lines). Imports here stay light (typer, config, errors,
+console, render: rich, pydantic, yaml) so ``lifecycle --help`` is instant; TensorFlow, MLflow, gensim and
+youtokentome are imported inside the commands that need them.
 """
 
 from __future__ import annotations
