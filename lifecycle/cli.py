@@ -1,23 +1,21 @@
 """The ``lifecycle`` command line: thin Typer commands over ``lifecycle.workflows``.
 
-Imports here stay light (typer, rich, pydantic, yaml) so ``lifecycle --help`` is instant; TensorFlow, MLflow,
-gensim and youtokentome are imported inside the commands that need them.
+Each command parses and merges its options, makes one workflow call and hands the result to ``lifecycle.render``,
+which prints it (a test keeps every command body within 15 lines). Imports here stay light (typer, config, errors,
+console, render: rich, pydantic, yaml) so ``lifecycle --help`` is instant; TensorFlow, MLflow, gensim and
+youtokentome are imported inside the commands that need them.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
-from rich.markup import escape
-from rich.table import Table
 
-from lifecycle import console
+from lifecycle import console, render
 from lifecycle.config import load_config
 from lifecycle.errors import EXPECTED_ERRORS, ConfigError, DataError, exit_code_of
 
@@ -76,7 +74,7 @@ def _errors(sweep: bool = True) -> Iterator[None]:
     try:
         yield
     except EXPECTED_ERRORS as exc:
-        console.err.print(f"[bold red]Error:[/] {escape(str(exc))}", markup=True, highlight=False)
+        render.error(str(exc))
         raise typer.Exit(exit_code_of(exc)) from None
     except KeyboardInterrupt:
         console.err.print("Interrupted. Run the same command again to continue from the last finished epoch.")
@@ -100,27 +98,6 @@ def _config(path: Path | None, overrides: list[str] | None, no_track: bool, **fl
     return load_config(path, overrides or [], flat)
 
 
-def _summary(title: str, rows: dict[str, Any]) -> None:
-    table = Table(title=title, show_header=False, title_justify="left")
-    for key, value in rows.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.out.print(table)
-
-
-def _outcome_rows(outcome: Any) -> dict[str, Any]:
-    keys = ("test_accuracy", "test_macro_f1", "accuracy_delta_vs_parent", "train_seconds", "size_bytes",
-            "size_gzip_bytes", "size_ratio_vs_checkpoint", "size_bytes_checkpoint", "size_bytes_optimizer",
-            "params_total", "params_nonzero", "max_abs_diff_vs_parent", "load_seconds", "first_call_ms",
-            "latency_p50_ms", "latency_p99_ms", "throughput_per_s")
-    rows = {k: outcome.metrics[k] for k in keys if k in outcome.metrics}
-    rows.update(outcome.facts)
-    if outcome.run_id:
-        rows["mlflow run"] = outcome.run_id
-    if outcome.registered:
-        rows["registered"] = f"version {outcome.registered}"
-    return rows
-
-
 def _read_lines(file: Path) -> list[str]:
     """A --file of texts, one per line (split on \\n only)."""
     try:
@@ -129,14 +106,6 @@ def _read_lines(file: Path) -> list[str]:
         raise DataError(f"{file}: no such file (--file). Pass a UTF-8 text file, one text per line.") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{file}: not UTF-8 at byte {exc.start} (--file). Convert it to UTF-8.") from None
-
-
-def _mb(value: float | None) -> str:
-    return "-" if value is None else f"{value / 1e6:.2f} MB"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _with_progress(work: Callable[[Any], Any]) -> Any:
@@ -164,8 +133,7 @@ def train(
         from lifecycle.workflows import run_train
 
         outcome = _with_progress(lambda p: run_train(cfg, output, resume=not fresh, progress=p))
-        _summary(f"trained {cfg.name}", _outcome_rows(outcome))
-        console.out.print(str(outcome.version))
+        render.step(f"trained {cfg.name}", outcome)
 
 
 @app.command()
@@ -187,18 +155,7 @@ def pipeline(
         from lifecycle.workflows import run_pipeline, version_row
 
         outcomes = _with_progress(lambda p: run_pipeline(cfg, output, progress=p))
-        rows = [version_row(o) for o in outcomes]
-        table = Table("#", "kind", "recipe", "size", "gzip", "test acc", "macro-F1", title=f"{cfg.name} versions",
-                      title_justify="left")
-        for number, row in enumerate(rows, start=1):
-            table.add_row(str(number), row["kind"], row["recipe"], _mb(row["size_bytes"]), _mb(row["size_gzip_bytes"]),
-                          _pct(row["test_accuracy"]), _pct(row["test_macro_f1"]))
-        console.out.print(table)
-        for number, row in enumerate(rows, start=1):
-            console.out.print(f"{number}. {row['version']}", highlight=False, soft_wrap=True)
-        if outcomes[0].run_id:
-            console.out.print(f"MLflow: experiment {cfg.name!r}, train run {outcomes[0].run_id}")
-        console.out.print(str(outcomes[-1].version), highlight=False, soft_wrap=True)
+        render.pipeline(cfg.name, outcomes, map(version_row, outcomes))
 
 
 @tokenizer_app.command("train")
@@ -211,8 +168,7 @@ def tokenizer_train(config: ConfigArg, set_: SetOpt = None, output: OutputOpt = 
 
         with console.spinner("training tokenizer"):
             outcome = run_tokenize(cfg, output)
-        _summary(f"tokenizer {cfg.tokenizer.kind}", {**outcome.metrics, "mlflow run": outcome.run_id or "-"})
-        console.out.print(str(outcome.version))
+        render.tokenizer(cfg.tokenizer.kind, outcome)
 
 
 @experiment_app.command("tokenizers")
@@ -233,36 +189,11 @@ def experiment_tokenizers(
     with _errors():
         from lifecycle.workflows.experiment import run_experiment
 
-        def report(result: Any) -> None:
-            detail = result.error or (f"test acc {_pct(result.metrics.get('test_accuracy'))}, deployed "
-                                      f"{_mb(result.metrics.get('deployed_bytes'))}")
-            console.err.print(f"{result.status.lower():>8}  {escape(result.label)}: {escape(detail)}", highlight=False)
-
         outcome = _with_progress(lambda p: run_experiment(config, workers=workers, fresh=fresh, track=not no_track,
-                                                          progress=p, on_cell=report))
-        _experiment_table(outcome)
+                                                          progress=p, on_cell=render.experiment_cell))
+        render.experiment(outcome)
         if outcome.failed:
-            console.err.print(f"Error: {len(outcome.failed)} of {len(outcome.results)} cells failed "
-                              f"({', '.join(r.label for r in outcome.failed)}); rerun the same command to retry them.")
             raise typer.Exit(1)
-
-
-def _experiment_table(outcome: Any) -> None:
-    table = Table("cell", "kind", "vocab", "unk %", "tokens", "enc texts/s", "emb MB", "deployed", "test acc",
-                  "macro-F1", "train s", "Pareto", title=f"{outcome.name}: {len(outcome.rows)} cells",
-                  title_justify="left")
-    for row in outcome.rows:
-        if row["status"] == "FAILED":
-            table.add_row(escape(row["cell"]), row["kind"], "-", "-", "-", "-", "-", "-", "failed", "-", "-", "")
-            continue
-        table.add_row(escape(row["cell"]), row["kind"], f"{row['vocab_size']:.0f}", f"{100 * row['test_unk_rate']:.2f}",
-                      f"{row['mean_tokens']:.1f}", f"{row['encode_texts_per_s']:,.0f}", _mb(row["embedding_bytes"]),
-                      _mb(row.get("deployed_bytes")), _pct(row.get("test_accuracy")), _pct(row.get("test_macro_f1")),
-                      f"{row['train_seconds']:.0f}", "*" if row["pareto"] else "")
-    console.out.print(table)
-    if outcome.run_id:
-        console.out.print(f"MLflow: experiment {outcome.name!r}, parent run {outcome.run_id}")
-    console.out.print(str(outcome.directory), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -288,12 +219,7 @@ def evaluate(
 
         data_cfg = DataConfig(text_field=text_field, label_field=label_field, encoding=encoding)
         outcome = run_evaluate(version, data, data_cfg, track=not no_track, runtime=runtime, abstain=abstain)
-        table = Table("label", "precision", "recall", "f1", "support", title=f"{outcome.version}")
-        for label, row in outcome.facts["per_class"].items():
-            table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
-                          str(row["support"]))
-        console.out.print(table)
-        _summary("overall", {**outcome.metrics, "n": outcome.facts["n"], "runtime": outcome.facts["runtime"]})
+        render.evaluation(outcome)
 
 
 @app.command()
@@ -319,21 +245,7 @@ def predict(
         from lifecycle.workflows import run_predict
 
         results = run_predict(version, items, top_k=top_k, runtime=runtime, abstain=abstain)
-        if as_json:
-            for r in results:
-                console.out.print_json(json.dumps({"text": r.text, "label": r.label, "probability": r.probability,
-                                                   "abstained": r.abstained,
-                                                   "top": [{"label": k, "probability": p} for k, p in r.top]}))
-            return
-        table = Table("label", "probability", "text") if top_k == 1 else Table("text", f"top {top_k}")
-        for r in results:
-            if top_k == 1:
-                label = f"{r.label} (best: {r.top[0][0]})" if r.abstained else r.label
-                table.add_row(label, f"{r.probability:.3f}", r.text)
-            else:
-                table.add_row(r.text, ("unknown: " if r.abstained else "")
-                              + ", ".join(f"{label} {p:.3f}" for label, p in r.top))
-        console.out.print(table)
+        render.predictions(results, top_k, as_json)
 
 
 @app.command()
@@ -348,8 +260,7 @@ def freeze(version: VersionArg, output: OutputOpt = None, no_track: NoTrackOpt =
 
         with console.spinner("freezing"):
             outcome = run_freeze(version, output, track=not no_track)
-        _summary(f"frozen {outcome.version.name if outcome.version else ''}", {**_outcome_rows(outcome)})
-        console.out.print(str(outcome.version))
+        render.step(render.step_title("frozen", outcome), outcome)
 
 
 @app.command()
@@ -379,8 +290,7 @@ def compress(
         with console.spinner(f"compressing ({recipe})"):
             outcome = run_compress(version, recipe, output, track=not no_track, serving_kernels=serving_kernels,
                                    on_step=console.compress_step_printer())
-        _summary(f"compressed {outcome.version.name if outcome.version else ''}", _outcome_rows(outcome))
-        console.out.print(str(outcome.version))
+        render.step(render.step_title("compressed", outcome), outcome)
 
 
 @app.command()
@@ -395,8 +305,7 @@ def restore(version: VersionArg, output: OutputOpt = None, no_track: NoTrackOpt 
 
         with console.spinner("restoring"):
             outcome = run_restore(version, output, track=not no_track)
-        _summary(f"restored {outcome.version.name if outcome.version else ''}", _outcome_rows(outcome))
-        console.out.print(str(outcome.version))
+        render.step(render.step_title("restored", outcome), outcome)
 
 
 @app.command()
@@ -432,31 +341,29 @@ def retrain(
     with --mapping and --tokenizer: it is imported first (as `lifecycle import` does).
     """
     with _errors():
-        from lifecycle.workflows import RetrainOptions, run_import, run_retrain, version_row
+        from lifecycle.workflows import RetrainOptions, run_retrain, version_row
 
-        imported = []
-        if Path(version).suffix.lower() in (".pb", ".tflite"):
-            if mapping is None or tokenizer is None:
-                raise ConfigError(f"{version}: retraining a .pb/.tflite imports it first and needs --mapping and "
-                                  "--tokenizer (see `lifecycle import --help`).")
-            imported = [run_import(Path(version), mapping, tokenizer, output / "imported" if output else None,
-                                   track=not no_track)]
-            version = str(imported[0].version)
+        imported = _import_first(version, mapping, tokenizer, output, no_track)
+        version = str(imported[0].version) if imported else version
         options = RetrainOptions(epochs, lr, freeze_embedding, keep_sparsity, replay, grow_labels, grow_vocab,
                                  min_count, vocab_init)
         outcomes = imported + _with_progress(lambda p: run_retrain(version, data, options, output, track=not no_track,
                                                                    progress=p))
-        trained = outcomes[len(imported)]
-        _summary("retrained", {**{k: v for k, v in trained.metrics.items() if "accuracy" in k or k == "forgetting"},
-                               **{k: v for k, v in trained.facts.items() if k in ("labels added", "words added",
-                                                                                  "note")}})
-        table = Table("kind", "recipe", "size", "test acc", title="new versions", title_justify="left")
-        table.add_column("version", overflow="fold")
-        for row in map(version_row, outcomes):
-            table.add_row(row["kind"], row["recipe"], _mb(row["size_bytes"]), _pct(row["test_accuracy"]),
-                          row["version"])
-        console.out.print(table)
-        console.out.print(str(outcomes[-1].version))
+        render.retrained(outcomes, len(imported), map(version_row, outcomes))
+
+
+def _import_first(version: str, mapping: Path | None, tokenizer: Path | None, output: Path | None, no_track: bool
+                  ) -> list[Any]:
+    """Retrain of a foreign .pb/.tflite: import it first (as `lifecycle import`), into OUTPUT/imported; else none."""
+    if Path(version).suffix.lower() not in (".pb", ".tflite"):
+        return []
+    if mapping is None or tokenizer is None:
+        raise ConfigError(f"{version}: retraining a .pb/.tflite imports it first and needs --mapping and "
+                          "--tokenizer (see `lifecycle import --help`).")
+    from lifecycle.workflows import run_import
+
+    return [run_import(Path(version), mapping, tokenizer, output / "imported" if output else None,
+                       track=not no_track)]
 
 
 @app.command("import")
@@ -482,8 +389,7 @@ def import_model(
 
         with console.spinner("importing"):
             outcome = run_import(model, mapping, tokenizer, output, track=not no_track)
-        _summary(f"imported {model.name}", _outcome_rows(outcome))
-        console.out.print(str(outcome.version))
+        render.step(f"imported {model.name}", outcome)
 
 
 @app.command()
@@ -493,25 +399,9 @@ def versions(
 ) -> None:
     """Show registered versions as lineage trees: each version under the version it was made from."""
     with _errors():
-        from rich.tree import Tree
-
         from lifecycle.workflows import run_versions
 
-        rows = run_versions(name)
-        if not rows:
-            console.out.print("no registered versions (train something first, with tracking on)")
-            return
-        by_run = {r["run_id"]: r for r in rows}
-        for model_name in sorted({r["name"] for r in rows}):
-            tree = Tree(f"[bold]{model_name}[/]")
-            nodes: dict[str, Any] = {}
-            for row in (r for r in rows if r["name"] == model_name):
-                label = (f"v{row['version']} {row['kind']} {row['recipe'] if row['recipe'] != '-' else ''} "
-                         f"acc {_pct(row['test_accuracy'])} size {_mb(row['size_bytes'])}"
-                         + (f" @{','.join(row['aliases'])}" if row["aliases"] else ""))
-                anchor = nodes.get(row["parent_run"]) if row["parent_run"] in by_run else None
-                nodes[row["run_id"]] = (anchor or tree).add(label)
-            console.out.print(tree)
+        render.lineage(run_versions(name))
 
 
 @app.command()
@@ -530,18 +420,7 @@ def bench(
             texts = [line for line in _read_lines(file) if line.strip()]
         from lifecycle.workflows import run_bench
 
-        rows = run_bench(versions, texts, calls, runtime)
-        if as_json:
-            console.out.print_json(json.dumps(rows))
-            return
-        table = Table("kind", "runtime", "recipe", "size", "load s", "first call ms", "p50 ms", "p99 ms", "texts/s",
-                      "RSS MB")
-        table.add_column("version", overflow="fold")
-        for r in rows:
-            table.add_row(r["kind"], r["runtime"], r["recipe"], _mb(r["size_bytes"]), f"{r['load_seconds']:.2f}",
-                          f"{r['first_call_ms']:.2f}", f"{r['latency_p50_ms']:.2f}", f"{r['latency_p99_ms']:.2f}",
-                          f"{r['throughput_per_s']:.0f}", f"{r['rss_mb']:.1f}", r["version"])
-        console.out.print(table)
+        render.bench(run_bench(versions, texts, calls, runtime), as_json)
 
 
 @app.command()
@@ -550,36 +429,7 @@ def inspect(version: VersionArg) -> None:
     with _errors():
         from lifecycle.workflows import run_inspect
 
-        report = run_inspect(version)
-        found = report["version"]
-        # Seven columns: a light frame keeps a 30000x300 model's rows whole on an 80-column (piped) output.
-        table = Table("tensor", "shape", "dtype", "storage", "layout", "bytes", "share",
-                      title=f"{found.path} ({found.kind})", title_justify="left", box=box.SIMPLE_HEAD,
-                      pad_edge=False, show_edge=False, collapse_padding=True)
-        for row in sorted(report["tensors"], key=lambda r: -r["bytes"]):
-            table.add_row(row["name"], "x".join(map(str, row["shape"])), row["dtype"], row["storage"], row["layout"],
-                          f"{row['bytes']:,}", f"{100 * row['share']:.1f}%")
-        table.add_row("total", "", "", "", "", f"{report['total_bytes']:,}", "100%", style="bold")
-        console.out.print(table)
-        if report["ops"]:
-            console.out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(report["ops"].items())))
-        if report["serving_tensors"]:
-            serving = report["serving"]
-            lite = Table("constant", "shape", "dtype", "scales", "bytes", "share",
-                         title=f"serving form {serving['file']} ({serving.get('quantization', '?')}"
-                         + (f", {serving['kernels']} kernels" if serving.get("kernels") else "") + ")",
-                         title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
-                         collapse_padding=True)
-            rows = sorted(report["serving_tensors"], key=lambda r: -r["bytes"])
-            for row in rows:
-                lite.add_row(row["name"], "x".join(map(str, row["shape"])), row["dtype"], str(row["scales"] or ""),
-                             f"{row['bytes']:,}", f"{100 * row['share']:.1f}%")
-            lite.add_row("total", "", "", "", f"{sum(r['bytes'] for r in rows):,}", "100%", style="bold")
-            console.out.print(lite)
-        files = Table("file", "bytes", title="files", title_justify="left")
-        for name, meta in report["files"].items():
-            files.add_row(name, f"{meta['bytes']:,}")
-        console.out.print(files)
+        render.inspection(run_inspect(version))
 
 
 @app.command("config")
@@ -635,12 +485,7 @@ def promote(
     with _errors():
         from lifecycle.tracking import set_alias
 
-        entry = set_alias(version, alias)
-        console.out.print(f"models:/{entry.name}@{alias} -> version {entry.version}", highlight=False)
-
-
-if __name__ == "__main__":
-    app()
+        render.promoted(set_alias(version, alias), alias)
 
 
 @app.command()
@@ -660,9 +505,7 @@ def upgrade(
                               "download the version, upgrade the folder, and log it again.")
         from lifecycle.artifacts import upgrade_version
 
-        upgraded = upgrade_version(version)
-        console.out.print(f"{upgraded.path}: manifest format {upgraded.manifest['format']}, {upgraded.kind}, "
-                          f"{len(upgraded.manifest['files'])} files checked", highlight=False, soft_wrap=True)
+        render.upgraded(upgrade_version(version))
 
 
 @runs_app.command("clean")
@@ -683,10 +526,8 @@ def runs_clean(
 
             uri = default_tracking_uri()
             dead = fail_dead_runs(open_client(uri, sweep=False), uri, dry_run=dry_run)
-        verb = "would remove" if dry_run else "removed"
-        for item in swept:
-            console.out.print(f"{verb} {item.path} ({_mb(item.bytes)})", highlight=False, soft_wrap=True)
-        for run in dead:
-            console.out.print(f"{'would mark' if dry_run else 'marked'} run {run.info.run_id} ({run.info.run_name}) "
-                              f"FAILED: process {run.data.tags.get('lifecycle.pid')} is gone", highlight=False)
-        console.out.print(f"{len(swept)} temp folder(s), {len(dead)} run(s) of dead processes", highlight=False)
+        render.cleaned(swept, dead, dry_run)
+
+
+if __name__ == "__main__":
+    app()

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lifecycle import fidelity
 from lifecycle.config import WordConfig, read_yaml, validate_schema
 from lifecycle.errors import ConfigError, ModelError, TokenizerError
 
@@ -63,11 +64,8 @@ FOREIGN_LITE_OPS = frozenset({
     "FULLY_CONNECTED", "SOFTMAX", "DEQUANTIZE", "LESS", "ADD", "SELECT_V2", "CAST", "RELU", "ARG_MAX", "TRANSPOSE",
     "MUL",
 })
-# How close the restored model must come to the foreign one, by the weakest storage in the file. float16 constants
-# are widened once at load, so the arithmetic is float32 either way. Dynamic-range int8 runs hybrid kernels that also
-# quantize each row's activations to int8 on the fly, which a float model does not: measured 5.5e-4 on a small CNN;
-# a wrong mapping (transposed kernel, swapped widths) is off by 1e-1 and more.
-BOUNDS = {"float32": 1e-5, "float16": 1e-5, "int8": 1e-2}
+# How close the restored model must come to the foreign one, by the weakest storage in the file (see fidelity.IMPORT).
+BOUNDS = fidelity.IMPORT
 CHECK_ROWS = 256
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from lifecycle import fidelity
 from lifecycle.errors import DependencyError, ModelError
 from lifecycle.model import INPUT_NAME, OUTPUT_NAME
 
@@ -54,7 +55,7 @@ _CUSTOM = 32  # BuiltinOperator.CUSTOM: the op is named by the file's custom_cod
 KERNELS = ("hybrid", "exact")
 # Max abs probability difference allowed between a hybrid int8 serving form and graph.pb on the check at export
 # (measured 0.004-0.006 on MR and TREC models; a kernel put in the wrong place gives differences near 1).
-HYBRID_BOUND = 0.05
+HYBRID_BOUND = fidelity.SERVING_HYBRID
 _DEQUANTIZE = 6  # tflite BuiltinOperator.DEQUANTIZE
 _INT8 = 9  # tflite TensorType.INT8
 _FLOAT32 = 0  # tflite TensorType.FLOAT32

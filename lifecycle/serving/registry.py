@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lifecycle import fidelity
 from lifecycle.artifacts import load_version
 from lifecycle.errors import EXPECTED_ERRORS, ModelError
 from lifecycle.procstat import release_free_memory
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 # Probabilities of the warm-up prediction must sum to 1 within this (softmax in float32).
-_SUM_TOLERANCE = 1e-3
+_SUM_TOLERANCE = fidelity.WARMUP_SUM
 
 
 def _now() -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifecycle import artifacts
+from lifecycle import artifacts, fidelity
 from lifecycle.errors import ConfigError, ModelError
 from lifecycle.tracking import make_tracker
 from lifecycle.workflows.calibrating import calibration_fact, inherited_entry, log_calibration, refit_for_graph
@@ -59,7 +59,7 @@ def _graph_probabilities(frozen: Any, ids: Any) -> Any:
         runner.close()
 
 
-SERVING_BOUND = 1e-5  # the serving form computes with the very values graph.pb does; only float rounding differs
+SERVING_BOUND = fidelity.SERVING_EXACT  # exact kernels: the very values graph.pb computes with (see fidelity)
 
 
 def _write_serving_form(frozen: Any, candidate: _GraphCandidate, directory: Path) -> dict[str, Any]:
@@ -242,7 +242,7 @@ def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | Non
     expected = model.predict(arrays.x, batch_size=256, verbose=0)
     got = _graph_probabilities(frozen, arrays.x)
     max_abs_diff = float(np.max(np.abs(expected - got)))
-    bound = 1e-5 if parent.config.train.precision == "float32" else 2e-2
+    bound = fidelity.freeze_bound(parent.config.train.precision)
     if max_abs_diff > bound:
         raise ModelError(f"frozen graph differs from {parent.path} by {max_abs_diff:.2e} (> {bound:g}) on the "
                          f"{compared_on}; nothing written. Report this as a bug with the version attached.")
@@ -353,9 +353,9 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
     restored = restore_model(frozen, cfg, len(parent.labels))
     arrays, compared_on, _ = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
     difference = restored_difference(restored, frozen, arrays.x)
-    if difference > 1e-5:
-        raise ModelError(f"restored model differs from {parent.path} by {difference:.2e} (> 1e-05) on the "
-                         f"{compared_on}; nothing written.")
+    if difference > fidelity.RESTORE:
+        raise ModelError(f"restored model differs from {parent.path} by {difference:.2e} (> {fidelity.RESTORE:g}) "
+                         f"on the {compared_on}; nothing written.")
     model = restored.model
     model.optimizer.build(model.trainable_variables)  # Adam's slots exist, so sizes compare with a trained checkpoint
     output, unique = artifacts.resolve_output(output, cfg.name, "checkpoint", versions_dir)

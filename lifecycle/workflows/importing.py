@@ -6,7 +6,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from lifecycle import artifacts
+from lifecycle import artifacts, fidelity
 from lifecycle.errors import ModelError
 from lifecycle.tracking import make_tracker
 from lifecycle.workflows.common import StepOutcome, _write_checkpoint
@@ -66,7 +66,7 @@ def run_import(source: Path, mapping: Path, tokenizer: Path, output: Path | None
     bound = cnn.bound
     for kind, difference in differences.items():
         # An argmax must not change, except where int8 activations flip a near-tie (at most 1% of rows).
-        limit = (0.0 if bound <= 1e-5 else 0.01) if kind == "predictions" else bound
+        limit = fidelity.import_limit(kind, bound)
         if difference > limit:
             raise ModelError(f"{source}: the rebuilt CNN differs from the file's {kind} by {difference:.2e} (> "
                              f"{limit:g}) on {len(our_ids)} id rows; nothing written. Check the mapping ({mapping}): "

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
+from lifecycle import cli
 from lifecycle.cli import app
 
 HEAVY = ("tensorflow", "keras", "mlflow", "gensim", "youtokentome", "sklearn", "pandas", "matplotlib", "ai_edge_litert",
@@ -39,6 +44,36 @@ def _fails(args: list[str], code: int, *needles: str) -> str:
     for needle in needles:
         assert needle in text.replace("\n", " "), text
     return text
+
+
+COMMAND_BODY_LINES = 15
+
+
+def _commands(typer_app: typer.Typer) -> list[Any]:
+    """Every function registered on ``typer_app`` and its sub-apps: the callback and each command."""
+    found = [typer_app.registered_callback.callback] if typer_app.registered_callback else []
+    found += [command.callback for command in typer_app.registered_commands]
+    for group in typer_app.registered_groups:
+        found += _commands(group.typer_instance)
+    return [function for function in found if function is not None]
+
+
+def test_command_bodies_stay_thin() -> None:
+    """Each command is parse/merge -> one workflow call -> one render call: its body (docstring aside) spans at most
+    COMMAND_BODY_LINES lines of cli.py; tables and summaries belong in lifecycle/render.py."""
+    functions = _commands(app)
+    assert len(functions) >= 20
+    tree = ast.parse(inspect.getsource(cli))
+    defs = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    long = {}
+    for function in functions:
+        body = defs[function.__name__].body
+        if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]
+        lines = body[-1].end_lineno - body[0].lineno + 1  # type: ignore[operator]
+        if lines > COMMAND_BODY_LINES:
+            long[function.__name__] = lines
+    assert not long, f"command bodies over {COMMAND_BODY_LINES} lines: {long}"
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from lifecycle import artifacts
 from lifecycle.compress import parse_recipe
-from lifecycle.storage import quantize_int8_array
 from lifecycle.errors import ConfigError, ModelError
+from lifecycle.storage import quantize_int8_array
 
 
 def test_int8_per_channel_error_bound() -> None:

@@ -99,8 +99,8 @@ def _dense_twin(version: artifacts.Version) -> tuple[object, object]:
 def test_sparse_graph_is_smaller_on_disk_and_predicts_like_the_dense_one(sparse: dict, recipe: str) -> None:
     from lifecycle.backend import tf_module
     from lifecycle.freeze import GRAPH_FILE, GraphRunner
-    from lifecycle.storage import densify_sparse
     from lifecycle.inference import Predictor
+    from lifecycle.storage import densify_sparse
 
     tf = tf_module()
     version = artifacts.load_version(sparse[recipe])
