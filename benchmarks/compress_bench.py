@@ -221,7 +221,7 @@ def _load_model(kind: str, runtime: dict[str, Any], path: Path) -> tuple[Any, An
         session = tf.compat.v1.Session(graph=graph)
         ids_in = graph.get_tensor_by_name("input_ids:0")
         probs = graph.get_tensor_by_name("probabilities:0")
-        dtype = np.dtype(version.manifest["input"]["dtype"])
+        dtype = np.dtype(version.manifest.input.dtype)
         holder = SimpleNamespace(tokenizer=tokenizer, max_len=version.max_len, version=version, runtime="graph-plain",
                                  predict_proba=lambda texts: session.run(
                                      probs, {ids_in: tokenizer.encode(texts, version.max_len).astype(dtype)}))
@@ -785,10 +785,10 @@ class Bench:
             label = recipe or "float32"
             slug = re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-")
             evaluated = run_evaluate(str(path), track=False).metrics["test_accuracy"]
-            common = {"recipe": label, "kind": version.kind, "weights_bytes": manifest["sizes"]["weights_bytes"],
+            common = {"recipe": label, "kind": version.kind, "weights_bytes": manifest.sizes["weights_bytes"],
                       "version": str(path.relative_to(ROOT)), "evaluate_accuracy": evaluated,
-                      "manifest_accuracy": manifest.get("metrics", {}).get("test_accuracy"),
-                      "vocab_rows": manifest.get("architecture", {}).get("vocab_size")}
+                      "manifest_accuracy": manifest.metrics.get("test_accuracy"),
+                      "vocab_rows": manifest.architecture.vocab_size if manifest.architecture else None}
             tok_raw, tok_gzip = _sizes([path / TOKENIZER_DIR])
             common.update({"tokenizer_bytes": tok_raw, "tokenizer_gzip_bytes": tok_gzip})
             if "@" not in label:  # RECIPE@KERNELS: only its serving form differs from RECIPE's version
@@ -863,12 +863,12 @@ class Bench:
         from lifecycle.artifacts import load_version
 
         manifest = load_version(self.checkpoint).manifest
-        sizes = manifest["sizes"]
+        sizes = manifest.sizes
         raw, packed = _sizes([self.checkpoint / "model.keras"])
         tok_raw, tok_gzip = _sizes([self.checkpoint / "tokenizer"])
         return {"model_bytes": raw, "model_gzip_bytes": packed, "optimizer_bytes": sizes.get("optimizer_bytes"),
                 "weights_bytes": sizes.get("weights_bytes"), "tokenizer_bytes": tok_raw,
-                "tokenizer_gzip_bytes": tok_gzip, "test_accuracy": manifest.get("metrics", {}).get("test_accuracy"),
+                "tokenizer_gzip_bytes": tok_gzip, "test_accuracy": manifest.metrics.get("test_accuracy"),
                 "train_seconds": self.train_seconds}
 
     def summary(self) -> dict[str, Any]:

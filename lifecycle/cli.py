@@ -661,8 +661,8 @@ def upgrade(
         from lifecycle.artifacts import upgrade_version
 
         upgraded = upgrade_version(version)
-        console.out.print(f"{upgraded.path}: manifest format {upgraded.manifest['format']}, {upgraded.kind}, "
-                          f"{len(upgraded.manifest['files'])} files checked", highlight=False, soft_wrap=True)
+        console.out.print(f"{upgraded.path}: manifest format {upgraded.manifest.format}, {upgraded.kind}, "
+                          f"{len(upgraded.manifest.files)} files checked", highlight=False, soft_wrap=True)
 
 
 @runs_app.command("clean")

@@ -11,6 +11,7 @@ from typing import Any
 
 from lifecycle import artifacts
 from lifecycle.errors import ConfigError, ModelError
+from lifecycle.manifest import plain
 from lifecycle.tracking import make_tracker
 from lifecycle.workflows.calibrating import calibration_fact, inherited_entry, log_calibration, refit_for_graph
 from lifecycle.workflows.common import (
@@ -123,21 +124,21 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
     if candidate.compared_on == "test split":
         scores = evaluate.evaluate_probabilities(candidate.probabilities, candidate.labels_y, parent.labels)
         metrics.update(scores.metrics())
-        if "test_accuracy" in parent.manifest.get("metrics", {}):
-            metrics["accuracy_delta_vs_parent"] = scores.accuracy - parent.manifest["metrics"]["test_accuracy"]
+        if "test_accuracy" in parent.manifest.metrics:
+            metrics["accuracy_delta_vs_parent"] = scores.accuracy - parent.manifest.metrics["test_accuracy"]
     tensors = tensor_manifest(frozen.weights)
     for name, node in (candidate.moved or {}).items():
         tensors[name].update({"nodes": [node], "folded_into": node})
     params = int(sum(np.prod(t["shape"]) for t in tensors.values()))
     nonzero = int(sum(np.count_nonzero(w.value) for w in frozen.weights.values()))
     # The checkpoint at the root of the lineage, with its optimizer slots: the field report's starting point.
-    root_sizes = parent.manifest.get("root_sizes") or parent.manifest["sizes"]
+    root_sizes = parent.manifest.root_sizes or parent.manifest.sizes
 
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     tracker = make_tracker(tracking, cfg.name)
     step = "freeze" if candidate.kind == "frozen" else "compress"
     recipe_name = recipe_label(candidate.recipe) or "float32"
-    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path),
+    tags = {"lifecycle.parent_run": str(parent.manifest.run_id or ""), "lifecycle.parent": str(parent.path),
             "lifecycle.recipe": recipe_name}
     with tracker.run(step, f"{step}-{recipe_name}", tags):
 
@@ -188,7 +189,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                 "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
                 "check": {"max_abs_diff_vs_parent": candidate.max_abs_diff, "compared_on": candidate.compared_on,
                           "n": int(len(candidate.probabilities)), **candidate.extra},
-                "data": parent.manifest.get("data"),
+                "data": plain(parent.manifest.data),
                 "config": cfg.to_dict(),
                 **({"calibration": candidate.probability_calibration} if candidate.probability_calibration else {}),
             }
@@ -257,7 +258,7 @@ def serving_kernels_of(version: artifacts.Version) -> str:
     records, ``hybrid`` (the default) for a version without int8 kernels or made before the choice existed."""
     from lifecycle import litert
 
-    kernels = (version.manifest.get("serving") or {}).get("kernels")
+    kernels = version.manifest.serving.kernels if version.manifest.serving else None
     return kernels if kernels in litert.KERNELS else "hybrid"
 
 
@@ -311,7 +312,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
         if on_step is not None:
             on_step(number, len(steps), _step_summary(done[0].as_dict()), done[0].bytes_before, done[0].bytes_after,
                     time.perf_counter() - started)
-    full_recipe = [*parent.manifest.get("recipe", []), *[r.as_dict() for r in reports]]
+    full_recipe = [*parent.manifest.recipe_dicts(), *[r.as_dict() for r in reports]]
     if any(step["name"] == "int8-act" for step in full_recipe) and context.calibration_samples is None:
         context.calibration_samples = CALIBRATION_SAMPLES  # inherited from an ancestor's recipe
     input_dtype = input_dtype_for(weights["weights/embedding"].shape[0])
@@ -323,7 +324,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
 
         folded = fold_graph(graph_def, weights, tensor_manifest(weights), parent.path / "graph.pb")
         graph_def, moved = folded.graph_def, folded.moved
-        inherited = len(parent.manifest.get("recipe", []))
+        inherited = len(parent.manifest.recipe)
         for step in full_recipe[inherited:]:  # this run's fold step gets the report; an ancestor's stays as it was
             if step["name"] == "fold":
                 step["report"] = folded.report
@@ -372,29 +373,29 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
     output, unique = artifacts.resolve_output(output, cfg.name, "checkpoint", versions_dir)
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     tracker = make_tracker(tracking, cfg.name)
-    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path)}
+    tags = {"lifecycle.parent_run": str(parent.manifest.run_id or ""), "lifecycle.parent": str(parent.path)}
     sparsity = {name: float(1 - mask.mean()) for name, mask in restored.masks.items()}
     with tracker.run("restore", f"restore-{parent.path.name}", tags):
 
         version = _write_checkpoint(output, model, parent.tokenizer_dir, cfg, parent.labels, parent.max_len, {
             "parent": _parent_ref(parent),
-            "restored_from": {"recipe": parent.manifest.get("recipe", []),
-                              "storage": {n: t["storage"] for n, t in parent.manifest["tensors"].items()},
+            "restored_from": {"recipe": parent.manifest.recipe_dicts(),
+                              "storage": {n: t.storage for n, t in parent.manifest.tensors.items()},
                               "sparsity": sparsity},
             "run_id": tracker.run_id,
-            "root_sizes": parent.manifest.get("root_sizes"),
-            "metrics": dict(parent.manifest.get("metrics", {})),
+            "root_sizes": plain(parent.manifest.root_sizes),
+            "metrics": dict(parent.manifest.metrics),
             "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
-            "data": parent.manifest.get("data"),
+            "data": plain(parent.manifest.data),
             # The restored model computes the graph's probabilities within 1e-5: the same temperature fits them.
             **({"calibration": entry} if (entry := inherited_entry(parent, "restored from it")) else {}),
         }, unique=unique)
-        metrics = {"max_abs_diff_vs_parent": difference, "params_total": version.manifest["params_total"],
-                   **version.manifest["metrics"]}
+        metrics = {"max_abs_diff_vs_parent": difference, "params_total": version.manifest.params_total,
+                   **version.manifest.metrics}
         tracker.log_metrics(metrics)
         tracker.log_artifacts(version.path, "version")
         registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.restored": "true",
                                                  "lifecycle.parent_run": tags["lifecycle.parent_run"]})
-    storages = ", ".join(sorted({t["storage"] for t in parent.manifest["tensors"].values()}))
+    storages = ", ".join(sorted({t.storage for t in parent.manifest.tensors.values()}))
     return StepOutcome(version.path, tracker.last_run_id, registered, metrics,
                        {"compared on": f"{compared_on} ({len(arrays.x)})", "restored storage": storages})

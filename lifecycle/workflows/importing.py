@@ -95,7 +95,7 @@ def run_import(source: Path, mapping: Path, tokenizer: Path, output: Path | None
             }, unique=unique)
         metrics = {f"max_abs_diff_{kind}": value for kind, value in differences.items()}
         metrics.update({"max_abs_diff_vs_parent": max(differences.values()),
-                        "params_total": version.manifest["params_total"]})
+                        "params_total": version.manifest.params_total})
         tracker.log_metrics(metrics)
         tracker.log_artifacts(version.path, "version")
         registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.imported": cnn.format,

@@ -273,7 +273,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
             "data": {"source": corpus.source, "train": len(corpus.train), "validation": len(corpus.validation),
                      "test": len(corpus.test), **corpus.cleaning},
         }, unique=unique)
-        sizes = version.manifest["sizes"]
+        sizes = version.manifest.sizes
         metrics = {
             **scores.metrics(),
             "train_seconds": result.train_seconds,
@@ -281,7 +281,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
             "size_bytes_checkpoint": sizes["checkpoint_bytes"],
             "size_bytes_weights": sizes["weights_bytes"],
             "size_bytes_optimizer": sizes["optimizer_bytes"],
-            "params_total": version.manifest["params_total"],
+            "params_total": version.manifest.params_total,
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "peak_epoch": result.best_epoch + 1,
