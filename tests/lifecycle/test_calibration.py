@@ -194,8 +194,8 @@ def test_evaluate_reports_ece_and_the_share_answered(frozen: dict) -> None:
     assert metrics["calibration.coverage"] == pytest.approx(chosen.coverage)
     assert metrics["calibration.answered_accuracy"] == pytest.approx(chosen.answered_accuracy)
     assert metrics["calibration.ece_after"] == pytest.approx(calibration.expected_calibration_error(p, arrays.y))
-    assert metrics["calibration.ece_before"] == pytest.approx(version.manifest.calibration.to_dict()["test"]["ece_before"],
-                                                              abs=1e-5)
+    entry = version.manifest.calibration.to_dict()
+    assert metrics["calibration.ece_before"] == pytest.approx(entry["test"]["ece_before"], abs=1e-5)
     assert 0 < chosen.coverage < 1
 
 
