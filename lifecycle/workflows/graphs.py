@@ -12,7 +12,6 @@ from typing import Any
 from lifecycle import artifacts
 from lifecycle.errors import ConfigError, ModelError
 from lifecycle.manifest import plain
-from lifecycle.tracking import make_tracker
 from lifecycle.workflows.calibrating import calibration_fact, inherited_entry, log_calibration, refit_for_graph
 from lifecycle.workflows.common import (
     StepOutcome,
@@ -23,6 +22,7 @@ from lifecycle.workflows.common import (
     open_version,
     recipe_label,
 )
+from lifecycle.workflows.publish import publish_version, step_tracker
 
 # (step number from 1, steps, the step as recipe text, stored bytes before, after, seconds)
 StepCallback = Callable[[int, int, str, int, int, float], None]
@@ -134,8 +134,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
     # The checkpoint at the root of the lineage, with its optimizer slots: the field report's starting point.
     root_sizes = parent.manifest.root_sizes or parent.manifest.sizes
 
-    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
-    tracker = make_tracker(tracking, cfg.name)
+    tracker = step_tracker(cfg, track)
     step = "freeze" if candidate.kind == "frozen" else "compress"
     recipe_name = recipe_label(candidate.recipe) or "float32"
     tags = {"lifecycle.parent_run": str(parent.manifest.run_id or ""), "lifecycle.parent": str(parent.path),
@@ -194,27 +193,29 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                 **({"calibration": candidate.probability_calibration} if candidate.probability_calibration else {}),
             }
 
-        version = artifacts.write_version(output, candidate.kind, build, unique=unique)
-        from lifecycle.bench import measure
+        def measured(version: artifacts.Version) -> dict[str, float]:
+            from lifecycle.bench import measure
 
-        metrics.update(measure(version, candidate.texts[:256]).metrics())
-        tracker.log_params({"parent": str(parent.path), "input_dtype": frozen.input_dtype, "recipe": recipe_name})
-        tracker.log_metrics(metrics)
-        tracker.log_dict(candidate.recipe, "recipe.json")
-        on_test = candidate.compared_on == "test split"
-        log_calibration(tracker, candidate.probability_calibration, candidate.probabilities if on_test else None,
-                        candidate.labels_y, f"{cfg.name} {candidate.kind} {recipe_name} test")
-        tracker.log_artifacts(version.path, "version")
-        # Also MLflow's own form of the version (a list[str] pyfunc), so `mlflow models serve` runs it: 0.5-0.8 s
-        # per run for a 30k x 300 int8 version, most of it MLflow loading the model to check the input example.
-        pyfunc = tracker.log_pyfunc(version.path)
-        registered = tracker.register(cfg.name, {"lifecycle.kind": candidate.kind, "lifecycle.recipe": recipe_name,
-                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
-        tracker.set_tags({"lifecycle.version": str(version.path)})
+            metrics.update(measure(version, candidate.texts[:256]).metrics())
+            return metrics
+
+        def log_recipe(version: artifacts.Version) -> None:
+            tracker.log_dict(candidate.recipe, "recipe.json")
+            on_test = candidate.compared_on == "test split"
+            log_calibration(tracker, candidate.probability_calibration, candidate.probabilities if on_test else None,
+                            candidate.labels_y, f"{cfg.name} {candidate.kind} {recipe_name} test")
+
+        published = publish_version(
+            tracker, cfg.name, lambda run_id: artifacts.write_version(output, candidate.kind, build, unique=unique),
+            params={"parent": str(parent.path), "input_dtype": frozen.input_dtype, "recipe": recipe_name},
+            metrics=measured, log=log_recipe, pyfunc=True, tag_version=True,
+            register={"lifecycle.kind": candidate.kind, "lifecycle.recipe": recipe_name,
+                      "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+    pyfunc = published.pyfunc
     facts = {"compared on": f"{candidate.compared_on} ({len(candidate.probabilities)})",
              "input dtype": frozen.input_dtype, "recipe": recipe_name, **({"pyfunc": pyfunc} if pyfunc else {}),
              "calibration": calibration_fact(candidate.probability_calibration)}
-    return StepOutcome(version.path, tracker.last_run_id, registered, metrics, facts)
+    return published.outcome(facts)
 
 
 def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | None = None, track: bool = True
@@ -371,31 +372,31 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
     model = restored.model
     model.optimizer.build(model.trainable_variables)  # Adam's slots exist, so sizes compare with a trained checkpoint
     output, unique = artifacts.resolve_output(output, cfg.name, "checkpoint", versions_dir)
-    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
-    tracker = make_tracker(tracking, cfg.name)
+    tracker = step_tracker(cfg, track)
     tags = {"lifecycle.parent_run": str(parent.manifest.run_id or ""), "lifecycle.parent": str(parent.path)}
     sparsity = {name: float(1 - mask.mean()) for name, mask in restored.masks.items()}
     with tracker.run("restore", f"restore-{parent.path.name}", tags):
 
-        version = _write_checkpoint(output, model, parent.tokenizer_dir, cfg, parent.labels, parent.max_len, {
-            "parent": _parent_ref(parent),
-            "restored_from": {"recipe": parent.manifest.recipe_dicts(),
-                              "storage": {n: t.storage for n, t in parent.manifest.tensors.items()},
-                              "sparsity": sparsity},
-            "run_id": tracker.run_id,
-            "root_sizes": plain(parent.manifest.root_sizes),
-            "metrics": dict(parent.manifest.metrics),
-            "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
-            "data": plain(parent.manifest.data),
-            # The restored model computes the graph's probabilities within 1e-5: the same temperature fits them.
-            **({"calibration": entry} if (entry := inherited_entry(parent, "restored from it")) else {}),
-        }, unique=unique)
-        metrics = {"max_abs_diff_vs_parent": difference, "params_total": version.manifest.params_total,
-                   **version.manifest.metrics}
-        tracker.log_metrics(metrics)
-        tracker.log_artifacts(version.path, "version")
-        registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.restored": "true",
-                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+        def write(run_id: str | None) -> artifacts.Version:
+            return _write_checkpoint(output, model, parent.tokenizer_dir, cfg, parent.labels, parent.max_len, {
+                "parent": _parent_ref(parent),
+                "restored_from": {"recipe": parent.manifest.recipe_dicts(),
+                                  "storage": {n: t.storage for n, t in parent.manifest.tensors.items()},
+                                  "sparsity": sparsity},
+                "run_id": run_id,
+                "root_sizes": plain(parent.manifest.root_sizes),
+                "metrics": dict(parent.manifest.metrics),
+                "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
+                "data": plain(parent.manifest.data),
+                # The restored model computes the graph's probabilities within 1e-5: the same temperature fits them.
+                **({"calibration": entry} if (entry := inherited_entry(parent, "restored from it")) else {}),
+            }, unique=unique)
+
+        published = publish_version(
+            tracker, cfg.name, write,
+            metrics=lambda version: {"max_abs_diff_vs_parent": difference,
+                                     "params_total": version.manifest.params_total, **version.manifest.metrics},
+            register={"lifecycle.kind": "checkpoint", "lifecycle.restored": "true",
+                      "lifecycle.parent_run": tags["lifecycle.parent_run"]})
     storages = ", ".join(sorted({t.storage for t in parent.manifest.tensors.values()}))
-    return StepOutcome(version.path, tracker.last_run_id, registered, metrics,
-                       {"compared on": f"{compared_on} ({len(arrays.x)})", "restored storage": storages})
+    return published.outcome({"compared on": f"{compared_on} ({len(arrays.x)})", "restored storage": storages})
