@@ -85,11 +85,8 @@ class _Part:
     raw: Record = field(repr=False)  # compared: two parts are equal when their JSON is
 
     def to_dict(self) -> dict[str, Any]:
+        """The section's JSON object as it was read, fields the typed view does not name included: a deep copy."""
         return copy.deepcopy(dict(self.raw))
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """A field the typed view does not name (e.g. one added by a later release)."""
-        return self.raw.get(key, default)
 
 
 @dataclass(frozen=True)
@@ -182,7 +179,11 @@ class RecipeStep(_Part):
 
     name: str
     params: Record
-    report: Record | None
+    bytes_before: int | None  # the stored weights' bytes before and after the step
+    bytes_after: int | None
+    tensors: tuple[str, ...]  # the tensors it changed
+    layouts: Record  # changed tensor -> dense | sparse
+    report: Record | None  # what a data-aware step measured (vocab, tune) or the fold step did
 
 
 @dataclass(frozen=True)
@@ -208,12 +209,16 @@ class Training(_Part):
 
 def _parse_recipe(steps: list[Any]) -> tuple[RecipeStep, ...]:
     return tuple(RecipeStep(_record(step), step["name"], _record(step.get("params", {})),
+                            _int_or_none(step.get("bytes_before")), _int_or_none(step.get("bytes_after")),
+                            tuple(step.get("tensors") or ()), _record(step.get("layouts")),
                             _optional_record(step.get("report"))) for step in steps)
 
 
 def _parse_tensor(meta: dict[str, Any]) -> TensorEntry:
+    # Lenient: the checks cover a model kind's table; a tokenizer version's (if any) is unchecked, and unread.
     nodes = meta.get("nodes")
-    return TensorEntry(_record(meta), tuple(meta["shape"]), meta.get("dtype"), meta["storage"], meta["bytes"],
+    return TensorEntry(_record(meta), tuple(meta.get("shape") or ()), meta.get("dtype"), meta.get("storage", ""),
+                       _int_or_none(meta.get("bytes")) or 0,
                        meta.get("layout", "dense"), tuple(nodes) if isinstance(nodes, list) else None,
                        meta.get("folded_into"), _int_or_none(meta.get("nonzero")), meta.get("sparsity"))
 
@@ -282,12 +287,15 @@ class Manifest:
         """
         m = copy.deepcopy(dict(raw))
         _check_fields(m, _Refuse(where))
+        # Built leniently from here on: what the checks guarantee for this kind is read as checked, and a section
+        # they leave unchecked for it (a checkpoint's serving entry, say) never fails to load where it loaded before.
         inputs = m.get("input")
         arch = m.get("architecture")
         serving = m.get("serving")
         calibration = m.get("calibration")
         parent = m.get("parent")
         output = m.get("output")
+        tensors = m["tensors"] if isinstance(m.get("tensors"), dict) else {}
         return cls(
             raw=MappingProxyType(m),
             format=_int_or_none(m.get("format")) or 0,
@@ -300,14 +308,16 @@ class Manifest:
             labels=tuple(m.get("labels") or ()),
             config=_optional_record(m.get("config")),
             input=None if not isinstance(inputs, dict) else InputSpec(
-                _record(inputs), inputs.get("name"), inputs["dtype"], tuple(inputs["shape"])),
+                _record(inputs), inputs.get("name"), inputs.get("dtype", ""), tuple(inputs.get("shape") or ())),
             output=None if not isinstance(output, dict) else OutputSpec(_record(output), output.get("name")),
-            tensors=MappingProxyType({name: _parse_tensor(meta) for name, meta in (m.get("tensors") or {}).items()}),
+            tensors=MappingProxyType({name: _parse_tensor(meta) for name, meta in tensors.items()
+                                      if isinstance(meta, dict)}),
             architecture=None if not isinstance(arch, dict) else Architecture(
-                _record(arch), tuple(arch["kernel_sizes"]), _int_or_none(arch.get("vocab_size")),
-                _int_or_none(arch.get("embedding_dim")), arch["num_classes"]),
+                _record(arch), tuple(arch.get("kernel_sizes") or ()), _int_or_none(arch.get("vocab_size")),
+                _int_or_none(arch.get("embedding_dim")), _int_or_none(arch.get("num_classes")) or 0),
             serving=None if not isinstance(serving, dict) else ServingForm(
-                _record(serving), serving["file"], serving["bytes"], serving.get("kernels"), serving.get("runtime"),
+                _record(serving), serving.get("file", ""), _int_or_none(serving.get("bytes")) or 0,
+                serving.get("kernels"), serving.get("runtime"),
                 serving.get("quantization"), tuple(serving.get("int8_kernels") or ()),
                 serving.get("max_abs_diff_vs_graph"), serving.get("agreement_with_graph"), serving.get("test_accuracy"),
                 _int_or_none(serving.get("calibration_samples"))),
@@ -365,15 +375,6 @@ class Manifest:
 def plain(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A read-only section as a new JSON object (None stays None), to write into another manifest."""
     return None if record is None else copy.deepcopy(dict(record))
-
-
-def check_manifest(manifest: Mapping[str, Any], where: Path) -> None:
-    """Check every manifest field that lifecycle reads, without building the typed view.
-
-    Raises:
-        ModelError: one line naming the field, what it holds and what it must hold.
-    """
-    _check_fields(dict(manifest), _Refuse(where))
 
 
 class _Refuse:

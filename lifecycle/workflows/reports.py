@@ -138,8 +138,8 @@ def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: in
 def run_inspect(ref: str) -> dict[str, Any]:
     """Every tensor of a version (name, shape, dtype, storage, layout, bytes, share), its ops and totals."""
     version = open_version(ref)
-    tensors = version.manifest.tensor_dicts()
-    total = sum(t["bytes"] for t in tensors.values()) or 1
+    tensors = version.manifest.tensor_dicts()  # each row shows every field its entry has
+    total = sum(t.bytes for t in version.manifest.tensors.values()) or 1
     # Checkpoint tables and manifests written before sparse layouts have no layout: theirs is dense.
     rows = [{"name": name, "layout": "dense", **meta, "share": meta["bytes"] / total} for name, meta in tensors.items()]
     ops: dict[str, int] = {}

@@ -62,6 +62,24 @@ def test_a_new_version_carries_a_digest_over_its_manifest(frozen: dict) -> None:
     assert version.manifest.to_dict() == manifest
 
 
+def test_the_typed_manifest_keeps_the_json_it_was_read_from(frozen: dict, frozen_copy: Path) -> None:
+    path = frozen["outcome"].version / artifacts.MANIFEST
+    version = artifacts.load_version(frozen["outcome"].version)
+    # Written back, it is the same bytes, so every existing version's digest still holds.
+    assert (json.dumps(version.manifest.to_dict(), indent=2) + "\n").encode() == path.read_bytes()
+    assert artifacts.manifest_digest(version.manifest.to_dict()) == version.manifest.digest
+    assert version.manifest.input is not None and version.manifest.input.to_dict() == _manifest(
+        frozen["outcome"].version)["input"]
+    # A field this release does not know (one a later release adds) is kept, and a copy never edits the version.
+    reseal(frozen_copy, lambda m: m.update(later={"field": [1, 2]}))
+    copy = artifacts.load_version(frozen_copy).manifest
+    assert copy.to_dict()["later"] == {"field": [1, 2]}
+    copy.to_dict()["later"]["field"].append(3)
+    assert copy.to_dict()["later"] == {"field": [1, 2]}
+    with pytest.raises(TypeError):
+        copy.sizes["graph_bytes"] = 0  # type: ignore[index]
+
+
 def test_deleted_files_table_is_refused(checkpoint: Path) -> None:
     manifest = _manifest(checkpoint)
     del manifest["files"]

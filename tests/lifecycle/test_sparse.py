@@ -147,7 +147,7 @@ def test_manifest_records_layout_and_nodes_matching_the_file(sparse: dict) -> No
     tf = tf_module()
     version = artifacts.load_version(sparse["prune:0.8,int8"])
     manifest = version.manifest
-    assert manifest.recipe[0].to_dict()["layouts"]["weights/embedding"] == "sparse"
+    assert manifest.recipe[0].layouts["weights/embedding"] == "sparse"
     consts = {n.name: tf.make_ndarray(n.attr["value"].tensor)
               for n in read_graph(version.path / GRAPH_FILE).node if n.op == "Const"}
     for name, meta in manifest.tensor_dicts().items():

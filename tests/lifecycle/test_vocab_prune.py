@@ -170,7 +170,7 @@ def test_word_vocab_step_report_and_honest_comparison(word_pruned: dict) -> None
     assert report["train_coverage_before"] == pytest.approx(1.0)  # the word vocabulary was built on this split
     assert 0.3 < report["train_coverage_after"] < 1.0
     assert report["test_unk_rate_after"] > report["test_unk_rate_before"]
-    assert step["bytes_after"] < step["bytes_before"] / 10
+    assert step.bytes_after < step.bytes_before / 10
     # The recorded accuracy is the child's own, through its own tokenizer (not the parent's ids into fewer rows).
     test = _corpus(child.path).test
     predicted = np.asarray(child.labels)[_probabilities(child.path, list(test.texts)).argmax(axis=1)]
