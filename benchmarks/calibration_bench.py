@@ -89,7 +89,7 @@ def measure(version_dir: Path) -> dict[str, Any]:
     raw = predictor.predict_ids(arrays.x, calibrated=False)
     scaled = predictor.predict_ids(arrays.x)
     y = arrays.y
-    entry = version.manifest["calibration"]
+    entry = version.manifest.calibration.to_dict()
     row: dict[str, Any] = {
         "kind": version.kind,
         "runtime": predictor.runtime,

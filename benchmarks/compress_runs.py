@@ -176,10 +176,10 @@ class Bench:
             label = recipe or "float32"
             slug = re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-")
             evaluated = run_evaluate(str(path), track=False).metrics["test_accuracy"]
-            common = {"recipe": label, "kind": version.kind, "weights_bytes": manifest["sizes"]["weights_bytes"],
+            common = {"recipe": label, "kind": version.kind, "weights_bytes": manifest.sizes["weights_bytes"],
                       "version": str(path.relative_to(ROOT)), "evaluate_accuracy": evaluated,
-                      "manifest_accuracy": manifest.get("metrics", {}).get("test_accuracy"),
-                      "vocab_rows": manifest.get("architecture", {}).get("vocab_size")}
+                      "manifest_accuracy": manifest.metrics.get("test_accuracy"),
+                      "vocab_rows": manifest.architecture.vocab_size if manifest.architecture else None}
             tok_raw, tok_gzip = sizes([path / TOKENIZER_DIR])
             common.update({"tokenizer_bytes": tok_raw, "tokenizer_gzip_bytes": tok_gzip})
             if "@" not in label:  # RECIPE@KERNELS: only its serving form differs from RECIPE's version
@@ -254,12 +254,12 @@ class Bench:
         from lifecycle.artifacts import load_version
 
         manifest = load_version(self.checkpoint).manifest
-        sizes = manifest["sizes"]
+        sizes = manifest.sizes
         raw, packed = sizes([self.checkpoint / "model.keras"])
         tok_raw, tok_gzip = sizes([self.checkpoint / "tokenizer"])
         return {"model_bytes": raw, "model_gzip_bytes": packed, "optimizer_bytes": sizes.get("optimizer_bytes"),
                 "weights_bytes": sizes.get("weights_bytes"), "tokenizer_bytes": tok_raw,
-                "tokenizer_gzip_bytes": tok_gzip, "test_accuracy": manifest.get("metrics", {}).get("test_accuracy"),
+                "tokenizer_gzip_bytes": tok_gzip, "test_accuracy": manifest.metrics.get("test_accuracy"),
                 "train_seconds": self.train_seconds}
 
     def summary(self) -> dict[str, Any]:

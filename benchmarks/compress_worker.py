@@ -135,7 +135,7 @@ def _load_model(kind: str, runtime: dict[str, Any], path: Path) -> tuple[Any, An
         session = tf.compat.v1.Session(graph=graph)
         ids_in = graph.get_tensor_by_name("input_ids:0")
         probs = graph.get_tensor_by_name("probabilities:0")
-        dtype = np.dtype(version.manifest["input"]["dtype"])
+        dtype = np.dtype(version.manifest.input.dtype)
         holder = SimpleNamespace(tokenizer=tokenizer, max_len=version.max_len, version=version, runtime="graph-plain",
                                  predict_proba=lambda texts: session.run(
                                      probs, {ids_in: tokenizer.encode(texts, version.max_len).astype(dtype)}))

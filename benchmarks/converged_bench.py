@@ -59,21 +59,22 @@ def _train_epoch_seconds(checkpoint: Path, frozen: Path) -> float:
 
 
 def run_one(name: str, config: str, work: Path) -> dict:
+    from lifecycle import artifacts
     from lifecycle.workflows import run_compress, run_freeze
 
     checkpoint, _ = trained_checkpoint(name, config)
-    parent = json.loads((checkpoint / "manifest.json").read_text())
+    parent = artifacts.load_version(checkpoint, verify=False).manifest
     frozen = run_freeze(str(checkpoint), work / f"{name}-frozen", track=False)
     compressed = run_compress(str(frozen.version), RECIPE, work / f"{name}-whole", track=False)
-    manifest = json.loads((compressed.version / "manifest.json").read_text())
-    [tune] = [step["report"] for step in manifest["recipe"] if step["name"] == "tune"]
-    training = parent["training"]
+    manifest = artifacts.load_version(compressed.version, verify=False).manifest
+    [tune] = [step.report for step in manifest.recipe if step.name == "tune"]
+    training = parent.training
     return {
         "name": name,
-        "checkpoint_accuracy": parent["metrics"]["test_accuracy"],
-        "compressed_accuracy": manifest["metrics"]["test_accuracy"],
-        "train_epochs": training["epochs_run"],
-        "train_peak": training["peak_epoch"],
+        "checkpoint_accuracy": parent.metrics["test_accuracy"],
+        "compressed_accuracy": manifest.metrics["test_accuracy"],
+        "train_epochs": training.epochs_run,
+        "train_peak": training.peak_epoch,
         "train_epoch_seconds": _train_epoch_seconds(checkpoint, frozen.version),
         "tune": {key: tune[key] for key in ("epochs_run", "peak_epoch", "stop_reason", "patience_epochs",
                                              "train_seconds", "seconds_per_epoch")},

@@ -31,7 +31,9 @@ from readme import bench_parser, cpu_model, write_block  # noqa: E402  (benchmar
 # benchmarks/tokenizers.py would shadow the Hugging Face `tokenizers` package that the teacher imports.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from lifecycle.artifacts import load_version  # noqa: E402
 from lifecycle.config import load_config  # noqa: E402
+from lifecycle.manifest import plain  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 SETS = {"mr": "mr-word.yaml", "trec": "trec-word.yaml", "banking77": "banking77-word.yaml"}
@@ -51,7 +53,7 @@ def run_set(name: str, seed: int, versions: Path, overrides: list[str]) -> dict:
         started = time.perf_counter()
         trained = run_train(cfg, versions / f"{name}-{role}", versions_dir=versions, resume=False)
         wall = time.perf_counter() - started
-        manifest = json.loads((trained.version / "manifest.json").read_text())
+        manifest = load_version(trained.version, verify=False).manifest
         frozen = run_freeze(str(trained.version), versions / f"{name}-{role}-frozen", track=False)
         int8 = run_compress(str(frozen.version), "int8", versions / f"{name}-{role}-int8", track=False)
         whole = run_compress(str(frozen.version), WHOLE_PATH, versions / f"{name}-{role}-whole", track=False)
@@ -63,11 +65,11 @@ def run_set(name: str, seed: int, versions: Path, overrides: list[str]) -> dict:
             "graph_bytes": (frozen.version / "graph.pb").stat().st_size,
             "train_wall_seconds": wall,
             "train_seconds": trained.metrics["train_seconds"],
-            "epochs_run": manifest["training"]["epochs_run"],
-            "peak_epoch": manifest["training"]["peak_epoch"],
+            "epochs_run": manifest.training.epochs_run,
+            "peak_epoch": manifest.training.peak_epoch,
         }
         if role == "student":
-            row["teacher"] = manifest["teacher"]
+            row["teacher"] = plain(manifest.teacher)
         print(json.dumps({name: row[role]}), flush=True)
     bench = run_bench([forms["student"]["int8"], forms["plain"]["int8"]], calls=500)
     row["student"]["int8_p50_ms"], row["plain"]["int8_p50_ms"] = (b["latency_p50_ms"] for b in bench)

@@ -59,13 +59,13 @@ def main() -> None:
     tokenizer.encode(["warm up"], version.max_len)
     stages["+ tokenizer"] = memory_mb()
     graph_def = read_graph(version_dir / "graph.pb")
-    runner = GraphRunner(graph_def, version_dir / "graph.pb", version.max_len, version.manifest["input"]["dtype"])
+    runner = GraphRunner(graph_def, version_dir / "graph.pb", version.max_len, version.manifest.input.dtype)
     del graph_def
     gc.collect()
     release_free_memory()
     stages["+ model loaded and warmed up"] = memory_mb()
     assert runner.output is not None
-    weights = version.manifest["sizes"]["weights_bytes"] / 2**20
+    weights = version.manifest.sizes["weights_bytes"] / 2**20
     out: dict[str, object] = {"version": str(version_dir), "weights_mb": round(weights, 2)}
     for label, (rss, anon) in stages.items():
         out[label] = {"rss": round(rss, 1), "anon": round(anon, 1)}

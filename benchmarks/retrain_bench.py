@@ -40,6 +40,7 @@ import yaml  # noqa: E402
 from readme import write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
 
 from lifecycle.config import load_config  # noqa: E402
+from lifecycle.manifest import Manifest  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 QUICK = ["model.embedding_dim=32", "model.filters=16", "train.epochs=2", "train.patience=2"]
@@ -84,7 +85,13 @@ def _accuracy(version: Path, texts: list[str], labels: list[str]) -> float:
 
 
 def _tensors(version: Path) -> dict[str, dict[str, Any]]:
-    return json.loads((version / "manifest.json").read_text())["tensors"]
+    return _manifest(version).tensor_dicts()
+
+
+def _manifest(version: Path) -> Manifest:
+    from lifecycle.artifacts import load_version
+
+    return load_version(version, verify=False).manifest
 
 
 def _mask_kept(parent: Path, child: Path) -> bool:
@@ -143,7 +150,7 @@ def more_data(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             opts = RetrainOptions(epochs=args.epochs, grow_vocab=grow, vocab_init=init if grow else "word2vec",
                                   min_count=2)
             got = run_retrain(str(frozen.version), new_yaml, opts, work / f"mr-b-vocab-{init}", track=False)
-            growth = json.loads((got[0].version / "manifest.json").read_text())["retrain"]["growth"].get("vocab", {})
+            growth = _manifest(got[0].version).retrain["growth"].get("vocab", {})
             row["vocab_inits"][init] = {"test_accuracy": got[0].metrics["test_accuracy"],
                                         "words_added": growth.get("words_added", 0),
                                         "heldout_r2": growth.get("heldout_r2"),
@@ -195,7 +202,7 @@ def new_labels(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         out = work / f"so-b{'-' + init if init else ''}"
         outcomes = run_retrain(str(parent.version), new_yaml, options, out, track=args.track and init is None)
         child = outcomes[-1]
-        growth = json.loads((outcomes[0].version / "manifest.json").read_text())["retrain"]["growth"]
+        growth = _manifest(outcomes[0].version).retrain["growth"]
         results[init or "default"] = {**scores(child.version), "words_added": growth.get("vocab", {}).get(
             "words_added", 0), "storage": sorted(
             {t["storage"] for t in _tensors(child.version).values()}), "epochs_run": outcomes[0].facts["epochs_run"],

@@ -45,6 +45,7 @@ from readme import write_block  # noqa: E402  (benchmarks/readme.py, beside this
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lifecycle.artifacts import load_version  # noqa: E402
 from lifecycle.procstat import memory_status  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
@@ -455,8 +456,8 @@ def main() -> None:
         log(f"starting lifecycle serve with {len(models)} models of {source}")
         serve_process, base = start_serve(config, WORK / "serve.log")
         health = get_json(f"{base}/healthz")
-        manifest = json.loads((source / "manifest.json").read_text())
-        embedding = manifest["tensors"]["weights/embedding"]["shape"]
+        manifest = load_version(source, verify=False).manifest
+        embedding = manifest.tensors["weights/embedding"].shape
         result: dict[str, Any] = {
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
@@ -464,8 +465,8 @@ def main() -> None:
             "argv": sys.argv[1:],
             "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1],
             "models": len(models),
-            "model_desc": f"{'x'.join(map(str, embedding))} {'+'.join(s['name'] for s in manifest['recipe'])} "
-                          f"({manifest['serving']['bytes'] / 1e6:.1f} MB serving form)",
+            "model_desc": f"{'x'.join(map(str, embedding))} {'+'.join(s.name for s in manifest.recipe)} "
+                          f"({manifest.serving.bytes / 1e6:.1f} MB serving form)",
             "rss_loaded_mb": rss_mb([serve_process.pid]),
             "rss_loaded_parts_mb": rss_parts_mb(serve_process.pid),
             "tensorflow_imported": health["tensorflow_imported"],

@@ -271,14 +271,16 @@ def main() -> None:
     finally:
         if process is not None:
             stop_group(process)
-    manifest = json.loads((source / "manifest.json").read_text())
-    embedding = manifest["tensors"]["weights/embedding"]["shape"]
+    from lifecycle.artifacts import load_version
+
+    manifest = load_version(source, verify=False).manifest
+    embedding = manifest.tensors["weights/embedding"].shape
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
                    f"{os.getloadavg()[0]:.1f} at the end",
         "argv": sys.argv[1:],
-        "model": f"{'x'.join(map(str, embedding))} {'+'.join(s['name'] for s in manifest.get('recipe', []))}",
+        "model": f"{'x'.join(map(str, embedding))} {'+'.join(s.name for s in manifest.recipe)}",
         "limits": limits or "defaults",
         "clients": args.clients,
         "seconds": args.seconds,

@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from readme import bench_parser, cpu_model, write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
 
+from lifecycle.artifacts import load_version  # noqa: E402
 from lifecycle.config import load_config  # noqa: E402
+from lifecycle.manifest import plain  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 KIM_RAND = {"mr": 76.1, "trec": 91.2}
@@ -64,7 +66,8 @@ def run_one(name: str, config: str, overrides: list[str], seed: int, track: bool
     started = time.perf_counter()
     outcome = run_train(cfg, versions / f"{name.replace('/', '-')}-seed{seed}", versions_dir=versions, resume=False)
     wall = time.perf_counter() - started
-    manifest = json.loads((outcome.version / "manifest.json").read_text())
+    manifest = load_version(outcome.version, verify=False).manifest
+    training, sizes = manifest.training, manifest.sizes
     return {
         "name": name,
         "seed": seed,
@@ -77,16 +80,16 @@ def run_one(name: str, config: str, overrides: list[str], seed: int, track: bool
         "train_seconds": outcome.metrics["train_seconds"],
         "wall_seconds": wall,
         "epochs_run": outcome.facts["epochs_run"],
-        "best_epoch": manifest["training"]["best_epoch"],
-        "stop_reason": manifest["training"].get("stop_reason", ""),
-        "patience_epochs": manifest["training"].get("patience_epochs"),
-        "lr_reductions": manifest["training"].get("lr_reductions"),
+        "best_epoch": training.best_epoch,
+        "stop_reason": training.stop_reason or "",
+        "patience_epochs": training.patience_epochs,
+        "lr_reductions": training.lr_reductions,
         "vocab_size": outcome.facts["vocab_size"],
-        "weights_bytes": manifest["sizes"]["weights_bytes"],
-        "optimizer_bytes": manifest["sizes"]["optimizer_bytes"],
-        "checkpoint_bytes": manifest["sizes"]["checkpoint_bytes"],
-        "tokenizer_bytes": manifest["sizes"]["tokenizer_bytes"],
-        "split": manifest["data"],
+        "weights_bytes": sizes["weights_bytes"],
+        "optimizer_bytes": sizes["optimizer_bytes"],
+        "checkpoint_bytes": sizes["checkpoint_bytes"],
+        "tokenizer_bytes": sizes["tokenizer_bytes"],
+        "split": plain(manifest.data),
         "run_id": outcome.run_id,
     }
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -35,43 +34,36 @@ from typing import TYPE_CHECKING, Any
 from lifecycle import __version__, housekeeping
 from lifecycle.errors import ConfigError, ModelError
 
+# The schema's names, defined with it in lifecycle.manifest and re-exported: a version's layout is read from here.
+from lifecycle.manifest import (  # noqa: F401 (names other modules read as artifacts.X)
+    DIGEST_FIELD,
+    FORMAT_VERSION,
+    GRAPH_FILE,
+    INPUT_DTYPES,
+    KERAS_FILE,
+    KIND_FILES,
+    KINDS,
+    MANIFEST,
+    MODEL_FILES,
+    OUTPUT_BIAS,
+    RECIPE_STEPS,
+    SERVING_FILE,
+    SERVING_KERNELS,
+    TOKENIZER_DIR,
+    TOKENIZER_FILE,
+    WEIGHT_MAP_FILE,
+    Manifest,
+)
+
 if TYPE_CHECKING:
     from lifecycle.config import Config
 
-# 2: the manifest carries its own digest (``DIGEST_FIELD``); 1 had none (``upgrade_version`` converts).
-FORMAT_VERSION = 2
-MANIFEST = "manifest.json"
-DIGEST_FIELD = "digest"
 CONFIG_FILE = "config.yaml"
-TOKENIZER_DIR = "tokenizer"
-TOKENIZER_FILE = f"{TOKENIZER_DIR}/tokenizer.json"
-KERAS_FILE = "model.keras"
-# Spelled here rather than imported: lifecycle.freeze imports TensorFlow (tests check they agree).
-GRAPH_FILE = "graph.pb"
-WEIGHT_MAP_FILE = "weight_map.json"
-SERVING_FILE = "model.tflite"
-KINDS = ("tokenizer", "checkpoint", "frozen", "compressed")
-# The model files each kind holds; a model file of another kind in its directory is refused.
-KIND_FILES: dict[str, frozenset[str]] = {
-    "tokenizer": frozenset(),
-    "checkpoint": frozenset({KERAS_FILE}),
-    "frozen": frozenset({GRAPH_FILE, WEIGHT_MAP_FILE}),
-    "compressed": frozenset({GRAPH_FILE, WEIGHT_MAP_FILE}),
-}
-MODEL_FILES = frozenset({KERAS_FILE, GRAPH_FILE, WEIGHT_MAP_FILE, SERVING_FILE})
-# Input dtypes a version's model may take (lifecycle.freeze.input_dtype_for; checkpoints take int32).
-INPUT_DTYPES = ("uint8", "uint16", "int32")
-# Recipe step names (lifecycle.compress STEPS and CONTEXT_STEPS; spelled here for the same reason, tests compare).
-RECIPE_STEPS = frozenset({"fp16", "int8", "prune", "fold", "vocab", "tune", "int8-act"})
-SERVING_KERNELS = ("hybrid", "exact")  # lifecycle.litert.KERNELS
-# The output layer's bias, whose length is the number of classes: frozen/compressed tables, then checkpoints'.
-OUTPUT_BIAS = ("weights/output/bias", "output/bias")
 # Files a version directory may hold that its manifest does not list, each with the reason it is harmless. Nothing
 # in lifecycle reads them; anything else unlisted is refused.
 IGNORED_FILES: dict[str, str] = {
     ".DS_Store": "macOS Finder writes one into every folder it shows",
 }
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _MANIFEST_TMP = re.compile(r"\.manifest\.json\.[0-9a-f]{8}\.tmp")  # _write_manifest's temp file
 
 
@@ -80,19 +72,19 @@ class Version:
     """A loaded, verified version directory."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def kind(self) -> str:
-        return str(self.manifest["kind"])
+        return self.manifest.kind
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return tuple(self.manifest.get("labels", ()))
+        return self.manifest.labels
 
     @property
     def max_len(self) -> int:
-        return int(self.manifest["max_len"])
+        return self.manifest.max_len
 
     @property
     def config(self) -> Config:
@@ -100,7 +92,7 @@ class Version:
         # which cost a serving process about 10 MB (benchmarks/graph_memory.py).
         from lifecycle.config import validate
 
-        return validate(self.manifest["config"], f"{self.path / MANIFEST} (config)")
+        return validate(dict(self.manifest.config or {}), f"{self.path / MANIFEST} (config)")
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -233,13 +225,13 @@ def write_version(output: Path, kind: str, build: Callable[[Path], dict[str, Any
         # The digest covers the manifest as it will be read back (tuples become lists, keys strings).
         manifest = json.loads(json.dumps(manifest))
         manifest[DIGEST_FIELD] = manifest_digest(manifest)
-        check_manifest(manifest, tmp / MANIFEST)
+        typed = Manifest.from_dict(manifest, tmp / MANIFEST)
         _check_directory(tmp, manifest, verify=False)  # the sha256 were computed just above
         _write_manifest(tmp, manifest)
         output = _rename_into_place(tmp, output, unique)
     finally:
         housekeeping.release_temp_dir(tmp, journal)
-    return Version(output, manifest)
+    return Version(output, typed)
 
 
 def _rename_into_place(tmp: Path, output: Path, unique: bool) -> Path:
@@ -293,9 +285,9 @@ def load_version(path: Path, verify: bool = True) -> Version:
         what = "has no digest" if digest is None else "does not match its digest"
         raise ModelError(f"{manifest_path}: {what} (the manifest was edited or damaged after it was written), so "
                          "nothing in it can be trusted. Restore the version from its source or re-create it.")
-    check_manifest(manifest, manifest_path)
+    typed = Manifest.from_dict(manifest, manifest_path)
     _check_directory(path, manifest, verify)
-    return Version(path, manifest)
+    return Version(path, typed)
 
 
 def upgrade_version(path: Path) -> Version:
@@ -321,7 +313,7 @@ def upgrade_version(path: Path) -> Version:
     upgraded["upgraded"] = {"from_format": 1, "manifest_sha256": sha256_file(manifest_path),
                             "at": datetime.now(UTC).isoformat(timespec="seconds")}
     upgraded[DIGEST_FIELD] = manifest_digest(upgraded)
-    check_manifest(upgraded, manifest_path)
+    Manifest.from_dict(upgraded, manifest_path)  # checked as load_version will check it
     _check_directory(path, upgraded)
     _write_manifest(path, upgraded)
     return load_version(path)
@@ -383,168 +375,6 @@ def _check_directory(path: Path, manifest: dict[str, Any], verify: bool = True) 
             raise ModelError(f"{base / name}: not listed in {path / MANIFEST} (a version holds only the files its "
                              "manifest lists, so this one was added after it was written). Remove it, or re-create "
                              "the version if it belongs there.")
-
-
-def check_manifest(manifest: dict[str, Any], where: Path) -> None:
-    """Check every manifest field that lifecycle reads; ``where`` (the manifest's path) names it in errors.
-
-    Raises:
-        ModelError: one line naming the field, what it holds and what it must hold.
-    """
-    _check_fields(manifest, _Refuse(where))
-
-
-class _Refuse:
-    """Raises a ModelError naming the manifest, the field, the rule and what was received."""
-
-    def __init__(self, where: Path) -> None:
-        self.where = where
-
-    def __call__(self, field: str, rule: str, received: Any = None, *, show: bool = True) -> ModelError:
-        text = f"{self.where}: {field} {rule}."
-        if show:
-            shown = json.dumps(received)
-            text += f" Received: {shown if len(shown) <= 120 else shown[:117] + '...'}."
-        return ModelError(text + " The manifest does not describe this version; re-create it.")
-
-
-def _is_int(value: Any, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_fields(m: dict[str, Any], refuse: _Refuse) -> None:
-    kind = m.get("kind")
-    if kind not in KINDS:
-        raise refuse("kind", f"must be one of {', '.join(KINDS)}", kind)
-    files = m.get("files")
-    if not isinstance(files, dict) or not files:
-        raise refuse("files", "must be a non-empty table of {path: {bytes, sha256}}", files, show=files is not None)
-    for rel, meta in files.items():
-        parts = rel.split("/")
-        if rel.startswith("/") or "\\" in rel or any(part in ("", ".", "..") for part in parts) or rel == MANIFEST:
-            raise refuse("files", "must list paths inside the version (relative, no '..', not manifest.json)", rel)
-        if not isinstance(meta, dict) or not _is_int(meta.get("bytes")) or not isinstance(meta.get("sha256"), str) \
-                or not _SHA256.fullmatch(meta["sha256"]):
-            raise refuse(f"files[{rel!r}]", "must be {bytes: int, sha256: 64 hex digits}", meta)
-    present = set(files)
-    if TOKENIZER_FILE not in present:
-        raise refuse("kind", f"{kind} must list {TOKENIZER_FILE} (the tokenizer travels with every version)",
-                     sorted(present))
-    missing = sorted(KIND_FILES[kind] - present)
-    if missing:
-        raise refuse("kind", f"{kind} needs {missing[0]}, which the version does not list", kind)
-    graph_kind = kind in ("frozen", "compressed")
-    foreign = sorted((MODEL_FILES & present) - KIND_FILES[kind] - ({SERVING_FILE} if graph_kind else set()))
-    if foreign:
-        raise refuse("kind", f"{kind} holds no {foreign[0]}, yet the version lists one", kind)
-
-    max_len = m.get("max_len")
-    if not _is_int(max_len, 1):
-        raise refuse("max_len", "must be a positive whole number of ids per text", max_len)
-    recipe = m.get("recipe", [])
-    if not isinstance(recipe, list):
-        raise refuse("recipe", "must be a list of steps", recipe)
-    for step in recipe:
-        if not isinstance(step, dict) or step.get("name") not in RECIPE_STEPS:
-            got = step.get("name") if isinstance(step, dict) else step
-            raise refuse("recipe", f"steps must be among {', '.join(sorted(RECIPE_STEPS))}", got)
-        if not isinstance(step.get("params", {}), dict):
-            raise refuse(f"recipe step {step['name']!r} params", "must be a table", step["params"])
-    for name in ("metrics", "sizes"):
-        table = m.get(name, {})
-        if not isinstance(table, dict) or not all(_is_number(v) for v in table.values()):
-            raise refuse(name, "must be a table of numbers", table)
-    if not isinstance(m.get("root_sizes") or {}, dict):
-        raise refuse("root_sizes", "must be a table or null", m.get("root_sizes"))
-    if m.get("calibration") is not None:  # absent in versions made before calibration: T = 1, no threshold
-        _check_calibration(m["calibration"], refuse)
-    if not isinstance(m.get("parent") or {}, dict):
-        raise refuse("parent", "must be a table or null", m.get("parent"))
-    if m.get("run_id") is not None and not isinstance(m.get("run_id"), str):
-        raise refuse("run_id", "must be a string or null", m.get("run_id"))
-    labels = m.get("labels")
-    if kind == "tokenizer":
-        if labels is not None:
-            _check_labels(labels, refuse)
-        return
-
-    if not isinstance(m.get("config"), dict):
-        raise refuse("config", "must be the resolved config (a table)", m.get("config"), show=False)
-    _check_labels(labels, refuse)
-    inputs = m.get("input")
-    if not isinstance(inputs, dict):
-        raise refuse("input", "must be a table {name, dtype, shape}", inputs)
-    if inputs.get("dtype") not in INPUT_DTYPES:
-        raise refuse("input.dtype", f"must be one of {', '.join(INPUT_DTYPES)}", inputs.get("dtype"))
-    if inputs.get("shape") != [None, max_len]:
-        raise refuse("input.shape", f"must be [null, max_len] with max_len {max_len}", inputs.get("shape"))
-    tensors = m.get("tensors")
-    if not isinstance(tensors, dict) or not tensors:
-        raise refuse("tensors", "must be a non-empty table of {name: {shape, dtype, storage, bytes}}", tensors,
-                     show=tensors is not None)
-    for name, meta in tensors.items():
-        if not isinstance(meta, dict) or not isinstance(meta.get("shape"), list) \
-                or not all(_is_int(d) for d in meta["shape"]) or not isinstance(meta.get("storage"), str) \
-                or not _is_int(meta.get("bytes")):
-            raise refuse(f"tensors[{name!r}]", "must be {shape: [ints], storage: str, bytes: int, ...}", meta)
-    bias = next((tensors[name] for name in OUTPUT_BIAS if name in tensors), None)
-    if bias is None:
-        raise refuse("tensors", f"must hold the output layer's bias ({' or '.join(OUTPUT_BIAS)})", sorted(tensors))
-    width = bias["shape"][0] if len(bias["shape"]) == 1 else None
-    if width != len(labels):
-        raise refuse("labels", f"must name one class per output of the model ({width}, the output bias's length); "
-                     f"it names {len(labels)}", labels)
-    if kind == "checkpoint":
-        return
-
-    arch = m.get("architecture")
-    if not isinstance(arch, dict):
-        raise refuse("architecture", "must be a table {kernel_sizes, vocab_size, embedding_dim, num_classes}", arch)
-    widths = arch.get("kernel_sizes")
-    if not isinstance(widths, list) or not widths or not all(_is_int(w, 1) for w in widths):
-        raise refuse("architecture.kernel_sizes", "must be a non-empty list of positive whole numbers", widths)
-    if max(widths) > max_len:
-        raise refuse("max_len", f"must be at least the widest kernel ({max(widths)})", max_len)
-    if arch.get("num_classes") != len(labels):
-        raise refuse("architecture.num_classes", f"must equal the number of labels ({len(labels)})",
-                     arch.get("num_classes"))
-    serving = m.get("serving")
-    if serving is None and SERVING_FILE not in present:
-        return  # versions made before serving forms existed run graph.pb
-    if not isinstance(serving, dict) or serving.get("file") != SERVING_FILE or SERVING_FILE not in present:
-        raise refuse("serving", f"must describe {SERVING_FILE} ({{file: {SERVING_FILE!r}, bytes, ...}}) exactly "
-                     "when the version lists it", serving)
-    if serving.get("bytes") != files[SERVING_FILE]["bytes"]:
-        raise refuse("serving.bytes", f"must equal the listed size of {SERVING_FILE} "
-                     f"({files[SERVING_FILE]['bytes']})", serving.get("bytes"))
-    if serving.get("kernels") not in (None, *SERVING_KERNELS):
-        raise refuse("serving.kernels", f"must be one of {', '.join(SERVING_KERNELS)} or absent",
-                     serving.get("kernels"))
-
-
-def _check_calibration(entry: Any, refuse: _Refuse) -> None:
-    """The fields of ``calibration`` that predictions read (lifecycle.calibration): temperature, abstain_threshold."""
-    if not isinstance(entry, dict):
-        raise refuse("calibration", "must be a table {temperature, abstain_threshold, ...} or absent", entry)
-    temperature = entry.get("temperature")
-    if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
-        raise refuse("calibration.temperature", "must be a finite number > 0 (1: the model's own probabilities)",
-                     temperature)
-    threshold = entry.get("abstain_threshold")
-    if threshold is not None and (not _is_number(threshold) or not 0 <= threshold <= 1):
-        raise refuse("calibration.abstain_threshold", "must be a probability in [0, 1] or null", threshold)
-
-
-def _check_labels(labels: Any, refuse: _Refuse) -> None:
-    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels):
-        raise refuse("labels", "must be a list of at least 2 non-empty strings", labels)
-    if len(set(labels)) != len(labels):
-        repeated = sorted({x for x in labels if labels.count(x) > 1})
-        raise refuse("labels", f"must be distinct; {', '.join(map(repr, repeated))} repeats", labels)
 
 
 def copy_tree(src: Path, dst: Path) -> None:

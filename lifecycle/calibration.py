@@ -21,9 +21,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lifecycle.manifest import Manifest
 
 BINS = 15
 # What predict and serve answer for a text whose calibrated top probability is under the abstain threshold.
@@ -228,16 +231,14 @@ def entry_metrics(entry: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def temperature_of(manifest: dict[str, Any]) -> float:
+def temperature_of(manifest: Manifest) -> float:
     """A version's temperature: its manifest's ``calibration.temperature``, 1.0 for versions made without one."""
-    entry = manifest.get("calibration") or {}
-    return float(entry.get("temperature", 1.0))
+    return manifest.temperature
 
 
-def abstain_threshold_of(manifest: dict[str, Any]) -> float | None:
+def abstain_threshold_of(manifest: Manifest) -> float | None:
     """A version's default abstain threshold (``calibration.abstain_threshold``), None when it has none."""
-    value = (manifest.get("calibration") or {}).get("abstain_threshold")
-    return None if value is None else float(value)
+    return manifest.abstain_threshold
 
 
 def plot_reliability(probabilities: np.ndarray, y: np.ndarray, temperature: float, path: Path, title: str) -> Path:

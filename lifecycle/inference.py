@@ -75,7 +75,7 @@ class Predictor:
                 raise ModelError(f"{version.path}: a checkpoint has no serving form; freeze it first "
                                  "(`lifecycle freeze`), or use --runtime auto.")
             return "keras"
-        serving = version.manifest.get("serving")
+        serving = version.manifest.serving
         if runtime == "litert" and not serving:
             raise ModelError(f"{version.path}: this version has no serving form (made before serving forms "
                              "existed); re-freeze or compress it again, or use --runtime graph.")
@@ -86,11 +86,11 @@ class Predictor:
     @staticmethod
     def _load_model(version: Version, runtime: str, threads: int | None, max_batch: int | None) -> Any:
         """A function from padded ids to probabilities, for the version's kind and the chosen runtime."""
-        dtype = version.manifest.get("input", {}).get("dtype", "int32")
+        dtype = version.manifest.input.dtype if version.manifest.input else "int32"
         if runtime == "litert":
             from lifecycle.litert import DEFAULT_MAX_BATCH, LiteRunner
 
-            return LiteRunner(version.path / version.manifest["serving"]["file"], version.max_len, dtype, threads,
+            return LiteRunner(version.path / version.manifest.serving.file, version.max_len, dtype, threads,
                               max_batch or DEFAULT_MAX_BATCH).run
         from lifecycle.backend import tf_module
 

@@ -427,8 +427,8 @@ def inspection(report: Mapping[str, Any]) -> None:
 
 def upgraded(upgraded: Any) -> None:
     """``lifecycle upgrade``: the rewritten manifest's format, the version's kind and how many files were checked."""
-    console.out.print(f"{upgraded.path}: manifest format {upgraded.manifest['format']}, {upgraded.kind}, "
-                      f"{len(upgraded.manifest['files'])} files checked", highlight=False, soft_wrap=True)
+    console.out.print(f"{upgraded.path}: manifest format {upgraded.manifest.format}, {upgraded.kind}, "
+                      f"{len(upgraded.manifest.files)} files checked", highlight=False, soft_wrap=True)
 
 
 def cleaned(swept: Sequence[Any], dead: Sequence[Any], dry_run: bool) -> None:

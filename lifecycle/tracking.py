@@ -639,7 +639,7 @@ def _registered_ref(path: Path, uri: str) -> str:
     """``models:/name/<n>`` of the registered version a version directory's run created."""
     from lifecycle.artifacts import load_version
 
-    run_id = load_version(path).manifest.get("run_id")  # checked (digest, files) before its run id is believed
+    run_id = load_version(path).manifest.run_id  # checked (digest, files) before its run id is believed
     if not run_id:
         raise ConfigError(f"{path}: this version was made without tracking (no run_id), so it is not registered; "
                           "re-run its step with tracking on, or pass models:/<name>/<n>.")
@@ -683,8 +683,8 @@ def log_pyfunc(version_path: Path, registered_name: str | None = None, tracking_
     except (OSError, ValueError, KeyError):
         raise ModelError(f"{version_path}: not a lifecycle version (manifest.json or tokenizer/tokenizer.json "
                          "unreadable).") from None
-    if not manifest.get("serving"):
-        raise ModelError(f"{version_path}: a {manifest.get('kind')} version without a serving form cannot be logged "
+    if not manifest.serving:
+        raise ModelError(f"{version_path}: a {manifest.kind} version without a serving form cannot be logged "
                          "as a pyfunc; freeze or compress it first.")
     requirements = [f"ai-edge-litert=={installed('ai-edge-litert')}", f"numpy=={installed('numpy')}",
                     f"pydantic=={installed('pydantic')}", f"pyyaml=={installed('pyyaml')}"]

@@ -30,6 +30,7 @@ import numpy as np
 from lifecycle import fidelity
 from lifecycle.artifacts import load_version
 from lifecycle.errors import EXPECTED_ERRORS, ModelError
+from lifecycle.manifest import Manifest
 from lifecycle.procstat import release_free_memory
 from lifecycle.serving.config import BatchingConfig, ModelSpec, ServeConfig
 from lifecycle.serving.sources import Fetched, Source, discard
@@ -60,11 +61,11 @@ class Refusal:
     at: str
 
 
-def _recipe_text(manifest: dict[str, Any]) -> str:
+def _recipe_text(manifest: Manifest) -> str:
     steps = []
-    for step in manifest.get("recipe") or []:
-        params = step.get("params") or {}
-        steps.append(step["name"] + (":" + ",".join(str(v) for v in params.values()) if params else ""))
+    for step in manifest.recipe:
+        params = step.params
+        steps.append(step.name + (":" + ",".join(str(v) for v in params.values()) if params else ""))
     return "+".join(steps)
 
 
@@ -95,8 +96,9 @@ class LoadedModel:
         manifest = version.manifest
         self.kind = version.kind
         self.recipe = _recipe_text(manifest)
-        self.size_bytes = sum(int(meta["bytes"]) for meta in manifest.get("files", {}).values())
-        self.serving_bytes = int(manifest["serving"]["bytes"])
+        self.size_bytes = manifest.size_bytes
+        assert manifest.serving is not None  # Predictor(runtime="litert") refuses a version without one
+        self.serving_bytes = manifest.serving.bytes
         self.loaded_at = _now()
         self.served = 0
         self.texts_served = 0

@@ -34,10 +34,10 @@ def fit_entry(cfg: Config, validation: tuple[Any, Any], test: tuple[Any, Any] | 
 
 def inherited_entry(parent: artifacts.Version, why: str) -> dict[str, Any] | None:
     """The parent's entry, marked as inherited (None when the parent has none: the child then has T = 1)."""
-    entry = parent.manifest.get("calibration")
+    entry = parent.manifest.calibration
     if entry is None:
         return None
-    return {**entry, "inherited_from": str(parent.path), "inherited_because": why}
+    return {**entry.to_dict(), "inherited_from": str(parent.path), "inherited_because": why}
 
 
 def refit_for_graph(parent: artifacts.Version, context: Any, run_graph: Any, test: tuple[Any, Any] | None
@@ -57,7 +57,7 @@ def refit_for_graph(parent: artifacts.Version, context: Any, run_graph: Any, tes
     except DataError as exc:
         log.warning("probability calibration: %s; the parent's temperature is kept", exc)
         return inherited_entry(parent, "the parent's validation split could not be read")
-    threshold = abstain_threshold_of(parent.manifest) if parent.manifest.get("calibration") else None
+    threshold = abstain_threshold_of(parent.manifest) if parent.manifest.calibration else None
     return fit_entry(parent.config, (run_graph(validation.x), validation.y), test, threshold)
 
 

@@ -143,7 +143,7 @@ def recipe_label(recipe: Sequence[dict[str, Any]]) -> str:
 
 
 def _parent_ref(parent: artifacts.Version) -> dict[str, Any]:
-    return {"version": str(parent.path), "run_id": parent.manifest.get("run_id"), "sha256": parent.sha256,
+    return {"version": str(parent.path), "run_id": parent.manifest.run_id, "sha256": parent.sha256,
             "kind": parent.kind}
 
 
@@ -159,10 +159,11 @@ def load_graph_version(version: artifacts.Version) -> Any:
     graph_def = read_graph(path)
     check_allowed(graph_def, path)
     _check_graph_input(graph_def, version, path)
-    weights = read_weights(graph_def, version.manifest["tensors"], path)
+    weights = read_weights(graph_def, version.manifest.tensor_dicts(), path)
     weight_map = json.loads((version.path / "weight_map.json").read_text(encoding="utf-8"))
-    kernel_sizes = tuple(version.manifest["architecture"]["kernel_sizes"])
-    return FrozenGraph(graph_def, weights, kernel_sizes, weight_map, version.manifest["input"]["dtype"],
+    manifest = version.manifest
+    assert manifest.architecture is not None and manifest.input is not None  # graph kinds have both (checked)
+    return FrozenGraph(graph_def, weights, manifest.architecture.kernel_sizes, weight_map, manifest.input.dtype,
                        version.max_len)
 
 
@@ -176,7 +177,8 @@ def _check_graph_input(graph_def: Any, version: artifacts.Version, path: Path) -
     proto = node.attr["shape"].shape if "shape" in node.attr else None
     shape = [-1, version.max_len] if proto is None or proto.unknown_rank else [int(d.size) for d in proto.dim]
     dtype = tf.dtypes.as_dtype(node.attr["dtype"].type).name if node.attr["dtype"].type else None
-    expected = version.manifest["input"]["dtype"]
+    assert version.manifest.input is not None  # checked for every model kind
+    expected = version.manifest.input.dtype
     if shape != [-1, version.max_len] or dtype != expected:
         raise ModelError(f"{path}: input {INPUT_NAME!r} is {dtype} {shape}, but the manifest says {expected} "
                          f"[-1, {version.max_len}] (max_len). The version is inconsistent; re-freeze it.")

@@ -23,6 +23,7 @@ from typing import Any
 
 from lifecycle import artifacts
 from lifecycle.experiment import Cell, ExperimentConfig, expand, load_experiment, pareto_front
+from lifecycle.manifest import Manifest
 from lifecycle.tracking import make_tracker
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,8 @@ def finished_result(directory: Path, cell: Cell) -> CellResult | None:
 # ---------------------------------------------------------------- one cell
 
 
-def _embedding_bytes(manifest: dict[str, Any]) -> int:
-    return int(sum(t["bytes"] for name, t in manifest.get("tensors", {}).items() if "embedding" in name))
+def _embedding_bytes(manifest: Manifest) -> int:
+    return int(sum(t.bytes for name, t in manifest.tensors.items() if "embedding" in name))
 
 
 def _tokenizer_metrics(cfg: Any, tokenizer_dir: Path) -> dict[str, float]:
@@ -156,7 +157,7 @@ def run_cell(payload: dict[str, Any], progress: Any = None) -> dict[str, Any]:
             trained = run_train(cfg, directory / "checkpoint", versions_dir=versions_root, progress=progress)
             assert trained.version is not None
             result.versions["checkpoint"] = str(trained.version)
-            checkpoint = json.loads((trained.version / artifacts.MANIFEST).read_text())
+            checkpoint = artifacts.load_version(trained.version, verify=False).manifest
             metrics = {
                 "tokenizer_train_seconds": trained.metrics.get("tokenizer_train_seconds", 0.0),
                 "train_seconds": trained.metrics["train_seconds"],
@@ -180,7 +181,7 @@ def run_cell(payload: dict[str, Any], progress: Any = None) -> dict[str, Any]:
                                          versions_dir=versions_root, track=track)
                     result.versions[recipe] = str(final.version)
                 assert final.version is not None
-                final_manifest = json.loads((final.version / artifacts.MANIFEST).read_text())
+                final_manifest = artifacts.load_version(final.version, verify=False).manifest
                 metrics["deployed_bytes"] = final.metrics["size_bytes"]
                 metrics["deployed_gzip_bytes"] = final.metrics["size_gzip_bytes"]
                 if "serving_size_bytes" in final.metrics:

@@ -11,7 +11,7 @@ from typing import Any
 
 from lifecycle import artifacts, fidelity
 from lifecycle.errors import ConfigError, ModelError
-from lifecycle.tracking import make_tracker
+from lifecycle.manifest import plain
 from lifecycle.workflows.calibrating import calibration_fact, inherited_entry, log_calibration, refit_for_graph
 from lifecycle.workflows.common import (
     StepOutcome,
@@ -22,6 +22,7 @@ from lifecycle.workflows.common import (
     open_version,
     recipe_label,
 )
+from lifecycle.workflows.publish import publish_version, step_tracker
 
 # (step number from 1, steps, the step as recipe text, stored bytes before, after, seconds)
 StepCallback = Callable[[int, int, str, int, int, float], None]
@@ -124,21 +125,20 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
     if candidate.compared_on == "test split":
         scores = evaluate.evaluate_probabilities(candidate.probabilities, candidate.labels_y, parent.labels)
         metrics.update(scores.metrics())
-        if "test_accuracy" in parent.manifest.get("metrics", {}):
-            metrics["accuracy_delta_vs_parent"] = scores.accuracy - parent.manifest["metrics"]["test_accuracy"]
+        if "test_accuracy" in parent.manifest.metrics:
+            metrics["accuracy_delta_vs_parent"] = scores.accuracy - parent.manifest.metrics["test_accuracy"]
     tensors = tensor_manifest(frozen.weights)
     for name, node in (candidate.moved or {}).items():
         tensors[name].update({"nodes": [node], "folded_into": node})
     params = int(sum(np.prod(t["shape"]) for t in tensors.values()))
     nonzero = int(sum(np.count_nonzero(w.value) for w in frozen.weights.values()))
     # The checkpoint at the root of the lineage, with its optimizer slots: the field report's starting point.
-    root_sizes = parent.manifest.get("root_sizes") or parent.manifest["sizes"]
+    root_sizes = parent.manifest.root_sizes or parent.manifest.sizes
 
-    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
-    tracker = make_tracker(tracking, cfg.name)
+    tracker = step_tracker(cfg, track)
     step = "freeze" if candidate.kind == "frozen" else "compress"
     recipe_name = recipe_label(candidate.recipe) or "float32"
-    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path),
+    tags = {"lifecycle.parent_run": str(parent.manifest.run_id or ""), "lifecycle.parent": str(parent.path),
             "lifecycle.recipe": recipe_name}
     with tracker.run(step, f"{step}-{recipe_name}", tags):
 
@@ -189,32 +189,34 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                 "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
                 "check": {"max_abs_diff_vs_parent": candidate.max_abs_diff, "compared_on": candidate.compared_on,
                           "n": int(len(candidate.probabilities)), **candidate.extra},
-                "data": parent.manifest.get("data"),
+                "data": plain(parent.manifest.data),
                 "config": cfg.to_dict(),
                 **({"calibration": candidate.probability_calibration} if candidate.probability_calibration else {}),
             }
 
-        version = artifacts.write_version(output, candidate.kind, build, unique=unique)
-        from lifecycle.bench import measure
+        def measured(version: artifacts.Version) -> dict[str, float]:
+            from lifecycle.bench import measure
 
-        metrics.update(measure(version, candidate.texts[:256]).metrics())
-        tracker.log_params({"parent": str(parent.path), "input_dtype": frozen.input_dtype, "recipe": recipe_name})
-        tracker.log_metrics(metrics)
-        tracker.log_dict(candidate.recipe, "recipe.json")
-        on_test = candidate.compared_on == "test split"
-        log_calibration(tracker, candidate.probability_calibration, candidate.probabilities if on_test else None,
-                        candidate.labels_y, f"{cfg.name} {candidate.kind} {recipe_name} test")
-        tracker.log_artifacts(version.path, "version")
-        # Also MLflow's own form of the version (a list[str] pyfunc), so `mlflow models serve` runs it: 0.5-0.8 s
-        # per run for a 30k x 300 int8 version, most of it MLflow loading the model to check the input example.
-        pyfunc = tracker.log_pyfunc(version.path)
-        registered = tracker.register(cfg.name, {"lifecycle.kind": candidate.kind, "lifecycle.recipe": recipe_name,
-                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
-        tracker.set_tags({"lifecycle.version": str(version.path)})
+            metrics.update(measure(version, candidate.texts[:256]).metrics())
+            return metrics
+
+        def log_recipe(version: artifacts.Version) -> None:
+            tracker.log_dict(candidate.recipe, "recipe.json")
+            on_test = candidate.compared_on == "test split"
+            log_calibration(tracker, candidate.probability_calibration, candidate.probabilities if on_test else None,
+                            candidate.labels_y, f"{cfg.name} {candidate.kind} {recipe_name} test")
+
+        published = publish_version(
+            tracker, cfg.name, lambda run_id: artifacts.write_version(output, candidate.kind, build, unique=unique),
+            params={"parent": str(parent.path), "input_dtype": frozen.input_dtype, "recipe": recipe_name},
+            metrics=measured, log=log_recipe, pyfunc=True, tag_version=True,
+            register={"lifecycle.kind": candidate.kind, "lifecycle.recipe": recipe_name,
+                      "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+    pyfunc = published.pyfunc
     facts = {"compared on": f"{candidate.compared_on} ({len(candidate.probabilities)})",
              "input dtype": frozen.input_dtype, "recipe": recipe_name, **({"pyfunc": pyfunc} if pyfunc else {}),
              "calibration": calibration_fact(candidate.probability_calibration)}
-    return StepOutcome(version.path, tracker.last_run_id, registered, metrics, facts)
+    return published.outcome(facts)
 
 
 def run_freeze(ref: str, output: Path | None = None, *, versions_dir: Path | None = None, track: bool = True
@@ -258,7 +260,7 @@ def serving_kernels_of(version: artifacts.Version) -> str:
     records, ``hybrid`` (the default) for a version without int8 kernels or made before the choice existed."""
     from lifecycle import litert
 
-    kernels = (version.manifest.get("serving") or {}).get("kernels")
+    kernels = version.manifest.serving.kernels if version.manifest.serving else None
     return kernels if kernels in litert.KERNELS else "hybrid"
 
 
@@ -310,11 +312,11 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
         if on_step is not None:
             on_step(number, len(steps), step_summary(done[0].as_dict()), done[0].bytes_before, done[0].bytes_after,
                     time.perf_counter() - started)
-    full_recipe = [*parent.manifest.get("recipe", []), *[r.as_dict() for r in reports]]
+    full_recipe = [*parent.manifest.recipe_dicts(), *[r.as_dict() for r in reports]]
     input_dtype = input_dtype_for(weights["weights/embedding"].shape[0])
     graph_def = emit_graph(weights, source.kernel_sizes, source.max_len, input_dtype)
     # Graph-level steps (fold), an ancestor's included, applied to the graph as written.
-    graph_def, moved = apply_graph_steps(graph_def, weights, full_recipe, len(parent.manifest.get("recipe", [])),
+    graph_def, moved = apply_graph_steps(graph_def, weights, full_recipe, len(parent.manifest.recipe),
                                          parent.path / "graph.pb")
     frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, input_dtype, source.max_len)
     arrays, compared_on, texts = _check_arrays(parent, tokenizer, context.read_corpus)
@@ -359,31 +361,31 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
     model = restored.model
     model.optimizer.build(model.trainable_variables)  # Adam's slots exist, so sizes compare with a trained checkpoint
     output, unique = artifacts.resolve_output(output, cfg.name, "checkpoint", versions_dir)
-    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
-    tracker = make_tracker(tracking, cfg.name)
-    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path)}
+    tracker = step_tracker(cfg, track)
+    tags = {"lifecycle.parent_run": str(parent.manifest.run_id or ""), "lifecycle.parent": str(parent.path)}
     sparsity = {name: float(1 - mask.mean()) for name, mask in restored.masks.items()}
     with tracker.run("restore", f"restore-{parent.path.name}", tags):
 
-        version = _write_checkpoint(output, model, parent.tokenizer_dir, cfg, parent.labels, parent.max_len, {
-            "parent": _parent_ref(parent),
-            "restored_from": {"recipe": parent.manifest.get("recipe", []),
-                              "storage": {n: t["storage"] for n, t in parent.manifest["tensors"].items()},
-                              "sparsity": sparsity},
-            "run_id": tracker.run_id,
-            "root_sizes": parent.manifest.get("root_sizes"),
-            "metrics": dict(parent.manifest.get("metrics", {})),
-            "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
-            "data": parent.manifest.get("data"),
-            # The restored model computes the graph's probabilities within 1e-5: the same temperature fits them.
-            **({"calibration": entry} if (entry := inherited_entry(parent, "restored from it")) else {}),
-        }, unique=unique)
-        metrics = {"max_abs_diff_vs_parent": difference, "params_total": version.manifest["params_total"],
-                   **version.manifest["metrics"]}
-        tracker.log_metrics(metrics)
-        tracker.log_artifacts(version.path, "version")
-        registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.restored": "true",
-                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
-    storages = ", ".join(sorted({t["storage"] for t in parent.manifest["tensors"].values()}))
-    return StepOutcome(version.path, tracker.last_run_id, registered, metrics,
-                       {"compared on": f"{compared_on} ({len(arrays.x)})", "restored storage": storages})
+        def write(run_id: str | None) -> artifacts.Version:
+            return _write_checkpoint(output, model, parent.tokenizer_dir, cfg, parent.labels, parent.max_len, {
+                "parent": _parent_ref(parent),
+                "restored_from": {"recipe": parent.manifest.recipe_dicts(),
+                                  "storage": {n: t.storage for n, t in parent.manifest.tensors.items()},
+                                  "sparsity": sparsity},
+                "run_id": run_id,
+                "root_sizes": plain(parent.manifest.root_sizes),
+                "metrics": dict(parent.manifest.metrics),
+                "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
+                "data": plain(parent.manifest.data),
+                # The restored model computes the graph's probabilities within 1e-5: the same temperature fits them.
+                **({"calibration": entry} if (entry := inherited_entry(parent, "restored from it")) else {}),
+            }, unique=unique)
+
+        published = publish_version(
+            tracker, cfg.name, write,
+            metrics=lambda version: {"max_abs_diff_vs_parent": difference,
+                                     "params_total": version.manifest.params_total, **version.manifest.metrics},
+            register={"lifecycle.kind": "checkpoint", "lifecycle.restored": "true",
+                      "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+    storages = ", ".join(sorted({t.storage for t in parent.manifest.tensors.values()}))
+    return published.outcome({"compared on": f"{compared_on} ({len(arrays.x)})", "restored storage": storages})

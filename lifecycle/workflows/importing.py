@@ -8,8 +8,8 @@ from pathlib import Path
 
 from lifecycle import artifacts, fidelity
 from lifecycle.errors import ModelError
-from lifecycle.tracking import make_tracker
 from lifecycle.workflows.common import StepOutcome, _write_checkpoint
+from lifecycle.workflows.publish import publish_version, step_tracker
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ def run_import(source: Path, mapping: Path, tokenizer: Path, output: Path | None
                              "conv widths, dense kernel and labels must match the graph.")
     model.optimizer.build(model.trainable_variables)  # Adam's slots exist, so sizes compare with a trained checkpoint
     output, unique = artifacts.resolve_output(output, cfg.name, "checkpoint", versions_dir)
-    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
-    tracker = make_tracker(tracking, cfg.name)
+    tracker = step_tracker(cfg, track)
     sha = artifacts.sha256_file(source)
     report = import_report(cnn)
     tags = {"lifecycle.parent_run": "", "lifecycle.parent": str(source), "lifecycle.imported": cnn.format}
@@ -82,26 +81,30 @@ def run_import(source: Path, mapping: Path, tokenizer: Path, output: Path | None
         tracker.log_params({"source": str(source), "source_sha256": sha, "format": cnn.format,
                             "mapping": str(mapping), "tokenizer": imported.source,
                             "storage": ",".join(sorted(set(cnn.storage.values())))})
-        with tempfile.TemporaryDirectory(prefix="lifecycle-import-") as folder:
-            tokenizer_dir = Path(folder) / "tokenizer"
-            imported.tokenizer.save(tokenizer_dir)
-            version = _write_checkpoint(output, model, tokenizer_dir, cfg, spec.labels, cnn.max_len, {
-                "parent": {"version": str(source), "run_id": None, "sha256": sha, "kind": cnn.format},
-                "imported_from": {**report, "mapping": str(mapping), "tokenizer": imported.source},
-                "run_id": tracker.run_id,
-                "metrics": {},
-                "check": {"max_abs_diff_vs_parent": max(differences.values()), "differences": differences,
-                          "bound": bound, "compared_on": "random ids", "n": int(len(our_ids))},
-            }, unique=unique)
-        metrics = {f"max_abs_diff_{kind}": value for kind, value in differences.items()}
-        metrics.update({"max_abs_diff_vs_parent": max(differences.values()),
-                        "params_total": version.manifest["params_total"]})
-        tracker.log_metrics(metrics)
-        tracker.log_artifacts(version.path, "version")
-        registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.imported": cnn.format,
-                                                 "lifecycle.parent_run": ""})
+
+        def write(run_id: str | None) -> artifacts.Version:
+            with tempfile.TemporaryDirectory(prefix="lifecycle-import-") as folder:
+                tokenizer_dir = Path(folder) / "tokenizer"
+                imported.tokenizer.save(tokenizer_dir)
+                return _write_checkpoint(output, model, tokenizer_dir, cfg, spec.labels, cnn.max_len, {
+                    "parent": {"version": str(source), "run_id": None, "sha256": sha, "kind": cnn.format},
+                    "imported_from": {**report, "mapping": str(mapping), "tokenizer": imported.source},
+                    "run_id": run_id,
+                    "metrics": {},
+                    "check": {"max_abs_diff_vs_parent": max(differences.values()), "differences": differences,
+                              "bound": bound, "compared_on": "random ids", "n": int(len(our_ids))},
+                }, unique=unique)
+
+        def import_metrics(version: artifacts.Version) -> dict[str, float]:
+            metrics = {f"max_abs_diff_{kind}": value for kind, value in differences.items()}
+            metrics.update({"max_abs_diff_vs_parent": max(differences.values()),
+                            "params_total": version.manifest.params_total})
+            return metrics
+
+        published = publish_version(tracker, cfg.name, write, metrics=import_metrics,
+                                    register={"lifecycle.kind": "checkpoint", "lifecycle.imported": cnn.format,
+                                              "lifecycle.parent_run": ""})
     storages = ", ".join(f"{name.removeprefix('weights/')}: {kind}" for name, kind in cnn.storage.items())
-    return StepOutcome(version.path, tracker.last_run_id, registered, metrics,
-                       {"format": cnn.format, "labels": len(spec.labels), "vocab": imported.tokenizer.vocab_size,
-                        "kernel sizes": list(cnn.kernel_sizes), "storage": storages,
-                        "compared on": f"random ids ({len(our_ids)})"})
+    return published.outcome({"format": cnn.format, "labels": len(spec.labels), "vocab": imported.tokenizer.vocab_size,
+                              "kernel sizes": list(cnn.kernel_sizes), "storage": storages,
+                              "compared on": f"random ids ({len(our_ids)})"})

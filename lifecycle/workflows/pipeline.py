@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -78,15 +77,15 @@ def _metric_prefix(row: dict[str, Any]) -> str:
 
 def version_row(outcome: StepOutcome) -> dict[str, Any]:
     """One line of the pipeline's versions table."""
-    manifest = json.loads((outcome.version / artifacts.MANIFEST).read_text()) if outcome.version else {}
-    sizes = manifest.get("sizes", {})
+    manifest = artifacts.load_version(outcome.version, verify=False).manifest if outcome.version else None
+    sizes = manifest.sizes if manifest else {}
     deployed = outcome.metrics.get("size_bytes", 0)
-    if manifest.get("kind") == "checkpoint":
+    if manifest and manifest.kind == "checkpoint":
         deployed = sizes.get("checkpoint_bytes", 0) + sizes.get("tokenizer_bytes", 0)
     return {
         "version": str(outcome.version),
-        "kind": manifest.get("kind", ""),
-        "recipe": recipe_label(manifest.get("recipe", [])) or "-",
+        "kind": manifest.kind if manifest else "",
+        "recipe": (recipe_label(manifest.recipe_dicts()) if manifest else "") or "-",
         "size_bytes": deployed,
         "size_gzip_bytes": outcome.metrics.get("size_gzip_bytes"),
         "test_accuracy": outcome.metrics.get("test_accuracy"),

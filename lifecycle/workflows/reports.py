@@ -47,7 +47,7 @@ def run_evaluate(ref: str, data: Path | None = None, data_cfg: DataConfig | None
     cfg = version.config
     tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
     tracker = make_tracker(tracking, cfg.name)
-    tags = {"lifecycle.version": str(version.path), "lifecycle.parent_run": str(version.manifest.get("run_id") or "")}
+    tags = {"lifecycle.version": str(version.path), "lifecycle.parent_run": str(version.manifest.run_id or "")}
     with tracker.run("evaluate", f"evaluate-{version.path.name}", tags):
         tracker.log_params({"version": str(version.path), "data": source, "n": scores.n,
                             "runtime": predictor.runtime})
@@ -125,12 +125,12 @@ def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: in
     rows = []
     for version in versions:
         stats = measure(version, list(texts), calls=calls, runtime=runtime)
-        sizes = version.manifest.get("sizes", {})
+        sizes = version.manifest.sizes
         model_bytes = sizes.get("serving_bytes") if stats.runtime == "litert" else None
         size = (model_bytes or sizes.get("checkpoint_bytes") or sizes.get("graph_bytes", 0)) + sizes.get(
             "tokenizer_bytes", 0)
         rows.append({"version": str(version.path), "kind": version.kind, "runtime": stats.runtime,
-                     "recipe": recipe_label(version.manifest.get("recipe", [])) or "-",
+                     "recipe": recipe_label(version.manifest.recipe_dicts()) or "-",
                      "size_bytes": size, **stats.metrics()})
     return rows
 
@@ -138,8 +138,8 @@ def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: in
 def run_inspect(ref: str) -> dict[str, Any]:
     """Every tensor of a version (name, shape, dtype, storage, layout, bytes, share), its ops and totals."""
     version = open_version(ref)
-    tensors = version.manifest.get("tensors", {})
-    total = sum(t["bytes"] for t in tensors.values()) or 1
+    tensors = version.manifest.tensor_dicts()  # each row shows every field its entry has
+    total = sum(t.bytes for t in version.manifest.tensors.values()) or 1
     # Checkpoint tables and manifests written before sparse layouts have no layout: theirs is dense.
     rows = [{"name": name, "layout": "dense", **meta, "share": meta["bytes"] / total} for name, meta in tensors.items()]
     ops: dict[str, int] = {}
@@ -148,10 +148,11 @@ def run_inspect(ref: str) -> dict[str, Any]:
 
         for node in read_graph(version.path / GRAPH_FILE).node:
             ops[node.op] = ops.get(node.op, 0) + 1
-    serving = version.manifest.get("serving") or {}
+    serving = version.manifest.serving.to_dict() if version.manifest.serving else {}
     serving_rows = _serving_tensors(version.path / serving["file"]) if serving.get("file") else []
     return {"version": version, "tensors": rows, "ops": ops, "total_bytes": total,
-            "files": version.manifest.get("files", {}), "serving": serving, "serving_tensors": serving_rows}
+            "files": {rel: meta.to_dict() for rel, meta in version.manifest.files.items()},
+            "serving": serving, "serving_tensors": serving_rows}
 
 
 def _serving_tensors(path: Path) -> list[dict[str, Any]]:

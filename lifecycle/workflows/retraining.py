@@ -13,7 +13,7 @@ from lifecycle import artifacts, growth
 from lifecycle.config import DataConfig
 from lifecycle.corpus import Examples, load_corpus
 from lifecycle.errors import ConfigError, DataError
-from lifecycle.tracking import make_tracker
+from lifecycle.manifest import plain
 from lifecycle.workflows.calibrating import fit_entry, log_calibration
 from lifecycle.workflows.common import (
     StepOutcome,
@@ -25,6 +25,7 @@ from lifecycle.workflows.common import (
     recipe_text,
 )
 from lifecycle.workflows.graphs import run_compress, run_freeze, serving_kernels_of
+from lifecycle.workflows.publish import publish_version, step_tracker
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,8 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
         callbacks.append(keras_progress(progress, train_cfg.epochs, -(-len(train_arrays) // train_cfg.batch_size)))
 
     output = artifacts.check_output(output) if output else None
-    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
-    tracker = make_tracker(tracking, cfg.name)
-    tags = {"lifecycle.parent_run": str(parent.manifest.get("run_id") or ""), "lifecycle.parent": str(parent.path)}
+    tracker = step_tracker(cfg, track)
+    tags = {"lifecycle.parent_run": str(parent.manifest.run_id or ""), "lifecycle.parent": str(parent.path)}
     outcomes: list[StepOutcome] = []
     with tracker.run("retrain", f"retrain-{parent.path.name}", tags):
         tracker.log_params({"parent": str(parent.path), "parent_sha256": parent.sha256, "data": str(data),
@@ -185,48 +185,53 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
             metrics["test_accuracy"] = after["parent"].accuracy
             metrics["test_macro_f1"] = after["parent"].macro_f1
             metrics["forgetting"] = before["parent"].accuracy - after["parent"].accuracy
-            if "test_accuracy" in parent.manifest.get("metrics", {}):
-                metrics["accuracy_delta_vs_parent"] = after["parent"].accuracy - parent.manifest["metrics"][
+            if "test_accuracy" in parent.manifest.metrics:
+                metrics["accuracy_delta_vs_parent"] = after["parent"].accuracy - parent.manifest.metrics[
                     "test_accuracy"]
         tracker.log_metrics(metrics)
         # The temperature is fitted again on NEW's validation part: fine-tuning changed the probabilities.
         new_test_p = np.asarray(model(new_test.x, training=False))
         calibration = fit_entry(cfg, (np.asarray(model(new_val.x, training=False)), new_val.y),
                                 (new_test_p, new_test.y),
-                                abstain_threshold_of(parent.manifest) if parent.manifest.get("calibration") else None)
+                                abstain_threshold_of(parent.manifest) if parent.manifest.calibration else None)
         log_calibration(tracker, calibration, new_test_p, new_test.y, f"{cfg.name} retrained, new data's test part")
         checkpoint_dir = output / "checkpoint" if output else artifacts.default_output(cfg.name, "checkpoint",
                                                                                          versions_dir)
-        with tempfile.TemporaryDirectory(prefix="lifecycle-retrain-") as folder:
-            tokenizer_dir = parent.tokenizer_dir
-            if grown["words_added"]:
-                tokenizer_dir = Path(folder) / "tokenizer"
-                tokenizer.save(tokenizer_dir)
-            version = _write_checkpoint(checkpoint_dir, model, tokenizer_dir, cfg, labels, parent.max_len, {
-                "parent": _parent_ref(parent),
-                "run_id": tracker.run_id,
-                "root_sizes": parent.manifest.get("root_sizes"),
-                "metrics": {k: v for k, v in metrics.items() if k in ("test_accuracy", "test_macro_f1")},
-                "retrain": {"data": str(data), "options": options.__dict__, "metrics": metrics,
-                            "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                            "new_split": {"train": len(new.train), "validation": len(new.validation),
-                                          "test": len(new.test)},
-                            "growth": grown["report"]},
-                "data": parent.manifest.get("data"),
-                "calibration": calibration,
-            }, unique=not output)
-        tracker.log_artifacts(version.path, "version")
-        registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.retrained": "true",
-                                                 "lifecycle.parent_run": tags["lifecycle.parent_run"]})
-        outcomes.append(StepOutcome(version.path, tracker.run_id, registered, metrics,
-                                    {"epochs_run": result.epochs_run, "replayed": len(train_arrays) - len(new_train),
-                                     **({"labels added": ", ".join(unknown)} if unknown else {}),
-                                     **({"words added": grown["words_added"]} if options.grow_vocab else {}),
-                                     **({"note": grown["report"]["note"]} if "note" in grown["report"] else {})}))
+
+        def write(run_id: str | None) -> artifacts.Version:
+            with tempfile.TemporaryDirectory(prefix="lifecycle-retrain-") as folder:
+                tokenizer_dir = parent.tokenizer_dir
+                if grown["words_added"]:
+                    tokenizer_dir = Path(folder) / "tokenizer"
+                    tokenizer.save(tokenizer_dir)
+                return _write_checkpoint(checkpoint_dir, model, tokenizer_dir, cfg, labels, parent.max_len, {
+                    "parent": _parent_ref(parent),
+                    "run_id": run_id,
+                    "root_sizes": plain(parent.manifest.root_sizes),
+                    "metrics": {k: v for k, v in metrics.items() if k in ("test_accuracy", "test_macro_f1")},
+                    "retrain": {"data": str(data), "options": options.__dict__, "metrics": metrics,
+                                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                                "new_split": {"train": len(new.train), "validation": len(new.validation),
+                                              "test": len(new.test)},
+                                "growth": grown["report"]},
+                    "data": plain(parent.manifest.data),
+                    "calibration": calibration,
+                }, unique=not output)
+
+        # Its metrics were logged before the version was written, beside the refitted temperature.
+        published = publish_version(tracker, cfg.name, write,
+                                    register={"lifecycle.kind": "checkpoint", "lifecycle.retrained": "true",
+                                              "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+        version = published.version
+        outcomes.append(published.outcome(
+            {"epochs_run": result.epochs_run, "replayed": len(train_arrays) - len(new_train),
+             **({"labels added": ", ".join(unknown)} if unknown else {}),
+             **({"words added": grown["words_added"]} if options.grow_vocab else {}),
+             **({"note": grown["report"]["note"]} if "note" in grown["report"] else {})}, metrics))
         frozen = run_freeze(str(version.path), output / "frozen" if output else None, versions_dir=versions_dir,
                             track=track)
         outcomes.append(frozen)
-        recipe = recipe_text(_regrown_recipe(parent.manifest.get("recipe", []), grown["words_added"],
+        recipe = recipe_text(_regrown_recipe(parent.manifest.recipe_dicts(), grown["words_added"],
                                              tokenizer.vocab_size))
         if recipe:
             target = output / recipe.replace(",", "+").replace(":", "-") if output else None

@@ -17,6 +17,7 @@ from lifecycle.corpus import Corpus, load_corpus
 from lifecycle.tracking import NullTracker, make_tracker
 from lifecycle.workflows.calibrating import calibration_fact, fit_entry, log_calibration
 from lifecycle.workflows.common import StepOutcome, _log_evaluation, _write_checkpoint, log_data_cleaning
+from lifecycle.workflows.publish import publish_version
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,10 @@ def run_tokenize(cfg: Config, output: Path | None = None) -> StepOutcome:
                 return {"max_len": cfg.tokenizer.max_len, "config": cfg.to_dict(),
                         "metrics": report.metrics(), "run_id": tracker.run_id}
 
-            version = artifacts.write_version(output, "tokenizer", build, unique=unique)
-        tracker.log_metrics(report.metrics())
-        tracker.log_artifacts(version.path, "tokenizer")
-    return StepOutcome(version.path, tracker.last_run_id, None, report.metrics())
+            published = publish_version(
+                tracker, cfg.name, lambda run_id: artifacts.write_version(output, "tokenizer", build, unique=unique),
+                metrics=lambda version: report.metrics(), artifact_path="tokenizer")  # a tokenizer is not registered
+    return published.outcome()
 
 
 def _log_splits(tracker: NullTracker, corpus: Corpus) -> None:
@@ -264,42 +265,48 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
         calibration = fit_entry(cfg, (model.predict(data.validation.x, batch_size=256, verbose=0), data.validation.y),
                                 (probabilities, data.test.y))
         stage("writing the version")
-        version = _write_checkpoint(output, model, work / "tokenizer", cfg, corpus.labels, cfg.tokenizer.max_len, {
-            "run_id": tracker.run_id,
-            "metrics": scores.metrics(),
-            "training": result.summary(),
-            "calibration": calibration,
-            **({"teacher": teaching.record} if teaching is not None else {}),
-            "data": {"source": corpus.source, "train": len(corpus.train), "validation": len(corpus.validation),
-                     "test": len(corpus.test), **corpus.cleaning},
-        }, unique=unique)
-        sizes = version.manifest["sizes"]
-        metrics = {
-            **scores.metrics(),
-            "train_seconds": result.train_seconds,
-            "size_bytes": sizes["weights_bytes"] + sizes["tokenizer_bytes"],
-            "size_bytes_checkpoint": sizes["checkpoint_bytes"],
-            "size_bytes_weights": sizes["weights_bytes"],
-            "size_bytes_optimizer": sizes["optimizer_bytes"],
-            "params_total": version.manifest["params_total"],
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "peak_epoch": result.best_epoch + 1,
-            "patience_epochs": result.schedule.patience_epochs if result.schedule else 0,
-            "lr_reductions": result.lr_reductions,
-            "final_learning_rate": result.final_learning_rate,
-        }
-        tracker.log_metrics(metrics)
-        # Why training ended, searchable in the MLflow UI (tags.`lifecycle.stop_reason` = 'max_epochs' finds runs
-        # that hit the epochs cap before converging).
-        tracker.set_tags({"lifecycle.stop_reason": result.stop_reason,
-                          "lifecycle.peak_epoch": str(result.best_epoch + 1)})
-        _log_evaluation(tracker, scores, f"{cfg.name} test")
-        log_calibration(tracker, calibration, probabilities, data.test.y, f"{cfg.name} test")
-        stage("logging to MLflow")
-        tracker.log_artifacts(version.path, "version")
-        registered = tracker.register(cfg.name, {"lifecycle.kind": "checkpoint", "lifecycle.parent_run": ""})
-        tracker.set_tags({"lifecycle.version": str(version.path)})
+
+        def write(run_id: str | None) -> artifacts.Version:
+            return _write_checkpoint(output, model, work / "tokenizer", cfg, corpus.labels, cfg.tokenizer.max_len, {
+                "run_id": run_id,
+                "metrics": scores.metrics(),
+                "training": result.summary(),
+                "calibration": calibration,
+                **({"teacher": teaching.record} if teaching is not None else {}),
+                "data": {"source": corpus.source, "train": len(corpus.train), "validation": len(corpus.validation),
+                         "test": len(corpus.test), **corpus.cleaning},
+            }, unique=unique)
+
+        def checkpoint_metrics(version: artifacts.Version) -> dict[str, float]:
+            sizes = version.manifest.sizes
+            return {
+                **scores.metrics(),
+                "train_seconds": result.train_seconds,
+                "size_bytes": sizes["weights_bytes"] + sizes["tokenizer_bytes"],
+                "size_bytes_checkpoint": sizes["checkpoint_bytes"],
+                "size_bytes_weights": sizes["weights_bytes"],
+                "size_bytes_optimizer": sizes["optimizer_bytes"],
+                "params_total": version.manifest.params_total,
+                "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
+                "peak_epoch": result.best_epoch + 1,
+                "patience_epochs": result.schedule.patience_epochs if result.schedule else 0,
+                "lr_reductions": result.lr_reductions,
+                "final_learning_rate": result.final_learning_rate,
+            }
+
+        def log_training(version: artifacts.Version) -> None:
+            # Why training ended, searchable in the MLflow UI (tags.`lifecycle.stop_reason` = 'max_epochs' finds runs
+            # that hit the epochs cap before converging).
+            tracker.set_tags({"lifecycle.stop_reason": result.stop_reason,
+                              "lifecycle.peak_epoch": str(result.best_epoch + 1)})
+            _log_evaluation(tracker, scores, f"{cfg.name} test")
+            log_calibration(tracker, calibration, probabilities, data.test.y, f"{cfg.name} test")
+            stage("logging to MLflow")
+
+        published = publish_version(tracker, cfg.name, write, metrics=checkpoint_metrics, log=log_training,
+                                    register={"lifecycle.kind": "checkpoint", "lifecycle.parent_run": ""},
+                                    tag_version=True)
         stage.done()
     shutil.rmtree(work, ignore_errors=True)
     facts = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1, "stop_reason": result.stop_reason,
@@ -307,4 +314,4 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
              "calibration": calibration_fact(calibration),
              "labels": len(corpus.labels), "train/val/test": f"{len(corpus.train)}/{len(corpus.validation)}/"
                                                               f"{len(corpus.test)}"}
-    return StepOutcome(version.path, tracker.last_run_id, registered, {**tok_report.metrics(), **metrics}, facts)
+    return published.outcome(facts, {**tok_report.metrics(), **published.metrics})

@@ -59,7 +59,25 @@ def test_a_new_version_carries_a_digest_over_its_manifest(frozen: dict) -> None:
     assert manifest[artifacts.DIGEST_FIELD] == artifacts.manifest_digest(manifest)
     assert list(manifest)[-1] == artifacts.DIGEST_FIELD
     version = artifacts.load_version(frozen["outcome"].version)
-    assert version.manifest == manifest
+    assert version.manifest.to_dict() == manifest
+
+
+def test_the_typed_manifest_keeps_the_json_it_was_read_from(frozen: dict, frozen_copy: Path) -> None:
+    path = frozen["outcome"].version / artifacts.MANIFEST
+    version = artifacts.load_version(frozen["outcome"].version)
+    # Written back, it is the same bytes, so every existing version's digest still holds.
+    assert (json.dumps(version.manifest.to_dict(), indent=2) + "\n").encode() == path.read_bytes()
+    assert artifacts.manifest_digest(version.manifest.to_dict()) == version.manifest.digest
+    assert version.manifest.input is not None and version.manifest.input.to_dict() == _manifest(
+        frozen["outcome"].version)["input"]
+    # A field this release does not know (one a later release adds) is kept, and a copy never edits the version.
+    reseal(frozen_copy, lambda m: m.update(later={"field": [1, 2]}))
+    copy = artifacts.load_version(frozen_copy).manifest
+    assert copy.to_dict()["later"] == {"field": [1, 2]}
+    copy.to_dict()["later"]["field"].append(3)
+    assert copy.to_dict()["later"] == {"field": [1, 2]}
+    with pytest.raises(TypeError):
+        copy.sizes["graph_bytes"] = 0  # type: ignore[index]
 
 
 def test_deleted_files_table_is_refused(checkpoint: Path) -> None:
@@ -243,20 +261,21 @@ def test_format_1_is_refused_and_upgraded(frozen_copy: Path) -> None:
     message = _refused(frozen_copy, "manifest format 1 has no digest")
     assert f"lifecycle upgrade {frozen_copy}" in message and "upgrade_version" in message
     version = artifacts.upgrade_version(frozen_copy)
-    assert version.manifest["format"] == 2 and version.manifest["upgraded"]["manifest_sha256"] == old_sha
-    assert {k: v for k, v in version.manifest.items() if k not in ("format", "upgraded", "digest")} == {
+    assert version.manifest.format == 2 and version.manifest.upgraded["manifest_sha256"] == old_sha
+    assert {k: v for k, v in version.manifest.to_dict().items() if k not in ("format", "upgraded", "digest")} == {
         k: v for k, v in old.items() if k != "format"}
-    assert artifacts.load_version(frozen_copy).manifest == version.manifest
+    assert artifacts.load_version(frozen_copy).manifest.to_dict() == version.manifest.to_dict()
     assert sorted(p.name for p in frozen_copy.iterdir()) == sorted(
         ["config.yaml", "graph.pb", "manifest.json", "model.tflite", "tokenizer", "weight_map.json"])  # no temp file
-    assert artifacts.upgrade_version(frozen_copy).manifest == version.manifest  # a second upgrade changes nothing
+    again = artifacts.upgrade_version(frozen_copy)
+    assert again.manifest.to_dict() == version.manifest.to_dict()  # a second upgrade changes nothing
 
 
 def test_an_upgrade_killed_before_its_rename_is_run_again(frozen_copy: Path) -> None:
     _as_format_1(frozen_copy)
     (frozen_copy / ".manifest.json.0123abcd.tmp").write_text("{", encoding="utf-8")  # what the kill left
     _refused(frozen_copy, "manifest format 1")
-    assert artifacts.upgrade_version(frozen_copy).manifest["format"] == 2
+    assert artifacts.upgrade_version(frozen_copy).manifest.format == 2
     assert not (frozen_copy / ".manifest.json.0123abcd.tmp").exists()
 
 
@@ -324,6 +343,6 @@ def test_upgrade_command_seals_a_format_1_version_and_refuses_mlflow_uris(frozen
     _as_format_1(frozen_copy)
     done = CliRunner().invoke(app, ["upgrade", str(frozen_copy)])
     assert done.exit_code == 0, done.output
-    assert "manifest format 2" in done.output and artifacts.load_version(frozen_copy).manifest["format"] == 2
+    assert "manifest format 2" in done.output and artifacts.load_version(frozen_copy).manifest.format == 2
     refused = CliRunner().invoke(app, ["upgrade", "models:/default/1"])
     assert refused.exit_code == 2 and "download the version" in refused.output

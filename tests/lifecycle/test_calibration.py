@@ -88,13 +88,13 @@ def test_training_fits_logs_and_freezing_inherits_the_temperature(trained: dict,
     import mlflow
 
     checkpoint = load_version(trained["outcome"].version)
-    entry = checkpoint.manifest["calibration"]
+    entry = checkpoint.manifest.calibration.to_dict()
     assert entry["fitted_on"] == "validation split" and entry["bins"] == 15
-    assert entry["validation"]["n"] == checkpoint.manifest["data"]["validation"]
+    assert entry["validation"]["n"] == checkpoint.manifest.data["validation"]
     assert entry["validation"]["nll_after"] <= entry["validation"]["nll_before"] + 1e-9  # what the fit minimises
-    assert entry["test"]["n"] == checkpoint.manifest["data"]["test"]
+    assert entry["test"]["n"] == checkpoint.manifest.data["test"]
     assert abs(entry["temperature"] - 1.0) > 1e-3  # a fitted value, so the runtimes below really apply one
-    frozen_entry = load_version(frozen["outcome"].version).manifest["calibration"]
+    frozen_entry = load_version(frozen["outcome"].version).manifest.calibration.to_dict()
     assert frozen_entry["temperature"] == entry["temperature"] and frozen_entry["inherited_from"]
     mlflow.set_tracking_uri(tracking_uri)
     run = mlflow.get_run(trained["outcome"].run_id)
@@ -108,7 +108,7 @@ def test_training_fits_logs_and_freezing_inherits_the_temperature(trained: dict,
 def test_every_runtime_applies_the_manifests_temperature_alike(trained: dict, frozen: dict) -> None:
     checkpoint = load_version(trained["outcome"].version)
     graph_version = load_version(frozen["outcome"].version)
-    temperature = checkpoint.manifest["calibration"]["temperature"]
+    temperature = checkpoint.manifest.calibration.temperature
     rows = {}
     for name, version, runtime in (("keras", checkpoint, "auto"), ("graph", graph_version, "graph"),
                                    ("litert", graph_version, "litert")):
@@ -194,8 +194,8 @@ def test_evaluate_reports_ece_and_the_share_answered(frozen: dict) -> None:
     assert metrics["calibration.coverage"] == pytest.approx(chosen.coverage)
     assert metrics["calibration.answered_accuracy"] == pytest.approx(chosen.answered_accuracy)
     assert metrics["calibration.ece_after"] == pytest.approx(calibration.expected_calibration_error(p, arrays.y))
-    assert metrics["calibration.ece_before"] == pytest.approx(version.manifest["calibration"]["test"]["ece_before"],
-                                                              abs=1e-5)
+    entry = version.manifest.calibration.to_dict()
+    assert metrics["calibration.ece_before"] == pytest.approx(entry["test"]["ece_before"], abs=1e-5)
     assert 0 < chosen.coverage < 1
 
 
@@ -206,7 +206,7 @@ def test_compress_keeps_the_parents_temperature_when_its_data_is_gone(frozen: di
     orphan = _copy(frozen["outcome"].version, tmp_path, "orphan")
     reseal(orphan, lambda m: m["config"]["data"].update(path=str(tmp_path / "gone")))
     child = load_version(run_compress(str(orphan), "fp16", tmp_path / "fp16", track=False).version)
-    entry = child.manifest["calibration"]
-    parent = load_version(orphan).manifest["calibration"]
+    entry = child.manifest.calibration.to_dict()
+    parent = load_version(orphan).manifest.calibration.to_dict()
     assert entry["temperature"] == parent["temperature"] and entry["inherited_from"] == str(orphan)
     assert "parent's temperature is kept" in caplog.text

@@ -79,18 +79,18 @@ def compressed(frozen: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_storage_is_recorded_per_tensor(compressed: dict) -> None:
     for recipe, storage in (("fp16", "float16"), ("int8", "int8")):
         manifest = artifacts.load_version(compressed[recipe].version).manifest
-        assert manifest["kind"] == "compressed"
-        assert [step["name"] for step in manifest["recipe"]] == [recipe]
-        for name, meta in manifest["tensors"].items():
+        assert manifest.kind == "compressed"
+        assert [step.name for step in manifest.recipe] == [recipe]
+        for name, meta in manifest.tensors.items():
             expected = "float32" if recipe == "int8" and name.endswith("/bias") else storage
-            assert meta["storage"] == expected, name
-        assert manifest["tensors"]["weights/embedding"]["dtype"] == "float32"  # the logical dtype is unchanged
+            assert meta.storage == expected, name
+        assert manifest.tensors["weights/embedding"].dtype == "float32"  # the logical dtype is unchanged
 
 
 def test_sizes_shrink_and_accuracy_stays(compressed: dict, frozen: dict) -> None:
-    base = artifacts.load_version(frozen["outcome"].version).manifest["sizes"]["weights_bytes"]
-    fp16 = artifacts.load_version(compressed["fp16"].version).manifest["sizes"]["weights_bytes"]
-    int8 = artifacts.load_version(compressed["int8"].version).manifest["sizes"]["weights_bytes"]
+    base = artifacts.load_version(frozen["outcome"].version).manifest.sizes["weights_bytes"]
+    fp16 = artifacts.load_version(compressed["fp16"].version).manifest.sizes["weights_bytes"]
+    int8 = artifacts.load_version(compressed["int8"].version).manifest.sizes["weights_bytes"]
     assert fp16 == pytest.approx(base / 2, rel=1e-3)
     # 32-d rows carry a 4-byte scale each (12% here; 1.3% at 300-d), so int8 is a bit over a quarter.
     assert int8 < 0.3 * base
@@ -210,10 +210,10 @@ def test_pruned_version_shrinks_under_gzip(frozen: dict, tmp_path: Path) -> None
 
     outcome = run_compress(str(frozen["outcome"].version), "prune:0.8,int8", tmp_path / "p")
     manifest = artifacts.load_version(outcome.version).manifest
-    assert [s["name"] for s in manifest["recipe"]] == ["prune", "int8"]
-    assert manifest["tensors"]["weights/embedding"]["sparsity"] >= 0.79
+    assert [s.name for s in manifest.recipe] == ["prune", "int8"]
+    assert manifest.tensors["weights/embedding"].sparsity >= 0.79
     assert outcome.metrics["nonzero_fraction"] < 0.25
-    frozen_gzip = artifacts.load_version(frozen["outcome"].version).manifest["sizes"]["gzip_bytes"]
+    frozen_gzip = artifacts.load_version(frozen["outcome"].version).manifest.sizes["gzip_bytes"]
     assert outcome.metrics["size_gzip_bytes"] < frozen_gzip / 6
 
 
@@ -224,7 +224,7 @@ def test_int8_with_one_embedding_scale_round_trips_and_serves_smaller(compressed
 
     outcome = run_compress(str(frozen["outcome"].version), "int8:embedding=table", tmp_path / "table", track=False)
     version = artifacts.load_version(outcome.version)
-    assert version.manifest["recipe"][0]["params"] == {"embedding": "table"}
+    assert version.manifest.recipe[0].params == {"embedding": "table"}
     parent = load_graph_version(artifacts.load_version(frozen["outcome"].version))
     embedding = load_graph_version(version).weights["weights/embedding"]
     assert embedding.storage == "int8" and np.ndim(embedding.scale) == 0
@@ -234,13 +234,13 @@ def test_int8_with_one_embedding_scale_round_trips_and_serves_smaller(compressed
     rows = embedding.shape[0]
     per_row = artifacts.load_version(compressed["int8"].version).manifest
     saved = 4 * (rows - 1)
-    assert per_row["sizes"]["weights_bytes"] - version.manifest["sizes"]["weights_bytes"] == saved
-    assert per_row["serving"]["bytes"] - version.manifest["serving"]["bytes"] >= saved - 64
+    assert per_row.sizes["weights_bytes"] - version.manifest.sizes["weights_bytes"] == saved
+    assert per_row.serving.bytes - version.manifest.serving.bytes >= saved - 64
     texts = ["an utterly charming and hilarious film", "a boring , lifeless mess", "it is a movie"]
     graph = Predictor(version, "graph").predict_proba(texts)
     assert np.abs(Predictor(version, "litert").predict_proba(texts) - graph).max() <= 0.05
     restored = run_restore(str(version.path), tmp_path / "restored", track=False)
-    assert artifacts.load_version(restored.version).manifest["check"]["max_abs_diff_vs_parent"] <= 1e-5
+    assert artifacts.load_version(restored.version).manifest.check["max_abs_diff_vs_parent"] <= 1e-5
 
 
 def test_tune_keeps_one_embedding_scale(frozen: dict, tmp_path: Path) -> None:

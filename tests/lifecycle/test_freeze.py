@@ -16,25 +16,25 @@ from lifecycle.errors import ModelError
 def test_frozen_version_layout_and_names(frozen: dict) -> None:
     version = artifacts.load_version(frozen["outcome"].version)
     assert version.kind == "frozen"
-    assert set(version.manifest["files"]) == {"config.yaml", "graph.pb", "model.tflite", "weight_map.json",
+    assert set(version.manifest.files) == {"config.yaml", "graph.pb", "model.tflite", "weight_map.json",
                                               "tokenizer/tokenizer.json", "tokenizer/vocab.txt"}
-    assert version.manifest["input"]["dtype"] == "uint16"  # a few thousand words fit 16 bits
-    names = set(version.manifest["tensors"])
+    assert version.manifest.input.dtype == "uint16"  # a few thousand words fit 16 bits
+    names = set(version.manifest.tensors)
     assert names == {"weights/embedding", "weights/output/kernel", "weights/output/bias",
                      *(f"weights/conv_{w}/{part}" for w in (3, 4, 5) for part in ("kernel", "bias"))}
     weight_map = json.loads((version.path / "weight_map.json").read_text())
     assert sorted(weight_map.values()) == sorted(names)
     parent = artifacts.load_version(frozen["parent"].version)
-    assert version.manifest["parent"]["sha256"] == parent.sha256
-    assert version.manifest["params_total"] == parent.manifest["params_total"]
+    assert version.manifest.parent.sha256 == parent.sha256
+    assert version.manifest.params_total == parent.manifest.params_total
 
 
 def test_frozen_predictions_equal_checkpoint(frozen: dict, data_dir: Path) -> None:
     from lifecycle.inference import Predictor
 
     manifest = artifacts.load_version(frozen["outcome"].version).manifest
-    assert manifest["check"]["compared_on"] == "test split"
-    assert manifest["check"]["max_abs_diff_vs_parent"] <= 1e-5
+    assert manifest.check["compared_on"] == "test split"
+    assert manifest.check["max_abs_diff_vs_parent"] <= 1e-5
     texts = [line.decode("cp1252") for line in (data_dir / "MR" / "rt-polarity.neg").read_bytes().split(b"\n")[:50]]
     checkpoint = Predictor(artifacts.load_version(frozen["parent"].version)).predict_proba(texts)
     graph = Predictor(artifacts.load_version(frozen["outcome"].version), "graph").predict_proba(texts)
@@ -43,8 +43,8 @@ def test_frozen_predictions_equal_checkpoint(frozen: dict, data_dir: Path) -> No
 
 
 def test_frozen_is_smaller_than_checkpoint_with_optimizer(frozen: dict) -> None:
-    parent = artifacts.load_version(frozen["parent"].version).manifest["sizes"]
-    sizes = artifacts.load_version(frozen["outcome"].version).manifest["sizes"]
+    parent = artifacts.load_version(frozen["parent"].version).manifest.sizes
+    sizes = artifacts.load_version(frozen["outcome"].version).manifest.sizes
     assert sizes["graph_bytes"] < parent["checkpoint_bytes"] / 2.5
     assert frozen["outcome"].metrics["size_ratio_vs_checkpoint"] < 0.45
     assert 0 < sizes["gzip_bytes"] < sizes["graph_bytes"] + sizes["tokenizer_bytes"]

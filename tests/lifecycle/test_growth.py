@@ -71,9 +71,9 @@ def test_grow_labels_widens_the_output_and_learns_the_new_label(frozen: dict, da
                            tmp_path / "next", track=False)
     checkpoint, child = (artifacts.load_version(o.version) for o in outcomes)
     assert checkpoint.labels == child.labels == ("negative", "positive", "question")
-    assert checkpoint.manifest["retrain"]["growth"]["labels"] == {"added": ["question"], "init": "glorot",
+    assert checkpoint.manifest.retrain["growth"]["labels"] == {"added": ["question"], "init": "glorot",
                                                                   "labels_before": 2, "labels_after": 3}
-    assert child.manifest["architecture"]["num_classes"] == 3
+    assert child.manifest.architecture.num_classes == 3
     assert (child.path / GRAPH_FILE).is_file()
     metrics = outcomes[0].metrics
     assert metrics["new_labels_accuracy"] >= 0.8
@@ -92,7 +92,7 @@ def test_grow_vocab_on_a_vocab_pruned_parent_keeps_old_ids_and_widens_input(froz
 
     pruned = run_compress(str(frozen["outcome"].version), "vocab:250", tmp_path / "pruned", track=False).version
     parent = artifacts.load_version(pruned)
-    assert parent.manifest["input"]["dtype"] == "uint8"
+    assert parent.manifest.input.dtype == "uint8"
     old_vocab = load_tokenizer(parent.tokenizer_dir).vocab
     old_rows = load_graph_version(parent).weights["weights/embedding"].dequantize()
 
@@ -103,7 +103,7 @@ def test_grow_vocab_on_a_vocab_pruned_parent_keeps_old_ids_and_widens_input(froz
     checkpoint, child_frozen, child = (artifacts.load_version(o.version) for o in outcomes)
     vocab = load_tokenizer(checkpoint.tokenizer_dir).vocab
     assert vocab[:250] == old_vocab and len(vocab) > 256
-    report = checkpoint.manifest["retrain"]["growth"]["vocab"]
+    report = checkpoint.manifest.retrain["growth"]["vocab"]
     assert report["words_added"] == len(vocab) - 250 and report["shared_words"] >= 64
     # A rand-init embedding is barely predictable from word2vec: below MIN_R2 the rows are random, and it says so.
     assert report["init"] == ("word2vec" if report["heldout_r2"] >= 0.05 else "random")
@@ -112,11 +112,11 @@ def test_grow_vocab_on_a_vocab_pruned_parent_keeps_old_ids_and_widens_input(froz
     rows = load_graph_version(child_frozen).weights["weights/embedding"].dequantize()
     np.testing.assert_array_equal(rows[:250], old_rows)  # --freeze-embedding: old rows exactly as they were
     assert np.all(np.linalg.norm(rows[250:], axis=1) > 0)
-    assert child_frozen.manifest["input"]["dtype"] == "uint16"
+    assert child_frozen.manifest.input.dtype == "uint16"
     # The parent's vocab step is re-applied without dropping the new words.
-    assert child.manifest["recipe"][0]["name"] == "vocab"
-    assert child.manifest["recipe"][0]["report"]["rows_after"] == len(vocab)
-    assert child.manifest["architecture"]["vocab_size"] == len(vocab)
+    assert child.manifest.recipe[0].name == "vocab"
+    assert child.manifest.recipe[0].report["rows_after"] == len(vocab)
+    assert child.manifest.architecture.vocab_size == len(vocab)
 
 
 def test_grow_vocab_leaves_a_bpe_vocabulary_as_it_is(data_dir: Path) -> None:

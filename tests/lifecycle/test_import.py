@@ -132,13 +132,13 @@ def test_tf1_graph_imports_retrains_and_refreezes(tf1_model: dict, data_dir: Pat
                           tmp_path / "imported", track=False)
     version = artifacts.load_version(imported.version)
     manifest = version.manifest
-    assert manifest["kind"] == "checkpoint"
-    assert manifest["parent"]["kind"] == "tf1-graph"
-    assert manifest["parent"]["sha256"] == artifacts.sha256_file(tf1_model["pb"])
-    assert set(manifest["check"]["differences"]) == {"logits", "predictions"}
-    assert manifest["check"]["differences"]["logits"] <= 1e-5
-    assert manifest["check"]["differences"]["predictions"] == 0.0
-    assert manifest["imported_from"]["nodes"]["weights/conv_3/kernel"] == "conv-maxpool-3/W"
+    assert manifest.kind == "checkpoint"
+    assert manifest.parent.kind == "tf1-graph"
+    assert manifest.parent.sha256 == artifacts.sha256_file(tf1_model["pb"])
+    assert set(manifest.check["differences"]) == {"logits", "predictions"}
+    assert manifest.check["differences"]["logits"] <= 1e-5
+    assert manifest.check["differences"]["predictions"] == 0.0
+    assert manifest.imported_from["nodes"]["weights/conv_3/kernel"] == "conv-maxpool-3/W"
     assert version.config.model.kernel_sizes == WIDTHS and version.config.model.max_norm is None
     # Text to text: our tokenizer (specials first) on the same texts gives the .pb's probabilities.
     texts = tf1_model["texts"][:64] + ["a wholly unseen zyzzyva word", ""]
@@ -148,9 +148,9 @@ def test_tf1_graph_imports_retrains_and_refreezes(tf1_model: dict, data_dir: Pat
     new = _mr_csv(data_dir, tmp_path / "new.csv", 200)
     outcomes = run_retrain(str(imported.version), new, RetrainOptions(epochs=1), tmp_path / "next", track=False)
     checkpoint, frozen = (artifacts.load_version(o.version) for o in outcomes)
-    assert frozen.kind == "frozen" and checkpoint.manifest["parent"]["sha256"] == version.sha256
-    assert frozen.manifest["architecture"]["kernel_sizes"] == list(WIDTHS)
-    assert frozen.manifest["check"]["max_abs_diff_vs_parent"] <= 1e-5
+    assert frozen.kind == "frozen" and checkpoint.manifest.parent.sha256 == version.sha256
+    assert frozen.manifest.architecture.kernel_sizes == tuple(WIDTHS)
+    assert frozen.manifest.check["max_abs_diff_vs_parent"] <= 1e-5
 
 
 def test_tf1_conv_order_is_traced_from_the_graph(tf1_model: dict, tmp_path: Path) -> None:
@@ -162,7 +162,7 @@ def test_tf1_conv_order_is_traced_from_the_graph(tf1_model: dict, tmp_path: Path
                           tmp_path / "imported", track=False)
     version = artifacts.load_version(imported.version)
     assert version.config.model.kernel_sizes == WIDTHS  # the graph's concat order, not the mapping's
-    assert version.manifest["check"]["differences"]["logits"] <= 1e-5
+    assert version.manifest.check["differences"]["logits"] <= 1e-5
 
 
 def test_tf1_import_refuses_bad_graphs_and_mappings(tf1_model: dict, tmp_path: Path) -> None:
@@ -270,11 +270,11 @@ def test_dynamic_range_int8_tflite_imports_retrains_and_refreezes(keras_cnn: dic
     imported = run_import(lite, keras_cnn["root"] / "mapping.yaml", keras_cnn["root"] / "tokenizer",
                           tmp_path / "imported", track=False)
     manifest = artifacts.load_version(imported.version).manifest
-    storage = manifest["imported_from"]["storage"]
+    storage = manifest.imported_from["storage"]
     assert storage["weights/conv_3/kernel"] == storage["weights/conv_4/kernel"] == "int8"
     assert storage["weights/embedding"] == "int8"
-    assert 0 < manifest["check"]["differences"]["probabilities"] <= 1e-2
-    assert manifest["check"]["bound"] == 1e-2
+    assert 0 < manifest.check["differences"]["probabilities"] <= 1e-2
+    assert manifest.check["bound"] == 1e-2
     # The weights are the file's int8 codes times its per-channel scales: within half a step of the Keras floats.
     ours = Predictor(artifacts.load_version(imported.version)).predict_proba(keras_cnn["texts"][:100])
     original = np.asarray(keras_cnn["model"](keras_cnn["tokenizer"].encode(keras_cnn["texts"][:100], 40)))
@@ -284,8 +284,8 @@ def test_dynamic_range_int8_tflite_imports_retrains_and_refreezes(keras_cnn: dic
     before = artifacts.load_version(imported.version)
     outcomes = run_retrain(str(imported.version), new, RetrainOptions(epochs=1), tmp_path / "next", track=False)
     checkpoint, frozen = (artifacts.load_version(o.version) for o in outcomes)
-    assert checkpoint.manifest["parent"]["sha256"] == before.sha256
-    assert frozen.kind == "frozen" and frozen.manifest["architecture"]["kernel_sizes"] == [3, 4]
+    assert checkpoint.manifest.parent.sha256 == before.sha256
+    assert frozen.kind == "frozen" and frozen.manifest.architecture.kernel_sizes == (3, 4)
 
 
 @pytest.mark.parametrize("mode", ["fp32", "fp16"])
@@ -296,8 +296,8 @@ def test_float_tflite_imports_within_1e5(keras_cnn: dict, mode: str, tmp_path: P
     imported = run_import(lite, keras_cnn["root"] / "mapping.yaml", keras_cnn["root"] / "tokenizer",
                           tmp_path / "imported", track=False)
     manifest = artifacts.load_version(imported.version).manifest
-    assert manifest["check"]["differences"]["probabilities"] <= 1e-5
-    assert set(manifest["imported_from"]["storage"].values()) == {"float32" if mode == "fp32" else "float16"}
+    assert manifest.check["differences"]["probabilities"] <= 1e-5
+    assert set(manifest.imported_from["storage"].values()) == {"float32" if mode == "fp32" else "float16"}
 
 
 def test_tflite_mapping_naming_a_missing_tensor_fails(keras_cnn: dict, tmp_path: Path) -> None:

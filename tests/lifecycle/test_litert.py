@@ -30,13 +30,13 @@ def _texts(data_dir: Path, n: int = 60) -> list[str]:
 
 def test_frozen_version_carries_a_checked_serving_form(frozen: dict) -> None:
     version = artifacts.load_version(frozen["outcome"].version)
-    serving = version.manifest["serving"]
-    assert serving["file"] == "model.tflite" and serving["runtime"] == "litert"
-    assert serving["quantization"] == "float32"
-    assert serving["max_abs_diff_vs_graph"] <= 1e-5
-    assert version.manifest["files"]["model.tflite"]["bytes"] == serving["bytes"]
+    serving = version.manifest.serving
+    assert serving.file == "model.tflite" and serving.runtime == "litert"
+    assert serving.quantization == "float32"
+    assert serving.max_abs_diff_vs_graph <= 1e-5
+    assert version.manifest.files["model.tflite"].bytes == serving.bytes
     # The flatbuffer holds the same float32 weights as graph.pb: within a few percent of its size.
-    assert serving["bytes"] == pytest.approx(version.manifest["sizes"]["graph_bytes"], rel=0.05)
+    assert serving.bytes == pytest.approx(version.manifest.sizes["graph_bytes"], rel=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +61,10 @@ def test_serving_form_predicts_like_the_graph(which: str, frozen: dict, int8: ar
     graph = Predictor(version, "graph")
     got, expected = lite.predict_proba(texts), graph.predict_proba(texts)
     if which == "int8":  # hybrid kernels: activations rounded to int8 on every call, so close, not equal
-        assert version.manifest["serving"]["kernels"] == "hybrid"
+        assert version.manifest.serving.kernels == "hybrid"
         difference = float(np.max(np.abs(got - expected)))
         assert 0 < difference <= HYBRID_BOUND
-        assert version.manifest["serving"]["max_abs_diff_vs_graph"] <= HYBRID_BOUND
+        assert version.manifest.serving.max_abs_diff_vs_graph <= HYBRID_BOUND
         assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.95
     else:
         np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -87,17 +87,17 @@ def test_hybrid_and_exact_int8_kernels(int8: artifacts.Version, int8_exact: arti
     kernels = len([op for op, _ in exact if op in ("CONV_2D", "FULLY_CONNECTED")])
     assert len([op for op, _ in exact if op == "DEQUANTIZE"]) == kernels
     assert all("int8" not in inputs for op, inputs in exact if op in ("CONV_2D", "FULLY_CONNECTED"))
-    assert int8_exact.manifest["serving"]["kernels"] == "exact"
-    assert int8_exact.manifest["serving"]["max_abs_diff_vs_graph"] <= 1e-5
+    assert int8_exact.manifest.serving.kernels == "exact"
+    assert int8_exact.manifest.serving.max_abs_diff_vs_graph <= 1e-5
     # The same int8 bytes either way: only a few ops differ.
-    assert abs(int8.manifest["serving"]["bytes"] - int8_exact.manifest["serving"]["bytes"]) < 2048
+    assert abs(int8.manifest.serving.bytes - int8_exact.manifest.serving.bytes) < 2048
 
 
 def test_compress_keeps_the_parents_serving_kernels(int8_exact: artifacts.Version, tmp_path: Path) -> None:
     from lifecycle.workflows import run_compress
 
     child = run_compress(str(int8_exact.path), "prune:0.5", tmp_path / "child", track=False)
-    assert artifacts.load_version(child.version).manifest["serving"]["kernels"] == "exact"
+    assert artifacts.load_version(child.version).manifest.serving.kernels == "exact"
 
 
 def test_unknown_serving_kernels_are_refused(int8: artifacts.Version, tmp_path: Path) -> None:
@@ -110,12 +110,12 @@ def test_unknown_serving_kernels_are_refused(int8: artifacts.Version, tmp_path: 
 
 
 def test_int8_serving_form_keeps_int8_kernels_and_is_a_quarter(frozen: dict, int8: artifacts.Version) -> None:
-    serving = int8.manifest["serving"]
-    assert serving["quantization"] == "int8-weights"
-    kernels = {name for name in int8.manifest["tensors"] if not name.endswith("/bias") and name != "weights/embedding"}
-    assert set(serving["int8_kernels"]) == kernels  # none left float32 by the converter
-    float_bytes = artifacts.load_version(frozen["outcome"].version).manifest["serving"]["bytes"]
-    assert serving["bytes"] <= 0.3 * float_bytes
+    serving = int8.manifest.serving
+    assert serving.quantization == "int8-weights"
+    kernels = {name for name in int8.manifest.tensors if not name.endswith("/bias") and name != "weights/embedding"}
+    assert set(serving.int8_kernels) == kernels  # none left float32 by the converter
+    float_bytes = artifacts.load_version(frozen["outcome"].version).manifest.serving.bytes
+    assert serving.bytes <= 0.3 * float_bytes
 
 
 def test_serving_never_imports_tensorflow(int8: artifacts.Version, data_dir: Path, tmp_path: Path) -> None:
@@ -174,17 +174,17 @@ def test_int8_act_gives_a_full_integer_serving_form_measured_against_the_graph(i
 
     outcome = run_compress(str(int8.path), "int8-act", tmp_path / "act", track=False)
     version = artifacts.load_version(outcome.version)
-    serving = version.manifest["serving"]
-    assert serving["quantization"] == "int8-full"
-    assert serving["calibration_samples"] > 0
+    serving = version.manifest.serving
+    assert serving.quantization == "int8-full"
+    assert serving.calibration_samples > 0
     # graph.pb, the retrainable master, is the parent's: same weights, same predictions.
-    assert version.manifest["check"]["max_abs_diff_vs_parent"] == 0.0
-    assert version.manifest["tensors"]["weights/conv_3/kernel"]["storage"] == "int8"
+    assert version.manifest.check["max_abs_diff_vs_parent"] == 0.0
+    assert version.manifest.tensors["weights/conv_3/kernel"].storage == "int8"
     # Activations in int8 move the probabilities, but the labels mostly agree with graph.pb.
-    assert 0.0 < serving["max_abs_diff_vs_graph"] < 0.5
-    assert serving["agreement_with_graph"] >= 0.85
-    assert abs(serving["test_accuracy"] - version.manifest["metrics"]["test_accuracy"]) <= 0.05
-    assert outcome.metrics["serving_test_accuracy"] == serving["test_accuracy"]
+    assert 0.0 < serving.max_abs_diff_vs_graph < 0.5
+    assert serving.agreement_with_graph >= 0.85
+    assert abs(serving.test_accuracy - version.manifest.metrics["test_accuracy"]) <= 0.05
+    assert outcome.metrics["serving_test_accuracy"] == serving.test_accuracy
     assert Predictor(version).runtime == "litert"
 
     def int8_tensors(v: artifacts.Version) -> int:
@@ -203,11 +203,11 @@ def test_inspect_lists_the_serving_forms_constants(int8: artifacts.Version) -> N
     report = run_inspect(str(int8.path))
     rows = {row["name"]: row for row in report["serving_tensors"]}
     assert rows["weights/embedding/q"]["dtype"] == "int8"
-    assert rows["weights/embedding/scale"]["shape"] == [int8.manifest["tensors"]["weights/embedding"]["shape"][0], 1]
+    assert rows["weights/embedding/scale"]["shape"] == [int8.manifest.tensors["weights/embedding"].shape[0], 1]
     kernels = [row for name, row in rows.items() if name.startswith("weights/conv_")]
     assert kernels and all(row["dtype"] == "int8" and row["scales"] == row["shape"][0] for row in kernels)
     big_floats = [name for name, row in rows.items() if row["dtype"] == "float32" and row["bytes"] > 4096]
     assert big_floats == ["weights/embedding/scale"]  # no float32 kernel left behind
     # The constants are the file, less the flatbuffer's own tables (a few KB: 3% of this small test model).
     total = sum(row["bytes"] for row in report["serving_tensors"])
-    assert 0.9 * int8.manifest["serving"]["bytes"] <= total <= int8.manifest["serving"]["bytes"]
+    assert 0.9 * int8.manifest.serving.bytes <= total <= int8.manifest.serving.bytes

@@ -36,9 +36,9 @@ def test_restore_then_freeze_reproduces_the_parent(versions: dict, storage: str,
 
     restored = run_restore(str(versions[storage]), tmp_path / "restored", track=False)
     manifest = artifacts.load_version(restored.version).manifest
-    assert manifest["kind"] == "checkpoint"
-    assert manifest["check"]["max_abs_diff_vs_parent"] <= 1e-5
-    assert manifest["parent"]["sha256"] == artifacts.load_version(versions[storage]).sha256
+    assert manifest.kind == "checkpoint"
+    assert manifest.check["max_abs_diff_vs_parent"] <= 1e-5
+    assert manifest.parent.sha256 == artifacts.load_version(versions[storage]).sha256
     refrozen = run_freeze(str(restored.version), tmp_path / "refrozen", track=False)
     texts = [line.decode("cp1252") for line in (data_dir / "MR" / "rt-polarity.pos").read_bytes().split(b"\n")[:40]]
     # graph.pb is what restore reproduces (an int8 serving form's dynamic-range kernels round activations too).
@@ -52,10 +52,10 @@ def test_pruning_mask_survives_restore(versions: dict, tmp_path: Path) -> None:
 
     restored = run_restore(str(versions["prune+int8"]), tmp_path / "r", track=False)
     manifest = artifacts.load_version(restored.version).manifest
-    sparsity = manifest["restored_from"]["sparsity"]
+    sparsity = manifest.restored_from["sparsity"]
     embedding = next(v for k, v in sparsity.items() if "embedding" in k)
     assert embedding >= 0.59
-    assert manifest["restored_from"]["storage"]["weights/embedding"] == "int8"
+    assert manifest.restored_from["storage"]["weights/embedding"] == "int8"
 
 
 def test_restored_model_trains(versions: dict, data_dir: Path) -> None:

@@ -39,14 +39,14 @@ def test_retrain_compressed_version_keeps_recipe_sparsity_and_lineage(pruned_int
     checkpoint, frozen, compressed = (artifacts.load_version(o.version) for o in outcomes)
     assert [v.kind for v in (checkpoint, frozen, compressed)] == ["checkpoint", "frozen", "compressed"]
     parent = artifacts.load_version(pruned_int8)
-    assert checkpoint.manifest["parent"]["sha256"] == parent.sha256
-    assert [s["name"] for s in compressed.manifest["recipe"]] == ["prune", "int8"]
-    assert compressed.manifest["tensors"]["weights/embedding"]["storage"] == "int8"
-    assert compressed.manifest["serving"]["kernels"] == parent.manifest["serving"]["kernels"] == "exact"
+    assert checkpoint.manifest.parent.sha256 == parent.sha256
+    assert [s.name for s in compressed.manifest.recipe] == ["prune", "int8"]
+    assert compressed.manifest.tensors["weights/embedding"].storage == "int8"
+    assert compressed.manifest.serving.kernels == parent.manifest.serving.kernels == "exact"
     # The mask was kept through training, and the recipe's pruning lands on the same sparsity again.
-    assert frozen.manifest["tensors"]["weights/embedding"]["sparsity"] >= 0.5 - 1e-3
-    assert compressed.manifest["tensors"]["weights/embedding"]["sparsity"] == pytest.approx(
-        parent.manifest["tensors"]["weights/embedding"]["sparsity"], abs=1e-3)
+    assert frozen.manifest.tensors["weights/embedding"].sparsity >= 0.5 - 1e-3
+    assert compressed.manifest.tensors["weights/embedding"].sparsity == pytest.approx(
+        parent.manifest.tensors["weights/embedding"].sparsity, abs=1e-3)
     before = load_graph_version(parent).weights["weights/conv_3/kernel"].dequantize()
     after = load_graph_version(frozen).weights["weights/conv_3/kernel"].dequantize()
     assert not np.allclose(before, after)
@@ -59,7 +59,7 @@ def test_retrain_compressed_version_keeps_recipe_sparsity_and_lineage(pruned_int
     client = mlflow.MlflowClient(tracking_uri)
     retrain_run = client.get_run(outcomes[0].run_id)
     assert retrain_run.data.tags["lifecycle.step"] == "retrain"
-    assert retrain_run.data.tags["lifecycle.parent_run"] == parent.manifest["run_id"]
+    assert retrain_run.data.tags["lifecycle.parent_run"] == parent.manifest.run_id
     assert retrain_run.data.params["parent_sha256"] == parent.sha256
     for outcome in outcomes[1:]:
         child = client.get_run(outcome.run_id)
@@ -85,7 +85,7 @@ def test_versions_shows_the_lineage_tree(pruned_int8: Path) -> None:
 
     rows = run_versions("mr-slice")
     by_run = {r["run_id"]: r for r in rows}
-    compressed = next(r for r in rows if r["run_id"] == artifacts.load_version(pruned_int8).manifest["run_id"])
+    compressed = next(r for r in rows if r["run_id"] == artifacts.load_version(pruned_int8).manifest.run_id)
     frozen = by_run[compressed["parent_run"]]
     checkpoint = by_run[frozen["parent_run"]]
     assert (checkpoint["kind"], frozen["kind"], compressed["kind"]) == ("checkpoint", "frozen", "compressed")

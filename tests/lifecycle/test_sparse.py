@@ -110,7 +110,7 @@ def test_sparse_graph_is_smaller_on_disk_and_predicts_like_the_dense_one(sparse:
     # At 80% zeros the embedding holds 0.2 values + 1/8 mask byte per element (float32: 0.8 + 1/8 of 4 bytes); its
     # 32-d int8 rows carry a 4-byte scale each, and a few small kernels stay dense.
     assert on_disk < {"prune:0.8": 0.3, "prune:0.8,int8": 0.5}[recipe] * dense_bytes, (on_disk, dense_bytes)
-    assert version.manifest["sizes"]["graph_bytes"] == on_disk
+    assert version.manifest.sizes["graph_bytes"] == on_disk
 
     predictor = Predictor(version, runtime="graph")  # graph.pb, not the LiteRT serving form
     ids = predictor.tokenizer.encode(TEXTS, version.max_len)
@@ -148,10 +148,10 @@ def test_manifest_records_layout_and_nodes_matching_the_file(sparse: dict) -> No
     tf = tf_module()
     version = artifacts.load_version(sparse["prune:0.8,int8"])
     manifest = version.manifest
-    assert manifest["recipe"][0]["layouts"]["weights/embedding"] == "sparse"
+    assert manifest.recipe[0].layouts["weights/embedding"] == "sparse"
     consts = {n.name: tf.make_ndarray(n.attr["value"].tensor)
               for n in read_graph(version.path / GRAPH_FILE).node if n.op == "Const"}
-    for name, meta in manifest["tensors"].items():
+    for name, meta in manifest.tensor_dicts().items():
         assert sum(consts[node].nbytes for node in meta["nodes"]) == meta["bytes"], name
         codes = name if name.endswith("/bias") else f"{name}/q"
         scale = [] if name.endswith("/bias") else [f"{name}/scale"]
@@ -161,8 +161,8 @@ def test_manifest_records_layout_and_nodes_matching_the_file(sparse: dict) -> No
         assert meta["encoding"] == "bitmask" and meta["nodes"] == [f"{codes}/values", f"{codes}/mask", *scale]
         assert consts[f"{codes}/values"].dtype == np.int8 and consts[f"{codes}/values"].size == meta["nonzero"]
         assert meta["sparsity"] >= 0.79
-    assert manifest["tensors"]["weights/embedding"]["layout"] == "sparse"
-    assert manifest["sizes"]["weights_bytes"] == sum(t["bytes"] for t in manifest["tensors"].values())
+    assert manifest.tensors["weights/embedding"].layout == "sparse"
+    assert manifest.sizes["weights_bytes"] == sum(t.bytes for t in manifest.tensors.values())
 
     result = CliRunner().invoke(app, ["inspect", str(version.path)])
     assert result.exit_code == 0, result.output
@@ -175,9 +175,9 @@ def test_restore_of_a_sparse_version_reproduces_it(sparse: dict, tmp_path: Path)
 
     restored = run_restore(str(sparse["prune:0.8"]), tmp_path / "restored", track=False)
     manifest = artifacts.load_version(restored.version).manifest
-    assert manifest["check"]["max_abs_diff_vs_parent"] <= 1e-5
-    assert manifest["restored_from"]["storage"]["weights/embedding"] == "float32"
-    assert min(manifest["restored_from"]["sparsity"].values()) >= 0.79  # the mask a retrain keeps
+    assert manifest.check["max_abs_diff_vs_parent"] <= 1e-5
+    assert manifest.restored_from["storage"]["weights/embedding"] == "float32"
+    assert min(manifest.restored_from["sparsity"].values()) >= 0.79  # the mask a retrain keeps
     refrozen = run_freeze(str(restored.version), tmp_path / "refrozen", track=False)
     original = Predictor(artifacts.load_version(sparse["prune:0.8"]), runtime="graph").predict_proba(TEXTS)
     again = Predictor(artifacts.load_version(refrozen.version)).predict_proba(TEXTS)

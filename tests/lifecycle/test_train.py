@@ -18,11 +18,11 @@ def test_loss_goes_down_and_version_is_complete(trained: dict) -> None:
     outcome = trained["outcome"]
     version = artifacts.load_version(outcome.version)
     assert version.kind == "checkpoint"
-    files = set(version.manifest["files"])
+    files = set(version.manifest.files)
     assert {"config.yaml", "model.keras", "tokenizer/tokenizer.json", "tokenizer/vocab.txt"} <= files
     assert version.labels == ("negative", "positive")
-    assert version.manifest["input"] == {"name": "input_ids", "dtype": "int32", "shape": [None, 40]}
-    sizes = version.manifest["sizes"]
+    assert version.manifest.input.to_dict() == {"name": "input_ids", "dtype": "int32", "shape": [None, 40]}
+    sizes = version.manifest.sizes
     # Adam keeps two slots per weight: the optimizer state is about twice the weights.
     assert 1.9 * sizes["weights_bytes"] < sizes["optimizer_bytes"] < 2.1 * sizes["weights_bytes"]
     assert sizes["checkpoint_bytes"] > sizes["weights_bytes"] + sizes["optimizer_bytes"] * 0.9
@@ -128,8 +128,8 @@ def test_interrupted_training_resumes_from_last_epoch(data_dir: Path, tmp_path: 
     # the tokenizer was not trained again, and the resumed run reports what training it took, not 0
     assert outcome.metrics["tokenizer_train_seconds"] == pytest.approx(first_seconds) and first_seconds > 0
     manifest = artifacts.load_version(outcome.version).manifest
-    assert manifest["training"]["resumed_from"] == 2
-    assert manifest["training"]["epochs_run"] == 3
+    assert manifest.training.resumed_from == 2
+    assert manifest.training.epochs_run == 3
 
 
 def test_failing_run_is_marked_failed_and_writes_nothing(data_dir: Path, tmp_path: Path, tracking_uri: str) -> None:
@@ -156,8 +156,8 @@ def test_mixed_precision_trains(data_dir: Path, tmp_path: Path, precision: str) 
     outcome = run_train(cfg, tmp_path / "v", versions_dir=tmp_path / "versions")
     assert np.isfinite(outcome.metrics["test_accuracy"])
     # Variables stay float32 under mixed policies, so the checkpoint's tensors are float32.
-    tensors = artifacts.load_version(outcome.version).manifest["tensors"]
-    assert {t["dtype"] for t in tensors.values()} == {"float32"}
+    tensors = artifacts.load_version(outcome.version).manifest.tensors
+    assert {t.dtype for t in tensors.values()} == {"float32"}
 
 
 def test_word2vec_init_starts_from_vectors_and_keeps_checkpoint_lean(data_dir: Path, tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_version_by_registry_alias(trained: dict, tracking_uri: str) -> None:
     client = mlflow.MlflowClient(tracking_uri)
     client.set_registered_model_alias("mr-slice", "champion", trained["outcome"].registered)
     version = open_version("models:/mr-slice@champion")
-    assert version.manifest["run_id"] == trained["outcome"].run_id
+    assert version.manifest.run_id == trained["outcome"].run_id
     with pytest.raises(ModelError, match="models:/mr-slice@nobody: cannot be fetched"):
         open_version("models:/mr-slice@nobody")
 
@@ -278,15 +278,16 @@ def test_stop_reason_and_peak_epoch_reach_the_manifest_and_mlflow(trained: dict,
     import mlflow
 
     outcome = trained["outcome"]
-    training = artifacts.load_version(outcome.version).manifest["training"]
+    training = artifacts.load_version(outcome.version).manifest.training
+    assert training is not None
     # the fixture's 4-epoch cap ends it: on an 800-text slice (25 steps of 32) 500 steps of patience are 20 epochs
-    assert training["stop_reason"] == "max_epochs" and training["epochs_run"] == 4
-    assert training["steps_per_epoch"] == 25 and training["patience_epochs"] == 20
-    assert training["peak_epoch"] == training["best_epoch"] + 1 and training["monitor"] == "val_accuracy"
+    assert training.stop_reason == "max_epochs" and training.epochs_run == 4
+    assert training.steps_per_epoch == 25 and training.patience_epochs == 20
+    assert training.peak_epoch == training.best_epoch + 1 and training.monitor == "val_accuracy"
     run = mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id)
     assert run.data.tags["lifecycle.stop_reason"] == "max_epochs"
-    assert run.data.tags["lifecycle.peak_epoch"] == str(training["peak_epoch"])
-    assert run.data.metrics["peak_epoch"] == training["peak_epoch"]
+    assert run.data.tags["lifecycle.peak_epoch"] == str(training.peak_epoch)
+    assert run.data.metrics["peak_epoch"] == training.peak_epoch
     assert "learning_rate" in run.data.metrics
     assert outcome.facts["stop_reason"] == "max_epochs"
 

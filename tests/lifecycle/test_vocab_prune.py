@@ -138,11 +138,10 @@ def test_word_vocab_pruning_round_trips(word_pruned: dict) -> None:
 
     parent, child = (artifacts.load_version(p) for p in (word_pruned["parent"], word_pruned["n"].version))
     parent_tok, child_tok = load_tokenizer(parent.tokenizer_dir), load_tokenizer(child.tokenizer_dir)
-    assert parent_tok.vocab_size > 256 and parent.manifest["input"]["dtype"] == "uint16"
-    assert child_tok.vocab_size == 256 == child.manifest["architecture"]["vocab_size"]
-    assert child.manifest["tensors"]["weights/embedding"]["shape"] == [256, parent.manifest["architecture"][
-        "embedding_dim"]]
-    assert child.manifest["input"]["dtype"] == "uint8"  # 256 ids fit a byte
+    assert parent_tok.vocab_size > 256 and parent.manifest.input.dtype == "uint16"
+    assert child_tok.vocab_size == 256 == child.manifest.architecture.vocab_size
+    assert child.manifest.tensors["weights/embedding"].shape == (256, parent.manifest.architecture.embedding_dim)
+    assert child.manifest.input.dtype == "uint8"  # 256 ids fit a byte
     test_texts = list(_corpus(child.path).test.texts)
     ids = child_tok.encode(test_texts, child.max_len)
     assert ids.max() < 256
@@ -166,22 +165,22 @@ def test_word_vocab_pruning_round_trips(word_pruned: dict) -> None:
 def test_word_vocab_step_report_and_honest_comparison(word_pruned: dict) -> None:
     parent = artifacts.load_version(word_pruned["parent"])
     child = artifacts.load_version(word_pruned["n"].version)
-    [step] = child.manifest["recipe"]
-    assert step["name"] == "vocab" and step["params"] == {"keep": 256}
-    report = step["report"]
-    assert report["rows_before"] == parent.manifest["architecture"]["vocab_size"] and report["rows_after"] == 256
+    [step] = child.manifest.recipe
+    assert step.name == "vocab" and step.params == {"keep": 256}
+    report = step.report
+    assert report["rows_before"] == parent.manifest.architecture.vocab_size and report["rows_after"] == 256
     assert report["train_coverage_before"] == pytest.approx(1.0)  # the word vocabulary was built on this split
     assert 0.3 < report["train_coverage_after"] < 1.0
     assert report["test_unk_rate_after"] > report["test_unk_rate_before"]
-    assert step["bytes_after"] < step["bytes_before"] / 10
+    assert step.bytes_after < step.bytes_before / 10
     # The recorded accuracy is the child's own, through its own tokenizer (not the parent's ids into fewer rows).
     test = _corpus(child.path).test
     predicted = np.asarray(child.labels)[_probabilities(child.path, list(test.texts)).argmax(axis=1)]
     accuracy = float(np.mean(predicted == np.asarray(test.labels)))
-    assert child.manifest["metrics"]["test_accuracy"] == pytest.approx(accuracy)
+    assert child.manifest.metrics["test_accuracy"] == pytest.approx(accuracy)
     assert word_pruned["n"].metrics["accuracy_delta_vs_parent"] == pytest.approx(
-        accuracy - parent.manifest["metrics"]["test_accuracy"])
-    assert child.manifest["sizes"]["tokenizer_bytes"] < parent.manifest["sizes"]["tokenizer_bytes"]
+        accuracy - parent.manifest.metrics["test_accuracy"])
+    assert child.manifest.sizes["tokenizer_bytes"] < parent.manifest.sizes["tokenizer_bytes"]
 
 
 def test_coverage_mode_keeps_the_fewest_words_covering_c(word_pruned: dict) -> None:
@@ -197,10 +196,10 @@ def test_coverage_mode_keeps_the_fewest_words_covering_c(word_pruned: dict) -> N
     covered = sum(counts[w] for w in kept)
     assert covered / total >= 0.8
     assert (covered - min(counts[w] for w in kept)) / total < 0.8  # one word fewer would not do
-    [step] = child.manifest["recipe"]
-    assert step["params"] == {"coverage": 0.8}
-    assert step["report"]["train_coverage_after"] == pytest.approx(covered / total)
-    assert step["report"]["rows_after"] == child_tok.vocab_size < parent_tok.vocab_size
+    [step] = child.manifest.recipe
+    assert step.params == {"coverage": 0.8}
+    assert step.report["train_coverage_after"] == pytest.approx(covered / total)
+    assert step.report["rows_after"] == child_tok.vocab_size < parent_tok.vocab_size
 
 
 def test_vocab_larger_than_the_vocabulary_keeps_everything(frozen: dict) -> None:
@@ -253,9 +252,9 @@ def test_retrain_of_a_vocab_pruned_version_keeps_its_vocabulary(word_pruned: dic
     pruned_vocab = load_tokenizer(artifacts.load_version(word_pruned["n"].version).tokenizer_dir).vocab
     for version in (checkpoint, frozen, compressed):
         assert load_tokenizer(version.tokenizer_dir).vocab == pruned_vocab, version.kind
-    assert compressed.manifest["architecture"]["vocab_size"] == 256
-    [step] = compressed.manifest["recipe"]
-    assert step["params"] == {"keep": 256} and "all rows kept" in step["report"]["note"]
+    assert compressed.manifest.architecture.vocab_size == 256
+    [step] = compressed.manifest.recipe
+    assert step.params == {"keep": 256} and "all rows kept" in step.report["note"]
 
 
 @pytest.mark.parametrize("recipe", ["tune:1", "vocab:300"])
@@ -294,8 +293,8 @@ def test_bpe_vocab_pruning_round_trips(bpe_versions: dict, tmp_path: Path) -> No
     parent_tok, child_tok = load_tokenizer(parent.tokenizer_dir), load_tokenizer(child.tokenizer_dir)
     assert (child.tokenizer_dir / "kept_ids.npy").is_file() and (child.tokenizer_dir / "bpe.model").read_bytes() == (
         parent.tokenizer_dir / "bpe.model").read_bytes()  # the youtokentome model is shipped unchanged
-    assert child_tok.vocab_size == 200 == child.manifest["architecture"]["vocab_size"]
-    assert child.manifest["input"]["dtype"] == "uint8" and parent.manifest["input"]["dtype"] == "uint16"
+    assert child_tok.vocab_size == 200 == child.manifest.architecture.vocab_size
+    assert child.manifest.input.dtype == "uint8" and parent.manifest.input.dtype == "uint16"
 
     # The map: kept = specials + the 196 ids most frequent in the training split; every other id becomes unk.
     train_texts = list(_corpus(parent.path).train.texts)

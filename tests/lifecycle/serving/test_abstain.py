@@ -19,8 +19,8 @@ TEXTS = ["a gripping, beautifully acted film", "tedious and far too long", "it i
 
 
 def test_compression_refits_the_temperature_on_the_validation_split(serving_versions: dict[str, Path]) -> None:
-    parent = load_version(serving_versions["float32"]).manifest["calibration"]
-    entry = load_version(serving_versions["int8"]).manifest["calibration"]
+    parent = load_version(serving_versions["float32"]).manifest.calibration.to_dict()
+    entry = load_version(serving_versions["int8"]).manifest.calibration.to_dict()
     assert "inherited_from" not in entry and entry["fitted_on"] == "validation split"
     assert entry["validation"]["n"] == parent["validation"]["n"]
     assert entry["temperature"] != parent["temperature"]  # int8 probabilities are not the float32 ones
@@ -63,7 +63,7 @@ def test_served_model_abstains_under_its_threshold(serving_versions: dict[str, P
             assert bad.status_code == 400 and "'abstain' must be a probability" in bad.json()["error"]
             listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
             assert listed["strict"]["abstain_threshold"] == threshold
-            temperature = load_version(serving_versions["int8"]).manifest["calibration"]["temperature"]
+            temperature = load_version(serving_versions["int8"]).manifest.calibration.temperature
             assert listed["plain"]["temperature"] == temperature
     finally:
         registry.close()

@@ -1,0 +1,97 @@
+"""Publishing a version: write it inside the step's run, then log, register and tag it, in one order for every step.
+
+Each step that writes a version (tokenize, train, freeze, compress, restore, import, retrain) opens its run itself,
+because its run also holds the work before the version exists (training epochs, the teacher's nested run, a
+resumed run); once the version's files are ready it calls :func:`publish_version`, which
+
+1. writes the version atomically (``write``, given the run id the manifest records),
+2. computes the run's metrics (``metrics``, from the written version when they depend on it),
+3. logs ``params``, then the metrics, then what only that step logs (``log``: plots, tables, tags),
+4. logs the version's directory as the run's artifacts (``artifact_path``, ``version`` but for tokenizers),
+5. logs MLflow's own pyfunc form of it (``pyfunc``: frozen and compressed versions),
+6. registers it under the config's name with the step's registered-model tags (``register``; None: not registered),
+7. tags the run with the version's path (``tag_version``: the steps that always did; restore, import and retrain
+   never set ``lifecycle.version`` and still do not, as the MLflow layout in DESIGN.md describes).
+
+What differs between steps is a parameter, never a branch on the step's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lifecycle.tracking import NullTracker, make_tracker
+from lifecycle.workflows.common import StepOutcome
+
+if TYPE_CHECKING:
+    from lifecycle.artifacts import Version
+    from lifecycle.config import Config
+
+
+def step_tracker(cfg: Config, track: bool = True) -> NullTracker:
+    """The tracker a step logs to: the config's, or a disabled one with ``track=False`` (``--no-track``)."""
+    tracking = cfg.tracking if track else cfg.tracking.model_copy(update={"enabled": False})
+    return make_tracker(tracking, cfg.name)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A version written and published by :func:`publish_version`, with what its run recorded."""
+
+    version: Version
+    run_id: str | None  # the run the version was written in (its manifest's ``run_id``)
+    registered: str | None  # the registered model version's number, None when not registered or not tracked
+    metrics: dict[str, float] = field(default_factory=dict)
+    pyfunc: str | None = None  # the pyfunc's model URI, when one was logged
+
+    def outcome(self, facts: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None
+                ) -> StepOutcome:
+        """The step's outcome; ``metrics`` when the step reports more than its run logged at publishing."""
+        return StepOutcome(self.version.path, self.run_id, self.registered,
+                           dict(self.metrics if metrics is None else metrics), dict(facts or {}))
+
+
+def publish_version(tracker: NullTracker, model_name: str, write: Callable[[str | None], Version], *,
+                    params: Mapping[str, Any] | None = None,
+                    metrics: Callable[[Version], dict[str, float]] | None = None,
+                    log: Callable[[Version], None] | None = None,
+                    artifact_path: str = "version",
+                    pyfunc: bool = False,
+                    register: Mapping[str, str] | None = None,
+                    tag_version: bool = False) -> Published:
+    """Write a version inside the tracker's active run and publish it (see the module docstring for the order).
+
+    Args:
+        tracker: the step's tracker, inside its ``tracker.run(...)`` block.
+        model_name: the registered model's name (the config's name).
+        write: writes the version (``artifacts.write_version``) given the run id; nothing is logged if it raises.
+        params: run params logged once the version is written.
+        metrics: the run's metrics, given the written version; logged after ``params``.
+        log: the step's own logging after the metrics (evaluation plots, calibration, tags...).
+        artifact_path: the run's artifact folder the version directory goes to.
+        pyfunc: also log the version as an MLflow pyfunc (it needs a serving form).
+        register: the registered model version's tags; None registers nothing.
+        tag_version: set the run's ``lifecycle.version`` tag to the version's path.
+
+    Returns:
+        The version, its run id, registered version, metrics and pyfunc URI.
+    """
+    run_id = tracker.run_id
+    version = write(run_id)
+    values = metrics(version) if metrics is not None else {}
+    if params is not None:
+        tracker.log_params(params)
+    if metrics is not None:
+        tracker.log_metrics(values)
+    if log is not None:
+        log(version)
+    tracker.log_artifacts(version.path, artifact_path)
+    # MLflow's own form of the version (a list[str] pyfunc), so `mlflow models serve` runs it: 0.5-0.8 s per run
+    # for a 30k x 300 int8 version, most of it MLflow loading the model to check the input example.
+    uri = tracker.log_pyfunc(version.path) if pyfunc else None
+    registered = tracker.register(model_name, register) if register is not None else None
+    if tag_version:
+        tracker.set_tags({"lifecycle.version": str(version.path)})
+    return Published(version, run_id, registered, values, uri)
