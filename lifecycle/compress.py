@@ -1,4 +1,4 @@
-"""Compression steps: pure functions over a graph's stored weights, each returning the new weights and a report.
+"""Compression recipes: parsing, and the step table, in which each step owns its effects (weights, graph, serving).
 
 A recipe is a comma-separated list of steps applied in order (``--recipe int8``, ``--recipe prune:0.8,int8``). The
 storage of every tensor is recorded in the version's manifest, so restore knows how to read it back.

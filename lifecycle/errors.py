@@ -11,23 +11,15 @@ tokenization's errors their place beside lifecycle's (exit 3 for a tokenizer, 1 
 
 from __future__ import annotations
 
-from tokenization.errors import TokenizationError
+from tokenization.errors import HintedError, TokenizationError
 from tokenization.errors import TokenizerError as TokenizerError  # re-exported: see the module docstring
 
 
-class LifecycleError(Exception):
+class LifecycleError(HintedError):
     """Base of lifecycle's expected failures: a one-line message plus an exit code (tokenization's own derive from
     ``tokenization.errors.TokenizationError``; :data:`EXPECTED_ERRORS` holds both bases)."""
 
     exit_code: int = 1
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return f"{self.message} {self.hint}" if self.hint else self.message
 
 
 class ConfigError(LifecycleError, ValueError):

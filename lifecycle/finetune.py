@@ -7,16 +7,33 @@ again from the tuned float values along the same axes). ``lifecycle.compress`` p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lifecycle.storage import Weights, store_like
 
 if TYPE_CHECKING:
-    from lifecycle.compress import RecipeContext
+    from lifecycle.config import Config
+    from lifecycle.corpus import Corpus
     from lifecycle.dataset import Arrays
+    from tokenization.base import Tokenizer
 
 
-def fine_tune(weights: Weights, context: RecipeContext, epochs: int) -> tuple[Weights, tuple[str, ...], dict[str, Any]]:
+class TuneContext(Protocol):
+    """What fine-tuning reads of the recipe's context (``compress.RecipeContext`` is one)."""
+
+    config: Config
+    labels: tuple[str, ...]
+    max_len: int
+    kernel_sizes: tuple[int, ...]
+    weight_map: dict[str, str]
+    tokenizer: Tokenizer
+
+    def corpus(self, step: str) -> Corpus: ...
+
+    def arrays(self, split: str, step: str) -> Arrays: ...
+
+
+def fine_tune(weights: Weights, context: TuneContext, epochs: int) -> tuple[Weights, tuple[str, ...], dict[str, Any]]:
     """Train the current weights ``epochs`` more epochs on the training split, pruning mask kept, storage re-applied.
 
     The stored weights are dequantized into a trainable Keras CNN (``restore.restore_model``), trained with the

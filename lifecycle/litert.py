@@ -53,9 +53,7 @@ _ALLOWED_CODES = {
 ALLOWED_LITE_OPS = frozenset(_ALLOWED_CODES.values())
 _CUSTOM = 32  # BuiltinOperator.CUSTOM: the op is named by the file's custom_code string
 KERNELS = ("hybrid", "exact")
-# Max abs probability difference allowed between a hybrid int8 serving form and graph.pb on the check at export
-# (measured 0.004-0.006 on MR and TREC models; a kernel put in the wrong place gives differences near 1).
-HYBRID_BOUND = fidelity.SERVING_HYBRID
+HYBRID_BOUND = fidelity.SERVING_HYBRID  # the hybrid serving form's bound against graph.pb (see lifecycle.fidelity)
 _DEQUANTIZE = 6  # tflite BuiltinOperator.DEQUANTIZE
 _INT8 = 9  # tflite TensorType.INT8
 _FLOAT32 = 0  # tflite TensorType.FLOAT32

@@ -8,8 +8,8 @@ A host application may treat these as its own expected failures; lifecycle does 
 from __future__ import annotations
 
 
-class TokenizationError(Exception):
-    """Base of every expected tokenization failure: a one-line message plus an optional hint."""
+class HintedError(Exception):
+    """A one-line message plus an optional hint saying how to fix it (printed after the message)."""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -18,6 +18,10 @@ class TokenizationError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class TokenizationError(HintedError):
+    """Base of every expected tokenization failure."""
 
 
 class TokenizerError(TokenizationError, ValueError):
