@@ -9,6 +9,10 @@ storage of every tensor is recorded in the version's manifest, so restore knows 
   Biases stay float32: they are a fraction of a percent of the bytes and carry the most precision per byte.
   ``int8:embedding=table`` gives the embedding one scale for the whole table instead (what TFLite's dynamic-range
   converter does): 4 bytes per row smaller, each row quantized against the largest value of the table.
+- ``int4``: symmetric 4-bit codes in [-7, 7] with int8's scales (per row of the embedding, per output channel of
+  a kernel), two codes per byte in graph.pb, unpacked inside the graph; the embedding is gathered packed, then
+  unpacked, so memory holds half a byte per weight. Biases stay float32, as for int8. About half the bytes of int8
+  (the scales are the same); the serving form widens the codes to int8 (``lifecycle.storage.Int4Storage``).
 - ``prune:S``: magnitude pruning of each kernel and the embedding to sparsity S, stored in the sparse layout
   (nonzero codes plus a 1-bit-per-element mask, ``storage.encode_sparse``) wherever that makes the smaller file:
   on large tensors from about 3% zeros for float32 and 12.5% for int8; a tensor of a few KB stays dense, as its
@@ -141,6 +145,21 @@ def quantize_int8(weights: Weights, embedding: str = "rows") -> tuple[Weights, t
         axis = None if name == "weights/embedding" and embedding == "table" else int8_axis(name)
         # Survivors below half a step of their channel's scale round to code 0 and leave the mask.
         out[name] = carry_layout(stored, STORAGES["int8"].encode(stored.dequantize(), axis))
+        changed.append(name)
+    return out, tuple(changed)
+
+
+def quantize_int4(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
+    """Store kernels and the embedding as 4-bit codes in [-7, 7] (two per byte) with int8's float32 scales: one per
+    embedding row, one per output channel; biases are left as they are, as ``int8`` leaves them."""
+    out: Weights = {}
+    changed = []
+    for name, stored in weights.items():
+        _refuse_requantize(name, stored, "int4")
+        if _is_bias(name):
+            out[name] = stored
+            continue
+        out[name] = carry_layout(stored, STORAGES["int4"].encode(stored.dequantize(), int8_axis(name)))
         changed.append(name)
     return out, tuple(changed)
 
@@ -500,6 +519,7 @@ def _tune_summary(report: dict[str, Any]) -> str:
 STEPS: dict[str, Step] = {step.name: step for step in (
     Step("fp16", quantize_fp16),
     Step("int8", quantize_int8, parse=_parse_int8, optional=True),
+    Step("int4", quantize_int4),
     Step("prune", prune_magnitude, parse=_parse_prune, parameter="sparsity"),
     Step("fold", fold, on_graph=_fold_graph),
     # ``vocab`` also takes coverage=C, recorded under its own name.
@@ -511,15 +531,18 @@ STEPS: dict[str, Step] = {step.name: step for step in (
 CONTEXT_STEPS = frozenset(name for name, step in STEPS.items() if step.needs_context)
 # Steps that take one parameter (``prune:0.8``) and the name it is recorded under.
 PARAMETERS: dict[str, str] = {name: step.parameter for name, step in STEPS.items() if step.parameter}
+# Steps that choose the storage of the weights: a recipe holds at most one.
+STORAGE_STEPS = ("fp16", "int8", "int4")
 # How each step is written in --recipe, for messages.
-USAGE = "fp16, int8, int8:embedding=table, prune:S, vocab:N, vocab:coverage=C, tune:E, int8-act, fold"
+USAGE = "fp16, int8, int8:embedding=table, int4, prune:S, vocab:N, vocab:coverage=C, tune:E, int8-act, fold"
 
 
 def parse_recipe(text: str) -> list[RecipeStep]:
     """``"int8"``, ``"prune:0.8,tune:1,vocab:20000,int8"`` (comma-separated steps) -> steps.
 
     Raises:
-        ConfigError: an unknown step, a missing or bad parameter, or both fp16 and int8; the message names the step.
+        ConfigError: an unknown step, a missing or bad parameter, or two storages (fp16, int8, int4); the message
+            names the step.
     """
     steps = []
     for raw in (part.strip() for part in text.split(",")):
@@ -540,8 +563,9 @@ def parse_recipe(text: str) -> list[RecipeStep]:
         steps.append(RecipeStep(name, spec.parse(arg.strip(), text)))
     if not steps:
         raise ConfigError(f"--recipe {text!r} names no step. Use e.g. --recipe int8 (steps: {USAGE}).")
-    if len({s.name for s in steps} & {"fp16", "int8"}) > 1:
-        raise ConfigError(f"--recipe {text!r}: fp16 and int8 are alternative storages; pick one.")
+    storages = [name for name in STORAGE_STEPS if name in {s.name for s in steps}]
+    if len(storages) > 1:
+        raise ConfigError(f"--recipe {text!r}: {' and '.join(storages)} are alternative storages; pick one.")
     return steps
 
 

@@ -17,6 +17,9 @@ hybrid kernels that also quantize activations):
     and TREC, bound ``HYBRID_BOUND``);
   - ``exact``: a DEQUANTIZE op per kernel, whose input is constant, so the runtime expands it to float32 once at load;
     every call then computes with the very values graph.pb does (equal within float rounding).
+- int4: LiteRT has no 4-bit kernels for GATHER, CONV_2D or FULLY_CONNECTED as we use them, so the export widens
+  the codes to int8 (the same codes in [-7, 7], the same scales: the same values) and serves them as int8 above;
+  the file is an int8 version's size, and ``Export.expanded`` (``manifest.serving.expanded``) names every weight.
 - ``int8-act`` (a recipe step): full-integer activations, calibrated by the converter on training texts. This one is
   not exact: its accuracy against the weight-only form is measured and recorded.
 
@@ -32,7 +35,7 @@ import logging
 import mmap
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,8 @@ class Export:
     quantization: str  # float32 | float16 | int8-weights | int8-full
     int8_kernels: tuple[str, ...] = ()
     kernels: str | None = None  # int8 kernels only: hybrid (dynamic-range kernels) or exact (dequantized at load)
+    # Weights whose codes LiteRT cannot run as stored (int4), widened at export: name -> "int4 -> int8".
+    expanded: dict[str, str] = field(default_factory=dict)
 
 
 def _serving_weights(weights: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +162,7 @@ def _int8_kernels(content: bytes, kernels: dict[str, tuple[np.ndarray, np.ndarra
     done = []
     new_ops = []
     rewired: dict[int, int] = {}
-    for name, (values, _codes) in kernels.items():
+    for name, (values, stored_codes) in kernels.items():
         target = np.sort(values.ravel())
         match = None
         for index in by_size.get(values.size, []):
@@ -171,7 +176,11 @@ def _int8_kernels(content: bytes, kernels: dict[str, tuple[np.ndarray, np.ndarra
         shape = tuple(int(d) for d in tensor.shape)
         data = np.frombuffer(bytes(model.buffers[tensor.buffer].data), dtype=np.float32).reshape(shape)
         peak = np.max(np.abs(data.reshape(shape[0], -1)), axis=1)
-        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        # The largest code of each output channel (the stored codes' last axis, the converted tensor's axis 0): 127
+        # for int8, 7 for int4 codes widened to int8, so the scales are the version's own either way.
+        channels = stored_codes.reshape(-1, stored_codes.shape[-1]).astype(np.int32)
+        top = np.max(np.abs(channels), axis=0).astype(np.float32)
+        scale = np.where((peak > 0) & (top > 0), peak / np.maximum(top, 1), 1.0).astype(np.float32)
         codes = np.clip(np.rint(data / scale.reshape((-1,) + (1,) * (len(shape) - 1))), -127, 127).astype(np.int8)
 
         buffer = schema.BufferT()
@@ -238,7 +247,10 @@ def export(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max_len: int,
     int8 = {name: kernel for name, stored in weights.items()
             if (kernel := stored.spec.serving_kernel(name, stored)) is not None}
     content, done = _int8_kernels(_convert(graph_def), int8, kernels == "hybrid")
-    return Export(content, "int8-weights", done, kernels if done else None)
+    # int4 codes go in as int8 codes with the same scales (LiteRT has no 4-bit gather or hybrid kernels for our ops).
+    expanded = {name: f"{stored.storage} -> {stored.spec.served_as}" for name, stored in weights.items()
+                if stored.spec.served_as}
+    return Export(content, "int8-weights", done, kernels if done else None, expanded)
 
 
 def export_full_int8(weights: dict[str, Any], kernel_sizes: tuple[int, ...], max_len: int, input_dtype: str,

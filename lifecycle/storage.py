@@ -11,13 +11,16 @@ float16     ``<name>/fp16``      ``Cast`` (the embedding after its gather, so th
 int8        ``<name>/q``         ``Cast(codes) * <name>/scale``: symmetric codes, a float32 scale per channel
                                  along ``axis`` (rows of the embedding, output channels of a kernel) or one
                                  scale for the tensor (0-d); the embedding gathers int8 rows, then scales them
+int4        ``<name>/q4``        ``codes * <name>/scale``: symmetric codes in [-7, 7], scales as int8's, two
+                                 codes per uint8 byte (``pack_int4``), unpacked in the graph (BitwiseAnd,
+                                 RightShift, ConcatV2, AddV2, Cast); the embedding gathers packed rows first
 ==========  ===================  =========================================================================
 
 Each entry says how values are encoded (``encode``, ``encode_like`` for re-storing tuned values), dequantized and
 counted (``dequantize``, ``nbytes``), named in the graph (``codes_node``, ``scale_node``), emitted (``emit_codes``,
 ``emit_float``, ``emit_embedding``), read back from a graph (``read_codes``, ``read``: what restore dequantizes), and
 handed to the LiteRT converter (``serving``, ``serving_kernel``, ``serving_quantization``).
-A new storage (4-bit, codebook) is one new ``Storage`` subclass registered in ``STORAGES`` (``tests/helpers.py``'s
+A new storage (a codebook, say) is one new ``Storage`` subclass registered in ``STORAGES`` (``tests/helpers.py``'s
 ``check_storage_round_trip`` runs on every entry).
 
 Each layout is one :class:`Layout` entry of ``LAYOUTS``. Dense is one Const of codes. Sparse (pruned weights) keeps
@@ -45,6 +48,7 @@ from lifecycle.backend import tf_module
 from lifecycle.errors import ModelError
 
 INT8_MAX = 127
+INT4_MAX = 7  # symmetric 4-bit codes: [-7, 7], so 0 is exact and both signs have the same range
 SPARSE_ENCODING = "bitmask"  # nonzero codes + 1 bit per element; see module docstring
 # What a sparse tensor's decode nodes add to graph.pb (about 1.6 KB measured, with the weights' names): below this
 # saving, the dense layout is the smaller file.
@@ -265,8 +269,10 @@ class Storage:
     suffix = ""  # the codes node is ``<weight name><suffix>``
     # What the LiteRT export of a graph whose kernels are all in this storage is (``litert.export``).
     serving_quantization = "float32"
-    # Integer codes: quantizing them again only adds error, so fp16/int8 steps refuse them.
+    # Integer codes: quantizing them again only adds error, so fp16/int8/int4 steps refuse them.
     final = False
+    # The storage the serving form widens these codes to, where LiteRT has no kernels for them ("": kept as is).
+    served_as = ""
 
     def encode(self, values: np.ndarray, axis: int | None = None) -> StoredTensor:
         """Float values -> this storage (dense layout). ``axis`` is where per-channel scales run, if any."""
@@ -359,18 +365,18 @@ def int8_axis(name: str) -> int:
     return 0 if name == EMBEDDING else -1
 
 
-def quantize_int8_array(values: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+def quantize_int8_array(values: np.ndarray, axis: int | None, top: int = INT8_MAX) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8, per channel along ``axis`` (None: one scale for the tensor, a 0-d array):
-    ``values ~= codes * scale``; |error| <= scale / 2 element-wise."""
+    ``values ~= codes * scale``; |error| <= scale / 2 element-wise. ``top`` is the largest code (7 for int4)."""
     if axis is None:
         peak = np.max(np.abs(values)) if values.size else np.float32(0)
-        scale = np.asarray(peak / INT8_MAX if peak > 0 else 1.0, dtype=np.float32)
-        return np.clip(np.rint(values / scale), -INT8_MAX, INT8_MAX).astype(np.int8), scale
+        scale = np.asarray(peak / top if peak > 0 else 1.0, dtype=np.float32)
+        return np.clip(np.rint(values / scale), -top, top).astype(np.int8), scale
     reduce_axes = tuple(i for i in range(values.ndim) if i != axis % values.ndim)
     peak = np.max(np.abs(values), axis=reduce_axes, keepdims=True)
     # A channel of zeros (pruned away, or a pad row) keeps scale 1 so it stays exactly zero without dividing by 0.
-    scale = np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
-    codes = np.clip(np.rint(values / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
+    scale = np.where(peak > 0, peak / top, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(values / scale), -top, top).astype(np.int8)
     if axis % values.ndim == values.ndim - 1:
         scale = scale.reshape(values.shape[-1])  # broadcasts along the last axis as it is
     return codes, scale
@@ -424,7 +430,119 @@ class Int8Storage(Storage):
         return None if name == EMBEDDING else (stored.dequantize(), stored.value)
 
 
-STORAGES: dict[str, Storage] = {s.name: s for s in (Float32Storage(), Float16Storage(), Int8Storage())}
+# --- int4: two codes per byte ---------------------------------------------------------------------------------------
+#
+# Codes are packed along the last axis, row by row, so one embedding row is ceil(dim / 2) bytes and can be gathered
+# packed: byte j of a row holds element j in its low nibble and element j + ceil(n / 2) in its high nibble, each as
+# a two's-complement nibble (code & 0xF). Halves rather than neighbours, so unpacking is one ConcatV2 of the two
+# nibble planes, with no interleave; two's complement rather than an offset, so a pruned pair of codes is the byte 0
+# and the sparse layout leaves it out. An odd row is padded with one zero nibble, dropped after unpacking by a
+# GatherV2 along the last axis (indices: the row's length, a few hundred bytes at most).
+
+def pack_int4(codes: np.ndarray) -> np.ndarray:
+    """int8 codes in [-7, 7] -> uint8, two per byte along the last axis (shape ``[..., ceil(n / 2)]``)."""
+    codes = np.asarray(codes, dtype=np.int8)
+    if codes.ndim == 0:
+        codes = codes.reshape(1)
+    n = codes.shape[-1]
+    half = (n + 1) // 2
+    nibbles = (codes.astype(np.uint8) & np.uint8(0x0F))
+    if n % 2:
+        nibbles = np.concatenate([nibbles, np.zeros((*codes.shape[:-1], 1), np.uint8)], axis=-1)
+    return (nibbles[..., :half] | (nibbles[..., half:] << np.uint8(4))).astype(np.uint8)
+
+
+def unpack_int4(packed: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The inverse of :func:`pack_int4`: int8 codes of ``shape`` from the packed bytes."""
+    shape = tuple(int(d) for d in shape)
+    n = shape[-1] if shape else 1
+    packed = np.asarray(packed, dtype=np.uint8)
+    nibbles = np.concatenate([packed & np.uint8(0x0F), packed >> np.uint8(4)], axis=-1)[..., :n]
+    codes = nibbles.astype(np.int8)
+    codes = np.where(codes >= 8, codes - 16, codes).astype(np.int8)
+    return codes.reshape(shape)
+
+
+def packed_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape of a tensor's packed int4 bytes."""
+    shape = tuple(int(d) for d in shape) or (1,)
+    return (*shape[:-1], (shape[-1] + 1) // 2)
+
+
+def emit_unpack_int4(tf: Any, packed: Any, n: int, prefix: str) -> Any:
+    """float32 codes (exact small integers) from a packed uint8 tensor whose last axis packs ``n`` codes.
+
+    Nibbles are split (BitwiseAnd, RightShift), joined (ConcatV2), sign-extended as ``((x + 8) & 15) - 8`` (AddV2 and
+    BitwiseAnd on uint8, then Cast and AddV2 in float32: every step exact), the pad nibble dropped if ``n`` is odd.
+    """
+    low = tf.bitwise.bitwise_and(packed, tf.constant(np.uint8(0x0F), name=f"{prefix}/low_mask"), name=f"{prefix}/low")
+    high = tf.bitwise.right_shift(packed, tf.constant(np.uint8(4), name=f"{prefix}/four"), name=f"{prefix}/high")
+    nibbles = tf.concat([low, high], axis=-1, name=f"{prefix}/nibbles")
+    if n % 2:
+        nibbles = tf.gather(nibbles, tf.constant(np.arange(n, dtype=np.int32), name=f"{prefix}/keep"), axis=-1,
+                            name=f"{prefix}/trimmed")
+    offset = tf.bitwise.bitwise_and(tf.add(nibbles, tf.constant(np.uint8(8), name=f"{prefix}/eight"),
+                                           name=f"{prefix}/shifted"),
+                                    tf.constant(np.uint8(0x0F), name=f"{prefix}/nibble_mask"), name=f"{prefix}/offset")
+    return tf.add(tf.cast(offset, tf.float32, name=f"{prefix}/float"),
+                  tf.constant(np.float32(-8.0), name=f"{prefix}/minus_eight"), name=f"{prefix}/codes")
+
+
+class Int4Storage(Int8Storage):
+    """Symmetric 4-bit codes in [-7, 7] with int8's float32 scales (per embedding row / output channel), packed two
+    per byte in graph.pb (``pack_int4``); ``StoredTensor.value`` is the int8 array of codes in the logical shape."""
+
+    name = "int4"
+    suffix = "/q4"
+    served_as = "int8"
+
+    def encode(self, values: np.ndarray, axis: int | None = None) -> StoredTensor:
+        codes, scale = quantize_int8_array(values, axis, INT4_MAX)
+        return StoredTensor("int4", codes, scale, axis)
+
+    def nbytes(self, stored: StoredTensor) -> int:
+        scale = stored.scale.nbytes if stored.scale is not None else 0
+        return int(LAYOUTS[stored.layout].nbytes(pack_int4(stored.value)) + scale)
+
+    def emit_codes(self, tf: Any, name: str, stored: StoredTensor) -> Any:
+        return LAYOUTS[stored.layout].emit(tf, self.codes_node(name), pack_int4(stored.value))
+
+    def read_codes(self, value: ConstReader, name: str, shape: Sequence[int], layout: str,
+                   source: Path | str) -> np.ndarray:
+        packed = LAYOUTS[layout].read(value, self.codes_node(name), packed_shape(shape), name, source)
+        if packed.dtype != np.uint8 or tuple(packed.shape) != packed_shape(shape):
+            raise ModelError(f"{source}: int4 tensor {name!r} holds {packed.dtype} {list(packed.shape)}; shape "
+                             f"{list(shape)} packs into uint8 {list(packed_shape(shape))}. The file is damaged or "
+                             "was edited: re-run the compress step that wrote it.")
+        return unpack_int4(packed, shape)
+
+    def emit_float(self, tf: Any, name: str, stored: StoredTensor, codes: Any) -> Any:
+        shape = stored.shape
+        values = emit_unpack_int4(tf, codes, shape[-1] if shape else 1, f"{name}/unpack")
+        if len(shape) != len(packed_shape(shape)):  # a 0-d tensor was packed as one element
+            values = tf.reshape(values, tf.constant(shape, dtype=tf.int64, name=f"{name}/unpack/shape"),
+                                name=f"{name}/unpack/reshaped")
+        return tf.multiply(values, tf.constant(stored.scale, name=f"{name}/scale"), name=name)
+
+    def emit_embedding(self, tf: Any, stored: StoredTensor, table: Any, ids: Any) -> Any:
+        # Rows are gathered packed, then unpacked: memory holds the table at half a byte per weight.
+        rows = emit_unpack_int4(tf, tf.gather(table, ids), stored.shape[-1], f"{EMBEDDING}/unpack")
+        scale = tf.constant(stored.scale, name=f"{EMBEDDING}/scale")
+        if np.ndim(stored.scale) == 0:
+            return tf.multiply(rows, scale, name="embed")
+        return tf.multiply(rows, tf.gather(scale, ids), name="embed")
+
+    def read(self, name: str, codes: np.ndarray, meta: dict[str, Any], value: ConstReader) -> StoredTensor:
+        return StoredTensor("int4", codes, value(f"{name}/scale"), meta.get("axis"))
+
+    def serving(self, name: str, stored: StoredTensor) -> StoredTensor:
+        # LiteRT has no 4-bit gather or hybrid kernels for these ops: the codes are widened to int8 (the same codes
+        # and scales, so the same values), and run as an int8 version's do.
+        return super().serving(name, replace(stored, storage="int8"))
+
+
+STORAGES: dict[str, Storage] = {s.name: s for s in (Float32Storage(), Float16Storage(), Int8Storage(),
+                                                    Int4Storage())}
 
 
 def storage_of(name: str) -> Storage:

@@ -98,7 +98,8 @@ def _write_serving_form(frozen: Any, candidate: _GraphCandidate, directory: Path
     (directory / litert.SERVING_FILE).write_bytes(exported.content)
     entry = {"file": litert.SERVING_FILE, "runtime": "litert", "quantization": exported.quantization,
              "int8_kernels": list(exported.int8_kernels), "kernels": exported.kernels, "bytes": len(exported.content),
-             "max_abs_diff_vs_graph": difference, "export_seconds": seconds}
+             "max_abs_diff_vs_graph": difference, "export_seconds": seconds,
+             **({"expanded": dict(exported.expanded)} if exported.expanded else {})}
     if len(got):
         entry["agreement_with_graph"] = float(np.mean(got.argmax(1) == candidate.probabilities.argmax(1)))
         if candidate.compared_on == "test split":

@@ -60,6 +60,8 @@ def test_int8_embedding_parameter_parses_and_prints_back() -> None:
     ("int8:0.5", "takes no parameter"),
     ("int8:embedding=columns", "int8 takes no parameter .* or embedding=table"),
     ("fp16,int8:embedding=table", "alternative storages"),
+    ("int8,int4", "int8 and int4 are alternative storages"),
+    ("int4:group=32", "step 'int4' takes no parameter"),
 ])
 def test_bad_recipes(recipe: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -144,10 +146,10 @@ def test_compress_cli_bad_recipe_exit_code(frozen: dict, tmp_path: Path) -> None
 
     from lifecycle.cli import app
 
-    result = CliRunner().invoke(app, ["compress", str(frozen["outcome"].version), "--recipe", "int4",
+    result = CliRunner().invoke(app, ["compress", str(frozen["outcome"].version), "--recipe", "int3",
                                       "-o", str(tmp_path / "x")])
     assert result.exit_code == 2
-    assert "unknown step 'int4'" in result.output
+    assert "unknown step 'int3'" in result.output
     assert not (tmp_path / "x").exists()
 
 
