@@ -30,7 +30,7 @@ Two steps need more than the weights: the parent's tokenizer and training data, 
   after encoding; dropped tokens encode as unk. The graph's ``input_ids`` narrows with the vocabulary.
 - ``tune:E``: fine-tune for at most E epochs on the training split to recover accuracy: the stored weights are
   dequantized into a trainable Keras model, trained with every zero kept at zero, and stored again as they were
-  (int8 is re-quantized from the tuned float values along the same axes), so ``prune:0.8,tune:1,int8`` and
+  (int8 and int4 are re-quantized from the tuned float values along the same axes), so ``prune:0.8,tune:1,int8`` and
   ``prune:0.8,int8,tune:1`` both end as sparse int8 (the training loop is ``lifecycle.finetune``).
 
 Each step's manifest entry holds its parameters, bytes before and after, and for these two a report (rows and

@@ -1,7 +1,7 @@
 """The ``tune:E`` recipe step's training loop: fine-tune stored weights on the parent's training split.
 
 The stored weights (any storage, any layout) are dequantized into a trainable Keras CNN, trained with every pruned
-zero kept at zero, and stored again as they were (``storage.store_like``: float16 casts again, int8 is quantized
+zero kept at zero, and stored again as they were (``storage.store_like``: float16 casts again, int8/int4 are quantized
 again from the tuned float values along the same axes). ``lifecycle.compress`` parses the step and records its report.
 """
 

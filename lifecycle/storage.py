@@ -566,7 +566,7 @@ def carry_layout(before: StoredTensor, after: StoredTensor) -> StoredTensor:
 
 
 def store_like(name: str, stored: StoredTensor, values: np.ndarray) -> StoredTensor:
-    """New float32 values in the storage (and layout) ``stored`` had; int8 is re-derived from the floats."""
+    """New float32 values in the storage (and layout) ``stored`` had; int8 and int4 are re-derived from the floats."""
     return carry_layout(stored, stored.spec.encode_like(name, stored, values))
 
 
