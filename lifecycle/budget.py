@@ -13,8 +13,8 @@ first value within budget (a smaller recipe is then kept only if it is also with
 4. with fine-tuning (``tune:E`` before the storage): the sparsities more aggressive than step 3 kept.
 
 Steps come in the order the shipped recipes use (``vocab:coverage=C,prune:S,tune:E,int8``). The chosen recipe is the
-smallest trial within budget, whichever phase found it. The search stops early at ``max_trials`` trials or once
-``timeout`` seconds have passed (the running trial finishes).
+smallest trial within budget (serving size, then graph.pb size, then metric), whichever phase found it. The search
+stops early at ``max_trials`` trials or once ``timeout`` seconds have passed (the running trial finishes).
 """
 
 from __future__ import annotations
@@ -216,7 +216,8 @@ def search(evaluate: Callable[[Recipe], Measurement], parent_metric: float, budg
     except _Stop as stop:
         stopped = str(stop)
     within = [t for t in trials.values() if t.within]
-    chosen = min(within, key=lambda t: (t.size_bytes, -(t.metric or 0.0))) if within else None
+    # Equal serving sizes (a pruned serving form keeps dense codes): the smaller graph.pb, then the better metric.
+    chosen = min(within, key=lambda t: (t.size_bytes, t.graph_size_bytes, -(t.metric or 0.0))) if within else None
     return SearchResult(budget, parent_metric, tuple(trials.values()), chosen, stopped, clock() - started)
 
 

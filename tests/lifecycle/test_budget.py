@@ -219,3 +219,25 @@ def test_budget_errors_name_the_flag(frozen: dict, trained: dict) -> None:
         result = CliRunner().invoke(app, ["compress", *argv])
         assert result.exit_code == code, (argv, result.output)
         assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_budget_no_trial_meets_exits_non_zero_and_writes_nothing(frozen: dict, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from lifecycle import budget
+    from lifecycle.cli import app
+
+    def evaluate_badly(evaluate, parent_metric, wanted, space=None, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        return search(lambda recipe: Measurement(1000, 1100, parent_metric - 0.05), parent_metric, wanted,
+                      SearchSpace(storages=("int8",), coverages=(), sparsities=(), tune_epochs=0), **kwargs)
+
+    monkeypatch.setattr(budget, "search", evaluate_badly)
+    out = tmp_path / "never"
+    result = CliRunner().invoke(app, ["compress", str(frozen["outcome"].version), "--budget", "1", "--no-track",
+                                      "--output", str(out)])
+    assert result.exit_code == 4, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]  # after the trial lines
+    assert len(errors) == 1 and "closest: int8 (0.00 MB) lost 5.00" in errors[0], result.output
+    assert result.output.strip().splitlines()[-1] == errors[0]
+    assert not out.exists()
