@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle import artifacts, budget
-from lifecycle.errors import ModelError
+from lifecycle.errors import ConfigError, ModelError
 from lifecycle.workflows.common import StepOutcome, load_graph_version, open_version
 from lifecycle.workflows.graphs import run_compress, serving_kernels_of
 from lifecycle.workflows.publish import step_tracker
@@ -175,7 +175,8 @@ def run_compress_budget(ref: str, request: BudgetRequest, output: Path | None = 
                 on_trial(trial)
 
         result = budget.search(evaluator, parent_metric, wanted, space, max_trials=request.max_trials,
-                               timeout=request.timeout, on_trial=trial_done, refused=ModelError)
+                               timeout=request.timeout, on_trial=trial_done,
+                               refused=(ModelError, ConfigError))  # a step that refuses the weights: next trial
         log.info("budget search: %d trials, %d step applications", len(result.trials), evaluator.cache.applied)
         _log_search(tracker, result, parent.config.name)
         run_id = tracker.run_id
