@@ -266,31 +266,55 @@ def freeze(version: VersionArg, output: OutputOpt = None, no_track: NoTrackOpt =
 @app.command()
 def compress(
     version: VersionArg,
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Steps in order, comma-separated: fp16 | int8 | prune:S "
-                                        "| vocab:N | vocab:coverage=C | tune:E (e.g. prune:0.8,tune:1,vocab:20000,"
-                                        "int8).",
-                                        show_default=False)],
+    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Steps in order, comma-separated: fp16 | int8 "
+                                               "| prune:S | vocab:N | vocab:coverage=C | tune:E (e.g. prune:0.8,"
+                                               "tune:1,vocab:20000,int8).", show_default=False)] = None,
     output: OutputOpt = None,
     no_track: NoTrackOpt = False,
     serving_kernels: Annotated[str | None, typer.Option(
         "--serving-kernels", help="How the int8 serving form (model.tflite) runs conv and output kernels: hybrid "
         "(LiteRT's dynamic-range kernels, activations rounded to int8 per call; the fastest) or exact (dequantized "
         "once at load; equal to graph.pb). Default: the parent's choice, else hybrid.", show_default=False)] = None,
+    budget: Annotated[float | None, typer.Option(
+        "--budget", help="Instead of --recipe: search recipes for the smallest version (model.tflite + tokenizer) "
+        "losing at most this much of the parent's validation metric (points; --relative: percent).",
+        show_default=False)] = None,
+    metric: Annotated[str, typer.Option("--metric", help="The budget's metric: accuracy or macro_f1.")] = "accuracy",
+    relative: Annotated[bool, typer.Option("--relative", help="--budget is percent of the parent's figure.")] = False,
+    max_trials: Annotated[int, typer.Option("--max-trials", help="Recipes the budget search may try.")] = 24,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which the budget search starts "
+                                                  "no new trial.", show_default=False)] = None,
 ) -> None:
     """Compress a frozen version: float16 or int8 storage, magnitude pruning, vocabulary pruning, a short fine-tune.
 
     The result stays a graph of named constants whose storage is recorded per tensor, so it can be restored and
     retrained. vocab:N keeps the N ids most frequent in the training data (vocab:coverage=C: those covering a fraction C
     of its tokens) and ships the matching tokenizer; tune:E trains E epochs on the training data with pruned weights
-    kept at zero. Accuracy and size are compared with the parent's and logged.
+    kept at zero. Accuracy and size are compared with the parent's and logged. --budget B searches the recipes on the
+    validation split instead and writes the smallest within B (the test split is read once, for its report).
     """
     with _errors():
+        if _check_compress_mode(recipe, budget) is not None:
+            from lifecycle.workflows.budgeting import BudgetRequest, run_compress_budget
+            request = BudgetRequest(float(budget or 0), metric, relative, max_trials, timeout)
+            with console.trial_progress(max_trials, metric) as on_trial:
+                searched = run_compress_budget(version, request, output, track=not no_track,
+                                               serving_kernels=serving_kernels, on_trial=on_trial)
+            return render.budget_search(searched)
         from lifecycle.workflows import run_compress
 
         with console.spinner(f"compressing ({recipe})"):
-            outcome = run_compress(version, recipe, output, track=not no_track, serving_kernels=serving_kernels,
+            outcome = run_compress(version, recipe or "", output, track=not no_track, serving_kernels=serving_kernels,
                                    on_step=console.compress_step_printer())
         render.step(render.step_title("compressed", outcome), outcome)
+
+
+def _check_compress_mode(recipe: str | None, budget: float | None) -> float | None:
+    """The budget when compress searches, None when it applies --recipe (exactly one of the two is given)."""
+    if (recipe is None) == (budget is None):
+        raise ConfigError("compress takes exactly one of --recipe R (apply R) and --budget B (search for the "
+                          f"smallest recipe within B). Received: {'both' if recipe else 'neither'}.")
+    return budget
 
 
 @app.command()

@@ -206,3 +206,34 @@ def compress_step_printer() -> Any:
 def format_metrics(logs: dict[str, Any]) -> str:
     """``loss 0.41 accuracy 0.83`` from a Keras logs dict."""
     return " ".join(f"{key} {float(value):.4f}" for key, value in logs.items() if isinstance(value, int | float))
+
+
+def trial_line(trial: Any, total: int, metric: str) -> str:
+    """``budget trial 3/24 vocab:coverage=0.95+int8: 0.41 MB, validation accuracy 71.2% (lost 0.80), within``."""
+    if trial.metric is None:
+        return f"budget trial {trial.number}/{total} {trial.label}: refused ({trial.error})"
+    verdict = "within" if trial.within else "over"
+    return (f"budget trial {trial.number}/{total} {trial.label}: {trial.size_bytes / 1e6:.2f} MB, validation "
+            f"{metric} {100 * trial.metric:.1f}% (lost {trial.loss:.2f}), {verdict}")
+
+
+@contextmanager
+def trial_progress(total: int, metric: str) -> Iterator[Any]:
+    """A bar over the trials of ``compress --budget`` on stderr, or one plain line per trial off a terminal; yields
+    the search's ``on_trial`` callback (``lifecycle.budget.Trial``)."""
+    if not show_progress():
+
+        def plain(trial: Any) -> None:
+            if plain_progress():
+                plain_line(trial_line(trial, total, metric))
+
+        yield plain
+        return
+    with make_progress() as progress:
+        task = progress.add_task("budget trials", total=total, metrics="")
+
+        def advance(trial: Any) -> None:
+            progress.update(task, completed=trial.number, metrics=trial_line(trial, total, metric).split(": ", 1)[1],
+                            description=f"trial {trial.label}")
+
+        yield advance

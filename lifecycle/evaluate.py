@@ -165,6 +165,41 @@ def plot_experiment_size_accuracy(rows: list[dict[str, Any]], path: Path, title:
     return _finish(fig, ax, path, title, "deployed size, MB (graph + tokenizer; log scale)", "test accuracy, %")
 
 
+def plot_budget_search(result: Any, path: Path, title: str) -> Path:
+    """A ``compress --budget`` search (``lifecycle.budget.SearchResult``): each trial's deployed size (serving form +
+    tokenizer, log axis) against its validation metric, the Pareto front, the budget's line and the chosen trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lifecycle.experiment import pareto_front
+
+    wanted = result.budget
+    rows = [t.row() for t in result.trials if t.metric is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for within, colour, label in ((True, "tab:green", "within budget"), (False, "tab:red", "over budget")):
+        mine = [r for r in rows if r["within_budget"] is within]
+        ax.scatter([r["size_bytes"] / 1e6 for r in mine], [100 * r["validation_metric"] for r in mine], s=36,
+                   color=colour, label=label)
+    for r in rows:
+        ax.annotate(str(r["trial"]), (r["size_bytes"] / 1e6, 100 * r["validation_metric"]),
+                    textcoords="offset points", xytext=(4, 3), fontsize=7)
+    front = [rows[i] for i in pareto_front(rows, "size_bytes", "validation_metric")]
+    if front:
+        ax.plot([r["size_bytes"] / 1e6 for r in front], [100 * r["validation_metric"] for r in front], "k--",
+                linewidth=1, alpha=0.6, label="Pareto front")
+    parent = result.parent_metric
+    floor = parent * (1 - wanted.amount / 100) if wanted.relative else parent - wanted.amount / 100
+    ax.axhline(100 * floor, color="tab:orange", linewidth=1, label=f"budget: {wanted.amount:g} {wanted.unit}")
+    ax.axhline(100 * parent, color="grey", linewidth=0.8, linestyle=":", label="parent")
+    if result.chosen is not None:
+        ax.scatter([result.chosen.size_bytes / 1e6], [100 * result.chosen.metric], s=140, facecolors="none",
+                   edgecolors="black", label=f"chosen: {result.chosen.label}")
+    return _finish(fig, ax, path, title, "deployed size, MB (model.tflite + tokenizer; log scale)",
+                   f"validation {wanted.metric}, %")
+
+
 def plot_oov_vocab(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Unk (out-of-vocabulary) rate on the test split against vocabulary size (log axis), one line per kind."""
     import matplotlib

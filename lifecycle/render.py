@@ -440,3 +440,41 @@ def cleaned(swept: Sequence[Any], dead: Sequence[Any], dry_run: bool) -> None:
         console.out.print(f"{'would mark' if dry_run else 'marked'} run {run.info.run_id} ({run.info.run_name}) "
                           f"FAILED: process {run.data.tags.get('lifecycle.pid')} is gone", highlight=False)
     console.out.print(f"{len(swept)} temp folder(s), {len(dead)} run(s) of dead processes", highlight=False)
+
+
+# -------------------------------------------------------------------------------------------------- budget search
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial of ``compress --budget`` (a ``lifecycle.budget.Trial``)."""
+
+    number: int
+    recipe: str
+    size_bytes: int | None
+    graph_size_bytes: int | None
+    metric: float | None
+    loss: float | None
+    within: bool
+    chosen: bool
+    error: str | None
+
+    @classmethod
+    def of(cls, trial: Any, chosen: Any) -> TrialRow:
+        return cls(trial.number, trial.label, trial.size_bytes, trial.graph_size_bytes, trial.metric, trial.loss,
+                   trial.within, chosen is not None and trial.number == chosen.number, trial.error)
+
+
+def budget_search(searched: Any) -> None:
+    """``lifecycle compress --budget``: every trial (the chosen one starred), then the written version's summary."""
+    result = searched.result
+    wanted = result.budget
+    table = _light_table("trial", "recipe", "serving", "graph.pb", f"val {wanted.metric}", f"lost ({wanted.unit})",
+                         "", title=f"budget {wanted.amount:g} {wanted.unit} of validation {wanted.metric} (parent "
+                         f"{pct(result.parent_metric)}): {len(result.trials)} trials, {result.seconds:.1f} s")
+    for row in (TrialRow.of(trial, result.chosen) for trial in result.trials):
+        verdict = "* chosen" if row.chosen else "within" if row.within else row.error or "over"
+        table.add_row(str(row.number), escape(row.recipe), mb(row.size_bytes), mb(row.graph_size_bytes),
+                      pct(row.metric), "-" if row.loss is None else f"{row.loss:.2f}", escape(verdict))
+    console.out.print(table)
+    step(step_title("compressed", searched.outcome), searched.outcome)

@@ -48,6 +48,7 @@ class _GraphCandidate:
     serving_kernels: str = "hybrid"  # how an int8 serving form runs its kernels (lifecycle.litert.KERNELS)
     # The manifest's probability ``calibration`` entry (temperature, ECE; workflows.calibrating); None: T = 1.
     probability_calibration: dict[str, Any] | None = None
+    sections: dict[str, Any] | None = None  # more manifest sections (``budget``: the search that chose the recipe)
 
 
 def _graph_probabilities(frozen: Any, ids: Any) -> Any:
@@ -193,6 +194,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                 "data": plain(parent.manifest.data),
                 "config": cfg.to_dict(),
                 **({"calibration": candidate.probability_calibration} if candidate.probability_calibration else {}),
+                **(candidate.sections or {}),
             }
 
         def measured(version: artifacts.Version) -> dict[str, float]:
@@ -266,8 +268,8 @@ def serving_kernels_of(version: artifacts.Version) -> str:
 
 
 def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_dir: Path | None = None,
-                 track: bool = True, serving_kernels: str | None = None, on_step: StepCallback | None = None
-                 ) -> StepOutcome:
+                 track: bool = True, serving_kernels: str | None = None, on_step: StepCallback | None = None,
+                 sections: dict[str, Any] | None = None) -> StepOutcome:
     """Apply a compression recipe (``fp16``, ``int8``, ``prune:S``, ``vocab:N``, ``tune:E``...) to a frozen or
     compressed version.
 
@@ -280,6 +282,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     ``serving_kernels`` (``lifecycle.litert.KERNELS``) is how the int8 serving form runs its kernels; None keeps the
     parent's choice (``hybrid`` when the parent has none). ``on_step`` is called after each recipe step with its
     number, the step count, the step as text, the stored bytes before and after and the seconds it took.
+    ``sections`` adds manifest sections (``compress --budget``'s ``budget`` record).
     """
     import numpy as np
 
@@ -334,7 +337,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     candidate = _GraphCandidate("compressed", frozen, full_recipe, got, compared_on, arrays.y, max_abs_diff, {},
                                 texts, ids=child_ids, tokenizer=context.tokenizer if changed else None,
                                 calibration=calibration, moved=moved, serving_kernels=serving_kernels,
-                                probability_calibration=probability_calibration)
+                                probability_calibration=probability_calibration, sections=sections)
     return _write_graph_version(parent, candidate, output, versions_dir, track)
 
 
