@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -58,13 +59,31 @@ def make_temp_dir(label: str, parent: Path | None = None, journal: Path | None =
     """
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=owner_prefix(label), dir=parent))
-    if journal is not None:
-        links = journal / ".work" / INFLIGHT
-        with contextlib.suppress(OSError):
-            links.mkdir(parents=True, exist_ok=True)
-            os.symlink(path, links / path.name)
-    return path
+    if journal is None:
+        return Path(tempfile.mkdtemp(prefix=owner_prefix(label), dir=parent))
+    links = journal / ".work" / INFLIGHT
+    with contextlib.suppress(OSError):
+        links.mkdir(parents=True, exist_ok=True)
+    base = parent if parent is not None else Path(tempfile.gettempdir())
+    for _ in range(100):
+        path = base / f"{owner_prefix(label)}{secrets.token_hex(4)}"
+        # The link is written before the folder exists: a process killed at any moment leaves nothing, a link to
+        # nothing (which the sweep drops once the owner is gone) or a linked folder, never an unlinked folder.
+        link: Path | None = links / path.name
+        try:
+            os.symlink(path, link)
+        except FileExistsError:
+            continue
+        except OSError:  # no journal to write (read-only root): the folder is still made, as before
+            link = None
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            if link is not None:
+                link.unlink(missing_ok=True)
+            continue
+        return path
+    raise FileExistsError(f"{base}: no free temp directory name for {owner_prefix(label)}*; remove stale ones.")
 
 
 def release_temp_dir(path: Path, journal: Path | None = None) -> None:
@@ -153,6 +172,22 @@ def is_orphan(path: Path) -> bool:
     return not pid_alive(owner[0], since=made)
 
 
+def _owner_gone(link: Path) -> bool:
+    """True unless the journal link's name says it belongs to a live process of this host (or of another host)."""
+    owner = owner_of(link.name)
+    if owner is None:
+        return True
+    if owner[1] != host_tag():
+        return False
+    if owner[0] == os.getpid():
+        return False
+    try:
+        made = os.lstat(link).st_mtime
+    except OSError:
+        return False
+    return not pid_alive(owner[0], since=made)
+
+
 @dataclass(frozen=True)
 class Swept:
     """One directory removed by a sweep, and its size."""
@@ -227,7 +262,9 @@ def _sweep_journal(links: Path, dry_run: bool) -> list[Swept]:
         except OSError:
             continue
         if not target.exists():
-            if not dry_run:
+            # A link to nothing: its folder was removed, or its owner was killed before making it; while the owner
+            # lives, it may be making the folder right now.
+            if not dry_run and _owner_gone(link):
                 with contextlib.suppress(OSError):
                     link.unlink()
             continue

@@ -186,6 +186,34 @@ def test_the_journal_finds_a_temp_folder_outside_the_versions_folder(tmp_path: P
     assert not dead.exists() and not list((root / ".work" / housekeeping.INFLIGHT).iterdir())
 
 
+def test_a_journal_link_is_written_before_its_folder_and_dropped_only_once_its_owner_is_gone(tmp_path: Path) -> None:
+    from lifecycle import housekeeping
+
+    root, elsewhere = tmp_path / "versions", tmp_path / "elsewhere"
+    links = root / ".work" / housekeeping.INFLIGHT
+    seen: list[bool] = []
+    real_symlink = os.symlink
+
+    def symlink(target, link, *args, **kwargs):  # records whether the folder existed when its link was written
+        seen.append(Path(target).exists())
+        return real_symlink(target, link, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(housekeeping.os, "symlink", symlink)
+        folder = housekeeping.make_temp_dir("v", elsewhere, journal=root)
+    assert seen == [False] and folder.is_dir() and (links / folder.name).is_symlink()
+
+    # Killed between the two: a link to nothing. Kept while its owner lives, dropped once it is gone.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    mine = links / f"{housekeeping.owner_prefix('w')}0000aaaa"
+    dead = links / f".lifecycle-{gone.pid}-{housekeeping.host_tag()}-w-0000bbbb"
+    for link in (mine, dead):
+        os.symlink(elsewhere / link.name, link)
+    assert housekeeping.sweep_debris([root]) == []
+    assert mine.is_symlink() and not dead.is_symlink() and folder.is_dir()
+
+
 @pytest.mark.parametrize("damage", ["half-migrated", "not-a-database"])
 def test_a_broken_store_is_exit_5_with_one_line(damage: str, tmp_path: Path) -> None:
     db = tmp_path / "mlflow.db"
