@@ -71,7 +71,7 @@ class SearchSpace:
     """The values tried on each axis, most aggressive first; the first storage applies on its own first."""
 
     storages: tuple[str, ...] = ("int8", "fp16")
-    coverages: tuple[float, ...] = (0.9, 0.95, 0.97, 0.99)
+    coverages: tuple[float, ...] = (0.8, 0.9, 0.95, 0.97, 0.99)
     sparsities: tuple[float, ...] = (0.9, 0.8, 0.7, 0.5, 0.3)
     tune_epochs: int = 3  # 0: never fine-tune
 
