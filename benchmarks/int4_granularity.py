@@ -57,28 +57,31 @@ def report(label, weights, extra):
           f"acc {acc:.4f} (f32 {np.mean(base.argmax(1) == arrays.y):.4f}) {extra}", flush=True)
 
 
-for label, top in (("int8 per-channel", 127), ("int4 per-channel", 7)):
+def simulate(label, quantize):
+    """Every weight but the biases through ``quantize(values, axis) -> (float32 values, scale bytes)``."""
     w = {}
     scale_bytes = 0
     for name, st in frozen.weights.items():
         if name.endswith("/bias"):
             w[name] = st
             continue
-        c, s = quantize_int8_array(st.value, int8_axis(name), top)
-        scale_bytes += s.nbytes
-        w[name] = StoredTensor("float32", c.astype(np.float32) * s)
-    report(label, w, f"scale bytes {scale_bytes}")
-for group in (128, 64, 32, 16):
-    w = {}
-    scale_bytes = 0
-    for name, st in frozen.weights.items():
-        if name.endswith("/bias"):
-            w[name] = st
-            continue
-        q, sb = grouped(st.value, int8_axis(name), group)
+        q, sb = quantize(st.value, int8_axis(name))
         scale_bytes += sb
         w[name] = StoredTensor("float32", q.astype(np.float32))
-    report(f"int4 group={group}", w, f"scale bytes {scale_bytes}")
+    report(label, w, f"scale bytes {scale_bytes}")
+
+
+def per_channel(top):
+    def quantize(values, axis):
+        codes, scale = quantize_int8_array(values, axis, top)
+        return codes.astype(np.float32) * scale, scale.nbytes
+    return quantize
+
+
+simulate("int8 per-channel", per_channel(127))
+simulate("int4 per-channel", per_channel(7))
+for group in (128, 64, 32, 16):
+    simulate(f"int4 group={group}", lambda values, axis, g=group: grouped(values, axis, g))
 for recipe in ("int8", "int4"):
     out = run_compress(src, recipe, root / recipe, track=False)
     m = artifacts.load_version(out.version).manifest
