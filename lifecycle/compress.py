@@ -194,6 +194,42 @@ def prune_magnitude(weights: Weights, sparsity: float) -> tuple[Weights, tuple[s
 EMBEDDING = "weights/embedding"
 
 
+def reduce_dim(weights: Weights, rank: int) -> tuple[Weights, tuple[str, ...]]:
+    """Narrow the embedding to ``rank`` columns, folding the projection into the conv kernels.
+
+    The embedding E (V x D) is projected on its top ``rank`` right singular vectors P (D x rank): E' = E P, and each
+    conv kernel's input side follows, W' = P^T W, so every conv pre-activation E' W' = E P P^T W is E W minus what
+    lies outside the kept subspace (the singular values dropped). The result is the same CNN with an embedding
+    ``rank`` wide: graph, serving form, restore and retrain need nothing new, and the conv layer does D / rank times
+    fewer multiplications. Dropped singular values cost accuracy that a later ``tune:E`` wins back; the report's
+    ``energy_kept`` is the fraction of E's squared singular values kept.
+
+    It runs on float32 dense weights only (before prune and the storage step: a projection fills pruned zeros). A
+    width at or above the embedding's leaves the weights as they are.
+    """
+    embedding = weights[EMBEDDING]
+    dim = int(embedding.shape[1])
+    if rank >= dim:  # already that narrow: `retrain` re-applies the recipe to the narrowed model it trained
+        return weights, ()
+    for name, stored in weights.items():
+        if stored.storage != "float32" or stored.layout != "dense":
+            raise ModelError(f"dim:{rank}: tensor {name} is {stored.storage} in the {stored.layout} layout; dim "
+                             "projects float32 dense weights, so put it before prune and the storage step "
+                             "(e.g. dim:64,prune:0.5,int4).")
+    table = embedding.dequantize().astype(np.float64)
+    _, singular, right = np.linalg.svd(table, full_matrices=False)
+    projection = right[:rank].T  # D x rank, orthonormal columns
+    out: Weights = dict(weights)
+    out[EMBEDDING] = StoredTensor("float32", (table @ projection).astype(np.float32))
+    changed = [EMBEDDING]
+    for name, stored in weights.items():
+        if name.startswith("weights/conv_") and name.endswith("/kernel"):
+            kernel = stored.dequantize().astype(np.float64)  # [w, D, F]
+            out[name] = StoredTensor("float32", np.einsum("dr,wdf->wrf", projection, kernel).astype(np.float32))
+            changed.append(name)
+    return out, tuple(changed)
+
+
 @dataclass
 class RecipeContext:
     """What the data-aware steps (``vocab``, ``tune``) need beside the weights; the pure steps never see it.
@@ -419,6 +455,17 @@ def _parse_prune(arg: str, text: str) -> dict[str, Any]:
     return {"sparsity": sparsity}
 
 
+def _parse_dim(arg: str, text: str) -> dict[str, Any]:
+    try:
+        rank = int(arg)
+    except ValueError:
+        rank = 0
+    if rank < 1:
+        raise ConfigError(f"--recipe {text!r}: dim needs the embedding width to keep, a whole number >= 1, e.g. "
+                          f"dim:64. Received: {arg!r}.")
+    return {"rank": rank}
+
+
 def _parse_vocab(arg: str, text: str) -> dict[str, Any]:
     from tokenization.base import N_SPECIAL
 
@@ -521,6 +568,7 @@ STEPS: dict[str, Step] = {step.name: step for step in (
     Step("int8", quantize_int8, parse=_parse_int8, optional=True),
     Step("int4", quantize_int4),
     Step("prune", prune_magnitude, parse=_parse_prune, parameter="sparsity"),
+    Step("dim", reduce_dim, parse=_parse_dim, parameter="rank"),
     Step("fold", fold, on_graph=_fold_graph),
     # ``vocab`` also takes coverage=C, recorded under its own name.
     Step("vocab", prune_vocabulary, needs_context=True, parse=_parse_vocab, parameter="keep"),
@@ -534,7 +582,7 @@ PARAMETERS: dict[str, str] = {name: step.parameter for name, step in STEPS.items
 # Steps that choose the storage of the weights: a recipe holds at most one.
 STORAGE_STEPS = ("fp16", "int8", "int4")
 # How each step is written in --recipe, for messages.
-USAGE = "fp16, int8, int8:embedding=table, int4, prune:S, vocab:N, vocab:coverage=C, tune:E, int8-act, fold"
+USAGE = "fp16, int8, int8:embedding=table, int4, prune:S, dim:R, vocab:N, vocab:coverage=C, tune:E, int8-act, fold"
 
 
 def parse_recipe(text: str) -> list[RecipeStep]:

@@ -19,7 +19,11 @@ hybrid kernels that also quantize activations):
     every call then computes with the very values graph.pb does (equal within float rounding).
 - int4: LiteRT has no 4-bit kernels for GATHER, CONV_2D or FULLY_CONNECTED as we use them, so the export widens
   the codes to int8 (the same codes in [-7, 7], the same scales: the same values) and serves them as int8 above;
-  the file is an int8 version's size, and ``Export.expanded`` (``manifest.serving.expanded``) names every weight.
+  ``Export.expanded`` (``manifest.serving.expanded``) names every weight widened.
+- On disk, a flatbuffer whose int8 buffers hold int4-range codes or pruned zeros is stored as ``model.tflite.pack``
+  (lifecycle.litepack: the same bytes in fewer bits, restored exactly at load and checked by sha256) when that is
+  at least 10% smaller; the manifest's ``serving.pack`` records the flatbuffer's size and what load expands. The
+  runtime still holds dense int8 codes in memory: LiteRT has no 4-bit or sparse kernels for these ops.
 - ``int8-act`` (a recipe step): full-integer activations, calibrated by the converter on training texts. This one is
   not exact: its accuracy against the weight-only form is measured and recorded.
 
@@ -74,12 +78,32 @@ class Export:
     expanded: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ServedFile:
+    """The file a version serves: the flatbuffer itself (``SERVING_FILE``), or its pack (``litepack.PACK_FILE``)
+    when the pack is enough smaller (int4 codes, pruned zeros); ``pack`` is then the manifest's ``serving.pack``."""
+
+    name: str
+    content: bytes
+    pack: dict[str, Any] | None = None
+
+
+def serving_file(content: bytes) -> ServedFile:
+    """What a version stores for a serving flatbuffer (lifecycle.litepack)."""
+    from lifecycle import litepack
+
+    packed = litepack.pack(content)
+    if litepack.worth_packing(packed):
+        return ServedFile(litepack.PACK_FILE, packed.content, packed.summary())
+    return ServedFile(SERVING_FILE, content)
+
+
 def _serving_weights(weights: dict[str, Any]) -> dict[str, Any]:
     """The weights graph.pb-style, dense, as each storage hands them to the converter (``Storage.serving``): float32,
     but for an int8 embedding, which stays an int8 table.
 
-    A sparse layout is a file format of graph.pb; the serving form stores the dense codes (the flatbuffer has no
-    decode ops, and its zeros still shrink under gzip).
+    A sparse layout is a file format of graph.pb; the flatbuffer holds the dense codes (it has no decode ops) and
+    its pack (lifecycle.litepack) stores them sparse again on disk.
     """
     return {name: stored.spec.serving(name, stored) for name, stored in weights.items()}
 
@@ -401,11 +425,16 @@ def serving_ops(source: Path | bytes, allowed: frozenset[str] = ALLOWED_LITE_OPS
 
 
 def open_interpreter(source: Path | bytes, threads: int | None = None) -> Any:
-    """A LiteRT interpreter on a flatbuffer file or its bytes whose ops ``serving_ops`` allows.
+    """A LiteRT interpreter on a flatbuffer file (or a pack of one: lifecycle.litepack) or its bytes whose ops
+    ``serving_ops`` allows.
 
     Raises:
         ModelError: a forbidden or custom op, or not a LiteRT model.
     """
+    if isinstance(source, Path) and source.name.endswith(".pack"):
+        from lifecycle import litepack
+
+        source = litepack.read(source)  # the exact flatbuffer it packs, checked against its sha256
     serving_ops(source)
     loader = interpreter_class()
     try:

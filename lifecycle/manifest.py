@@ -39,6 +39,8 @@ KERAS_FILE = "model.keras"
 GRAPH_FILE = "graph.pb"
 WEIGHT_MAP_FILE = "weight_map.json"
 SERVING_FILE = "model.tflite"
+SERVING_PACK_FILE = "model.tflite.pack"  # lifecycle.litepack.PACK_FILE: the flatbuffer stored in fewer bits
+SERVING_FILES = (SERVING_FILE, SERVING_PACK_FILE)
 KINDS = ("tokenizer", "checkpoint", "frozen", "compressed")
 # The model files each kind holds; a model file of another kind in its directory is refused.
 KIND_FILES: dict[str, frozenset[str]] = {
@@ -47,11 +49,11 @@ KIND_FILES: dict[str, frozenset[str]] = {
     "frozen": frozenset({GRAPH_FILE, WEIGHT_MAP_FILE}),
     "compressed": frozenset({GRAPH_FILE, WEIGHT_MAP_FILE}),
 }
-MODEL_FILES = frozenset({KERAS_FILE, GRAPH_FILE, WEIGHT_MAP_FILE, SERVING_FILE})
+MODEL_FILES = frozenset({KERAS_FILE, GRAPH_FILE, WEIGHT_MAP_FILE, *SERVING_FILES})
 # Input dtypes a version's model may take (lifecycle.freeze.input_dtype_for; checkpoints take int32).
 INPUT_DTYPES = ("uint8", "uint16", "int32")
 # Recipe step names (lifecycle.compress STEPS and CONTEXT_STEPS; spelled here for the same reason, tests compare).
-RECIPE_STEPS = frozenset({"fp16", "int8", "int4", "prune", "fold", "vocab", "tune", "int8-act"})
+RECIPE_STEPS = frozenset({"fp16", "int8", "int4", "prune", "dim", "fold", "vocab", "tune", "int8-act"})
 SERVING_KERNELS = ("hybrid", "exact")  # lifecycle.litert.KERNELS
 # The output layer's bias, whose length is the number of classes: frozen/compressed tables, then checkpoints'.
 OUTPUT_BIAS = ("weights/output/bias", "output/bias")
@@ -152,6 +154,7 @@ class ServingForm(_Part):
     agreement_with_graph: float | None  # None: compared on no rows
     test_accuracy: float | None  # None: not compared on the test split
     calibration_samples: int | None  # full-integer forms: the rows their activations were calibrated on
+    pack: Record | None  # a packed file (lifecycle.litepack): the flatbuffer's size and sha256, what load expands
 
 
 @dataclass(frozen=True)
@@ -320,7 +323,8 @@ class Manifest:
                 serving.get("kernels"), serving.get("runtime"),
                 serving.get("quantization"), tuple(serving.get("int8_kernels") or ()),
                 serving.get("max_abs_diff_vs_graph"), serving.get("agreement_with_graph"), serving.get("test_accuracy"),
-                _int_or_none(serving.get("calibration_samples"))),
+                _int_or_none(serving.get("calibration_samples")),
+                _record(serving["pack"]) if isinstance(serving.get("pack"), dict) else None),
             calibration=None if calibration is None else Calibration(
                 _record(calibration), float(calibration["temperature"]),
                 None if calibration.get("abstain_threshold") is None else float(calibration["abstain_threshold"])),
@@ -421,7 +425,7 @@ def _check_fields(m: dict[str, Any], refuse: _Refuse) -> None:
     if missing:
         raise refuse("kind", f"{kind} needs {missing[0]}, which the version does not list", kind)
     graph_kind = kind in ("frozen", "compressed")
-    foreign = sorted((MODEL_FILES & present) - KIND_FILES[kind] - ({SERVING_FILE} if graph_kind else set()))
+    foreign = sorted((MODEL_FILES & present) - KIND_FILES[kind] - (set(SERVING_FILES) if graph_kind else set()))
     if foreign:
         raise refuse("kind", f"{kind} holds no {foreign[0]}, yet the version lists one", kind)
 
@@ -496,14 +500,16 @@ def _check_fields(m: dict[str, Any], refuse: _Refuse) -> None:
         raise refuse("architecture.num_classes", f"must equal the number of labels ({len(labels)})",
                      arch.get("num_classes"))
     serving = m.get("serving")
-    if serving is None and SERVING_FILE not in present:
+    listed = [name for name in SERVING_FILES if name in present]
+    if serving is None and not listed:
         return  # versions made before serving forms existed run graph.pb
-    if not isinstance(serving, dict) or serving.get("file") != SERVING_FILE or SERVING_FILE not in present:
-        raise refuse("serving", f"must describe {SERVING_FILE} ({{file: {SERVING_FILE!r}, bytes, ...}}) exactly "
-                     "when the version lists it", serving)
-    if serving.get("bytes") != files[SERVING_FILE]["bytes"]:
-        raise refuse("serving.bytes", f"must equal the listed size of {SERVING_FILE} "
-                     f"({files[SERVING_FILE]['bytes']})", serving.get("bytes"))
+    served = serving.get("file") if isinstance(serving, dict) else None
+    if served not in SERVING_FILES or listed != [served]:
+        raise refuse("serving", f"must describe the one serving file the version lists ({' or '.join(SERVING_FILES)}"
+                     f": {{file, bytes, ...}}) exactly when it lists one", serving)
+    if serving.get("bytes") != files[served]["bytes"]:
+        raise refuse("serving.bytes", f"must equal the listed size of {served} "
+                     f"({files[served]['bytes']})", serving.get("bytes"))
     if serving.get("kernels") not in (None, *SERVING_KERNELS):
         raise refuse("serving.kernels", f"must be one of {', '.join(SERVING_KERNELS)} or absent",
                      serving.get("kernels"))

@@ -45,13 +45,14 @@ def restore_model(frozen: FrozenGraph, cfg: Config, num_classes: int) -> Restore
 
     embedding = frozen.weights["weights/embedding"]
     vocab_size, dim = embedding.shape
-    if dim != cfg.model.embedding_dim or tuple(frozen.kernel_sizes) != tuple(cfg.model.kernel_sizes):
+    # A ``dim:R`` step narrows the embedding below the config's width (compress.reduce_dim): the stored width wins.
+    if dim > cfg.model.embedding_dim or tuple(frozen.kernel_sizes) != tuple(cfg.model.kernel_sizes):
         raise ModelError(
             f"stored weights (embedding dim {dim}, kernels {list(frozen.kernel_sizes)}) do not fit the config "
             f"(model.embedding_dim {cfg.model.embedding_dim}, kernel_sizes {list(cfg.model.kernel_sizes)})."
         )
     # Built as "rand" and then assigned: the stored values replace any initialisation, word2vec included.
-    model_cfg = cfg.model.model_copy(update={"embedding_init": "rand"})
+    model_cfg = cfg.model.model_copy(update={"embedding_init": "rand", "embedding_dim": int(dim)})
     model = build_model(model_cfg, cfg.train, vocab_size=vocab_size, num_classes=num_classes,
                         max_len=frozen.max_len)
     by_path = {weight.path: weight for weight in model.weights}

@@ -75,12 +75,14 @@ def _search_context(parent: artifacts.Version, source: Any, tokenizer: Any) -> A
                           tokenizer, str(parent.path))
 
 
-def search_space() -> budget.SearchSpace:
-    """The default space, with ``int4`` tried first when this build's recipe steps have it."""
+def search_space(width: int | None = None) -> budget.SearchSpace:
+    """The default space, with ``int4`` tried first when this build's recipe steps have it, and the embedding
+    widths below ``width`` (the parent's; None: the width is left alone)."""
     from lifecycle.compress import STEPS
 
     space = budget.SearchSpace()
-    return space.with_storage_first("int4") if "int4" in STEPS else space
+    space = space.with_storage_first("int4") if "int4" in STEPS else space
+    return space.with_dims_for(width) if width and "dim" in STEPS else space
 
 
 class _Evaluator:
@@ -133,7 +135,7 @@ class _Evaluator:
         with tempfile.TemporaryDirectory() as tmp:
             serving_copy(tokenizer).save(Path(tmp) / artifacts.TOKENIZER_DIR)
             tokenizer_bytes = artifacts.dir_bytes(Path(tmp) / artifacts.TOKENIZER_DIR)
-        return budget.Measurement(len(serving.content) + tokenizer_bytes,
+        return budget.Measurement(len(litert.serving_file(serving.content).content) + tokenizer_bytes,
                                   len(graph_def.SerializeToString()) + tokenizer_bytes, self._score(frozen, tokenizer))
 
 
@@ -159,7 +161,7 @@ def run_compress_budget(ref: str, request: BudgetRequest, output: Path | None = 
                          "compressed one. Run `lifecycle freeze` on it first.")
     kernels = serving_kernels or serving_kernels_of(parent)
     evaluator = _Evaluator(parent, wanted.metric, kernels)
-    space = space or search_space()
+    space = space or search_space(parent.manifest.tensors["weights/embedding"].shape[1])
     tracker = step_tracker(parent.config, track)
     name = f"budget-{wanted.amount:g}{'pct' if wanted.relative else ''}-{wanted.metric}"
     with tracker.run("budget", name, {"lifecycle.parent": str(parent.path),

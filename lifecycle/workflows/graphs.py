@@ -96,11 +96,13 @@ def _write_serving_form(frozen: Any, candidate: _GraphCandidate, directory: Path
     if candidate.calibration is None and difference > bound:
         raise ModelError(f"serving form differs from graph.pb by {difference:.2e} (> {bound:g}) on the "
                          f"{candidate.compared_on}; nothing written. Report this as a bug with the parent attached.")
-    (directory / litert.SERVING_FILE).write_bytes(exported.content)
-    entry = {"file": litert.SERVING_FILE, "runtime": "litert", "quantization": exported.quantization,
-             "int8_kernels": list(exported.int8_kernels), "kernels": exported.kernels, "bytes": len(exported.content),
+    served = litert.serving_file(exported.content)
+    (directory / served.name).write_bytes(served.content)
+    entry = {"file": served.name, "runtime": "litert", "quantization": exported.quantization,
+             "int8_kernels": list(exported.int8_kernels), "kernels": exported.kernels, "bytes": len(served.content),
              "max_abs_diff_vs_graph": difference, "export_seconds": seconds,
-             **({"expanded": dict(exported.expanded)} if exported.expanded else {})}
+             **({"expanded": dict(exported.expanded)} if exported.expanded else {}),
+             **({"pack": served.pack} if served.pack else {})}
     if len(got):
         entry["agreement_with_graph"] = float(np.mean(got.argmax(1) == candidate.probabilities.argmax(1)))
         if candidate.compared_on == "test split":

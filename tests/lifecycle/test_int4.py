@@ -76,7 +76,11 @@ def test_int4_serving_form_widens_to_int8(versions: dict) -> None:
     assert serving.raw["expanded"] == {name: "int4 -> int8" for name in int4.manifest.tensors
                                        if not name.endswith("/bias")}
     assert "expanded" not in int8.manifest.serving.raw
-    assert abs(serving.bytes - int8.manifest.serving.bytes) <= 64  # int8 codes either way
+    # In memory, int8 codes either way; on disk, the int4 flatbuffer is packed (lifecycle.litepack): not quite half
+    # of the int8 form's file on the tests' 32-d model (the per-row float32 scales do not shrink).
+    assert int8.manifest.serving.file == "model.tflite" and serving.file == "model.tflite.pack"
+    assert abs(serving.pack["flatbuffer_bytes"] - int8.manifest.serving.bytes) <= 64
+    assert serving.bytes < 0.6 * int8.manifest.serving.bytes
     texts = ["an utterly charming and hilarious film", "a boring , lifeless mess", "it is a movie"]
     graph = Predictor(int4, "graph").predict_proba(texts)
     assert np.abs(Predictor(int4, "litert").predict_proba(texts) - graph).max() <= 0.05
