@@ -144,6 +144,8 @@ def pipeline(
     output: OutputOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
     no_track: NoTrackOpt = False,
+    budget: Annotated[float, typer.Option(help="The budgeted pick may lose this many points of validation "
+                                               "accuracy; a negative value skips it.")] = 1.0,
 ) -> None:
     """Run the main job: tokenizer, training, evaluation and freezing as one MLflow parent run.
 
@@ -154,7 +156,8 @@ def pipeline(
         cfg = _config(config, set_, no_track, train__epochs=epochs)
         from lifecycle.workflows import run_pipeline, version_row
 
-        outcomes = _with_progress(lambda p: run_pipeline(cfg, output, progress=p))
+        outcomes = _with_progress(lambda p: run_pipeline(cfg, output, progress=p,
+                                                         budget=budget if budget >= 0 else None))
         render.pipeline(cfg.name, outcomes, map(version_row, outcomes))
 
 

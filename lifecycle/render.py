@@ -125,7 +125,8 @@ class VersionRow:
 
 def pipeline(name: str, outcomes: Sequence[Any], rows: Iterable[Mapping[str, Any]]) -> None:
     """``lifecycle pipeline``: the versions table, each version's path numbered, the MLflow run, the last path."""
-    versions = [VersionRow.of(row) for row in rows]
+    rows_kept = list(rows)
+    versions = [VersionRow.of(row) for row in rows_kept]
     table = Table("#", "kind", "recipe", "size", "gzip", "test acc", "macro-F1", title=f"{name} versions",
                   title_justify="left")
     for number, row in enumerate(versions, start=1):
@@ -134,9 +135,24 @@ def pipeline(name: str, outcomes: Sequence[Any], rows: Iterable[Mapping[str, Any
     console.out.print(table)
     for number, row in enumerate(versions, start=1):
         console.out.print(f"{number}. {row.version}", highlight=False, soft_wrap=True)
+    for number, raw in enumerate(rows_kept, start=1):
+        if raw.get("budget"):
+            console.out.print(budget_pick_line(number, raw["budget"]), highlight=False, soft_wrap=True)
     if outcomes[0].run_id:
         console.out.print(f"MLflow: experiment {name!r}, train run {outcomes[0].run_id}")
     _path_line(outcomes[-1].version)
+
+
+def budget_pick_line(number: int, record: Mapping[str, Any]) -> str:
+    """The budgeted pick of a pipeline: which row, what it was allowed to lose and what it lost on validation."""
+    metric = record.get("metric") or "accuracy"
+    validation = record.get("validation") or {}
+    parent, chosen = validation.get(f"parent_{metric}"), validation.get(metric)
+    figures = f" ({pct(parent)} -> {pct(chosen)})" if parent is not None and chosen is not None else ""
+    loss = validation.get("loss")
+    return (f"{number}. is the budgeted pick: the smallest version losing at most {record.get('budget'):g} "
+            f"{record.get('unit') or 'points'} of validation {metric}; it lost "
+            f"{'?' if loss is None else format(loss, '.2f')}{figures}, {record.get('trials')} trials.")
 
 
 def retrained(outcomes: Sequence[Any], imported: int, rows: Iterable[Mapping[str, Any]]) -> None:

@@ -17,6 +17,8 @@ from lifecycle.workflows.training import run_train
 # Storage alone, then the whole path: rare words out, 85% of the weights out, three epochs to recover, int8 (15x
 # smaller at <= 1 point on MR and TREC with either tokenizer: README, Benchmarks, compression).
 PIPELINE_RECIPES = ("fp16", "int8", "prune:0.5,int8", "vocab:coverage=0.97,prune:0.85,tune:3,int8")
+PIPELINE_BUDGET = 1.0  # points of validation accuracy the budgeted pick may lose (`pipeline --budget`)
+PIPELINE_BUDGET_TRIALS = 16
 
 
 def recipe_dir(recipe: str) -> str:
@@ -25,10 +27,14 @@ def recipe_dir(recipe: str) -> str:
 
 
 def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path | None = None,
-                 progress: Any = None) -> list[StepOutcome]:
-    """The main job: tokenizer -> train -> evaluate -> freeze -> compress (each of PIPELINE_RECIPES), as child
-    runs of one ``pipeline`` parent run. ``output``, when given, is a directory that receives one version per step
-    (``checkpoint/``, ``frozen/``, ``fp16/``, ``int8/``).
+                 progress: Any = None, budget: float | None = PIPELINE_BUDGET) -> list[StepOutcome]:
+    """The main job: tokenizer -> train -> evaluate -> freeze -> compress (each of PIPELINE_RECIPES) -> the
+    budgeted pick (``compress --budget``: the smallest version losing at most ``budget`` points of validation
+    accuracy; None skips it), as child runs of one ``pipeline`` parent run. ``output``, when given, is a directory
+    that receives one version per step (``checkpoint/``, ``frozen/``, ``fp16/``, ``int8/``, ..., ``budget/``).
+
+    A budget no trial meets ends no pipeline: its search run is marked FAILED, the warning says why, and the fixed
+    variants stand.
     """
     from lifecycle.console import Stage
 
@@ -53,6 +59,12 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
             target = output / recipe_dir(recipe) if output else None
             outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir,
                                          track=cfg.tracking.enabled))
+        if budget is not None:
+            stage(f"compressing: the smallest version within {budget:g} points of validation accuracy")
+            picked = _budget_pick(str(frozen.version), budget, output / "budget" if output else None, versions_dir,
+                                  cfg.tracking.enabled)
+            if picked is not None:
+                outcomes.append(picked)
         stage.done()
         # One metric per version and key (checkpoint.size_bytes, int8.test_accuracy...) so the parent run compares.
         tracker.log_metrics({f"{_metric_prefix(row)}.{key}": value
@@ -67,6 +79,20 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
                 tracker.log_artifact(plot_size_accuracy(rows, Path(tmp) / "size_vs_accuracy.png",
                                                         f"{cfg.name}: size vs accuracy"))
     return outcomes
+
+
+def _budget_pick(frozen: str, budget: float, output: Path | None, versions_dir: Path | None,
+                 track: bool) -> StepOutcome | None:
+    import logging
+
+    from lifecycle.workflows.budgeting import BudgetNotMetError, BudgetRequest, run_compress_budget
+
+    try:
+        return run_compress_budget(frozen, BudgetRequest(budget, max_trials=PIPELINE_BUDGET_TRIALS), output,
+                                   versions_dir=versions_dir, track=track).outcome
+    except BudgetNotMetError as exc:
+        logging.getLogger(__name__).warning("pipeline: no budgeted pick; %s", exc)
+        return None
 
 
 def _metric_prefix(row: dict[str, Any]) -> str:
@@ -91,4 +117,12 @@ def version_row(outcome: StepOutcome) -> dict[str, Any]:
         "test_accuracy": outcome.metrics.get("test_accuracy"),
         "test_macro_f1": outcome.metrics.get("test_macro_f1"),
         "run_id": outcome.run_id,
+        # The budgeted pick: what the search asked and found (None for the fixed variants).
+        "budget": _budget_summary(manifest.raw.get("budget") if manifest else None),
     }
+
+
+def _budget_summary(record: Any) -> dict[str, Any] | None:
+    if not isinstance(record, dict):
+        return None
+    return {key: record.get(key) for key in ("budget", "metric", "unit", "trials", "seconds", "validation")}

@@ -1,0 +1,245 @@
+"""`compress --budget 1.0` on real sets: how small the chosen version is, counted on what `serve` loads and on graph.pb,
+how accurate it stays, whether it retrains, and how fast its serving form answers beside the int8 form's.
+
+For each set, from the frozen float32 version of a trained word (or BPE) model:
+
+- the budget search (``workflows.run_compress_budget``, 1 point of validation accuracy): trials, wall time, the
+  chosen recipe;
+- sizes: the serving file (model.tflite or model.tflite.pack) + tokenizer, and graph.pb + tokenizer, each against
+  the frozen parent's; test accuracy of the chosen version (graph.pb and serving form) against the parent's, on the
+  test split, read once;
+- retrain: `run_retrain` of the chosen version for 1 epoch on the parent's validation texts; the new compressed
+  version must carry the chosen recipe again;
+- batch-1 latency of the serving form, paired with the parent's int8 version in one process: 7 rounds alternating
+  the two, 200 calls each per round on test ids, the p50 of each and their ratio (chosen / int8).
+
+The trained versions come from benchmarks/calibration_bench.py (benchmarks/out/calibration-versions/, trained there
+with configs/*.yaml on ../shared/data) and, for TREC BPE, from benchmarks/distill_bench.py's BPE-dropout run;
+a set whose version is missing is skipped with a note. Results: benchmarks/out/budget.json, README's
+``bench:budget`` block.
+
+    .venv/bin/python benchmarks/budget_bench.py                     # all sets (~1 h on 2 cores)
+    .venv/bin/python benchmarks/budget_bench.py --only trec-word --no-readme
+    .venv/bin/python benchmarks/budget_bench.py --readme-only
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from readme import bench_parser, cpu_model, write_block  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+RESULTS = OUT / "budget.json"
+VERSIONS = OUT / "calibration-versions"
+SETS: dict[str, dict[str, Path]] = {
+    "mr-word": {"frozen": VERSIONS / "mr-word" / "frozen", "int8": VERSIONS / "mr-word" / "int8"},
+    "trec-word": {"frozen": VERSIONS / "trec-word" / "frozen", "int8": VERSIONS / "trec-word" / "int8"},
+    "trec-bpe": {"checkpoint": OUT / "versions-20261201-181847" / "trec-bpe-dropout0.2-seed1"},
+    "stackoverflow-word": {"frozen": VERSIONS / "stackoverflow-word" / "frozen",
+                           "int8": VERSIONS / "stackoverflow-word" / "int8"},
+    "banking77-word": {"frozen": VERSIONS / "banking77-word" / "frozen", "int8": VERSIONS / "banking77-word" / "int8"},
+}
+BUDGET = 1.0
+ROUNDS, CALLS = 7, 200
+
+
+def _deployed(version: Any) -> int:
+    from lifecycle import artifacts
+
+    return int(version.manifest.serving.bytes) + artifacts.dir_bytes(version.path / artifacts.TOKENIZER_DIR)
+
+
+def _graph(version: Any) -> int:
+    from lifecycle import artifacts
+
+    return (version.path / "graph.pb").stat().st_size + artifacts.dir_bytes(version.path / artifacts.TOKENIZER_DIR)
+
+
+def _recipe(version: Any) -> str:
+    from lifecycle.compress import step_text
+
+    return "+".join(step_text(step.name, dict(step.params)) for step in version.manifest.recipe)
+
+
+def _parents(name: str, paths: dict[str, Path], work: Path) -> tuple[Path, Path] | None:
+    """The frozen parent and its int8 sibling (made here from a checkpoint when the set has only that)."""
+    from lifecycle.workflows import run_compress, run_freeze
+
+    if "checkpoint" in paths:
+        if not (paths["checkpoint"] / "manifest.json").is_file():
+            return None
+        frozen, int8 = work / f"{name}-frozen", work / f"{name}-int8"
+        if not (frozen / "manifest.json").is_file():
+            run_freeze(str(paths["checkpoint"]), frozen, track=False)
+        if not (int8 / "manifest.json").is_file():
+            run_compress(str(frozen), "int8", int8, track=False)
+        return frozen, int8
+    if not (paths["frozen"] / "manifest.json").is_file() or not (paths["int8"] / "manifest.json").is_file():
+        return None
+    return paths["frozen"], paths["int8"]
+
+
+def _paired_p50(a: Any, b: Any, ids: Any) -> tuple[float, float]:
+    """Batch-1 p50 (ms) of two LiteRT runners on the same rows, alternated in rounds in this process."""
+    import numpy as np
+
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for round_ in range(ROUNDS):
+        for which in ((0, 1) if round_ % 2 == 0 else (1, 0)):
+            runner = (a, b)[which]
+            for i in range(CALLS):
+                row = ids[i % len(ids)][None, :]
+                started = time.perf_counter()
+                runner.run(row)
+                times[which].append(time.perf_counter() - started)
+    return float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3)
+
+
+def _retrain(chosen: Any, corpus: Any, work: Path) -> dict[str, Any]:
+    from lifecycle import artifacts
+    from lifecycle.workflows import RetrainOptions, run_retrain
+
+    new = work / "new.csv"
+    with new.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(corpus.validation.texts, corpus.validation.labels, strict=True))
+    started = time.perf_counter()
+    outcomes = run_retrain(str(chosen.path), new, RetrainOptions(epochs=1), work / "retrained", track=False)
+    again = artifacts.load_version(outcomes[-1].version)
+    return {"seconds": round(time.perf_counter() - started, 1), "kind": again.kind, "recipe": _recipe(again),
+            "recipe_reapplied": _recipe(again) == _recipe(chosen),
+            "new_test_accuracy": outcomes[0].metrics.get("new_test_accuracy"),
+            "parent_test_accuracy": outcomes[0].metrics.get("parent_test_accuracy")}
+
+
+def bench_set(name: str, paths: dict[str, Path]) -> dict[str, Any] | None:
+    from lifecycle import artifacts
+    from lifecycle.corpus import load_corpus
+    from lifecycle.dataset import encode_examples
+    from lifecycle.litert import LiteRunner
+    from lifecycle.workflows.budgeting import BudgetRequest, run_compress_budget
+    from tokenization.factory import load_tokenizer
+
+    work = OUT / "budget-work" / name
+    work.mkdir(parents=True, exist_ok=True)
+    parents = _parents(name, paths, work)
+    if parents is None:
+        print(f"{name}: no trained version on disk; skipped (see this script's docstring)")
+        return None
+    frozen_path, int8_path = parents
+    parent, int8 = artifacts.load_version(frozen_path), artifacts.load_version(int8_path)
+    chosen_dir = work / "chosen"
+    shutil.rmtree(chosen_dir, ignore_errors=True)
+    started = time.perf_counter()
+    searched = run_compress_budget(str(frozen_path), BudgetRequest(BUDGET), chosen_dir, track=False)
+    seconds = time.perf_counter() - started
+    chosen = artifacts.load_version(searched.outcome.version)
+    result = searched.result
+    metrics = searched.outcome.metrics
+    corpus = load_corpus(parent.config.data, name, report=False)
+    tokenizer = load_tokenizer(chosen.tokenizer_dir)
+    ids = encode_examples(corpus.test, tokenizer, chosen.labels, chosen.max_len).x[:CALLS]
+    ids_int8 = encode_examples(corpus.test, load_tokenizer(int8.tokenizer_dir), int8.labels, int8.max_len).x[:CALLS]
+
+    def runner(version: Any) -> Any:
+        dtype = version.manifest.input.dtype
+        return LiteRunner(version.path / version.manifest.serving.file, version.max_len, dtype, threads=1)
+
+    chosen_runner, int8_runner = runner(chosen), runner(int8)
+    # Each runner on its own tokenizer's ids (the chosen version's vocabulary may be pruned), paired per call.
+    p50 = _paired_p50(chosen_runner, _Fixed(int8_runner, ids_int8), ids)
+    retrain = _retrain(chosen, corpus, work)
+    parent_test = float(metrics["test_accuracy"]) - float(metrics["accuracy_delta_vs_parent"])
+    row = {
+        "set": name, "parent": str(frozen_path.relative_to(ROOT)), "budget_points": BUDGET,
+        "trials": len(result.trials), "search_seconds": round(result.seconds, 1), "wall_seconds": round(seconds, 1),
+        "stopped": result.stopped, "recipe": _recipe(chosen),
+        "validation_parent": result.parent_metric, "validation_chosen": result.chosen.metric if result.chosen else None,
+        "validation_loss_points": result.chosen.loss if result.chosen else None,
+        "parent_test_accuracy": parent_test, "test_accuracy": float(metrics["test_accuracy"]),
+        "serving_test_accuracy": chosen.manifest.serving.test_accuracy,
+        "test_delta_points": 100 * float(metrics["accuracy_delta_vs_parent"]),
+        "parent_deployed_bytes": _deployed(parent), "deployed_bytes": _deployed(chosen),
+        "parent_graph_bytes": _graph(parent), "graph_bytes": _graph(chosen),
+        "int8_deployed_bytes": _deployed(int8), "serving_file": chosen.manifest.serving.file,
+        "p50_ms": p50[0], "int8_p50_ms": p50[1], "p50_ratio_vs_int8": p50[0] / p50[1],
+        "retrain": retrain,
+    }
+    row["deployed_ratio"] = row["parent_deployed_bytes"] / row["deployed_bytes"]
+    row["graph_ratio"] = row["parent_graph_bytes"] / row["graph_bytes"]
+    print(json.dumps(row, indent=1))
+    return row
+
+
+class _Fixed:
+    """A runner that answers each call on its own next row (the int8 version's ids for the same test texts)."""
+
+    def __init__(self, runner: Any, ids: Any) -> None:
+        self.runner, self.ids, self.i = runner, ids, 0
+
+    def run(self, _row: Any) -> Any:
+        row = self.ids[self.i % len(self.ids)][None, :]
+        self.i += 1
+        return self.runner.run(row)
+
+
+def render(results: dict[str, Any]) -> str:
+    rows = [r for r in results["rows"].values() if r]
+    lines = [
+        f"`compress --budget {BUDGET:g}` (validation accuracy, absolute points) from each set's frozen float32 version; "
+        f"{results['machine']}, {results['date']}. Command: `.venv/bin/python benchmarks/budget_bench.py`.",
+        "",
+        "| set | chosen recipe | trials / wall | deployed (serving + tokenizer) | x smaller | graph.pb + tokenizer "
+        "| x smaller | test acc. parent -> chosen (serving) | retrain re-applies | batch-1 p50 vs int8 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['set']} | `{r['recipe']}` | {r['trials']} / {r['wall_seconds'] / 60:.1f} min "
+            f"| {r['deployed_bytes'] / 1e6:.3f} MB ({r['serving_file']}) | {r['deployed_ratio']:.1f}x "
+            f"| {r['graph_bytes'] / 1e6:.3f} MB | {r['graph_ratio']:.1f}x "
+            f"| {100 * r['parent_test_accuracy']:.1f} -> {100 * r['test_accuracy']:.1f} "
+            f"({100 * (r['serving_test_accuracy'] or 0):.1f}) "
+            f"| {'yes' if r['retrain']['recipe_reapplied'] else 'NO'} ({r['retrain']['seconds']:.0f} s) "
+            f"| {r['p50_ms']:.3f} vs {r['int8_p50_ms']:.3f} ms ({r['p50_ratio_vs_int8']:.2f}x) |")
+    for note in results.get("notes", []):
+        lines.append(f"\n{note}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, RESULTS.name)
+    args = parser.parse_args()
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
+    if not args.readme_only:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
+        only = set(args.only.split(",")) if args.only else set(SETS)
+        for name in SETS:
+            if name in only:
+                row = bench_set(name, SETS[name])
+                if row is not None:
+                    results["rows"][name] = row
+                    results["machine"] = cpu_model()
+                    results["date"] = time.strftime("%Y-%m-%d")
+                    RESULTS.write_text(json.dumps(results, indent=1))
+    if not args.no_readme and results.get("rows"):
+        write_block("budget", render(results))
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
