@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import sys
@@ -197,6 +198,11 @@ class _Fixed:
         return self.runner.run(row)
 
 
+def _times(ratio: float) -> str:
+    """A ratio cut (not rounded) to one decimal, so 29.95x does not print as 30.0x."""
+    return f"{math.floor(ratio * 10) / 10:.1f}x"
+
+
 def render(results: dict[str, Any]) -> str:
     rows = [r for r in results["rows"].values() if r]
     lines = [
@@ -210,8 +216,8 @@ def render(results: dict[str, Any]) -> str:
     for r in rows:
         lines.append(
             f"| {r['set']} | `{r['recipe']}` | {r['trials']} / {r['wall_seconds'] / 60:.1f} min "
-            f"| {r['deployed_bytes'] / 1e6:.3f} MB ({r['serving_file']}) | {r['deployed_ratio']:.1f}x "
-            f"| {r['graph_bytes'] / 1e6:.3f} MB | {r['graph_ratio']:.1f}x "
+            f"| {r['deployed_bytes'] / 1e6:.3f} MB ({r['serving_file']}) | {_times(r['deployed_ratio'])} "
+            f"| {r['graph_bytes'] / 1e6:.3f} MB | {_times(r['graph_ratio'])} "
             f"| {100 * r['parent_test_accuracy']:.1f} -> {100 * r['test_accuracy']:.1f} "
             f"({100 * (r['serving_test_accuracy'] or 0):.1f}) "
             f"| {'yes' if r['retrain']['recipe_reapplied'] else 'NO'} ({r['retrain']['seconds']:.0f} s) "

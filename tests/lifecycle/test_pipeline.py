@@ -22,11 +22,16 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "lifecycle", "-q", "pipeline", "configs/default.yaml", "--epochs", "2",
          "--set", "model.filters=16", "--output", str(tmp_path / "v")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     whole_path = tmp_path / "v" / recipe_dir(PIPELINE_RECIPES[-1])
-    assert done.stdout.strip().splitlines()[-1] == str(whole_path)
+    # The last version is the budgeted pick, within 1 point of the parent's validation accuracy.
+    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "v" / "budget")
+    assert "is the budgeted pick: the smallest version losing at most 1 points of validation accuracy" in done.stdout
+    pick = json.loads((tmp_path / "v" / "budget" / "manifest.json").read_text())
+    assert pick["budget"]["budget"] == 1.0 and pick["budget"]["validation"]["loss"] <= 1.0 + 1e-9
+    assert pick["budget"]["judged_on"] == "validation split"
     assert "default versions" in done.stdout and "checkpoint" in done.stdout
     manifest = json.loads((tmp_path / "v" / "checkpoint" / "manifest.json").read_text())
     assert manifest["kind"] == "checkpoint" and len(manifest["labels"]) >= 15
@@ -39,9 +44,14 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("default").experiment_id])
     steps = {r.data.tags["lifecycle.step"]: r for r in runs}
-    assert {r.data.tags["lifecycle.step"] for r in runs} == {"pipeline", "train", "freeze", "compress"}
-    assert sorted(r.data.tags.get("lifecycle.recipe", "") for r in runs if r.data.tags["lifecycle.step"] == "compress"
-                  ) == sorted(recipe.replace(",", "+") for recipe in PIPELINE_RECIPES)
+    assert {r.data.tags["lifecycle.step"] for r in runs} == {"pipeline", "train", "freeze", "compress", "budget",
+                                                             "budget-trial"}
+    budget_run = steps["budget"].info.run_id
+    assert steps["budget"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
+    fixed = [r for r in runs if r.data.tags["lifecycle.step"] == "compress"
+             and r.data.tags.get("mlflow.parentRunId") != budget_run]
+    assert sorted(r.data.tags.get("lifecycle.recipe", "") for r in fixed) == sorted(
+        recipe.replace(",", "+") for recipe in PIPELINE_RECIPES)
     assert steps["train"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
     assert steps["freeze"].data.tags["mlflow.parentRunId"] == steps["pipeline"].info.run_id
     assert all(r.info.status == "FINISHED" for r in runs)
