@@ -206,7 +206,7 @@ def _times(ratio: float) -> str:
 def render(results: dict[str, Any]) -> str:
     rows = [r for r in results["rows"].values() if r]
     lines = [
-        f"`compress --budget {BUDGET:g}` (validation accuracy, absolute points) from each set's frozen float32 version; "
+        f"`compress --budget {BUDGET:g}` (validation accuracy, absolute points) from each frozen float32 version; "
         f"{results['machine']}, {results['date']}. Command: `.venv/bin/python benchmarks/budget_bench.py`.",
         "",
         "| set | chosen recipe | trials / wall | deployed (serving + tokenizer) | x smaller | graph.pb + tokenizer "
