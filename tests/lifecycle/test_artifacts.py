@@ -179,7 +179,7 @@ def test_frozen_edited_to_compressed_is_caught_by_the_digest(frozen_copy: Path) 
     (lambda m: m["input"].update(dtype="float32"), "input.dtype must be one of uint8, uint16, int32"),
     (lambda m: m.update(recipe=[{"name": "exec", "params": {}}]), r"recipe steps must be among .* Received: \"exec\""),
     (lambda m: m.update(recipe="int8"), "recipe must be a list of steps"),
-    (lambda m: m["serving"].update(file="../elsewhere.tflite"), "serving must describe the one serving file the version lists"),
+    (lambda m: m["serving"].update(file="../elsewhere.tflite"), "serving must describe the one serving file"),
     (lambda m: m["serving"].update(bytes=1), "serving.bytes must equal the listed size of model.tflite"),
     (lambda m: m["architecture"].update(kernel_sizes=[3, "4"]), "architecture.kernel_sizes must be a non-empty list"),
     (lambda m: m["tensors"].pop("weights/output/bias"), "tensors must hold the output layer's bias"),
