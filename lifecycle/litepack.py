@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from lifecycle.errors import ModelError
+from lifecycle.flatbuffer import Reader
 
 PACK_FILE = "model.tflite.pack"
 MAGIC = b"LCLITEPACK\n"
@@ -88,41 +89,22 @@ def buffer_spans(content: bytes) -> list[tuple[int, int]]:
     Raises:
         ValueError: the bytes are not a flatbuffer of that shape.
     """
-    size = len(content)
-
-    def read(fmt: str, at: int) -> Any:
-        if at < 0 or at + struct.calcsize(fmt) > size:
-            raise ValueError(f"offset {at} outside the buffer")
-        return struct.unpack_from(fmt, content, at)[0]
-
-    def field(table: int, index: int) -> int | None:
-        vtable = table - read("<i", table)
-        slot = 4 + 2 * index
-        if slot + 2 > read("<H", vtable):
-            return None
-        offset = read("<H", vtable + slot)
-        return table + offset if offset else None
-
-    def target(at: int) -> int:
-        return at + read("<I", at)
-
-    buffers_at = field(target(0), 4)  # Model: version, operator_codes, subgraphs, description, buffers, ...
+    reader = Reader(content)
+    buffers_at = reader.field(reader.root(), 4)  # Model: version, operator_codes, subgraphs, description, buffers
     if buffers_at is None:
         return []
-    vector = target(buffers_at)
-    count = read("<I", vector)
+    start, count = reader.vector(buffers_at)
     spans = []
     for i in range(count):
-        entry = target(vector + 4 + 4 * i)  # Buffer: data, offset, size
-        data_at = field(entry, 0)
+        entry = reader.target(start + 4 * i)  # Buffer: data, offset, size
+        data_at = reader.field(entry, 0)
         if data_at is None:
             continue
-        data = target(data_at)
-        length = read("<I", data)
-        if data + 4 + length > size:
+        data, length = reader.vector(data_at)
+        if data + length > reader.size:
             raise ValueError("buffer longer than the flatbuffer")
         if length:
-            spans.append((data + 4, length))
+            spans.append((data, length))
     return spans
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import mmap
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ import numpy as np
 
 from lifecycle import fidelity
 from lifecycle.errors import DependencyError, ModelError
+from lifecycle.flatbuffer import Reader
 from lifecycle.model import INPUT_NAME, OUTPUT_NAME
 
 SERVING_FILE = "model.tflite"
@@ -327,51 +327,34 @@ def interpreter_class() -> Any:
 def _operator_codes(buf: Any) -> list[tuple[int, str | None]]:
     """(builtin code, custom name) of each entry of a TFLite flatbuffer's operator table, read without the schema.
 
-    The table (``Model.operator_codes``) lists every op any subgraph runs (operators refer to it by index). Reading
-    it with struct costs nothing; the generated schema module would add 4 MB to a serving process.
+    The table (``Model.operator_codes``) lists every op any subgraph runs (operators refer to it by index); it is
+    read with struct (lifecycle.flatbuffer).
 
     Raises:
         ValueError: the bytes are not a flatbuffer of that shape.
     """
-    size = len(buf)
-
-    def read(fmt: str, at: int) -> Any:
-        if at < 0 or at + struct.calcsize(fmt) > size:
-            raise ValueError(f"offset {at} outside the buffer")
-        return struct.unpack_from(fmt, buf, at)[0]
-
-    def field(table: int, index: int) -> int | None:
-        """Where a table's field is stored (None when absent, i.e. its default)."""
-        vtable = table - read("<i", table)
-        slot = 4 + 2 * index
-        if slot + 2 > read("<H", vtable):
-            return None
-        offset = read("<H", vtable + slot)
-        return table + offset if offset else None
-
-    def target(at: int) -> int:
-        return at + read("<I", at)
-
-    codes_at = field(target(0), 1)  # Model: version, operator_codes, subgraphs, ...
+    reader = Reader(buf)
+    codes_at = reader.field(reader.target(0), 1)  # Model: version, operator_codes, subgraphs, ...
     if codes_at is None:
         return []
-    vector = target(codes_at)
-    count = read("<I", vector)
-    if vector + 4 + 4 * count > size:
+    vector = reader.target(codes_at)
+    count = reader.read("<I", vector)
+    if vector + 4 + 4 * count > reader.size:
         raise ValueError("operator table longer than the buffer")
     codes = []
     for i in range(count):
-        entry = target(vector + 4 + 4 * i)  # OperatorCode: deprecated_builtin_code, custom_code, version, builtin_code
-        deprecated = field(entry, 0)
-        builtin = field(entry, 3)
-        code = max(read("<b", deprecated) if deprecated is not None else 0,
-                   read("<i", builtin) if builtin is not None else 0)  # as the runtime's GetBuiltinCode
-        custom_at = field(entry, 1)
+        # OperatorCode: deprecated_builtin_code, custom_code, version, builtin_code
+        entry = reader.target(vector + 4 + 4 * i)
+        deprecated = reader.field(entry, 0)
+        builtin = reader.field(entry, 3)
+        code = max(reader.read("<b", deprecated) if deprecated is not None else 0,
+                   reader.read("<i", builtin) if builtin is not None else 0)  # as the runtime's GetBuiltinCode
+        custom_at = reader.field(entry, 1)
         custom = None
         if custom_at is not None:
-            string = target(custom_at)
-            length = read("<I", string)
-            if string + 4 + length > size:
+            string = reader.target(custom_at)
+            length = reader.read("<I", string)
+            if string + 4 + length > reader.size:
                 raise ValueError("custom op name longer than the buffer")
             custom = bytes(buf[string + 4:string + 4 + length]).decode("utf-8", "replace")
         codes.append((code, custom))
