@@ -369,11 +369,11 @@ def bench(rows: Sequence[Mapping[str, Any]], as_json: bool) -> None:
         return
     table = _light_table("#", "kind", "recipe", "deployed", "acc", "load s", "1st ms", "p50 ms", "p99 ms",
                          "texts/s", "RSS MB", title="")
-    table.columns[2].overflow, table.columns[2].max_width = "fold", 18
+    table.columns[2].overflow, table.columns[2].max_width = "fold", 19
     bench_rows = [BenchRow.of(row) for row in rows]
     for number, r in enumerate(bench_rows, 1):
         kind = r.kind if r.runtime in ("litert", "keras") else f"{r.kind} {r.runtime}"
-        table.add_row(str(number), kind, escape(_packed(r.recipe, 18)), mb(r.size_bytes), pct(r.test_accuracy),
+        table.add_row(str(number), kind, escape(_packed(r.recipe, 19)), mb(r.size_bytes), pct(r.test_accuracy),
                       f"{r.load_seconds:.2f}", f"{r.first_call_ms:.2f}", f"{r.latency_p50_ms:.2f}",
                       f"{r.latency_p99_ms:.2f}", f"{r.throughput_per_s:.0f}", f"{r.rss_mb:.1f}")
     console.out.print(table)

@@ -832,6 +832,10 @@ def registered_versions(name: str | None = None, tracking_uri: str | None = None
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []
     for model_name in names:
+        # search_model_versions leaves a version's aliases out: the registered model lists them (alias -> version).
+        by_version: dict[str, list[str]] = {}
+        for alias, number in (client.get_registered_model(model_name).aliases or {}).items():
+            by_version.setdefault(str(number), []).append(alias)
         for mv in client.search_model_versions(f"name='{model_name}'"):
             run = client.get_run(mv.run_id) if mv.run_id else None
             metrics = run.data.metrics if run else {}
@@ -848,7 +852,7 @@ def registered_versions(name: str | None = None, tracking_uri: str | None = None
                 "parent_run": tags.get("lifecycle.parent_run", ""),
                 "parent_version": tags.get("lifecycle.parent_version", ""),
                 "test_accuracy": number("test_accuracy"), "size_bytes": number("size_bytes"),
-                "aliases": list(getattr(mv, "aliases", []) or []),
+                "aliases": sorted(set(getattr(mv, "aliases", []) or []) | set(by_version.get(str(mv.version), []))),
             })
     return sorted(rows, key=lambda r: (r["name"], r["version"]))
 
