@@ -797,10 +797,11 @@ def _log_pyfunc_model(version_path: Path, uri: str, *, name: str, example: Seque
 
 
 def _model_name(name: str) -> str:
-    """A logged model's name from a version folder's: MLflow refuses ``/`` and a few other characters in it."""
+    """A logged model's name from a version folder's: MLflow refuses ``/ : . % " '`` in it (``prune-0.5+int8`` ->
+    ``prune-0_5+int8``)."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9_.+-]", "-", name).strip("-.") or "version"
+    return re.sub(r"[^A-Za-z0-9_+-]", "_", name).strip("_") or "version"
 
 
 @contextmanager

@@ -66,7 +66,7 @@ def test_registered_versions_load_and_predict_with_mlflow_pyfunc(versions: dict,
         # The logged model is named after the version, and its input example is the version's own test texts.
         info = mlflow.models.get_model_info(ref)
         logged = mlflow.get_logged_model(info.model_id)
-        assert logged.name == outcome.version.name
+        assert logged.name == outcome.version.name  # checkpoint, int8: no character MLflow refuses
         local = Path(mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/input_example.json"))
         example = _strings(json.loads(local.read_text(encoding="utf-8")))
         assert example and set(example) <= set(test_texts)
@@ -154,3 +154,11 @@ def test_versions_without_a_store_says_so_and_creates_none(tmp_path: Path) -> No
     assert done.returncode == 5, done.stderr
     assert f"no MLflow store at {tmp_path / 'mlruns' / 'mlflow.db'}" in done.stderr
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_logged_model_names_keep_the_version_folder_readable() -> None:
+    from lifecycle.tracking import _model_name
+
+    # MLflow refuses / : . % " ' in a logged model's name; the pipeline's folders have dots (prune-0.5+int8).
+    assert _model_name("prune-0.5+int8") == "prune-0_5+int8"
+    assert _model_name("default-compressed-20261201-233000-2") == "default-compressed-20261201-233000-2"
