@@ -111,6 +111,12 @@ def _metric_text(key: str, value: float) -> Any:
         return f"{100 * value:+.1f} points"
     if key in ("params_total", "params_nonzero"):
         return f"{int(value):,}"
+    if key.endswith("_seconds"):
+        return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+    if key.endswith("_ms"):
+        return f"{value:.2f} ms"
+    if key == "throughput_per_s":
+        return f"{value:,.0f} texts/s"
     return value
 
 
@@ -322,7 +328,7 @@ def lineage(raw: Iterable[Mapping[str, Any]]) -> None:
         nodes: dict[str, Any] = {}
         for row in (r for r in rows if r.name == model_name):
             label = (f"v{row.version} {row.kind} {row.recipe if row.recipe != '-' else ''} "
-                     f"acc {pct(row.test_accuracy)} size {mb(row.size_bytes)}"
+                     f"acc {pct(row.test_accuracy)} deployed {mb(row.size_bytes)}"
                      + (f" @{','.join(row.aliases)}" if row.aliases else ""))
             anchor = nodes.get(row.parent_run) if row.parent_run in by_run else None
             nodes[row.run_id] = (anchor or tree).add(label)

@@ -66,12 +66,13 @@ def test_predict_inspect_and_bench_print_no_litert_info_line(frozen: dict) -> No
 def test_step_summary_shows_megabytes_and_percentages() -> None:
     outcome = SimpleNamespace(metrics={"test_accuracy": 0.81234, "size_bytes": 3_684_000.0,
                                        "size_ratio_vs_checkpoint": 0.0634, "accuracy_delta_vs_parent": -0.0042,
-                                       "size_checkpoint_bytes": 8_040_000.0, "params_total": 1234567.0},
+                                       "size_checkpoint_bytes": 8_040_000.0, "params_total": 1234567.0,
+                                       "train_seconds": 14.631, "latency_p50_ms": 0.4567},
                               facts={}, run_id=None, registered=None)
     shown = {field.name: field.text for field in render.outcome_fields(outcome)}
     assert shown == {"test_accuracy": "81.2%", "accuracy_delta_vs_parent": "-0.4 points",
                      "size deployed": "3.68 MB", "size_ratio_vs_checkpoint": "6.3%", "size checkpoint": "8.04 MB",
-                     "params_total": "1,234,567"}
+                     "params_total": "1,234,567", "train_seconds": "14.6 s", "latency_p50_ms": "0.46 ms"}
 
 
 def test_bench_table_fits_100_columns_and_keeps_paths_whole(monkeypatch: pytest.MonkeyPatch) -> None:
