@@ -161,7 +161,7 @@ class VersionRow:
 def pipeline(name: str, outcomes: Sequence[Any], rows: Iterable[Mapping[str, Any]]) -> None:
     """``lifecycle pipeline``: the versions table, each version's path numbered, the MLflow run, the last path."""
     versions = [VersionRow.of(row) for row in rows]
-    table = Table("#", "kind", "recipe", "size", "gzip", "test acc", "macro-F1", title=f"{name} versions",
+    table = Table("#", "kind", "recipe", "deployed", "gzip", "test acc", "macro-F1", title=f"{name} versions",
                   title_justify="left")
     for number, row in enumerate(versions, start=1):
         table.add_row(str(number), row.kind, row.recipe, mb(row.size_bytes), mb(row.size_gzip_bytes),
@@ -180,7 +180,7 @@ def retrained(outcomes: Sequence[Any], imported: int, rows: Iterable[Mapping[str
     trained = outcomes[imported]
     summary("retrained", fields({**{k: v for k, v in trained.metrics.items() if "accuracy" in k or k == "forgetting"},
                                  **{k: v for k, v in trained.facts.items() if k in RETRAIN_FACTS}}))
-    table = Table("kind", "recipe", "size", "test acc", title="new versions", title_justify="left")
+    table = Table("kind", "recipe", "deployed", "test acc", title="new versions", title_justify="left")
     table.add_column("version", overflow="fold")
     for row in map(VersionRow.of, rows):
         table.add_row(row.kind, row.recipe, mb(row.size_bytes), pct(row.test_accuracy), row.version)

@@ -162,3 +162,46 @@ def test_logged_model_names_keep_the_version_folder_readable() -> None:
     # MLflow refuses / : . % " ' in a logged model's name; the pipeline's folders have dots (prune-0.5+int8).
     assert _model_name("prune-0.5+int8") == "prune-0_5+int8"
     assert _model_name("default-compressed-20261201-233000-2") == "default-compressed-20261201-233000-2"
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_for_a_registered_alias(versions: dict, tracking_uri: str, tmp_path: Path) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    # mlflow starts uvicorn from PATH: the venv's, where `mlflow` is.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("PYTHONPATH", None)  # the model brings its own lifecycle code (code paths)
+    server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", f"models:/{NAME}@newest", "--env-manager",
+                               "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"))
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as ping:
+                    if ping.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(1)
+        texts = ["what is your name", "tell me a joke"]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": texts}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    rows = answer["predictions"]
+    expected = Predictor(load_version(versions["int8"].version)).predict(texts)
+    assert [row["label"] for row in rows] == [p.label for p in expected]
+    assert [row["probability"] for row in rows] == pytest.approx([p.probability for p in expected], abs=1e-5)
