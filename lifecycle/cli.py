@@ -26,6 +26,14 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
+
+
+def flag(*names: str, help: str) -> Any:
+    """A boolean flag: ``--json`` in the help, not ``--json <bool>`` (typer shows a type for every option that has
+    no metavar, flags included)."""
+    return typer.Option(*names, help=help, metavar="")
+
+
 tokenizer_app = typer.Typer(help="Train and compare tokenizers.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 experiment_app = typer.Typer(help="Grids of end-to-end runs compared in MLflow.", no_args_is_help=True)
@@ -43,7 +51,7 @@ OutputOpt = Annotated[
     typer.Option("--output", "-o", help="New version directory (default: a new folder under versions/).",
                  show_default=False),
 ]
-NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")]
+NoTrackOpt = Annotated[bool, flag("--no-track", help="Do not log to MLflow.")]
 RuntimeOpt = Annotated[str, typer.Option(
     "--runtime", help="Model form of a frozen/compressed version: auto (the LiteRT serving form when present, no "
     "TensorFlow import), litert, or graph (graph.pb in TensorFlow).")]
@@ -57,7 +65,7 @@ VersionArg = Annotated[str, typer.Argument(help="Version: a directory, runs:/<ru
 @app.callback()
 def main(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors; no progress.")] = False,
+    quiet: Annotated[bool, flag("--quiet", "-q", help="Only results and errors; no progress.")] = False,
 ) -> None:
     """Train, freeze, compress and retrain small CPU text classifiers, every version tracked in MLflow."""
     console.configure(verbose, quiet)
@@ -120,7 +128,7 @@ def train(
     output: OutputOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an interrupted run of this config.")] = False,
+    fresh: Annotated[bool, flag("--fresh", help="Ignore an interrupted run of this config.")] = False,
     no_track: NoTrackOpt = False,
 ) -> None:
     """Train the CNN on a config's data and write a checkpoint version.
@@ -180,7 +188,7 @@ def experiment_tokenizers(
                                            show_default=False)],
     workers: Annotated[int | None, typer.Option(min=1, help="Cells at once, each in its own process (default: the "
                                                 "file's workers; auto is one per core).")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Run every cell again, ignoring finished ones.")] = False,
+    fresh: Annotated[bool, flag("--fresh", help="Run every cell again, ignoring finished ones.")] = False,
     no_track: NoTrackOpt = False,
 ) -> None:
     """Train a grid of tokenizers (BPE sizes, word vocabularies, word2vec) end to end through the same CNN.
@@ -231,7 +239,7 @@ def predict(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.", show_default=False)] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="UTF-8 file, one text per line.")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Show the k most likely labels.")] = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per text on stdout.")] = False,
+    as_json: Annotated[bool, flag("--json", help="One JSON object per text on stdout.")] = False,
     runtime: RuntimeOpt = "auto",
     abstain: AbstainOpt = None,
 ) -> None:
@@ -283,7 +291,7 @@ def compress(
         "losing at most this much of the parent's validation metric (points; --relative: percent).",
         show_default=False)] = None,
     metric: Annotated[str, typer.Option("--metric", help="The budget's metric: accuracy or macro_f1.")] = "accuracy",
-    relative: Annotated[bool, typer.Option("--relative", help="--budget is percent of the parent's figure.")] = False,
+    relative: Annotated[bool, flag("--relative", help="--budget is percent of the parent's figure.")] = False,
     max_trials: Annotated[int, typer.Option("--max-trials", help="Recipes the budget search may try.")] = 24,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which the budget search starts "
                                                   "no new trial.", show_default=False)] = None,
@@ -342,12 +350,12 @@ def retrain(
                                        show_default=False)],
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the parent's train.epochs).")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate (default: the parent's).")] = None,
-    freeze_embedding: Annotated[bool, typer.Option("--freeze-embedding", help="Keep the embedding fixed.")] = False,
-    keep_sparsity: Annotated[bool, typer.Option("--keep-sparsity", help="Pruned weights stay zero.")] = False,
+    freeze_embedding: Annotated[bool, flag("--freeze-embedding", help="Keep the embedding fixed.")] = False,
+    keep_sparsity: Annotated[bool, flag("--keep-sparsity", help="Pruned weights stay zero.")] = False,
     replay: Annotated[float, typer.Option(help="Fraction of the parent's training data to train on again.")] = 0.0,
-    grow_labels: Annotated[bool, typer.Option("--grow-labels", help="Labels of NEW the model lacks get new output "
+    grow_labels: Annotated[bool, flag("--grow-labels", help="Labels of NEW the model lacks get new output "
                                               "columns (old label ids unchanged).")] = False,
-    grow_vocab: Annotated[bool, typer.Option("--grow-vocab", help="Word tokenizers: words of NEW not in the "
+    grow_vocab: Annotated[bool, flag("--grow-vocab", help="Word tokenizers: words of NEW not in the "
                                              "vocabulary become new ids (BPE stays as it is).")] = False,
     min_count: Annotated[int | None, typer.Option(min=1, help="--grow-vocab: a new word's count in NEW's training "
                                                   "part (default: the parent's tokenizer.word.min_count).")] = None,
@@ -437,7 +445,7 @@ def bench(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Sample texts, one per line (default: the first "
                                                                    "version's test split).")] = None,
     calls: Annotated[int, typer.Option(min=10, help="Batch-1 calls for the latency percentiles.")] = 200,
-    as_json: Annotated[bool, typer.Option("--json", help="Rows as JSON on stdout.")] = False,
+    as_json: Annotated[bool, flag("--json", help="Rows as JSON on stdout.")] = False,
     runtime: RuntimeOpt = "auto",
 ) -> None:
     """Measure versions in one process: load time, first call, batch-1 p50/p99, throughput, memory, size."""
@@ -447,7 +455,9 @@ def bench(
             texts = [line for line in _read_lines(file) if line.strip()]
         from lifecycle.workflows import run_bench
 
-        render.bench(run_bench(versions, texts, calls, runtime), as_json)
+        with console.counted("measuring") as progress:
+            rows = run_bench(versions, texts, calls, runtime, progress)
+        render.bench(rows, as_json)
 
 
 @app.command()
@@ -537,7 +547,7 @@ def upgrade(
 
 @runs_app.command("clean")
 def runs_clean(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be cleaned.")] = False,
+    dry_run: Annotated[bool, flag("--dry-run", help="Only list what would be cleaned.")] = False,
     no_track: NoTrackOpt = False,
 ) -> None:
     """Remove what killed commands left and mark their runs FAILED.

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -101,6 +101,60 @@ def spinner(message: str) -> Iterator[None]:
         return
     with err.status(message):
         yield
+
+
+# What native runtimes print straight to file descriptor 2, bypassing Python's logging: LiteRT's C++ logger says this
+# once per process on an interpreter's first allocate_tensors, at INFO, with no severity setting its Python API exposes
+# (TF_CPP_MIN_LOG_LEVEL does not reach it).
+NATIVE_NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextmanager
+def native_stderr_filtered(drop: tuple[str, ...] = NATIVE_NOISE) -> Iterator[None]:
+    """Inside the block, file descriptor 2 goes to a temp file; afterwards every line of it but those in ``drop`` is
+    written to the real stderr, so native code's chatter is dropped and nothing else is lost (only delayed)."""
+    import tempfile
+
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().splitlines(keepends=True)
+                    if line.rstrip(b"\r\n").decode(errors="replace") not in drop]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+@contextmanager
+def counted(what: str) -> Iterator[Callable[[int, int, str], None]]:
+    """Progress over a known number of items, reported as ``step(i, n, name)`` before item i of n: a bar on a
+    terminal, one plain line per item off one (a pipe, a file), nothing with --quiet."""
+    if show_progress():
+        with make_progress() as progress:
+            task = progress.add_task(what, total=None, metrics="")
+            seen = [0]
+
+            def bar(index: int, total: int, name: str) -> None:
+                seen[0] = total
+                progress.update(task, total=total, completed=index, description=f"{what} {name}")
+
+            yield bar
+            progress.update(task, completed=seen[0], description=what)
+    elif plain_progress():
+        yield lambda index, total, name: plain_line(f"{what} {index + 1}/{total}: {name}")
+    else:
+        yield lambda index, total, name: None
 
 
 def make_progress() -> Progress:

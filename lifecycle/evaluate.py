@@ -105,7 +105,7 @@ def plot_size_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> Pa
         ax.scatter([x], [y], s=40)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
     _log_axis(ax, matplotlib)
-    ax.set_xlabel("deployed size, MB (graph or checkpoint + tokenizer; log scale)")
+    ax.set_xlabel("deployed size, MB (serving form or model.keras + tokenizer: lifecycle.sizes; log scale)")
     ax.set_ylabel("test accuracy, %")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)

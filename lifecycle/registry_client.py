@@ -24,8 +24,22 @@ from typing import Any
 from lifecycle.config import project_root
 from lifecycle.errors import ConfigError, TrackingError, first_line
 
-# The artifact directory of a run that holds its version (what a registered version's source points at).
+# The artifact directory of a run that holds its version (what a registered version's source pointed at before
+# versions were registered as MLflow models).
 VERSION_ARTIFACT = "version"
+# Where the version directory sits inside a registered version's MLflow model (the pyfunc's ``version`` artifact).
+PYFUNC_VERSION_PATH = f"artifacts/{VERSION_ARTIFACT}"
+
+
+def is_model_source(source: str) -> bool:
+    """Whether a registered version's source is a logged MLflow model (``models:/<model id>``), whose files sit at
+    the version's download URI, rather than a folder of artifacts."""
+    return source.startswith("models:/")
+
+
+def version_dir_in(download_uri: str) -> str:
+    """The version directory inside a registered MLflow model whose files are at ``download_uri``."""
+    return f"{download_uri.rstrip('/')}/{PYFUNC_VERSION_PATH}"
 
 
 def default_tracking_uri() -> str:
@@ -55,7 +69,7 @@ class RegistryEntry:
     ref: str
     name: str | None
     version: str | None  # the registered version number; None for runs:/
-    source: str  # the artifact URI holding the version directory
+    source: str  # the artifact URI of the version directory (inside the registered MLflow model)
     run_id: str | None
 
 
@@ -105,7 +119,11 @@ def rest_lookup(ref: str, uri: str) -> RegistryEntry:
         found = _rest(uri, "registered-models/alias", {"name": first, "alias": second})["model_version"]
     else:
         found = _rest(uri, "model-versions/get", {"name": first, "version": second})["model_version"]
-    return RegistryEntry(ref, found["name"], str(found["version"]), found["source"], found.get("run_id"))
+    source = found["source"]
+    if is_model_source(source):  # the model's files are where the registry says to download them from
+        where = _rest(uri, "model-versions/get-download-uri", {"name": found["name"], "version": found["version"]})
+        source = version_dir_in(where["artifact_uri"])
+    return RegistryEntry(ref, found["name"], str(found["version"]), source, found.get("run_id"))
 
 
 def _rest(uri: str, endpoint: str, params: Mapping[str, str] | None = None, timeout: float = 10.0,

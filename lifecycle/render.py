@@ -21,9 +21,14 @@ from lifecycle import console
 
 # The metrics a step's summary shows, in this order (those the step measured); its facts follow.
 OUTCOME_KEYS = ("test_accuracy", "test_macro_f1", "accuracy_delta_vs_parent", "train_seconds", "size_bytes",
-                "size_gzip_bytes", "size_ratio_vs_checkpoint", "size_bytes_checkpoint", "size_bytes_optimizer",
-                "params_total", "params_nonzero", "max_abs_diff_vs_parent", "load_seconds", "first_call_ms",
-                "latency_p50_ms", "latency_p99_ms", "throughput_per_s")
+                "size_gzip_bytes", "size_disk_bytes", "size_ratio_vs_checkpoint", "size_checkpoint_bytes",
+                "size_checkpoint_weights_bytes", "params_total", "params_nonzero", "max_abs_diff_vs_parent",
+                "load_seconds", "first_call_ms", "latency_p50_ms", "latency_p99_ms", "throughput_per_s")
+# How a summary line names a size (lifecycle.sizes) and shows a fraction.
+SIZE_NAMES = {"size_bytes": "size deployed", "size_gzip_bytes": "size deployed gzip", "size_disk_bytes": "size on disk",
+              "size_checkpoint_bytes": "size checkpoint", "size_checkpoint_weights_bytes": "size checkpoint weights",
+              "size_bytes_tokenizer": "size tokenizer"}
+FRACTIONS = ("test_accuracy", "test_macro_f1", "size_ratio_vs_checkpoint", "nonzero_fraction", "tokenizer_unk_rate")
 RETRAIN_FACTS = ("labels added", "words added", "note")
 
 
@@ -40,6 +45,12 @@ def pct(value: float | None) -> str:
 def error(message: str) -> None:
     """``Error: <message>`` on stderr, the message as it is (no markup read from it)."""
     console.err.print(f"[bold red]Error:[/] {escape(message)}", markup=True, highlight=False)
+
+
+def _json_line(data: Any) -> None:
+    """One compact JSON object on one stdout line, however wide (no wrapping, markup or highlighting)."""
+    console.out.print(json.dumps(data, ensure_ascii=False), markup=False, highlight=False, emoji=False,
+                      soft_wrap=True)
 
 
 def _path_line(path: Any) -> None:
@@ -76,13 +87,37 @@ def summary(title: str, lines: Iterable[Field]) -> None:
 
 def outcome_fields(outcome: Any) -> list[Field]:
     """A step's summary: its measured metrics (:data:`OUTCOME_KEYS`), facts, MLflow run and registered version."""
-    values = {k: outcome.metrics[k] for k in OUTCOME_KEYS if k in outcome.metrics}
+    values = {_metric_name(k): _metric_text(k, outcome.metrics[k]) for k in OUTCOME_KEYS if k in outcome.metrics}
     values.update(outcome.facts)
     if outcome.run_id:
         values["mlflow run"] = outcome.run_id
     if outcome.registered:
         values["registered"] = f"version {outcome.registered}"
     return fields(values)
+
+
+def _metric_name(key: str) -> str:
+    return SIZE_NAMES.get(key, key)
+
+
+def _metric_text(key: str, value: float) -> Any:
+    """A summary value in human units: sizes in MB, fractions as percentages (one decimal), differences of
+    accuracy in points; other figures as they are."""
+    if key in SIZE_NAMES:
+        return mb(value)
+    if key in FRACTIONS:
+        return pct(value)
+    if key == "accuracy_delta_vs_parent":
+        return f"{100 * value:+.1f} points"
+    if key in ("params_total", "params_nonzero"):
+        return f"{int(value):,}"
+    if key.endswith("_seconds"):
+        return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+    if key.endswith("_ms"):
+        return f"{value:.2f} ms"
+    if key == "throughput_per_s":
+        return f"{value:,.0f} texts/s"
+    return value
 
 
 def step(title: str, outcome: Any) -> None:
@@ -127,7 +162,7 @@ def pipeline(name: str, outcomes: Sequence[Any], rows: Iterable[Mapping[str, Any
     """``lifecycle pipeline``: the versions table, each version's path numbered, the MLflow run, the last path."""
     rows_kept = list(rows)
     versions = [VersionRow.of(row) for row in rows_kept]
-    table = Table("#", "kind", "recipe", "size", "gzip", "test acc", "macro-F1", title=f"{name} versions",
+    table = Table("#", "kind", "recipe", "deployed", "gzip", "test acc", "macro-F1", title=f"{name} versions",
                   title_justify="left")
     for number, row in enumerate(versions, start=1):
         table.add_row(str(number), row.kind, row.recipe, mb(row.size_bytes), mb(row.size_gzip_bytes),
@@ -161,7 +196,7 @@ def retrained(outcomes: Sequence[Any], imported: int, rows: Iterable[Mapping[str
     trained = outcomes[imported]
     summary("retrained", fields({**{k: v for k, v in trained.metrics.items() if "accuracy" in k or k == "forgetting"},
                                  **{k: v for k, v in trained.facts.items() if k in RETRAIN_FACTS}}))
-    table = Table("kind", "recipe", "size", "test acc", title="new versions", title_justify="left")
+    table = Table("kind", "recipe", "deployed", "test acc", title="new versions", title_justify="left")
     table.add_column("version", overflow="fold")
     for row in map(VersionRow.of, rows):
         table.add_row(row.kind, row.recipe, mb(row.size_bytes), pct(row.test_accuracy), row.version)
@@ -256,12 +291,12 @@ def evaluation(outcome: Any) -> None:
 
 
 def predictions(results: Sequence[Any], top_k: int, as_json: bool) -> None:
-    """``lifecycle predict``: one JSON object per text, or a table (label and probability; or the top k)."""
+    """``lifecycle predict``: one JSON object per text, each on one line (NDJSON), or a table (label and probability;
+    or the top k)."""
     if as_json:
         for r in results:
-            console.out.print_json(json.dumps({"text": r.text, "label": r.label, "probability": r.probability,
-                                               "abstained": r.abstained,
-                                               "top": [{"label": k, "probability": p} for k, p in r.top]}))
+            _json_line({"text": r.text, "label": r.label, "probability": r.probability, "abstained": r.abstained,
+                        "top": [{"label": k, "probability": p} for k, p in r.top]})
         return
     table = Table("label", "probability", "text") if top_k == 1 else Table("text", f"top {top_k}")
     for r in results:
@@ -309,7 +344,7 @@ def lineage(raw: Iterable[Mapping[str, Any]]) -> None:
         nodes: dict[str, Any] = {}
         for row in (r for r in rows if r.name == model_name):
             label = (f"v{row.version} {row.kind} {row.recipe if row.recipe != '-' else ''} "
-                     f"acc {pct(row.test_accuracy)} size {mb(row.size_bytes)}"
+                     f"acc {pct(row.test_accuracy)} deployed {mb(row.size_bytes)}"
                      + (f" @{','.join(row.aliases)}" if row.aliases else ""))
             anchor = nodes.get(row.parent_run) if row.parent_run in by_run else None
             nodes[row.run_id] = (anchor or tree).add(label)
@@ -332,7 +367,8 @@ class BenchRow:
     kind: str
     runtime: str
     recipe: str
-    size_bytes: float
+    size_bytes: float  # deployed (lifecycle.sizes)
+    test_accuracy: float | None
     load_seconds: float
     first_call_ms: float
     latency_p50_ms: float
@@ -342,24 +378,40 @@ class BenchRow:
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> BenchRow:
-        return cls(row["version"], row["kind"], row["runtime"], row["recipe"], row["size_bytes"], row["load_seconds"],
-                   row["first_call_ms"], row["latency_p50_ms"], row["latency_p99_ms"], row["throughput_per_s"],
-                   row["rss_mb"])
+        return cls(row["version"], row["kind"], row["runtime"], row["recipe"], row["size_bytes"],
+                   row.get("test_accuracy"), row["load_seconds"], row["first_call_ms"], row["latency_p50_ms"],
+                   row["latency_p99_ms"], row["throughput_per_s"], row["rss_mb"])
 
 
 def bench(rows: Sequence[Mapping[str, Any]], as_json: bool) -> None:
-    """``lifecycle bench``: the rows as JSON (every figure measured), or a table."""
+    """``lifecycle bench``: the rows as JSON (every figure measured), or a table that fits 100 columns with each
+    version's path under it, one per line, never wrapped."""
     if as_json:
         console.out.print_json(json.dumps(rows))
         return
-    table = Table("kind", "runtime", "recipe", "size", "load s", "first call ms", "p50 ms", "p99 ms", "texts/s",
-                  "RSS MB")
-    table.add_column("version", overflow="fold")
-    for r in map(BenchRow.of, rows):
-        table.add_row(r.kind, r.runtime, r.recipe, mb(r.size_bytes), f"{r.load_seconds:.2f}",
-                      f"{r.first_call_ms:.2f}", f"{r.latency_p50_ms:.2f}", f"{r.latency_p99_ms:.2f}",
-                      f"{r.throughput_per_s:.0f}", f"{r.rss_mb:.1f}", r.version)
+    table = _light_table("#", "kind", "recipe", "deployed", "acc", "load s", "1st ms", "p50 ms", "p99 ms",
+                         "texts/s", "RSS MB", title="")
+    table.columns[2].overflow, table.columns[2].max_width = "fold", 19
+    bench_rows = [BenchRow.of(row) for row in rows]
+    for number, r in enumerate(bench_rows, 1):
+        kind = r.kind if r.runtime in ("litert", "keras") else f"{r.kind} {r.runtime}"
+        table.add_row(str(number), kind, escape(_packed(r.recipe, 19)), mb(r.size_bytes), pct(r.test_accuracy),
+                      f"{r.load_seconds:.2f}", f"{r.first_call_ms:.2f}", f"{r.latency_p50_ms:.2f}",
+                      f"{r.latency_p99_ms:.2f}", f"{r.throughput_per_s:.0f}", f"{r.rss_mb:.1f}")
     console.out.print(table)
+    for number, r in enumerate(bench_rows, 1):
+        _path_line(f"{number}  {r.version}")
+
+
+def _packed(recipe: str, width: int) -> str:
+    """A recipe's ``+``-joined steps on lines of at most ``width`` characters, broken between steps."""
+    lines: list[str] = []
+    for part in recipe.split("+"):
+        if lines and len(lines[-1]) + 1 + len(part) <= width:
+            lines[-1] += f"+{part}"
+        else:
+            lines.append(part if not lines else f"+{part}")
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------------------------- inspect

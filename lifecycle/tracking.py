@@ -45,8 +45,10 @@ from lifecycle.registry_client import (
     default_tracking_uri,
     download_cleanup,
     is_http_uri,
+    is_model_source,
     parse_registry_ref,
     rest_lookup,
+    version_dir_in,
 )
 
 log = logging.getLogger(__name__)
@@ -312,11 +314,24 @@ class NullTracker:
     def log_input(self, texts: Sequence[str], labels: Sequence[str], *, name: str, source: str, context: str) -> None:
         pass
 
-    def register(self, model_name: str, tags: Mapping[str, str] | None = None) -> str | None:
+    @property
+    def registers(self) -> bool:
+        """Whether :meth:`register` registers versions (tracking on, ``tracking.register_model``)."""
+        return False
+
+    def register(self, model_name: str, tags: Mapping[str, str] | None = None, description: str | None = None
+                 ) -> str | None:
         return None
 
-    def log_pyfunc(self, version_path: Path) -> str | None:
+    def log_pyfunc(self, version_path: Path, example: Sequence[str] | None = None) -> str | None:
         return None
+
+    def registered_version_of(self, run_id: str | None, model_name: str) -> str | None:
+        """``models:/<model_name>/<n>`` registered by run ``run_id``, None when there is none (or no store)."""
+        return None
+
+    def move_alias(self, model_name: str, alias: str, version: str) -> None:
+        """Point ``alias`` of ``model_name`` at registered ``version``."""
 
     def resumable_run(self, run_file: Path) -> str | None:
         """The run recorded in ``run_file`` by ``remember_run``, if it lives in this tracker's store."""
@@ -353,6 +368,7 @@ class Tracker(NullTracker):
         mlflow.set_tracking_uri(self.uri)
         self.experiment_id = ensure_experiment(self.client, cfg.experiment or experiment, self.uri)
         self.run_id = None
+        self._logged: dict[str, Any] = {}  # run id -> the pyfunc's ModelInfo logged into it
 
     @contextmanager
     def run(self, step: str, name: str, tags: Mapping[str, str] | None = None, resume_run_id: str | None = None,
@@ -446,8 +462,14 @@ class Tracker(NullTracker):
             # finds the winner's row.
             self._write(f"log dataset {name}", lambda: mlflow.log_input(dataset, context=context))
 
-    def register(self, model_name: str, tags: Mapping[str, str] | None = None) -> str | None:
-        """Register this run's ``version`` artifact directory as a new version of ``model_name``."""
+    @property
+    def registers(self) -> bool:
+        return bool(self.cfg.register_model)
+
+    def register(self, model_name: str, tags: Mapping[str, str] | None = None, description: str | None = None
+                 ) -> str | None:
+        """Register a new version of ``model_name``: the pyfunc this run logged (:meth:`log_pyfunc`; its source is
+        that MLflow model, the version directory inside it), else this run's ``version`` artifact directory."""
         if not self.cfg.register_model or self.run_id is None:
             return None
         run = self._write("read the run", lambda: self.client.get_run(self.run_id))
@@ -467,20 +489,36 @@ class Tracker(NullTracker):
                         raise
 
         self._write(f"register {model_name!r}", ensure_model)
+        logged = self._logged.get(run_id)
+        # models:/<model id>, as MLflow registers a logged model (the UI links the version to it; the store keeps
+        # the model's artifact location as the version's download URI).
+        source = logged.model_uri if logged else f"{run.info.artifact_uri}/{VERSION_ARTIFACT}"
         version = self._write(f"register a version of {model_name!r}", lambda: self.client.create_model_version(
-            model_name, source=f"{run.info.artifact_uri}/{VERSION_ARTIFACT}", run_id=run_id, tags=dict(tags or {})))
+            model_name, source=source, run_id=run_id, tags=dict(tags or {}), description=description,
+            model_id=logged.model_id if logged else None))
         self.set_tags({"lifecycle.registered": f"models:/{model_name}/{version.version}"})
         return str(version.version)
 
-    def log_pyfunc(self, version_path: Path) -> str | None:
-        """Log a version with a serving form into this run as a models-from-code pyfunc (see :func:`log_pyfunc`), so
-        ``mlflow models serve -m <uri>`` runs it; the URI is returned and kept in the run's ``lifecycle.pyfunc`` tag.
-        """
+    def log_pyfunc(self, version_path: Path, example: Sequence[str] | None = None) -> str | None:
+        """Log a version into this run as a models-from-code pyfunc named after it (see :func:`log_pyfunc`), so
+        ``mlflow models serve -m <uri>`` runs it and :meth:`register` registers it; the URI is returned and kept in
+        the run's ``lifecycle.pyfunc`` tag."""
         if self.run_id is None:
             return None
-        uri = log_pyfunc(version_path, tracking_uri=self.uri)
-        _mlflow().set_tag("lifecycle.pyfunc", uri)
-        return uri
+        info = _log_pyfunc_model(version_path, self.uri, name=version_path.name, example=example)
+        self._logged[self.run_id] = info
+        self.set_tags({"lifecycle.pyfunc": info.model_uri})
+        return str(info.model_uri)
+
+    def registered_version_of(self, run_id: str | None, model_name: str) -> str | None:
+        if not run_id:
+            return None
+        found = self._write("search model versions", lambda: self.client.search_model_versions(
+            f"name = '{model_name}' and run_id = '{run_id}'"))
+        return f"models:/{model_name}/{found[0].version}" if found else None
+
+    def move_alias(self, model_name: str, alias: str, version: str) -> None:
+        self._write(f"set alias {alias!r}", lambda: self.client.set_registered_model_alias(model_name, alias, version))
 
 
 def ensure_experiment(client: Any, name: str, uri: str) -> str:
@@ -533,6 +571,15 @@ def resolve_version(ref: str, tracking_uri: str | None = None) -> Path:
     """
     if not ref.startswith(("runs:/", "models:/")):
         return Path(ref)
+    if ref.startswith("models:/"):  # the version directory inside the registered MLflow model, not the whole model
+        uri = tracking_uri or default_tracking_uri()
+        target = housekeeping.make_temp_dir("version")
+        try:
+            return download_source(lookup_registry(ref, uri).source, target / VERSION_ARTIFACT, uri)
+        except TrackingError as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            raise ModelError(f"{ref}: cannot be fetched from MLflow at {uri} ({exc}).",
+                             "Check the name and number (`lifecycle versions`) or pass a version directory.") from None
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
     uri = ref
@@ -583,7 +630,10 @@ def lookup_registry(ref: str, tracking_uri: str | None = None) -> RegistryEntry:
     except Exception as exc:
         raise TrackingError(f"{ref}: not found in MLflow at {uri} ({first_line(exc)}).",
                             "Check the model name, alias or version in the registry.") from None
-    return RegistryEntry(ref, found.name, str(found.version), found.source, found.run_id)
+    source = found.source
+    if is_model_source(source):
+        source = version_dir_in(client.get_model_version_download_uri(found.name, found.version))
+    return RegistryEntry(ref, found.name, str(found.version), source, found.run_id)
 
 
 def download_source(source: str, dst: Path, tracking_uri: str | None = None) -> Path:
@@ -656,21 +706,54 @@ def _registered_ref(path: Path, uri: str) -> str:
 PYFUNC_ARTIFACT = "pyfunc"
 
 
-def log_pyfunc(version_path: Path, registered_name: str | None = None, tracking_uri: str | None = None,
-               experiment: str = "lifecycle-pyfunc") -> str:
-    """Log a frozen/compressed version as an MLflow models-from-code pyfunc taking a ``list[str]`` of texts.
+@dataclass(frozen=True)
+class LoggedPyfunc:
+    """A version logged as an MLflow model: its id and ``models:/<id>`` URI."""
 
-    ``mlflow.pyfunc.load_model(uri)`` and ``mlflow models serve -m uri --env-manager local`` then run it in its LiteRT
-    serving form; the ``lifecycle`` and ``tokenization`` packages travel with it as code paths, so the target
-    environment needs only the pip requirements logged with it. Logs into the active run, else into a new run of
-    ``experiment``.
+    model_id: str
+    model_uri: str
+
+
+def log_pyfunc(version_path: Path, registered_name: str | None = None, tracking_uri: str | None = None,
+               experiment: str = "lifecycle-pyfunc", example: Sequence[str] | None = None) -> str:
+    """Log a version as an MLflow models-from-code pyfunc taking a ``list[str]`` of texts (see
+    :func:`_log_pyfunc_model`), into the active run, else into a new run of ``experiment``.
 
     Returns:
         The model URI (``models:/<model id>``), or ``models:/<registered_name>/<n>`` when registered.
 
     Raises:
-        ModelError: the directory is not a version with a serving form.
+        ModelError: the directory is not a version that predicts (a tokenizer, or unreadable).
         TrackingError: MLflow refuses the model.
+    """
+    mlflow = _mlflow()
+    uri = absolute_uri(tracking_uri or default_tracking_uri())
+    mlflow.set_tracking_uri(uri)
+    with _active_or_new_run(mlflow, experiment, uri):
+        info = _log_pyfunc_model(version_path, uri, name=version_path.name, example=example)
+    if not registered_name:
+        return info.model_uri
+    client = open_client(uri)
+    try:
+        client.create_registered_model(registered_name)
+    except Exception as exc:
+        if "already exists" not in str(exc) and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise TrackingError(f"MLflow at {uri} refused model {registered_name!r}: {first_line(exc)}.") from None
+    found = _retry(f"register a version of {registered_name!r}", lambda: client.create_model_version(
+        registered_name, source=info.model_uri, run_id=mlflow.get_logged_model(info.model_id).source_run_id,
+        model_id=info.model_id), uri)
+    return f"models:/{registered_name}/{found.version}"
+
+
+def _log_pyfunc_model(version_path: Path, uri: str, *, name: str, example: Sequence[str] | None) -> LoggedPyfunc:
+    """Log a version (a checkpoint, frozen or compressed) into the active run as an MLflow models-from-code pyfunc.
+
+    ``mlflow.pyfunc.load_model(uri)`` and ``mlflow models serve -m uri --env-manager local`` then run it: a frozen or
+    compressed version in its LiteRT serving form (no TensorFlow), a checkpoint in Keras. The version directory is
+    the model's ``version`` artifact (``artifacts/version/`` inside the model: ``registry_client.PYFUNC_VERSION_PATH``);
+    the ``lifecycle`` and ``tokenization`` packages travel with it as code paths, so the target environment needs
+    only the pip requirements logged with it. ``example``: a few of the version's own texts, saved as the input
+    example (the signature, list[str] in and one prediction per text out, comes from the model's type hints).
     """
     from importlib.metadata import version as installed
 
@@ -683,32 +766,42 @@ def log_pyfunc(version_path: Path, registered_name: str | None = None, tracking_
     except (OSError, ValueError, KeyError):
         raise ModelError(f"{version_path}: not a lifecycle version (manifest.json or tokenizer/tokenizer.json "
                          "unreadable).") from None
-    if not manifest.serving:
-        raise ModelError(f"{version_path}: a {manifest.kind} version without a serving form cannot be logged "
-                         "as a pyfunc; freeze or compress it first.")
-    requirements = [f"ai-edge-litert=={installed('ai-edge-litert')}", f"numpy=={installed('numpy')}",
-                    f"pydantic=={installed('pydantic')}", f"pyyaml=={installed('pyyaml')}"]
+    if manifest.kind not in ("checkpoint", "frozen", "compressed"):
+        raise ModelError(f"{version_path}: a {manifest.kind} version does not predict, so it cannot be logged as "
+                         "a pyfunc; train, freeze or compress one.")
+    packages = ["numpy", "pydantic", "pyyaml"]
+    packages += ["ai-edge-litert"] if manifest.serving else ["tensorflow-cpu", "keras"]
     if kind == "bpe":
-        requirements.append(f"youtokentome=={installed('youtokentome')}")
+        packages.append("youtokentome")
+    requirements = [f"{package_name}=={installed(package_name)}" for package_name in packages]
     mlflow = _mlflow()
-    uri = absolute_uri(tracking_uri or default_tracking_uri())
-    mlflow.set_tracking_uri(uri)
     try:
-        with _active_or_new_run(mlflow, experiment, uri):
-            info = mlflow.pyfunc.log_model(
-                name=PYFUNC_ARTIFACT,
+        with housekeeping.temp_dir("pyfunc") as staging:
+            # The artifact keeps its folder's name inside the model: staged as version/, whatever the version's own.
+            staged = staging / VERSION_ARTIFACT
+            shutil.copytree(version_path, staged)
+            info = _retry("log the pyfunc", lambda: mlflow.pyfunc.log_model(
+                name=_model_name(name),
                 python_model=str(package / "serving" / "pyfunc_model.py"),
-                artifacts={"version": str(version_path)},
+                artifacts={VERSION_ARTIFACT: str(staged)},
                 code_paths=[str(package), str(package.parent / "tokenization")],
                 pip_requirements=requirements,
-                input_example=["a moving, funny film", "dull"],
-                registered_model_name=registered_name,
-            )
+                input_example=list(example)[:3] if example else None,
+                tags={"lifecycle.kind": manifest.kind},
+            ), uri)
+    except (TrackingError, ModelError):
+        raise
     except Exception as exc:
         raise TrackingError(f"MLflow refused to log {version_path} as a pyfunc: {first_line(exc)}.") from None
-    if registered_name and info.registered_model_version is not None:
-        return f"models:/{registered_name}/{info.registered_model_version}"
-    return info.model_uri
+    return LoggedPyfunc(info.model_id, info.model_uri)
+
+
+def _model_name(name: str) -> str:
+    """A logged model's name from a version folder's: MLflow refuses ``/ : . % " '`` in it (``prune-0.5+int8`` ->
+    ``prune-0_5+int8``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_+-]", "_", name).strip("_") or "version"
 
 
 @contextmanager
@@ -723,23 +816,44 @@ def _active_or_new_run(mlflow: Any, experiment: str, uri: str) -> Iterator[None]
 
 
 def registered_versions(name: str | None = None, tracking_uri: str | None = None) -> list[dict[str, Any]]:
-    """Registered versions with their lineage tags and metrics, sorted by model name and version.
+    """Registered versions with their lineage tags, sizes, accuracy and aliases, sorted by model name and version.
 
-    Each row: model name, version number, kind, recipe, run id, parent run id, test accuracy, size, aliases.
+    Each row: model name, version number, kind, recipe, run id, parent run id, parent version, test accuracy,
+    deployed size (the registration's ``lifecycle.size_bytes`` tag, else its run's ``size_bytes`` metric), aliases.
+
+    Raises:
+        TrackingError: a SQLite store that does not exist (a read creates none).
     """
-    client = open_client(tracking_uri or default_tracking_uri())
+    uri = absolute_uri(tracking_uri or default_tracking_uri())
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise TrackingError(f"no MLflow store at {db}: nothing has been tracked here, so no version is registered.",
+                            "Run a step with tracking on first, or point MLFLOW_TRACKING_URI at the store.")
+    client = open_client(uri)
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []
     for model_name in names:
+        # search_model_versions leaves a version's aliases out: the registered model lists them (alias -> version).
+        by_version: dict[str, list[str]] = {}
+        for alias, number in (client.get_registered_model(model_name).aliases or {}).items():
+            by_version.setdefault(str(number), []).append(alias)
         for mv in client.search_model_versions(f"name='{model_name}'"):
             run = client.get_run(mv.run_id) if mv.run_id else None
             metrics = run.data.metrics if run else {}
+            tags = mv.tags
+
+            def number(key: str, tags: Mapping[str, str] = tags, metrics: Mapping[str, float] = metrics
+                       ) -> float | None:
+                value = tags.get(f"lifecycle.{key}")
+                return float(value) if value not in (None, "") else metrics.get(key)
+
             rows.append({
-                "name": model_name, "version": int(mv.version), "kind": mv.tags.get("lifecycle.kind", ""),
-                "recipe": mv.tags.get("lifecycle.recipe", "-"), "run_id": mv.run_id,
-                "parent_run": mv.tags.get("lifecycle.parent_run", ""),
-                "test_accuracy": metrics.get("test_accuracy"), "size_bytes": metrics.get("size_bytes"),
-                "aliases": list(getattr(mv, "aliases", []) or []),
+                "name": model_name, "version": int(mv.version), "kind": tags.get("lifecycle.kind", ""),
+                "recipe": tags.get("lifecycle.recipe", "-"), "run_id": mv.run_id,
+                "parent_run": tags.get("lifecycle.parent_run", ""),
+                "parent_version": tags.get("lifecycle.parent_version", ""),
+                "test_accuracy": number("test_accuracy"), "size_bytes": number("size_bytes"),
+                "aliases": sorted(set(getattr(mv, "aliases", []) or []) | set(by_version.get(str(mv.version), []))),
             })
     return sorted(rows, key=lambda r: (r["name"], r["version"]))
 
@@ -772,14 +886,20 @@ def audit_store(uri: str, model_name: str, check_manifests: bool = True) -> Stor
     crossed: list[tuple[str, str]] = []
     claimed = Counter(v.run_id for v in versions)
     for mv in versions:
-        expected = f"{client.get_run(mv.run_id).info.artifact_uri}/{VERSION_ARTIFACT}"
+        directory = mv.source
+        if is_model_source(mv.source):  # registered from the pyfunc its run logged
+            logged = client.get_logged_model(mv.source.removeprefix("models:/"))
+            expected = mv.source if logged.source_run_id == mv.run_id else f"a model of run {mv.run_id}"
+            directory = version_dir_in(client.get_model_version_download_uri(mv.name, mv.version))
+        else:
+            expected = f"{client.get_run(mv.run_id).info.artifact_uri}/{VERSION_ARTIFACT}"
         if mv.source != expected:
             crossed.append((mv.version, f"source {mv.source} is not its run's {expected}"))
         elif claimed[mv.run_id] > 1:
             crossed.append((mv.version, f"run {mv.run_id} is claimed by {claimed[mv.run_id]} versions"))
         elif check_manifests:
             with housekeeping.temp_dir("audit") as folder:
-                local = download_source(mv.source, folder / "v", uri)
+                local = download_source(directory, folder / "v", uri)
                 found = json.loads((local / "manifest.json").read_text(encoding="utf-8")).get("run_id")
             if found != mv.run_id:
                 crossed.append((mv.version, f"its manifest names run {found}, not {mv.run_id}"))

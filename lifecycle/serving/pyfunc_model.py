@@ -6,7 +6,7 @@ mlflow, because MLflow wants the model object set at module level. The input is 
 one row per text: its label, that label's probability, and every label's probability, all calibrated with the
 version's temperature; under the version's abstain threshold (``calibration.abstain_threshold``) the label is
 ``unknown`` and ``abstained`` is true. The version directory travels
-as the model's ``version`` artifact and runs in its LiteRT serving form (no TensorFlow).
+as the model's ``version`` artifact and runs in its LiteRT serving form (no TensorFlow), a checkpoint in Keras.
 
 No ``from __future__ import annotations`` here: MLflow reads the type hints of ``predict`` at run time.
 """
@@ -30,13 +30,15 @@ class TextPrediction(BaseModel):
 
 
 class LifecycleClassifier(PythonModel):
-    """A frozen or compressed lifecycle version classifying raw texts."""
+    """A lifecycle version (checkpoint, frozen or compressed) classifying raw texts."""
 
     def load_context(self, context: Any) -> None:
         from lifecycle.artifacts import load_version
         from lifecycle.inference import Predictor
 
-        self.predictor = Predictor(load_version(Path(context.artifacts["version"])), runtime="litert")
+        version = load_version(Path(context.artifacts["version"]))
+        # A serving form runs in LiteRT (no TensorFlow); a checkpoint in Keras.
+        self.predictor = Predictor(version, runtime="litert" if version.manifest.serving else "auto")
         # One LiteRT interpreter, and `mlflow models serve` calls predict from several threads at once.
         self.lock = threading.Lock()
 

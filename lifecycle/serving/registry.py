@@ -34,6 +34,7 @@ from lifecycle.manifest import Manifest
 from lifecycle.procstat import release_free_memory
 from lifecycle.serving.config import BatchingConfig, ModelSpec, ServeConfig
 from lifecycle.serving.sources import Fetched, Source, discard
+from lifecycle.sizes import version_sizes
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class LoadedModel:
         manifest = version.manifest
         self.kind = version.kind
         self.recipe = _recipe_text(manifest)
-        self.size_bytes = manifest.size_bytes
+        self.size_bytes = version_sizes(version, gzip=False).deployed  # serving form + tokenizer (lifecycle.sizes)
         assert manifest.serving is not None  # Predictor(runtime="litert") refuses a version without one
         self.serving_bytes = manifest.serving.bytes
         self.loaded_at = _now()

@@ -166,7 +166,7 @@ def run_cell(payload: dict[str, Any], progress: Any = None) -> dict[str, Any]:
                 "params_total": trained.metrics["params_total"],
                 "checkpoint_test_accuracy": trained.metrics["test_accuracy"],
                 "checkpoint_test_macro_f1": trained.metrics["test_macro_f1"],
-                "checkpoint_bytes": trained.metrics["size_bytes_checkpoint"],
+                "checkpoint_bytes": trained.metrics["size_checkpoint_bytes"],
             }
             metrics.update(_tokenizer_metrics(cfg, trained.version / artifacts.TOKENIZER_DIR))
             final, final_manifest = trained, checkpoint
@@ -184,11 +184,8 @@ def run_cell(payload: dict[str, Any], progress: Any = None) -> dict[str, Any]:
                 final_manifest = artifacts.load_version(final.version, verify=False).manifest
                 metrics["deployed_bytes"] = final.metrics["size_bytes"]
                 metrics["deployed_gzip_bytes"] = final.metrics["size_gzip_bytes"]
-                if "serving_size_bytes" in final.metrics:
-                    metrics["serving_bytes"] = final.metrics["serving_size_bytes"]
             else:
-                metrics["deployed_bytes"] = trained.metrics["size_bytes_checkpoint"] + \
-                    trained.metrics.get("size_bytes_tokenizer", 0.0)
+                metrics["deployed_bytes"] = trained.metrics["size_bytes"]  # lifecycle.sizes: model.keras + tokenizer
             metrics["deployed_embedding_bytes"] = float(_embedding_bytes(final_manifest))
             metrics["test_accuracy"] = final.metrics["test_accuracy"]
             metrics["test_macro_f1"] = final.metrics["test_macro_f1"]

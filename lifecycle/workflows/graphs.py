@@ -161,14 +161,12 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                 "serving_bytes": serving["bytes"],
                 "serving_gzip_bytes": artifacts.gzip_bytes([tmp / serving["file"], tmp / artifacts.TOKENIZER_DIR]),
             }
-            deployed = sizes["graph_bytes"] + sizes["tokenizer_bytes"]
+            # The deployed sizes (lifecycle.sizes) are measured once the version is written; graph.pb is a
+            # metric of its own, never called size_bytes.
             metrics.update({
-                "size_bytes": deployed,
-                "size_gzip_bytes": sizes["gzip_bytes"],
-                "serving_size_bytes": sizes["serving_bytes"] + sizes["tokenizer_bytes"],
-                "serving_size_gzip_bytes": sizes["serving_gzip_bytes"],
+                "size_graph_bytes": sizes["graph_bytes"] + sizes["tokenizer_bytes"],
+                "size_graph_gzip_bytes": sizes["gzip_bytes"],
                 **({"serving_test_accuracy": serving["test_accuracy"]} if "test_accuracy" in serving else {}),
-                "size_ratio_vs_checkpoint": deployed / (root_sizes["checkpoint_bytes"] + root_sizes["tokenizer_bytes"]),
                 "params_total": params,
                 "params_nonzero": nonzero,
                 "nonzero_fraction": nonzero / max(params, 1),
@@ -201,7 +199,13 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
 
         def measured(version: artifacts.Version) -> dict[str, float]:
             from lifecycle.bench import measure
+            from lifecycle.sizes import version_sizes
 
+            found = version_sizes(version).metrics()
+            # Against the root checkpoint deployed as it is (model.keras + tokenizer).
+            found["size_ratio_vs_checkpoint"] = found["size_bytes"] / (root_sizes["checkpoint_bytes"] +
+                                                                        root_sizes["tokenizer_bytes"])
+            metrics.update(found)
             metrics.update(measure(version, candidate.texts[:256]).metrics())
             return metrics
 
@@ -216,7 +220,8 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
             params={"parent": str(parent.path), "input_dtype": frozen.input_dtype, "recipe": recipe_name},
             metrics=measured, log=log_recipe, pyfunc=True, tag_version=True,
             register={"lifecycle.kind": candidate.kind, "lifecycle.recipe": recipe_name,
-                      "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+                      "lifecycle.parent_run": tags["lifecycle.parent_run"]},
+            example=candidate.texts[:3] if candidate.compared_on == "test split" else None)
     pyfunc = published.pyfunc
     facts = {"compared on": f"{candidate.compared_on} ({len(candidate.probabilities)})",
              "input dtype": frozen.input_dtype, "recipe": recipe_name, **({"pyfunc": pyfunc} if pyfunc else {}),
@@ -359,7 +364,7 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
     cfg = parent.config
     configure(cfg.train.seed, cfg.train.threads)
     restored = restore_model(frozen, cfg, len(parent.labels))
-    arrays, compared_on, _ = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
+    arrays, compared_on, texts = _check_arrays(parent, load_tokenizer(parent.tokenizer_dir))
     difference = restored_difference(restored, frozen, arrays.x)
     if difference > fidelity.RESTORE:
         raise ModelError(f"restored model differs from {parent.path} by {difference:.2e} (> {fidelity.RESTORE:g}) "
@@ -392,6 +397,7 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
             metrics=lambda version: {"max_abs_diff_vs_parent": difference,
                                      "params_total": version.manifest.params_total, **version.manifest.metrics},
             register={"lifecycle.kind": "checkpoint", "lifecycle.restored": "true",
-                      "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+                      "lifecycle.parent_run": tags["lifecycle.parent_run"]},
+            example=texts[:3] if compared_on == "test split" else None)
     storages = ", ".join(sorted({t.storage for t in parent.manifest.tensors.values()}))
     return published.outcome({"compared on": f"{compared_on} ({len(arrays.x)})", "restored storage": storages})

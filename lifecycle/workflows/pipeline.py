@@ -14,6 +14,10 @@ from lifecycle.workflows.common import StepOutcome, recipe_label
 from lifecycle.workflows.graphs import run_compress, run_freeze
 from lifecycle.workflows.training import run_train
 
+# The aliases a pipeline moves (MLflow reserves "latest"): its final version (the last recipe, the path it prints
+# last) and its checkpoint (what retrain and restore start from).
+NEWEST, NEWEST_CHECKPOINT = "newest", "newest-checkpoint"
+
 # Storage alone, then the whole path: rare words out, 85% of the weights out, three epochs to recover, int8 (15x
 # smaller at <= 1 point on MR and TREC with either tokenizer: README, Benchmarks, compression).
 PIPELINE_RECIPES = ("fp16", "int8", "prune:0.5,int8", "vocab:coverage=0.97,prune:0.85,tune:3,int8")
@@ -66,6 +70,9 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
             if picked is not None:
                 outcomes.append(picked)
         stage.done()
+        for alias, outcome in ((NEWEST_CHECKPOINT, trained), (NEWEST, outcomes[-1])):
+            if outcome.registered:
+                tracker.move_alias(cfg.name, alias, outcome.registered)
         # One metric per version and key (checkpoint.size_bytes, int8.test_accuracy...) so the parent run compares.
         tracker.log_metrics({f"{_metric_prefix(row)}.{key}": value
                              for outcome, row in ((o, version_row(o)) for o in outcomes)
@@ -103,17 +110,19 @@ def _metric_prefix(row: dict[str, Any]) -> str:
 
 def version_row(outcome: StepOutcome) -> dict[str, Any]:
     """One line of the pipeline's versions table."""
-    manifest = artifacts.load_version(outcome.version, verify=False).manifest if outcome.version else None
-    sizes = manifest.sizes if manifest else {}
-    deployed = outcome.metrics.get("size_bytes", 0)
-    if manifest and manifest.kind == "checkpoint":
-        deployed = sizes.get("checkpoint_bytes", 0) + sizes.get("tokenizer_bytes", 0)
+    from lifecycle.sizes import DEPLOYED, DEPLOYED_GZIP, version_sizes
+
+    version = artifacts.load_version(outcome.version, verify=False) if outcome.version else None
+    manifest = version.manifest if version else None
+    # The step's own metrics when it logged them (lifecycle.sizes either way), so the table never gzips twice.
+    sizes = {DEPLOYED: outcome.metrics[DEPLOYED], DEPLOYED_GZIP: outcome.metrics.get(DEPLOYED_GZIP)} \
+        if DEPLOYED in outcome.metrics or version is None else version_sizes(version).metrics()
     return {
         "version": str(outcome.version),
         "kind": manifest.kind if manifest else "",
         "recipe": (recipe_label(manifest.recipe_dicts()) if manifest else "") or "-",
-        "size_bytes": deployed,
-        "size_gzip_bytes": outcome.metrics.get("size_gzip_bytes"),
+        "size_bytes": sizes.get(DEPLOYED, 0),
+        "size_gzip_bytes": sizes.get(DEPLOYED_GZIP),
         "test_accuracy": outcome.metrics.get("test_accuracy"),
         "test_macro_f1": outcome.metrics.get("test_macro_f1"),
         "run_id": outcome.run_id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +101,14 @@ def run_versions(name: str | None = None, tracking_uri: str | None = None) -> li
     return registered_versions(name, tracking_uri)
 
 
-def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: int = 200, runtime: str = "auto"
-              ) -> list[dict[str, Any]]:
+def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: int = 200, runtime: str = "auto",
+              progress: Callable[[int, int, str], None] | None = None) -> list[dict[str, Any]]:
     """Serving figures of several versions measured side by side in this one process.
 
     Texts default to the first version's test split. When any version will run in TensorFlow, TensorFlow and Keras
     are imported before the first measurement, so no version is charged for them; with only serving forms
     (``runtime`` litert, or auto on frozen/compressed versions that have one) TensorFlow is never imported.
+    ``progress(i, n, name)`` is called before the i-th of n versions (its folder name) is measured.
     """
     from lifecycle.bench import measure
     from lifecycle.inference import Predictor
@@ -122,16 +123,17 @@ def run_bench(refs: Sequence[str], texts: Sequence[str] | None = None, calls: in
     if not texts:
         _, _, sample = _check_arrays(versions[0], load_tokenizer(versions[0].tokenizer_dir))
         texts = sample[:256]
+    from lifecycle.sizes import version_sizes
+
     rows = []
-    for version in versions:
+    for index, version in enumerate(versions):
+        if progress is not None:
+            progress(index, len(versions), version.path.name)
         stats = measure(version, list(texts), calls=calls, runtime=runtime)
-        sizes = version.manifest.sizes
-        model_bytes = sizes.get("serving_bytes") if stats.runtime == "litert" else None
-        size = (model_bytes or sizes.get("checkpoint_bytes") or sizes.get("graph_bytes", 0)) + sizes.get(
-            "tokenizer_bytes", 0)
         rows.append({"version": str(version.path), "kind": version.kind, "runtime": stats.runtime,
                      "recipe": recipe_label(version.manifest.recipe_dicts()) or "-",
-                     "size_bytes": size, **stats.metrics()})
+                     "size_bytes": version_sizes(version, gzip=False).deployed,  # lifecycle.sizes: deployed
+                     "test_accuracy": version.manifest.metrics.get("test_accuracy"), **stats.metrics()})
     return rows
 
 
@@ -163,10 +165,12 @@ def _serving_tensors(path: Path) -> list[dict[str, Any]]:
     """
     import numpy as np
 
+    from lifecycle.console import native_stderr_filtered
     from lifecycle.litert import open_interpreter
 
     interpreter = open_interpreter(path)
-    interpreter.allocate_tensors()
+    with native_stderr_filtered():  # LiteRT's XNNPACK INFO line
+        interpreter.allocate_tensors()
     produced = {int(i) for op in interpreter._get_ops_details() for i in op["outputs"]}
     inputs = {detail["index"] for detail in interpreter.get_input_details()}
     rows = []

@@ -221,7 +221,8 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
         # Its metrics were logged before the version was written, beside the refitted temperature.
         published = publish_version(tracker, cfg.name, write,
                                     register={"lifecycle.kind": "checkpoint", "lifecycle.retrained": "true",
-                                              "lifecycle.parent_run": tags["lifecycle.parent_run"]})
+                                              "lifecycle.parent_run": tags["lifecycle.parent_run"]},
+                                    example=new.test.texts[:3])
         version = published.version
         outcomes.append(published.outcome(
             {"epochs_run": result.epochs_run, "replayed": len(train_arrays) - len(new_train),

@@ -278,14 +278,12 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
             }, unique=unique)
 
         def checkpoint_metrics(version: artifacts.Version) -> dict[str, float]:
-            sizes = version.manifest.sizes
+            from lifecycle.sizes import version_sizes
+
             return {
                 **scores.metrics(),
                 "train_seconds": result.train_seconds,
-                "size_bytes": sizes["weights_bytes"] + sizes["tokenizer_bytes"],
-                "size_bytes_checkpoint": sizes["checkpoint_bytes"],
-                "size_bytes_weights": sizes["weights_bytes"],
-                "size_bytes_optimizer": sizes["optimizer_bytes"],
+                **version_sizes(version).metrics(),  # deployed (model.keras + tokenizer), gzip, disk, checkpoint
                 "params_total": version.manifest.params_total,
                 "epochs_run": result.epochs_run,
                 "best_epoch": result.best_epoch,
@@ -306,7 +304,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
 
         published = publish_version(tracker, cfg.name, write, metrics=checkpoint_metrics, log=log_training,
                                     register={"lifecycle.kind": "checkpoint", "lifecycle.parent_run": ""},
-                                    tag_version=True)
+                                    tag_version=True, example=corpus.test.texts[:3])
         stage.done()
     shutil.rmtree(work, ignore_errors=True)
     facts = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1, "stop_reason": result.stop_reason,

@@ -154,7 +154,7 @@ def test_predict_answers_unknown_under_the_threshold(frozen: dict, tmp_path: Pat
     def predict(*extra: str) -> list[dict]:
         result = runner.invoke(app, ["predict", version, *TEXTS, "--json", "--top-k", "2", *extra])
         assert result.exit_code == 0, result.output
-        return [json.loads(chunk) for chunk in result.stdout.replace("}\n{", "}\x00{").split("\x00")]
+        return [json.loads(line) for line in result.stdout.splitlines()]  # NDJSON: one object per line
 
     plain = predict()
     assert not any(row["abstained"] for row in plain)

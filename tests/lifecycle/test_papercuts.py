@@ -346,5 +346,5 @@ def test_versions_piped_to_a_file_is_not_cut(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = (tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()
     assert lines[-1].endswith("v3 compressed vocab:coverage=0.97+prune:0.85+tune:3+int8:embedding=table acc 88.5% "
-                              "size 0.17 MB"), lines
+                              "deployed 0.17 MB"), lines
     assert len(lines) == 4 and len(lines[-1]) > 80

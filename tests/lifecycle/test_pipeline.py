@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,22 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
     assert full["architecture"]["vocab_size"] < frozen["architecture"]["vocab_size"]
     assert full["sizes"]["graph_bytes"] < 0.5 * int8["sizes"]["graph_bytes"]
     assert full["serving"]["quantization"] == "int8-weights"
+    # versions.json (and the plot drawn from it) shows each step run's size_bytes metric, lifecycle.sizes' deployed
+    table = json.loads(Path(client.download_artifacts(steps["pipeline"].info.run_id, "versions.json",
+                                                      str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], values, strict=True)) for values in table["data"]]
+    by_run = {r.info.run_id: r for r in runs}
+    assert len(rows) == 2 + len(PIPELINE_RECIPES)
+    for row in rows:
+        assert row["size_bytes"] == by_run[row["run_id"]].data.metrics["size_bytes"], row["kind"]
+    # The pipeline moves its aliases: newest at its last version, newest-checkpoint at its checkpoint
+    newest = client.get_model_version_by_alias("default", "newest")
+    assert newest.run_id == rows[-1]["run_id"] and newest.source.startswith("models:/m-")
+    assert client.get_model_version_by_alias("default", "newest-checkpoint").run_id == steps["train"].info.run_id
+    shown = subprocess.run([sys.executable, "-m", "lifecycle", "versions", "default"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"@newest$", shown.stdout, re.M) and re.search(r"@newest-checkpoint$", shown.stdout, re.M)
 
 
 def test_tokenizer_train_cli_reports_coverage(tmp_path: Path) -> None:

@@ -57,7 +57,8 @@ def test_mlflow_run_holds_params_metrics_artifacts_and_registered_version(traine
     assert contexts == {"train", "validation", "test"}
     registered = client.get_model_version("mr-slice", outcome.registered)
     assert registered.run_id == outcome.run_id
-    assert registered.source.endswith("/version")
+    # The registered source is the MLflow model the run logged (its pyfunc), not a bare folder.
+    assert registered.source == run.data.tags["lifecycle.pyfunc"] and registered.source.startswith("models:/m-")
 
 
 def test_predict_from_path_and_registry_agree(trained: dict, tracking_uri: str) -> None:

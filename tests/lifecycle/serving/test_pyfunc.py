@@ -28,8 +28,8 @@ def test_pyfunc_loads_and_predicts_a_list_of_texts(serving_versions: dict[str, P
     assert [row.label for row in rows] == [("negative", "positive")[i] for i in expected.argmax(axis=1)]
     got = np.array([[row.probabilities["negative"], row.probabilities["positive"]] for row in rows])
     np.testing.assert_allclose(got, expected, atol=1e-6)
-    with pytest.raises(ModelError, match="without a serving form"):
-        log_pyfunc(trained["outcome"].version, tracking_uri=tracking_uri)
+    with pytest.raises(ModelError, match="not a lifecycle version"):
+        log_pyfunc(serving_versions["int8"] / "tokenizer", tracking_uri=tracking_uri)
 
 
 def test_tracked_compress_logs_the_version_as_a_pyfunc_too(frozen: dict, tracking_uri: str, data_dir: Path,

@@ -32,11 +32,15 @@ from tests.lifecycle.serving.helpers import start_serve
 MODEL = "serve-rollout"
 
 
-def _register(uri: str, path: Path, model: str = MODEL) -> str:
-    """Log a version directory as a run's artifacts and register it; returns the version number."""
+def _register(uri: str, path: Path, model: str = MODEL, as_model: bool = True) -> str:
+    """Log a version directory as a run's artifacts and as an MLflow model, and register that model (as every step
+    does; ``as_model=False``: the folder itself, as versions were registered before, and as a tampered version that
+    MLflow cannot load must be); returns the version number."""
     tracker = Tracker(TrackingConfig(uri=uri), model)
     with tracker.run("compress", path.name):
         tracker.log_artifacts(path, VERSION_ARTIFACT)
+        if as_model:
+            tracker.log_pyfunc(path)
         number = tracker.register(model)
     assert number is not None
     return number
@@ -55,7 +59,8 @@ def _restore_tracking_uri(tracking_uri: str):
 def registered(mlflow_server, serving_versions: dict[str, Path]) -> dict[str, str]:
     """int8, float32 and tampered versions registered through the server: name -> version number."""
     url = mlflow_server.wait()
-    return {which: _register(url, serving_versions[which]) for which in ("int8", "float32", "tampered")}
+    return {which: _register(url, serving_versions[which], as_model=which != "tampered")
+            for which in ("int8", "float32", "tampered")}
 
 
 def _predict(client: TestClient, text: str = "a fine film") -> dict:
