@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from lifecycle import housekeeping
 from lifecycle.config import TrackingConfig
 from lifecycle.errors import ConfigError, ModelError, TrackingError, first_line
+from lifecycle.postgres import check_database, is_postgres_uri
 from lifecycle.registry_client import (
     VERSION_ARTIFACT,
     RegistryEntry,
@@ -47,6 +48,7 @@ from lifecycle.registry_client import (
     is_http_uri,
     parse_registry_ref,
     rest_lookup,
+    wait_reachable,
 )
 
 log = logging.getLogger(__name__)
@@ -76,10 +78,14 @@ def _mlflow() -> Any:
 _TRANSIENT = ("database is locked", "database table is locked", "UNIQUE constraint failed", "TEMPORARILY_UNAVAILABLE",
               "RESOURCE_ALREADY_EXISTS", "already exists", "deadlock", "Connection refused", "Connection reset",
               "Connection aborted", "Max retries exceeded", "Remote end closed", "Read timed out", "timed out",
-              "502 ", "503 ", "504 ", "Bad Gateway", "Service Unavailable", "Gateway Timeout")
+              "502 ", "503 ", "504 ", "Bad Gateway", "Service Unavailable", "Gateway Timeout",
+              # PostgreSQL (a postgresql:// store, or its text in a server's 5xx): serialization failures, a unique
+              # key another writer just took, a connection the server dropped.
+              "could not serialize access", "duplicate key value", "server closed the connection",
+              "terminating connection", "too many clients")
 RETRY_SECONDS = 90.0
 # Opening a store: a server that is down should fail soon (mlflow's own HTTP client already retries each call).
-OPEN_RETRY_SECONDS = 20.0
+OPEN_RETRY_SECONDS = float(os.environ.get("LIFECYCLE_TRACKING_CONNECT_SECONDS", "20"))
 
 
 def _transient(exc: BaseException) -> bool:
@@ -101,9 +107,10 @@ def _retry(what: str, call: Callable[[], T], uri: str, *, seconds: float = RETRY
             return call()
         except Exception as exc:
             if not _transient(exc) or time.monotonic() + delay > deadline:
-                raise TrackingError(f"MLflow at {uri} failed to {what}: {first_line(exc)}.",
-                                    "Check tracking.uri / MLFLOW_TRACKING_URI and that the store is reachable, or "
-                                    "pass --no-track.") from None
+                hint = ("Fix the password in the tracking URI (tracking.uri / MLFLOW_TRACKING_URI)."
+                        if "password authentication failed" in str(exc) else
+                        "Check tracking.uri / MLFLOW_TRACKING_URI and that the store is reachable, or pass --no-track.")
+                raise TrackingError(f"MLflow at {uri} failed to {what}: {first_line(exc)}.", hint) from None
             log.info("MLflow at %s was busy (%s); retrying %s in %.1f s", uri, first_line(exc), what, delay)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
@@ -145,6 +152,10 @@ def open_client(uri: str, sweep: bool = True) -> Any:
 
     try:
         if db is None:
+            if is_http_uri(uri):  # a server that is down: one line from our own probe, not urllib3's retries
+                wait_reachable(uri, OPEN_RETRY_SECONDS)
+            elif is_postgres_uri(uri):  # a wrong password: at once, not after mlflow's ~100 s of retries
+                check_database(uri, OPEN_RETRY_SECONDS)
             with _few_http_retries():
                 _retry("open the store", first_use, uri, seconds=OPEN_RETRY_SECONDS)
         else:
@@ -731,6 +742,10 @@ def registered_versions(name: str | None = None, tracking_uri: str | None = None
     names = [name] if name else [m.name for m in client.search_registered_models()]
     rows = []
     for model_name in names:
+        # search_model_versions leaves every version's aliases empty (mlflow 3.17, any store): the model has them.
+        aliases: dict[str, list[str]] = {}
+        for alias, number in (client.get_registered_model(model_name).aliases or {}).items():
+            aliases.setdefault(str(number), []).append(alias)
         for mv in client.search_model_versions(f"name='{model_name}'"):
             run = client.get_run(mv.run_id) if mv.run_id else None
             metrics = run.data.metrics if run else {}
@@ -739,7 +754,7 @@ def registered_versions(name: str | None = None, tracking_uri: str | None = None
                 "recipe": mv.tags.get("lifecycle.recipe", "-"), "run_id": mv.run_id,
                 "parent_run": mv.tags.get("lifecycle.parent_run", ""),
                 "test_accuracy": metrics.get("test_accuracy"), "size_bytes": metrics.get("size_bytes"),
-                "aliases": list(getattr(mv, "aliases", []) or []),
+                "aliases": sorted(set(getattr(mv, "aliases", []) or []) | set(aliases.get(str(mv.version), []))),
             })
     return sorted(rows, key=lambda r: (r["name"], r["version"]))
 
