@@ -69,15 +69,15 @@ class TrackingServer:
                 raise self._exit_error()
             if self._refused():  # mlflow would retry a refused database login for about 100 s first
                 self.stop()
-                raise self._exit_error()
+                raise self._exit_error(refused=True)
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2):
                     self._ready = True
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TrackingError(f"mlflow server not up after {timeout:.0f} s: "
-                                        f"{self.log.read_text(errors='replace')[-2000:]}") from None
+                    raise TrackingError(f"mlflow server over {mask_password(self.backend_uri)} not up after "
+                                        f"{timeout:.0f} s: {self._last_error()}", f"See {self.log}.") from None
                 time.sleep(0.25)
         return self.url
 
@@ -87,16 +87,24 @@ class TrackingServer:
             text = self.log.read_text(errors="replace")
         except OSError:
             return False
-        return any(marker in text for marker in FATAL_MARKERS)
+        return any("FATAL:" in line and any(m in line for m in FATAL_MARKERS) for line in text.splitlines())
 
-    def _exit_error(self) -> TrackingError:
-        """One line for a server that exited during its start: the backend (password masked), the last error its
-        log names, and the fix."""
-        lines = [line.strip() for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
-        fatal = [line.split("FATAL:", 1)[-1].strip() for line in lines if any(m in line for m in FATAL_MARKERS)]
+    def _last_error(self) -> str:
+        """The most telling line of the server's log: PostgreSQL's FATAL reason, else the last error line."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "no log"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        fatal = [line.split("FATAL:", 1)[-1].strip() for line in lines if "FATAL:" in line]
         errors = [line for line in lines if re.search(r"error|fatal|refused|denied|failed", line, re.IGNORECASE)
                   and not line.startswith("(Background on this error")]
-        reason = mask_password((fatal or errors or lines or ["no output"])[-1])[-400:]
+        return mask_password((fatal or errors or lines or ["no output"])[-1])[-400:]
+
+    def _exit_error(self, refused: bool = False) -> TrackingError:
+        """One line for a server that exited during its start: the backend (password masked), the last error its
+        log names, and the fix."""
+        reason = self._last_error()
         backend = mask_password(self.backend_uri)
         if "password authentication failed" in reason:
             hint = (f"The database password in {backend} is wrong: fix the backend URI (a server from `make server` "
@@ -107,8 +115,8 @@ class TrackingServer:
             hint = f"Port {self.port} is taken: pass another port."
         else:
             hint = f"Fix the backend store URI or see {self.log}."
-        return TrackingError(f"mlflow server over {backend} exited ({self.process.returncode}) during its start: "
-                             f"{reason}", hint)
+        how = "its database refused the login" if refused else f"exit {self.process.returncode}"
+        return TrackingError(f"mlflow server over {backend} did not start ({how}): {reason}.", hint)
 
     def stop(self) -> None:
         """End the server's process group: mlflow, its uvicorn worker and its job consumers (which can outlive a
