@@ -131,25 +131,30 @@ def test_an_unreachable_server_is_one_line_exit_5_and_writes_nothing(tmp_path: P
     assert [p for p in versions.rglob("*") if p.is_dir()] == [versions / ".work"]  # no half-made work folder
 
 
-def test_a_wrong_database_password_is_one_line_with_the_password_masked(team_server, tmp_path: Path) -> None:
-    from lifecycle.errors import TrackingError
-    from lifecycle.tracking_server import TrackingServer
-
-    cluster = team_server.cluster
+def _wrong_password_uri(cluster) -> tuple[str, str]:
     wrong = cluster.uri.replace(f":{cluster.password}@", ":not-the-password@")
+    return wrong, wrong.replace(":not-the-password@", ":***@")
 
-    # A command pointed straight at the database.
-    done = _cli(["train", str(REPO / "configs" / "default.yaml"), "--output", str(tmp_path / "v"),
-                 *[f"--set={item}" for item in TINY]], _env(wrong, tmp_path / "versions"))
+
+def test_a_wrong_database_password_in_the_tracking_uri_is_one_line_with_it_masked(team_server, tmp_path: Path) -> None:
+    wrong, masked = _wrong_password_uri(team_server.cluster)
+    done = _cli(["versions"], _env(wrong, tmp_path / "versions"))
     assert done.returncode == 5, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    masked = wrong.replace(":not-the-password@", ":***@")
     assert masked in lines[0] and "password authentication failed" in lines[0]
     assert "not-the-password" not in done.stderr and "password in the tracking URI" in lines[0]
-    assert not (tmp_path / "v").exists()
 
-    # `mlflow server` started over it.
+
+def test_an_mlflow_server_over_a_wrong_database_password_fails_at_once_in_one_line(team_server,
+                                                                                    tmp_path: Path) -> None:
+    import time
+
+    from lifecycle.errors import TrackingError
+    from lifecycle.tracking_server import TrackingServer
+
+    wrong, masked = _wrong_password_uri(team_server.cluster)
+    started = time.monotonic()
     server = TrackingServer(wrong, tmp_path / "server")
     try:
         with pytest.raises(TrackingError) as caught:
@@ -159,3 +164,5 @@ def test_a_wrong_database_password_is_one_line_with_the_password_masked(team_ser
     message = str(caught.value)
     assert len(message.splitlines()) == 1 and masked in message and "not-the-password" not in message
     assert "password authentication failed" in message and "database password" in message
+    assert time.monotonic() - started < 60  # not after mlflow's ten login attempts (about 100 s)
+    assert server.process.poll() is not None
