@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (installs included):
 #   make run    - the main job (`lifecycle pipeline configs/default.yaml`) on the embedded chatterbot corpus
 #   make test   - the test suite (.ci/run runs exactly this)
+#   make server - PostgreSQL and `mlflow server` on it, for a team's runs; prints the MLFLOW_TRACKING_URI to export
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,9 @@ BENCH_STAMP := $(VENV)/.installed-bench
 TEACHER_STAMP := $(VENV)/.installed-teacher
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench install-teacher bench-distill bench-calibration run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
+PG_BINDIR_GLOB := /usr/lib/postgresql/*/bin/initdb
+
+.PHONY: install install-postgres server install-bench install-teacher bench-distill bench-calibration run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
 
 install: $(STAMP) $(TEACHER_STAMP)
 
@@ -57,11 +60,25 @@ bench-calibration: install
 run: install
 	$(BIN)/lifecycle pipeline configs/default.yaml
 
-test: install
+test: install install-postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install install-postgres
 	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
+
+# PostgreSQL's server programs (initdb, pg_ctl, postgres) for `make server` and the tests that start a tracking server
+# on it: Debian's package when they are missing (it puts them in /usr/lib/postgresql/<major>/bin, off PATH; lifecycle
+# finds them there). The server runs as the unprivileged `postgres` user the package creates, never as root.
+install-postgres:
+	@ls $(PG_BINDIR_GLOB) >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+# A team's tracking server on this machine: a PostgreSQL cluster in mlruns/server/postgres (a free port, database
+# mlflow, a password user) and `mlflow server` on it at port $(SERVER_PORT), artifacts proxied into
+# mlruns/server/artifacts (clients see mlflow-artifacts: URIs). Ctrl-C stops both; a restart finds the same data.
+SERVER_PORT ?= 5000
+server: install install-postgres
+	$(BIN)/python -m lifecycle.tracking_server --port $(SERVER_PORT)
 
 bench: install
 	$(BIN)/python benchmarks/train_bench.py

@@ -41,9 +41,20 @@ class ModelError(LifecycleError, ValueError):
 
 
 class TrackingError(LifecycleError, RuntimeError):
-    """MLflow cannot be reached or refuses an operation (exit 5)."""
+    """MLflow cannot be reached or refuses an operation (exit 5). A password in a URI it quotes (a PostgreSQL
+    backend's, ``postgresql://user:secret@host/db``) is masked."""
 
     exit_code = 5
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(mask_password(message), mask_password(hint) if hint else hint)
+
+
+def mask_password(text: str) -> str:
+    """Every ``scheme://user:secret@`` in ``text`` as ``scheme://user:***@``."""
+    import re
+
+    return re.sub(r"(://[^/:@\s]*):[^@/\s]*@", r"\1:***@", text)
 
 
 class DependencyError(LifecycleError, ImportError):

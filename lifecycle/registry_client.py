@@ -153,6 +153,38 @@ def _rest(uri: str, endpoint: str, params: Mapping[str, str] | None = None, time
                             "Start the tracking server or fix tracking_uri / MLFLOW_TRACKING_URI.") from None
 
 
+def wait_reachable(uri: str, seconds: float) -> None:
+    """Return once the tracking server at ``uri`` answers any HTTP request (``/health``), trying with doubling waits
+    for up to ``seconds`` (a server being restarted comes back).
+
+    Raises:
+        TrackingError: nothing answered, in one line naming the URI and the fix.
+    """
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    delay, tries = 0.25, 0
+    while True:
+        tries += 1
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{uri.rstrip('/')}/health",
+                                                               headers=_auth_headers()), timeout=5):
+                return
+        except urllib.error.HTTPError:  # it answered (an auth proxy, another path): reachable
+            return
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if time.monotonic() + delay > deadline:
+                raise TrackingError(
+                    f"MLflow tracking server at {uri} cannot be reached ({reason}; {tries} tries over "
+                    f"{seconds:.0f} s).", "Start it (`make server` prints its MLFLOW_TRACKING_URI), fix "
+                    "MLFLOW_TRACKING_URI / tracking.uri, or pass --no-track.") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 4.0)
+
+
 def _auth_headers() -> dict[str, str]:
     """The credentials the mlflow client would send: MLFLOW_TRACKING_TOKEN, else USERNAME/PASSWORD."""
     import base64

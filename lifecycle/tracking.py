@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from lifecycle import housekeeping
 from lifecycle.config import TrackingConfig
 from lifecycle.errors import ConfigError, ModelError, TrackingError, first_line
+from lifecycle.postgres import check_database, is_postgres_uri
 from lifecycle.registry_client import (
     VERSION_ARTIFACT,
     RegistryEntry,
@@ -49,6 +50,7 @@ from lifecycle.registry_client import (
     parse_registry_ref,
     rest_lookup,
     version_dir_in,
+    wait_reachable,
 )
 
 log = logging.getLogger(__name__)
@@ -78,10 +80,14 @@ def _mlflow() -> Any:
 _TRANSIENT = ("database is locked", "database table is locked", "UNIQUE constraint failed", "TEMPORARILY_UNAVAILABLE",
               "RESOURCE_ALREADY_EXISTS", "already exists", "deadlock", "Connection refused", "Connection reset",
               "Connection aborted", "Max retries exceeded", "Remote end closed", "Read timed out", "timed out",
-              "502 ", "503 ", "504 ", "Bad Gateway", "Service Unavailable", "Gateway Timeout")
+              "502 ", "503 ", "504 ", "Bad Gateway", "Service Unavailable", "Gateway Timeout",
+              # PostgreSQL (a postgresql:// store, or its text in a server's 5xx): serialization failures, a unique
+              # key another writer just took, a connection the server dropped.
+              "could not serialize access", "duplicate key value", "server closed the connection",
+              "terminating connection", "too many clients")
 RETRY_SECONDS = 90.0
 # Opening a store: a server that is down should fail soon (mlflow's own HTTP client already retries each call).
-OPEN_RETRY_SECONDS = 20.0
+OPEN_RETRY_SECONDS = float(os.environ.get("LIFECYCLE_TRACKING_CONNECT_SECONDS", "20"))
 
 
 def _transient(exc: BaseException) -> bool:
@@ -103,9 +109,10 @@ def _retry(what: str, call: Callable[[], T], uri: str, *, seconds: float = RETRY
             return call()
         except Exception as exc:
             if not _transient(exc) or time.monotonic() + delay > deadline:
-                raise TrackingError(f"MLflow at {uri} failed to {what}: {first_line(exc)}.",
-                                    "Check tracking.uri / MLFLOW_TRACKING_URI and that the store is reachable, or "
-                                    "pass --no-track.") from None
+                hint = ("Fix the password in the tracking URI (tracking.uri / MLFLOW_TRACKING_URI)."
+                        if "password authentication failed" in str(exc) else
+                        "Check tracking.uri / MLFLOW_TRACKING_URI and that the store is reachable, or pass --no-track.")
+                raise TrackingError(f"MLflow at {uri} failed to {what}: {first_line(exc)}.", hint) from None
             log.info("MLflow at %s was busy (%s); retrying %s in %.1f s", uri, first_line(exc), what, delay)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
@@ -147,6 +154,10 @@ def open_client(uri: str, sweep: bool = True) -> Any:
 
     try:
         if db is None:
+            if is_http_uri(uri):  # a server that is down: one line from our own probe, not urllib3's retries
+                wait_reachable(uri, OPEN_RETRY_SECONDS)
+            elif is_postgres_uri(uri):  # a wrong password: at once, not after mlflow's ~100 s of retries
+                check_database(uri, OPEN_RETRY_SECONDS)
             with _few_http_retries():
                 _retry("open the store", first_use, uri, seconds=OPEN_RETRY_SECONDS)
         else:

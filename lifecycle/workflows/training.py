@@ -141,7 +141,11 @@ def _claim_work_dir(work: Path, resume: bool) -> Iterator[tuple[Path, bool]]:
             if not resume:
                 shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True, exist_ok=True)
-            yield work, resume
+            try:
+                yield work, resume
+            finally:  # a run that stopped before writing anything (tracking unreachable) leaves no folder
+                with contextlib.suppress(OSError):
+                    work.rmdir()
             return
         holder = housekeeping.lock_holder(lock)
         apart = housekeeping.make_temp_dir(work.name, work.parent)
