@@ -257,8 +257,9 @@ def score(
                                          show_default=False)],
     engine: Annotated[str, typer.Option("--engine", help="local (worker processes on this machine) or spark.")
                       ] = "local",
-    master: Annotated[str, typer.Option("--master", help="Spark master URL (--engine spark): local[N], "
-                                        "spark://HOST:PORT, yarn...")] = "local[2]",
+    master: Annotated[str | None, typer.Option("--master", help="Spark master URL (--engine spark): local[N], "
+                                               "spark://HOST:PORT, yarn... Default: spark-submit's --master "
+                                               "under spark-submit, else local[2].", show_default=False)] = None,
     text_column: Annotated[str, typer.Option("--text-column", help="The column holding the texts.")] = "text",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Labels kept per text, most likely first.")] = 1,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes of the local engine "

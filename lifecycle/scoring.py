@@ -70,7 +70,7 @@ class ScoreOptions:
     top_k: int = 1
     engine: str = "local"
     workers: int | None = None
-    master: str = "local[2]"
+    master: str | None = None  # None: spark-submit's master when run under it, else local[2]
     chunk_rows: int = CHUNK_ROWS
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
 import socket
 import sys
 import threading
@@ -67,10 +69,19 @@ def check_master(master: str) -> None:
                       "(`$SPARK_HOME/sbin/start-master.sh`), fix the URL, or use --master local[2].")
 
 
-def spark_session(master: str, app_name: str = "lifecycle-score") -> tuple[Any, bool]:
+DEFAULT_MASTER = "local[2]"
+
+
+def under_spark_submit() -> bool:
+    """Whether this process is a driver spark-submit started (it hands the Python driver its JVM gateway)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def spark_session(master: str | None, app_name: str = "lifecycle-score") -> tuple[Any, bool]:
     """A SparkSession on ``master`` and whether this call started it (and so must stop it).
 
-    An active session in this process (a test's fixture, a notebook's) is reused as it is.
+    An active session in this process (a test's fixture, a notebook's) is reused as it is. ``master`` None: the one
+    spark-submit was given, when run under it, else :data:`DEFAULT_MASTER`.
     """
     _pyspark()
     from pyspark.sql import SparkSession
@@ -78,11 +89,17 @@ def spark_session(master: str, app_name: str = "lifecycle-score") -> tuple[Any, 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active, False
-    check_master(master)
-    # Executors' Python is this one unless the user chose another (a cluster's nodes may need their own).
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if master is not None or not under_spark_submit():
+        master = master or DEFAULT_MASTER
+        check_master(master)
+        builder = builder.master(master)
+    if master is not None and master.startswith("local"):
+        # Local executors run this Python (with lifecycle's dependencies) unless the user chose another; a
+        # cluster's nodes use their own PYSPARK_PYTHON / spark.pyspark.python.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:
-        session = (SparkSession.builder.master(master).appName(app_name)
+        session = (builder
                    .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
                    .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                    .getOrCreate())
@@ -236,12 +253,19 @@ def score_spark(version: Any, label: str, files: Sequence[InputFile], tmp: Path,
         spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 20))
     stop = threading.Event()
     watcher = None
+    token = secrets.token_hex(4)
+    ship = tmp / ".ship"
+    ship.mkdir()
     try:
         from pyspark.sql import functions as F  # noqa: N812
 
         context = spark.sparkContext
-        context.addFile(str(version.path), recursive=True)
-        context.addPyFile(str(package_zip(tmp / ".lifecycle-packages.zip")))
+        # Shipped under names of their own: a session reused for a second call refuses a file name already
+        # registered with another path (two versions both named int8, say).
+        shipped = ship / f"lifecycle-version-{token}"
+        shutil.copytree(version.path, shipped)
+        context.addFile(str(shipped), recursive=True)
+        context.addPyFile(str(package_zip(ship / f"lifecycle-packages-{token}.zip")))
         columns = [options.text_column] + ([ID_COLUMN] if with_id else [])
         frame = _read(spark, files, columns).withColumnRenamed(options.text_column, "text")
         offsets = None
@@ -251,7 +275,7 @@ def score_spark(version: Any, label: str, files: Sequence[InputFile], tmp: Path,
         names = {str(f.path): f.name for f in files}
         heavy = context.accumulator(frozenset(), _SetUnion())
         batches_seen = context.accumulator(0)
-        scorer = make_scorer(version.path.name, label, options.top_k, names, offsets, heavy, batches_seen)
+        scorer = make_scorer(shipped.name, label, options.top_k, names, offsets, heavy, batches_seen)
         if on_progress is not None:
             watcher = threading.Thread(target=_watch_progress, args=(spark, on_progress, stop), daemon=True)
             watcher.start()
@@ -262,21 +286,22 @@ def score_spark(version: Any, label: str, files: Sequence[InputFile], tmp: Path,
         rows = _move_parts(tmp / "spark", tmp)
         seconds = time.perf_counter() - started
         workers = context.defaultParallelism
+        master = context.master
     except Exception as exc:
         if isinstance(exc, DataError | ConfigError | DependencyError):
             raise
         raise DataError(f"Spark failed scoring {', '.join(str(f.path) for f in files[:3])} "
-                        f"({first_line(_java_message(exc))}). Check the input files and the master "
-                        f"{options.master}.") from None
+                        f"({first_line(_java_message(exc))}). Check the input files and the Spark "
+                        "master.") from None
     finally:
         stop.set()
         if watcher is not None:
             watcher.join()
-        (tmp / ".lifecycle-packages.zip").unlink(missing_ok=True)
+        shutil.rmtree(ship, ignore_errors=True)
         if started_here:
             spark.stop()
     return ScoreResult(tmp, rows, seconds, "spark", label, len(files), workers, tuple(sorted(heavy.value)),
-                       {"master": options.master, "executor_batches": batches_seen.value})
+                       {"master": master, "executor_batches": batches_seen.value})
 
 
 def _uri_path(uri: str) -> str:
