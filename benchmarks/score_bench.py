@@ -174,10 +174,15 @@ def main() -> None:
     parser.add_argument("--version", type=Path, default=DEFAULT_VERSION)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/out/score")
     parser.add_argument("--only", default=",".join(ENGINES), help="comma-separated subset of " + ", ".join(ENGINES))
+    parser.add_argument("--readme", action="store_true", help="write the figures of --rows into README.md")
+    parser.add_argument("--readme-only", action="store_true", help="only rewrite README.md from score_bench.json")
     parser.add_argument("--udf-worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.udf_worker:
         udf_worker(*args.udf_worker)
+        return
+    if args.readme_only:
+        write_readme(args.out / "score_bench.json", args.rows)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     table, lines = prepare(args.out, args.rows)
@@ -210,6 +215,38 @@ def main() -> None:
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     check_equal(outputs, args.rows, runs)
     results_path.write_text(json.dumps(results, indent=2) + "\n")
+    if args.readme:
+        write_readme(results_path, args.rows)
+
+
+NAMES = {"predict": "`predict --file --json`", "local": "`score --engine local`",
+         "spark": "`score --engine spark` (local[2])", "spark_udf": "`mlflow.pyfunc.spark_udf` (local[2])"}
+
+
+def write_readme(results_path: Path, rows: int) -> None:
+    """The ``bench:score`` block of README.md from the figures of ``rows``."""
+    import datetime
+    import platform
+
+    from benchmarks.readme import cpu_model, write_block
+
+    runs = json.loads(results_path.read_text())[str(rows)]
+    loads = [r["load_average"] for r in runs.values()]
+    head = (f"Measured {datetime.date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} cores, shared with "
+            f"other work: load average {min(loads):.1f}-{max(loads):.1f} at the end of the rows), Python "
+            f"{platform.python_version()}, `python benchmarks/score_bench.py --rows {rows}`; the StackOverflow word "
+            f"int8 version (10,423 x 300, 20 labels), {rows:,} titles.")
+    lines = [head, "", "| engine | seconds | texts/s | peak RSS MB per process | rows equal to predict's |",
+             "|---|---|---|---|---|"]
+    for engine, run in runs.items():
+        memory = "; ".join(f"{role} {', '.join(f'{v:.0f}' for v in values)}"
+                           for role, values in run["peak_rss_mb"].items() if max(values) >= 5)
+        check = run.get("check", {})
+        equal = (f"{check['labels_equal']:,}/{check['rows']:,} labels, max abs diff "
+                 f"{check['max_abs_probability_diff']:.1e}" if check else "not checked")
+        lines.append(f"| {NAMES.get(engine, engine)} | {run['seconds']:.1f} | {run['texts_per_s']:,.0f} | {memory} "
+                     f"| {equal} |")
+    write_block("score", "\n".join(lines))
 
 
 def check_equal(outputs: dict[str, Path], rows: int, runs: dict) -> None:

@@ -140,7 +140,7 @@ def columns_of(item: InputFile) -> list[str]:
             return list(pq.ParquetFile(item.path).schema_arrow.names)
         if item.format == "csv":
             with open(item.path, "rb") as handle:
-                header = handle.readline()
+                header = handle.readline().removeprefix(codecs.BOM_UTF8)  # pyarrow's reader skips it too
             import pyarrow.csv as pcsv
 
             # The header alone parsed as csv: quoted names, commas in them.
