@@ -224,28 +224,30 @@ NAMES = {"predict": "`predict --file --json`", "local": "`score --engine local`"
 
 
 def write_readme(results_path: Path, rows: int) -> None:
-    """The ``bench:score`` block of README.md from the figures of ``rows``."""
+    """The ``bench:score`` block of README.md: a table per size measured (``rows`` first), from score_bench.json."""
     import datetime
     import platform
 
     from benchmarks.readme import cpu_model, write_block
 
-    runs = json.loads(results_path.read_text())[str(rows)]
-    loads = [r["load_average"] for r in runs.values()]
-    head = (f"Measured {datetime.date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} cores, shared with "
-            f"other work: load average {min(loads):.1f}-{max(loads):.1f} at the end of the rows), Python "
-            f"{platform.python_version()}, `python benchmarks/score_bench.py --rows {rows}`; the StackOverflow word "
-            f"int8 version (10,423 x 300, 20 labels), {rows:,} titles.")
-    lines = [head, "", "| engine | seconds | texts/s | peak RSS MB per process | rows equal to predict's |",
-             "|---|---|---|---|---|"]
-    for engine, run in runs.items():
-        memory = "; ".join(f"{role} {', '.join(f'{v:.0f}' for v in values)}"
-                           for role, values in run["peak_rss_mb"].items() if max(values) >= 5)
-        check = run.get("check", {})
-        equal = (f"{check['labels_equal']:,}/{check['rows']:,} labels, max abs diff "
-                 f"{check['max_abs_probability_diff']:.1e}" if check else "not checked")
-        lines.append(f"| {NAMES.get(engine, engine)} | {run['seconds']:.1f} | {run['texts_per_s']:,.0f} | {memory} "
-                     f"| {equal} |")
+    everything = json.loads(results_path.read_text())
+    sizes = [str(rows)] + sorted((k for k in everything if k != str(rows)), key=int, reverse=True)
+    lines = [f"Measured {datetime.date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} cores shared with "
+             f"other work: the load average at the end of each row is given), Python {platform.python_version()}; "
+             "the StackOverflow word int8 version (10,423 x 300, 20 labels)."]
+    for size in sizes:
+        runs = everything[size]
+        lines += ["", f"`python benchmarks/score_bench.py --rows {size} --only {','.join(runs)}`: {int(size):,} titles",
+                  "", "| engine | seconds | texts/s | load avg | peak RSS MB per process | rows checked |",
+                  "|---|---|---|---|---|---|"]
+        for engine, run in runs.items():
+            memory = "; ".join(f"{role} {', '.join(f'{v:.0f}' for v in values)}"
+                               for role, values in run["peak_rss_mb"].items() if max(values) >= 5)
+            check = run.get("check", {})
+            equal = (f"{check['labels_equal']:,}/{check['rows']:,} labels equal to {check['against']}'s, max "
+                     f"probability diff {check['max_abs_probability_diff']:.1e}" if check else "not checked")
+            lines.append(f"| {NAMES.get(engine, engine)} | {run['seconds']:.1f} | {run['texts_per_s']:,.0f} | "
+                         f"{run['load_average']:.1f} | {memory} | {equal} |")
     write_block("score", "\n".join(lines))
 
 

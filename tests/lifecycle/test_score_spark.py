@@ -29,7 +29,7 @@ def spark() -> Iterator[object]:
     session = (SparkSession.builder.master("local[2]").appName("lifecycle-tests")
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.shuffle.partitions", "2")
-               # Splits of 8 KB: the 60 KB file below is read as several partitions, so ids <file>:<row> must be
+               # Splits of 8 KB: the 24 KB file below is read as several partitions, so ids <file>:<row> must be
                # put back together across them.
                .config("spark.sql.files.maxPartitionBytes", "8192").config("spark.sql.files.openCostInBytes", "1024")
                .getOrCreate())
@@ -48,7 +48,7 @@ def test_spark_rows_equal_the_local_engine_and_executors_stay_light(spark: objec
     version = frozen["outcome"].version
     source = tmp_path / "in"
     source.mkdir()
-    write_csv(source / "big.csv", _texts(1500))
+    write_csv(source / "big.csv", _texts(600))
     write_csv(source / "small.csv", _texts(37))
     with open(source / "c.jsonl", "w", encoding="utf-8") as handle:
         for text in _texts(25):
@@ -56,11 +56,11 @@ def test_spark_rows_equal_the_local_engine_and_executors_stay_light(spark: objec
     ticks: list[tuple] = []
     result = run_score(str(version), source, tmp_path / "spark", ScoreOptions(top_k=3, engine="spark"),
                        lambda *a: ticks.append(a))
-    texts = {f"big.csv:{i}": t for i, t in enumerate(_texts(1500))}
+    texts = {f"big.csv:{i}": t for i, t in enumerate(_texts(600))}
     texts.update({f"small.csv:{i}": t for i, t in enumerate(_texts(37))})
     texts.update({f"c.jsonl:{i}": t for i, t in enumerate(_texts(25))})
     rows = {r["id"]: r for r in read_rows(tmp_path / "spark")}
-    assert result.rows == len(rows) == 1562 and set(rows) == set(texts)
+    assert result.rows == len(rows) == 662 and set(rows) == set(texts)
     ids = sorted(texts)
     # The local engine's rows equal Predictor's (test_score), so these equal the local engine's too.
     expected = Predictor(load_version(version), runtime="litert").predict([texts[i] for i in ids], top_k=3)
