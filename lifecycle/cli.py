@@ -260,6 +260,39 @@ def predict(
 
 
 @app.command()
+def score(
+    version: VersionArg,
+    source: Annotated[Path, typer.Option("--input", "-i", help="A .csv, .jsonl or .parquet file of texts, or a "
+                                         "directory of them.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New directory for the parquet output.",
+                                         show_default=False)],
+    engine: Annotated[str, typer.Option("--engine", help="local (worker processes on this machine) or spark.")
+                      ] = "local",
+    master: Annotated[str | None, typer.Option("--master", help="Spark master URL (--engine spark): local[N], "
+                                               "spark://HOST:PORT, yarn... Default: spark-submit's --master "
+                                               "under spark-submit, else local[2].", show_default=False)] = None,
+    text_column: Annotated[str, typer.Option("--text-column", help="The column holding the texts.")] = "text",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Labels kept per text, most likely first.")] = 1,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes of the local engine "
+                                                "(default: one per core).", show_default=False)] = None,
+) -> None:
+    """Score files of texts with a version into parquet: id, label, probability, top-k, the version.
+
+    The local engine streams the input (flat memory on any length) over worker processes running the version's
+    LiteRT serving form; the Spark engine ships that form and the tokenizer to the executors and scores with
+    mapInPandas. Neither imports TensorFlow to score. The output directory appears whole or not at all.
+    """
+    with _errors():
+        from lifecycle.scoring import ScoreOptions
+        from lifecycle.workflows.scoring import run_score
+
+        options = ScoreOptions(text_column=text_column, top_k=top_k, engine=engine, workers=workers, master=master)
+        with console.score_progress() as on_progress:
+            result = run_score(version, source, output, options, on_progress)
+        render.scored(result)
+
+
+@app.command()
 def freeze(version: VersionArg, output: OutputOpt = None, no_track: NoTrackOpt = False) -> None:
     """Freeze a checkpoint version into one GraphDef of named constants, without optimizer state.
 

