@@ -72,7 +72,7 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
                                                       str(tmp_path))).read_text())
     rows = [dict(zip(table["columns"], values, strict=True)) for values in table["data"]]
     by_run = {r.info.run_id: r for r in runs}
-    assert len(rows) == 2 + len(PIPELINE_RECIPES)
+    assert len(rows) == 2 + len(PIPELINE_RECIPES) + 1  # checkpoint, frozen, the fixed recipes, the budgeted pick
     for row in rows:
         assert row["size_bytes"] == by_run[row["run_id"]].data.metrics["size_bytes"], row["kind"]
     # The pipeline moves its aliases: newest at its last version, newest-checkpoint at its checkpoint

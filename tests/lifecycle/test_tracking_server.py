@@ -100,7 +100,10 @@ def test_train_freeze_compress_retrain_promote_against_mlflow_server_on_postgres
     versions = client.search_model_versions("name='default'")
     assert sorted(int(v.version) for v in versions) == list(range(1, len(steps) + 1))  # each registered once
     assert sorted(v.run_id for v in versions) == sorted(s.run_id for s in steps)
-    assert all(v.source.startswith("mlflow-artifacts:") for v in versions)
+    # Each version's source is its logged model, whose files the server's artifact proxy holds.
+    assert all(v.source.startswith("models:/m-") for v in versions)
+    assert all(client.get_logged_model(v.source.removeprefix("models:/")).artifact_location.startswith(
+        "mlflow-artifacts:") for v in versions)
     assert client.get_model_version_by_alias("default", "champion").version == compressed.registered
 
     # What `serve`'s roll-out does: the alias over REST, the files through the artifact proxy, no mlflow client.
