@@ -37,10 +37,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
+from concurrency import TINY  # noqa: E402  (the tiny-model flags the trains-only concurrency bench uses too)
 from readme import cpu_model, write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
 
-TINY = ["--epochs", "1", "--set", "model.filters=8", "--set", "model.embedding_dim=16",
-        "--set", "model.embedding_init=rand", "--set", "tokenizer.word.word2vec.enabled=false"]
 RECIPES = ["int8", "fp16", "prune:0.5", "int8,prune:0.3"]
 MODEL = "default"
 

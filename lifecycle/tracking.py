@@ -532,6 +532,11 @@ class Tracker(NullTracker):
         self._write(f"set alias {alias!r}", lambda: self.client.set_registered_model_alias(model_name, alias, version))
 
 
+# The MLflow UI opens an experiment without this tag in its GenAI mode (traces, agent versions); ours are model
+# development: the runs table and compare view.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(client: Any, name: str, uri: str) -> str:
     """The id of experiment ``name``, created (artifacts under ``<the SQLite database's folder>/artifacts``, whatever
     the working directory) if missing; a process that loses the race to create it reads the winner's. An existing
@@ -542,8 +547,13 @@ def ensure_experiment(client: Any, name: str, uri: str) -> str:
     def get_or_create() -> Any:
         existing = client.get_experiment_by_name(name)
         if existing is not None:
+            if EXPERIMENT_KIND_TAG not in (existing.tags or {}):  # made by an older lifecycle or by other code
+                client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return existing
-        return client.get_experiment(client.create_experiment(name, artifact_location=location))
+        return client.get_experiment(client.create_experiment(name, artifact_location=location, tags={
+            EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+            "mlflow.note.content": f"lifecycle versions of {name!r}: one run per step (train, freeze, compress, "
+                                   "retrain...), each version registered as an MLflow model of the same name."}))
 
     experiment = _retry(f"open experiment {name!r}", get_or_create, uri)
     if location is not None and not _is_within(experiment.artifact_location, Path(location).parent):

@@ -43,7 +43,9 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
     import mlflow
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("default").experiment_id])
+    experiment = client.get_experiment_by_name("default")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the UI's GenAI mode
+    runs = client.search_runs([experiment.experiment_id])
     steps = {r.data.tags["lifecycle.step"]: r for r in runs}
     assert {r.data.tags["lifecycle.step"] for r in runs} == {"pipeline", "train", "freeze", "compress", "budget",
                                                              "budget-trial"}
