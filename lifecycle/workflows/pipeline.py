@@ -79,6 +79,7 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
                              for key, value in outcome.metrics.items()})
         rows = [version_row(o) for o in outcomes]
         tracker.log_table(rows, "versions.json")
+        tracker.set_tags({"mlflow.note.content": versions_markdown(cfg.name, rows)})  # the run page's description
         if tracker.enabled:
             from lifecycle.evaluate import plot_size_accuracy
 
@@ -100,6 +101,24 @@ def _budget_pick(frozen: str, budget: float, output: Path | None, versions_dir: 
     except BudgetNotMetError as exc:
         logging.getLogger(__name__).warning("pipeline: no budgeted pick; %s", exc)
         return None
+
+
+def versions_markdown(name: str, rows: list[dict[str, Any]]) -> str:
+    """The pipeline run's description: its versions as a markdown table (deployed size, test accuracy), the
+    budgeted pick marked, so the run page answers "which is smallest at what accuracy" without opening artifacts."""
+
+    def cell(value: Any, scale: float, digits: int, unit: str) -> str:
+        return "-" if value is None else f"{value * scale:.{digits}f}{unit}"
+
+    lines = [f"**{name}**: the versions this pipeline wrote (deployed = serving form + tokenizer; the full table is "
+             "versions.json, the plot size_vs_accuracy.png).", "",
+             "| # | kind | recipe | deployed | test accuracy | macro-F1 |", "|---|---|---|---|---|---|"]
+    for number, row in enumerate(rows, start=1):
+        pick = " (budgeted pick)" if row.get("budget") else ""
+        lines.append(f"| {number} | {row['kind']} | `{row['recipe']}`{pick} "
+                     f"| {cell(row['size_bytes'], 1e-6, 3, ' MB')} | {cell(row['test_accuracy'], 100, 1, '%')} "
+                     f"| {cell(row['test_macro_f1'], 100, 1, '%')} |")
+    return "\n".join(lines)
 
 
 def _metric_prefix(row: dict[str, Any]) -> str:

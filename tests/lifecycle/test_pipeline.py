@@ -60,6 +60,10 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
     assert all(r.info.status == "FINISHED" for r in runs)
     assert "frozen.test_accuracy" in steps["pipeline"].data.metrics
     assert "int8.size_bytes" in steps["pipeline"].data.metrics
+    description = steps["pipeline"].data.tags["mlflow.note.content"]  # the run page shows the versions table
+    assert "| # | kind | recipe | deployed | test accuracy | macro-F1 |" in description
+    # The header, then checkpoint, frozen, the fixed recipes and the pick.
+    assert description.count("\n| ") == 1 + 2 + len(PIPELINE_RECIPES) + 1 and "(budgeted pick)" in description
     parent_files = {a.path for a in client.list_artifacts(steps["pipeline"].info.run_id)}
     assert {"size_vs_accuracy.png", "versions.json"} <= parent_files
     int8 = json.loads((tmp_path / "v" / "int8" / "manifest.json").read_text())
