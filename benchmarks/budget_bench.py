@@ -58,9 +58,10 @@ ROUNDS, CALLS = 7, 200
 
 
 def _deployed(version: Any) -> int:
-    from lifecycle import artifacts
+    """What `serve` loads (lifecycle.sizes' deployed size: the serving file + tokenizer)."""
+    from lifecycle.sizes import version_sizes
 
-    return int(version.manifest.serving.bytes) + artifacts.dir_bytes(version.path / artifacts.TOKENIZER_DIR)
+    return int(version_sizes(version, gzip=False).deployed)
 
 
 def _graph(version: Any) -> int:
@@ -93,14 +94,15 @@ def _parents(name: str, paths: dict[str, Path], work: Path) -> tuple[Path, Path]
     return paths["frozen"], paths["int8"]
 
 
-def _paired_p50(a: Any, b: Any, ids: Any) -> tuple[float, float]:
-    """Batch-1 p50 (ms) of two LiteRT runners on the same rows, alternated in rounds in this process."""
+def _paired_p50(a: tuple[Any, Any], b: tuple[Any, Any]) -> tuple[float, float]:
+    """Batch-1 p50 (ms) of two (LiteRT runner, its own id rows) pairs, alternated in rounds in this process."""
     import numpy as np
 
-    times: dict[int, list[float]] = {0: [], 1: []}
+    times: list[list[float]] = [[], []]
+    pairs = (a, b)
     for round_ in range(ROUNDS):
         for which in ((0, 1) if round_ % 2 == 0 else (1, 0)):
-            runner = (a, b)[which]
+            runner, ids = pairs[which]
             for i in range(CALLS):
                 row = ids[i % len(ids)][None, :]
                 started = time.perf_counter()
@@ -160,9 +162,8 @@ def bench_set(name: str, paths: dict[str, Path]) -> dict[str, Any] | None:
         dtype = version.manifest.input.dtype
         return LiteRunner(version.path / version.manifest.serving.file, version.max_len, dtype, threads=1)
 
-    chosen_runner, int8_runner = runner(chosen), runner(int8)
-    # Each runner on its own tokenizer's ids (the chosen version's vocabulary may be pruned), paired per call.
-    p50 = _paired_p50(chosen_runner, _Fixed(int8_runner, ids_int8), ids)
+    # Each runner on its own tokenizer's ids for the same test texts (the chosen version's vocabulary may be pruned).
+    p50 = _paired_p50((runner(chosen), ids), (runner(int8), ids_int8))
     retrain = _retrain(chosen, corpus, work)
     parent_test = float(metrics["test_accuracy"]) - float(metrics["accuracy_delta_vs_parent"])
     row = {
@@ -184,18 +185,6 @@ def bench_set(name: str, paths: dict[str, Path]) -> dict[str, Any] | None:
     row["graph_ratio"] = row["parent_graph_bytes"] / row["graph_bytes"]
     print(json.dumps(row, indent=1))
     return row
-
-
-class _Fixed:
-    """A runner that answers each call on its own next row (the int8 version's ids for the same test texts)."""
-
-    def __init__(self, runner: Any, ids: Any) -> None:
-        self.runner, self.ids, self.i = runner, ids, 0
-
-    def run(self, _row: Any) -> Any:
-        row = self.ids[self.i % len(self.ids)][None, :]
-        self.i += 1
-        return self.runner.run(row)
 
 
 def _times(ratio: float) -> str:

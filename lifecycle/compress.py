@@ -455,15 +455,20 @@ def _parse_prune(arg: str, text: str) -> dict[str, Any]:
     return {"sparsity": sparsity}
 
 
-def _parse_dim(arg: str, text: str) -> dict[str, Any]:
+def _whole_number(arg: str, text: str, needs: str) -> int:
+    """A step's parameter that is a whole number >= 1 (ConfigError saying what the step ``needs`` otherwise)."""
     try:
-        rank = int(arg)
+        number = int(arg)
     except ValueError:
-        rank = 0
-    if rank < 1:
-        raise ConfigError(f"--recipe {text!r}: dim needs the embedding width to keep, a whole number >= 1, e.g. "
-                          f"dim:64. Received: {arg!r}.")
-    return {"rank": rank}
+        number = 0
+    if number < 1:
+        raise ConfigError(f"--recipe {text!r}: {needs}. Received: {arg!r}.")
+    return number
+
+
+def _parse_dim(arg: str, text: str) -> dict[str, Any]:
+    return {"rank": _whole_number(arg, text, "dim needs the embedding width to keep, a whole number >= 1, e.g. "
+                                             "dim:64")}
 
 
 def _parse_vocab(arg: str, text: str) -> dict[str, Any]:
@@ -494,14 +499,7 @@ def _parse_vocab(arg: str, text: str) -> dict[str, Any]:
 
 
 def _parse_tune(arg: str, text: str) -> dict[str, Any]:
-    try:
-        epochs = int(arg)
-    except ValueError:
-        epochs = 0
-    if epochs < 1:
-        raise ConfigError(f"--recipe {text!r}: tune needs a whole number of epochs >= 1, e.g. tune:2. "
-                          f"Received: {arg!r}.")
-    return {"epochs": epochs}
+    return {"epochs": _whole_number(arg, text, "tune needs a whole number of epochs >= 1, e.g. tune:2")}
 
 
 def _parse_int8(arg: str, text: str) -> dict[str, Any]:

@@ -414,9 +414,9 @@ def open_interpreter(source: Path | bytes, threads: int | None = None) -> Any:
     Raises:
         ModelError: a forbidden or custom op, or not a LiteRT model.
     """
-    if isinstance(source, Path) and source.name.endswith(".pack"):
-        from lifecycle import litepack
+    from lifecycle import litepack
 
+    if isinstance(source, Path) and litepack.is_pack(source):
         source = litepack.read(source)  # the exact flatbuffer it packs, checked against its sha256
     serving_ops(source)
     loader = interpreter_class()
