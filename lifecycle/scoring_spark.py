@@ -32,7 +32,16 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from lifecycle.errors import ConfigError, DataError, DependencyError, first_line
-from lifecycle.scoring import ID_COLUMN, InputFile, ProgressFn, ScoreOptions, ScoreResult, check_columns, check_utf8
+from lifecycle.scoring import (
+    ID_COLUMN,
+    InputFile,
+    ProgressFn,
+    ScoreOptions,
+    ScoreResult,
+    check_columns,
+    check_utf8,
+    input_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,13 @@ SPARK_OUTPUT_SCHEMA = ("id string, label string, probability float, top_labels a
                        "top_probabilities array<float>, abstained boolean, version string")
 # A TCP probe of a spark:// master before the JVM starts: Spark itself retries an absent master for a minute.
 PROBE_TIMEOUT_S = 5.0
+# JVM flags of a local[N] session this module starts (driver and executor are one JVM there). On 2 cores the JVM's
+# start-up is mostly C2 compiler and parallel-GC threads competing with the Python workers; the JVM's share of the
+# work (reading csv, arrow batches, writing parquet) is small next to the model's, so the quick C1 compiler and the
+# serial collector start it faster and cost no throughput. A cluster's executors keep the cluster's settings.
+LOCAL_JAVA_OPTIONS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+# Largest input split one task reads; the split is then cut so the task count is a multiple of the cores.
+MAX_SPLIT_BYTES = 16 << 20
 
 
 def _pyspark() -> Any:
@@ -98,6 +114,8 @@ def spark_session(master: str | None, app_name: str = "lifecycle-score") -> tupl
         # Local executors run this Python (with lifecycle's dependencies) unless the user chose another; a
         # cluster's nodes use their own PYSPARK_PYTHON / spark.pyspark.python.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.config("spark.driver.extraJavaOptions",
+                                 os.environ.get("LIFECYCLE_SPARK_JAVA_OPTIONS", LOCAL_JAVA_OPTIONS))
     try:
         session = (builder
                    .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
@@ -247,10 +265,10 @@ def score_spark(version: Any, label: str, files: Sequence[InputFile], tmp: Path,
     started = time.perf_counter()  # the session's start counts, as the local engine's worker start does
     spark, started_here = spark_session(options.master)
     if started_here:
-        # Splits of at most 16 MB and a small open cost, so a file of a few MB still spreads over the cores (Spark's
-        # defaults, 128 MB and 4 MB, give one task up to 4 MB per core); a session passed in keeps its own.
-        spark.conf.set("spark.sql.files.maxPartitionBytes", str(16 << 20))
-        spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 20))
+        # A session passed in keeps its own split sizes.
+        split = split_bytes(input_bytes(files), spark.sparkContext.defaultParallelism)
+        spark.conf.set("spark.sql.files.maxPartitionBytes", str(split))
+        spark.conf.set("spark.sql.files.openCostInBytes", str(min(split, 1 << 20)))
     stop = threading.Event()
     watcher = None
     token = secrets.token_hex(4)
@@ -302,6 +320,15 @@ def score_spark(version: Any, label: str, files: Sequence[InputFile], tmp: Path,
             spark.stop()
     return ScoreResult(tmp, rows, seconds, "spark", label, len(files), workers, tuple(sorted(heavy.value)),
                        {"master": master, "executor_batches": batches_seen.value})
+
+
+def split_bytes(total: int, cores: int) -> int:
+    """The input split size that cuts ``total`` bytes into a multiple of ``cores`` tasks of at most
+    :data:`MAX_SPLIT_BYTES`: every core busy to the end. (Spark's defaults, 128 MB splits, give a 45 MB file one
+    task; 16 MB splits alone give it 3 tasks on 2 cores, one of them running alone at the end.)"""
+    cores = max(1, cores)
+    tasks = cores * max(1, -(-total // (cores * MAX_SPLIT_BYTES)))
+    return max(64 << 10, -(-total // tasks))
 
 
 def _uri_path(uri: str) -> str:
