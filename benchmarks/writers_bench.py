@@ -28,7 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,29 +96,63 @@ def _experiment_file(root: Path, cells: int) -> Path:
     return path
 
 
-def run_writers(uri: str, root: Path, writers: int, store: str) -> Outcome:
-    """Prepare a frozen version on ``uri``, start ``writers`` processes together, wait, and audit the store."""
-    from lifecycle.tracking import audit_store, open_client
+@dataclass(frozen=True)
+class Mix:
+    """The writers started together: trains, compresses (each followed by ``promote --alias wN`` of its own version
+    when ``chained``), one experiment of ``cells`` cells (a process per cell when more than one), and ``promotes``
+    processes that only move aliases ``pN`` onto the prepared checkpoint and frozen versions (no TensorFlow)."""
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "LIFECYCLE_VERSIONS_DIR": str(root / "versions"),
-           "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1", "PYTHONPATH": str(REPO)}
+    trains: int
+    compresses: int
+    cells: int
+    promotes: int = 0
+    chained: bool = True
+
+    @classmethod
+    def of(cls, writers: int) -> Mix:
+        return cls(*plan(writers))
+
+    @property
+    def processes(self) -> int:
+        experiment = (1 + self.cells if self.cells > 1 else 1) if self.cells else 0
+        return self.trains + self.compresses + experiment + self.promotes
+
+
+def prepare_base(root: Path, env: dict[str, str]) -> None:
+    """The store's first two versions: the tiny train at ``root/base`` and its freeze at ``root/frozen``."""
     config = str(REPO / "configs" / "default.yaml")
     for args in (["train", config, "--output", str(root / "base"), *TINY],
                  ["freeze", str(root / "base"), "--output", str(root / "frozen")]):
         done = subprocess.run(_lifecycle(*args), env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             raise SystemExit(f"preparing the store failed ({' '.join(args[:2])}): {done.stderr.strip()[-800:]}")
-    trains, compresses, cells = plan(writers)
+
+
+def run_writers(uri: str, root: Path, writers: int, store: str, mix: Mix | None = None,
+                prepare: Callable[[Path, dict[str, str]], None] = prepare_base) -> Outcome:
+    """Prepare a frozen version on ``uri`` (``prepare``: in subprocesses by default; a test that has TensorFlow
+    loaded already may do it in its own process), start the writers together, wait, and audit the store."""
+    from lifecycle.tracking import audit_store, open_client
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "LIFECYCLE_VERSIONS_DIR": str(root / "versions"),
+           "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1", "PYTHONPATH": str(REPO)}
+    config = str(REPO / "configs" / "default.yaml")
+    before = audit_store(uri, MODEL, check_manifests=False)  # a store other work wrote to: count only ours
+    prepare(root, env)
+    mix = mix or Mix.of(writers)
+    trains, compresses, cells = mix.trains, mix.compresses, mix.cells
     commands: list[list[str]] = [_lifecycle("train", config, *TINY) for _ in range(trains)]
     for i in range(compresses):
         out = root / f"compressed-{i}"
         compress = _lifecycle("compress", str(root / "frozen"), "--recipe", RECIPES[i % len(RECIPES)], "--output",
                               str(out))
         chain = f"{shlex.join(compress)} && {shlex.join(_lifecycle('promote', str(out), '--alias', f'w{i}'))}"
-        commands.append(["sh", "-c", chain])
+        commands.append(["sh", "-c", chain] if mix.chained else compress)
     if cells:
         commands.append(_lifecycle("experiment", "tokenizers", str(_experiment_file(root, cells)), "--workers",
                                    str(cells)))
+    targets = {f"p{i}": root / ("base", "frozen")[i % 2] for i in range(mix.promotes)}
+    commands += [_lifecycle("promote", str(path), "--alias", alias) for alias, path in targets.items()]
     started = time.perf_counter()
     procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cmd in commands]
@@ -126,20 +161,25 @@ def run_writers(uri: str, root: Path, writers: int, store: str) -> Outcome:
     errors = [(err.strip().splitlines() or [f"exit {code}"])[-1][:300] for (_, err), code in results if code != 0]
 
     audit = audit_store(uri, MODEL)
+    ours = {status: count - before.runs.get(status, 0) for status, count in audit.runs.items()}
+    audit = replace(audit, runs={status: count for status, count in ours.items() if count},
+                    versions=audit.versions - before.versions)
     client = open_client(uri, sweep=False)
     aliases = client.get_registered_model(MODEL).aliases or {}
+    if mix.chained:
+        targets.update({f"w{i}": root / f"compressed-{i}" for i in range(compresses)})
     right = 0
-    for i in range(compresses):
-        manifest = root / f"compressed-{i}" / "manifest.json"
-        if not manifest.is_file() or f"w{i}" not in aliases:
+    for alias, path in targets.items():
+        manifest = path / "manifest.json"
+        if not manifest.is_file() or alias not in aliases:
             continue
         run_id = json.loads(manifest.read_text(encoding="utf-8")).get("run_id")
-        right += client.get_model_version(MODEL, str(aliases[f"w{i}"])).run_id == run_id
+        right += client.get_model_version(MODEL, str(aliases[alias])).run_id == run_id
     # Runs: base train + freeze, each train, each compress; the experiment's parent and per cell its cell run with
     # train, freeze and compress runs nested under it.
     runs_expected = 2 + trains + compresses + (1 + 4 * cells if cells else 0)
     return Outcome(store, writers, round(wall, 1), len(commands) - len(errors), audit.runs, runs_expected,
-                   audit.versions, 2 + trains + compresses, len(audit.crossed), right, compresses, errors[:5])
+                   audit.versions, 2 + trains + compresses, len(audit.crossed), right, len(targets), errors[:5])
 
 
 def run_store(store: str, writers: int) -> Outcome:

@@ -1,5 +1,6 @@
 """The Spark engine of ``lifecycle score``: the version's serving form and tokenizer shipped to the executors with
-``SparkContext.addFile``, texts scored with ``DataFrame.mapInPandas`` by :func:`lifecycle.scoring.score_texts`.
+``SparkContext.addFile``, texts scored with ``DataFrame.mapInArrow`` by :func:`lifecycle.scoring.score_texts` into
+the local engine's own arrow rows (:func:`lifecycle.scoring.scored_table`).
 
 Executors load the version with ``Predictor(runtime="litert")`` (once per Python worker, which Spark reuses) and
 import neither TensorFlow nor mlflow: every batch reports the heavy modules its process holds through an
@@ -159,33 +160,27 @@ def _executor_predictor(version_name: str) -> Any:
 
 def make_scorer(version_name: str, label: str, top_k: int, names: dict[str, str],
                 offsets: dict[tuple[str, int], tuple[int, int]] | None, heavy: Any, batches_seen: Any) -> Any:
-    """The mapInPandas function: pandas batches of (text, id | file + mono id) in, output rows out."""
+    """The mapInArrow function: arrow batches of (text, id | file + mono id) in, the local engine's output rows
+    (:func:`lifecycle.scoring.scored_table`) out, with no pandas in between."""
 
     def score_batches(batches: Iterator[Any]) -> Iterator[Any]:
-        import numpy as np
-        import pandas as pd
-
-        from lifecycle.scoring import heavy_modules, score_texts
+        from lifecycle.scoring import heavy_modules, score_texts, scored_table
 
         predictor = _executor_predictor(version_name)
-        for frame in batches:
-            texts = frame["text"].fillna("").astype(str).tolist()
+        for batch in batches:
+            texts = [t if t is not None else "" for t in batch.column("text").to_pylist()]
             scored = score_texts(predictor, texts, top_k)
             if offsets is None:
-                ids = frame[ID_COLUMN].astype(str).tolist()
+                ids = [str(i) for i in batch.column(ID_COLUMN).to_pylist()]
             else:
-                mono = frame["_mono"].to_numpy(dtype=np.int64)
                 ids = []
-                for file, value in zip(frame["_file"].tolist(), mono.tolist(), strict=True):
+                for file, value in zip(batch.column("_file").to_pylist(), batch.column("_mono").to_pylist(),
+                                       strict=True):
                     start, first = offsets[(file, value >> 33)]
                     ids.append(f"{names[_uri_path(file)]}:{start + value - first}")
             heavy.add(frozenset(heavy_modules()))
             batches_seen.add(1)
-            yield pd.DataFrame({
-                "id": ids, "label": scored.labels, "probability": scored.probabilities,
-                "top_labels": scored.top_labels, "top_probabilities": list(scored.top_probabilities),
-                "abstained": scored.abstained, "version": label,
-            })
+            yield from scored_table(ids, scored, label).to_batches()
 
     return score_batches
 
@@ -299,8 +294,7 @@ def score_spark(version: Any, label: str, files: Sequence[InputFile], tmp: Path,
             watcher.start()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # pyspark's "pandas >= 3 not fully supported"
-            frame.mapInPandas(scorer, SPARK_OUTPUT_SCHEMA).write.parquet(str(tmp / "spark"),
-                                                                         compression="zstd")
+            frame.mapInArrow(scorer, SPARK_OUTPUT_SCHEMA).write.parquet(str(tmp / "spark"), compression="zstd")
         rows = _move_parts(tmp / "spark", tmp)
         seconds = time.perf_counter() - started
         workers = context.defaultParallelism

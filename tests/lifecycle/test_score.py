@@ -177,3 +177,13 @@ def test_local_engine_memory_is_flat_in_the_input_length(version: Path, tmp_path
         peaks[n] = int(done.stdout.split()[-1])
         assert len(read_rows(tmp_path / f"out-{n}")) == n
     assert peaks[300_000] - peaks[10_000] < 25e6, peaks
+
+
+def test_spark_splits_are_a_multiple_of_the_cores() -> None:
+    from lifecycle.scoring_spark import MAX_SPLIT_BYTES, split_bytes
+
+    for total, cores in [(45 << 20, 2), (3 << 20, 2), (200 << 20, 2), (45 << 20, 8), (1 << 20, 3)]:
+        split = split_bytes(total, cores)
+        tasks = -(-total // split)  # one file cut at every split bytes, as Spark cuts it
+        assert tasks % cores == 0 and split <= MAX_SPLIT_BYTES, (total, cores, split, tasks)
+    assert -(-(45 << 20) // split_bytes(45 << 20, 2)) == 4  # not 3 tasks, the third alone on a core

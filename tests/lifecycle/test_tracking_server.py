@@ -169,3 +169,42 @@ def test_an_mlflow_server_over_a_wrong_database_password_fails_at_once_in_one_li
     assert "password authentication failed" in message and "database password" in message
     assert time.monotonic() - started < 60  # not after mlflow's ten login attempts (about 100 s)
     assert server.process.poll() is not None
+
+
+def _writers_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("writers_bench", REPO / "benchmarks" / "writers_bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sixteen_lifecycle_processes_at_once_on_the_server_lose_and_duplicate_nothing(
+        team_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 real processes writing to the server together: 3 trains, 6 compresses, one experiment of 2 cells (its
+    process and one per cell) and 4 alias moves; every run FINISHED, every version registered once by its own run,
+    every alias on its version (benchmarks/writers_bench.py, which runs 16 heavier writers on the server and on
+    SQLite, is the same code)."""
+    from lifecycle.config import load_config
+    from lifecycle.workflows import run_freeze, run_train
+
+    bench = _writers_bench()
+    root = tmp_path / "writers"
+    root.mkdir()
+
+    def prepare_here(folder: Path, env: dict[str, str]) -> None:  # TensorFlow is loaded here already: no spawn
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+        cfg = load_config(REPO / "configs" / "default.yaml", TINY)
+        run_train(cfg, folder / "base", versions_dir=folder / "versions")
+        run_freeze(str(folder / "base"), folder / "frozen", versions_dir=folder / "versions")
+
+    mix = bench.Mix(trains=3, compresses=6, cells=2, promotes=4, chained=False)
+    assert mix.processes == 16
+    outcome = bench.run_writers(team_server.url, root, 16, "mlflow server on PostgreSQL", mix, prepare_here)
+    assert outcome.errors == [] and outcome.exit_0 == 14  # 14 commands: the experiment is 3 of the 16 processes
+    assert outcome.runs == {"FINISHED": outcome.runs_expected}, outcome.runs
+    assert outcome.versions == outcome.versions_expected == 2 + 3 + 6 and outcome.crossed == 0
+    assert outcome.aliases_right == outcome.aliases_expected == 4
