@@ -74,7 +74,7 @@ install-browser:
 # The MLflow UI in a real browser: a short pipeline on the embedded corpus, `mlflow server` on its store, and
 # screenshots of the runs table, the compare view and a registered version into docs/ (README, "The MLflow UI").
 ui-check: install install-browser
-	$(BIN)/python scripts/ui_screenshots.py --out docs
+	$(BIN)/python benchmarks/ui_screenshots.py --out docs
 
 run: install
 	$(BIN)/lifecycle pipeline configs/default.yaml

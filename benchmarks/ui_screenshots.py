@@ -1,20 +1,22 @@
 """Screenshots of the MLflow UI on a lifecycle store, taken by headless Chromium (``make ui-check``).
 
-    python scripts/ui_screenshots.py [--store DIR] [--out docs] [--epochs 2]
+    python benchmarks/ui_screenshots.py [--store DIR] [--out docs] [--epochs 2]
 
 Without ``--store`` it first runs ``lifecycle pipeline`` (the embedded default corpus, ``--budget -1``) in a temp
 folder. Then it starts ``mlflow server`` on the store's SQLite database, opens Chromium headless with its DevTools
 port, and for each view loads the page, waits until the text it must show is there, and saves a PNG:
 
-- ``ui-runs-table.png``: the experiment's runs table with the size and accuracy columns,
-- ``ui-compare.png``: the compare view of the pipeline's versions,
-- ``ui-registered-version.png``: the page of the newest registered version.
+- ``ui-runs-table.png``: the experiment's runs table with the size and accuracy columns, the pipeline unfolded,
+- ``ui-charts.png``: the runs' chart view, a scatter of ``size_mb`` against ``test_accuracy`` first,
+- ``ui-compare.png``: MLflow's compare page of the frozen and compressed versions, as it opens,
+- ``ui-registered-version.png``: the page of the version the alias ``newest`` points at.
 
-MLflow's runs table shows no metric column until a user picks one under "Columns"; the choice lives in the
-browser's localStorage (MLflow's per-experiment UI state), so the script writes that same state (the columns
-``size_bytes``, ``test_accuracy`` and the params ``kind``/``recipe``) before loading the table, as a user's click
-would. Chromium: Debian's ``chromium`` (``make install-browser``). The DevTools client is aiohttp's websocket (an
-mlflow dependency).
+MLflow's runs table shows no metric column until a user picks one under "Columns", and its chart view draws one
+chart per metric in alphabetical order; both choices live in the browser's localStorage (MLflow's per-experiment
+UI state), so the script writes that same state (the columns ``size_mb``, ``test_accuracy``, ``kind``, ``recipe``,
+``vocab_size``, ``embedding_dim``; the pipeline's row unfolded; a scatter chart first) before loading the page, as
+a user's clicks would. Chromium: Debian's ``chromium`` (``make install-browser``). The DevTools client is aiohttp's
+websocket client (an mlflow dependency); the PNGs are cut to 128 colours with Pillow (a matplotlib dependency).
 """
 
 from __future__ import annotations
@@ -38,7 +40,21 @@ REPO = Path(__file__).resolve().parents[1]
 WINDOW = (1400, 860)
 # The columns a user picks first: deployed size and test accuracy, then what the version is.
 COLUMNS = ["metrics.`size_mb`", "metrics.`test_accuracy`", "params.`kind`", "params.`recipe`",
-           "params.`vocab_size`", "params.`embedding_dim`", "attributes.`Models`"]
+           "params.`vocab_size`", "params.`embedding_dim`"]
+
+# The chart view's first chart: a scatter of deployed size against test accuracy (as "Add chart" -> Scatter would
+# make it), then the generated bar charts of those two metrics, then the rest.
+SCATTER_FIRST = """
+    const charts = state.compareRunCharts || [];
+    const section = (state.compareRunSections || [])[0];
+    const first = ['size_mb', 'test_accuracy'].map(key => charts.find(c => c.metricKey === key)).filter(Boolean);
+    state.compareRunCharts = [{
+        uuid: 'lifecycle-size-vs-accuracy', type: 'SCATTER', runsCountToCompare: 100,
+        metricSectionId: section ? section.uuid : '', deleted: false, isGenerated: false,
+        displayName: 'size_mb vs test_accuracy',
+        xaxis: {key: 'size_mb', type: 'METRIC'}, yaxis: {key: 'test_accuracy', type: 'METRIC'}},
+        ...first, ...charts.filter(c => !first.includes(c) && c.uuid !== 'lifecycle-size-vs-accuracy')];
+    if (section) section.isReordered = true;"""
 
 
 def free_port() -> int:
@@ -106,9 +122,40 @@ class Page:
         raise RuntimeError(f"{url}: the page never showed {missing} within {seconds:.0f} s; it shows: {text[:600]!r}")
 
     async def screenshot(self, path: Path) -> None:
+        """The viewport as a PNG of at most 128 colours (a UI's flat colours lose nothing visible; a quarter of
+        the bytes)."""
+        import io
+
+        from PIL import Image
+
         shot = await self.call("Page.captureScreenshot", format="png")
-        path.write_bytes(base64.b64decode(shot["data"]))
+        image = Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")
+        image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
         print(f"{path} ({path.stat().st_size / 1024:.0f} KB)")
+
+    async def edit_state(self, experiment: str, script: str) -> None:
+        """Change the experiment page's UI state as the user's clicks would, then leave the page so the next load
+        reads it (a hash change would keep the page's state in memory and write it back).
+
+        MLflow keeps the runs table's columns, the unfolded rows and the charts in localStorage, under
+        ``MLflowLocalStorage-1.1-ExperimentPage-["<id>"]-ReactComponentState``; ``script`` edits ``state``. The
+        assistant panel MLflow opens on a first visit is closed the same way.
+        """
+        key = f"MLflowLocalStorage-1.1-ExperimentPage-{json.dumps([experiment])}-ReactComponentState"
+        done = await self.evaluate(f"""(() => {{
+            const key = {json.dumps(key)};
+            const state = JSON.parse(localStorage.getItem(key) || 'null');
+            if (!state || !Array.isArray(state.selectedColumns)) return false;
+            {script}
+            localStorage.setItem(key, JSON.stringify(state));
+            localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
+            return true;
+        }})()""")
+        if not done:
+            keys = await self.evaluate("JSON.stringify(Object.keys(localStorage))")
+            raise RuntimeError(f"no experiment page state {key} in localStorage (MLflow changed it?): {keys}")
+        await self.call("Page.navigate", url="about:blank")
+        await asyncio.sleep(1.0)
 
 
 def store_facts(uri: str) -> dict[str, Any]:
@@ -121,13 +168,14 @@ def store_facts(uri: str) -> dict[str, Any]:
         sys.exit(f"{uri}: no experiment 'default'; run `lifecycle pipeline` on this store first")
     runs = client.search_runs([experiment.experiment_id], "tags.`lifecycle.step` != 'pipeline'",
                               order_by=["attributes.start_time ASC"])
+    # The versions made from the one checkpoint: what "which is smallest at what accuracy" compares.
     versions = [r for r in runs if "size_bytes" in r.data.metrics and r.data.tags.get("lifecycle.step") in
-                ("train", "freeze", "compress")]
+                ("freeze", "compress")]
     newest = client.get_model_version_by_alias("default", "newest")
     parent = client.search_runs([experiment.experiment_id], "tags.`lifecycle.step` = 'pipeline'",
                                 order_by=["attributes.start_time DESC"], max_results=1)
-    return {"experiment": experiment.experiment_id, "parent": parent[0].info.run_id, "runs": [r.info.run_id for r in versions],
-            "names": [r.info.run_name for r in versions], "newest": newest.version}
+    return {"experiment": experiment.experiment_id, "parent": parent[0].info.run_id,
+            "runs": [r.info.run_id for r in versions], "newest": newest.version}
 
 
 async def take(base: str, facts: dict[str, Any], out: Path, chromium: str, profile: Path) -> None:
@@ -152,12 +200,19 @@ async def take(base: str, facts: dict[str, Any], out: Path, chromium: str, profi
             experiment = facts["experiment"]
             runs_url = f"{base}/#/experiments/{experiment}/runs"
             await page.show(runs_url, ["pipeline-default"])
-            await pick_columns(page, experiment, facts["parent"])
+            await page.edit_state(experiment, f"""
+                state.selectedColumns = {json.dumps(COLUMNS)};  // in place of Source, Models and Dataset
+                state.runsExpanded = {{{json.dumps(facts["parent"])}: true}};""")
             await page.show(runs_url, ["size_mb", "test_accuracy", "pipeline-default", "compress-int8"])
             await page.screenshot(out / "ui-runs-table.png")
+            charts_url = f"{runs_url}?compareRunsMode=CHART"
+            await page.show(charts_url, ["Model metrics", "compress-int8"])  # charts off screen are not drawn
+            await page.edit_state(experiment, SCATTER_FIRST)
+            await page.show(charts_url, ["size_mb vs.", "compress-int8"])  # its title: "size_mb vs. test_accuracy"
+            await page.screenshot(out / "ui-charts.png")
             compare = (f"{base}/#/compare-runs?runs={json.dumps(facts['runs'])}"
                        f"&experiments={json.dumps([experiment])}")
-            await page.show(compare.replace(" ", ""), ["Comparing", "test_accuracy"])
+            await page.show(compare.replace(" ", ""), ["Comparing", "embedding_dim", "vocab_size"])
             await page.screenshot(out / "ui-compare.png")
             await page.show(f"{base}/#/models/default/versions/{facts['newest']}", ["lifecycle.size_bytes"])
             await page.screenshot(out / "ui-registered-version.png")
@@ -167,30 +222,6 @@ async def take(base: str, facts: dict[str, Any], out: Path, chromium: str, profi
             browser.wait(10)
         except subprocess.TimeoutExpired:
             browser.kill()
-
-
-async def pick_columns(page: Page, experiment: str, parent: str) -> None:
-    """Add the size and accuracy columns to the runs table and unfold the pipeline's row, as a user's clicks on
-    "Columns" and on the row's expander would: MLflow keeps both in localStorage, in the experiment page's state
-    (``MLflowLocalStorage-1.1-ExperimentPage-["<id>"]-ReactComponentState``), read when the page loads. The
-    assistant panel MLflow opens on a first visit is closed the same way."""
-    changed = await page.evaluate(f"""(() => {{
-        const key = 'MLflowLocalStorage-1.1-ExperimentPage-' + JSON.stringify([{json.dumps(experiment)}]) +
-            '-ReactComponentState';
-        const state = JSON.parse(localStorage.getItem(key) || 'null');
-        if (!state || !Array.isArray(state.selectedColumns)) return false;
-        const wanted = {json.dumps(COLUMNS)};
-        state.selectedColumns = wanted;  // in place of Source, Models, Dataset: the Models column moves last
-        state.runsExpanded = {{{json.dumps(parent)}: true}};
-        localStorage.setItem(key, JSON.stringify(state));
-        localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
-        return true;
-    }})()""")
-    if not changed:
-        dump = await page.evaluate("JSON.stringify(Object.keys(localStorage))")
-        raise RuntimeError(f"no runs-table state in localStorage to add columns to (keys: {dump})")
-    await page.call("Page.navigate", url="about:blank")  # the next load reads the state (a hash change would not)
-    await asyncio.sleep(1.0)
 
 
 def main() -> None:
