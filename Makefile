@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 PG_BINDIR_GLOB := /usr/lib/postgresql/*/bin/initdb
 
-.PHONY: install install-postgres server install-bench install-teacher install-spark bench-score bench-distill bench-calibration run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
+.PHONY: install install-postgres install-browser ui-check server install-bench install-teacher install-spark bench-score bench-distill bench-calibration run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
 
 install: $(STAMP) $(TEACHER_STAMP) $(SPARK_STAMP)
 
@@ -66,6 +66,15 @@ bench-distill: install
 # checkpoints are kept under benchmarks/out/calibration-versions/ and reused).
 bench-calibration: install
 	$(BIN)/python benchmarks/calibration_bench.py
+
+# Headless Chromium (Debian's package) for the MLflow UI screenshots; optional, not part of `install`.
+install-browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# The MLflow UI in a real browser: a short pipeline on the embedded corpus, `mlflow server` on its store, and
+# screenshots of the runs table, the compare view and a registered version into docs/ (README, "The MLflow UI").
+ui-check: install install-browser
+	$(BIN)/python benchmarks/ui_screenshots.py --out docs
 
 run: install
 	$(BIN)/lifecycle pipeline configs/default.yaml

@@ -478,7 +478,7 @@ def bench(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Sample texts, one per line (default: the first "
                                                                    "version's test split).")] = None,
     calls: Annotated[int, typer.Option(min=10, help="Batch-1 calls for the latency percentiles.")] = 200,
-    as_json: Annotated[bool, flag("--json", help="Rows as JSON on stdout.")] = False,
+    as_json: Annotated[bool, flag("--json", help="One JSON object per version and line on stdout.")] = False,
     runtime: RuntimeOpt = "auto",
 ) -> None:
     """Measure versions in one process: load time, first call, batch-1 p50/p99, throughput, memory, size."""

@@ -384,10 +384,11 @@ class BenchRow:
 
 
 def bench(rows: Sequence[Mapping[str, Any]], as_json: bool) -> None:
-    """``lifecycle bench``: the rows as JSON (every figure measured), or a table that fits 100 columns with each
-    version's path under it, one per line, never wrapped."""
+    """``lifecycle bench``: one JSON object per version and line (every figure measured, as ``predict --json``),
+    or a table that fits 100 columns with each version's path under it, one per line, never wrapped."""
     if as_json:
-        console.out.print_json(json.dumps(rows))
+        for row in rows:
+            _json_line(dict(row))
         return
     table = _light_table("#", "kind", "recipe", "deployed", "acc", "load s", "1st ms", "p50 ms", "p99 ms",
                          "texts/s", "RSS MB", title="")

@@ -9,6 +9,7 @@ the size-vs-accuracy plot, `bench`, the registered version's tags) reads it from
 - **on disk** (``size_disk_bytes``): every file of the version directory, manifest.json included.
 - **checkpoint** (``size_checkpoint_bytes``): the lineage's root checkpoint file, model.keras, with the optimizer
   state; **checkpoint weights** (``size_checkpoint_weights_bytes``): its weights alone, without the optimizer state.
+- ``size_mb``: the deployed size again, in MB (10^6 bytes): the number a user reads in the MLflow runs table.
 
 The metric names are the keys of :meth:`VersionSizes.metrics`; nothing else is called ``size_bytes``.
 """
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from lifecycle.manifest import Manifest
 
 DEPLOYED, DEPLOYED_GZIP, DISK = "size_bytes", "size_gzip_bytes", "size_disk_bytes"
+DEPLOYED_MB = "size_mb"  # size_bytes / 10^6, for reading in the MLflow UI's runs table
 CHECKPOINT, CHECKPOINT_WEIGHTS = "size_checkpoint_bytes", "size_checkpoint_weights_bytes"
 LABELS = {DEPLOYED: "deployed", DEPLOYED_GZIP: "deployed gzip", DISK: "on disk", CHECKPOINT: "checkpoint",
           CHECKPOINT_WEIGHTS: "checkpoint weights"}
@@ -61,7 +63,9 @@ class VersionSizes:
         """The sizes under their metric names (the ones measured)."""
         values = {DEPLOYED: self.deployed, DEPLOYED_GZIP: self.deployed_gzip, DISK: self.disk,
                   CHECKPOINT: self.checkpoint, CHECKPOINT_WEIGHTS: self.checkpoint_weights}
-        return {key: float(value) for key, value in values.items() if value is not None}
+        found = {key: float(value) for key, value in values.items() if value is not None}
+        # The deployed size again in MB (10^6 bytes): the column a user reads in the MLflow runs table.
+        return {**found, DEPLOYED_MB: self.deployed / 1e6}
 
 
 def version_sizes(version: Version, gzip: bool = True) -> VersionSizes:

@@ -187,3 +187,18 @@ def _check_graph_input(graph_def: Any, version: artifacts.Version, path: Path) -
 def recipe_text(recipe: Sequence[dict[str, Any]]) -> str:
     """A manifest's recipe as a --recipe string (``prune:0.5,int8``)."""
     return recipe_label(recipe).replace("+", ",")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table (a run's description in the MLflow UI is markdown: ``mlflow.note.content``)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def megabytes(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.3f} MB"
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

@@ -138,6 +138,7 @@ def run_cell(payload: dict[str, Any], progress: Any = None) -> dict[str, Any]:
     from lifecycle.config import Config
     from lifecycle.workflows.graphs import run_compress, run_freeze
     from lifecycle.workflows.pipeline import recipe_dir
+    from lifecycle.workflows.publish import version_params
     from lifecycle.workflows.training import run_train
 
     cfg = Config.model_validate(payload["config"])
@@ -190,6 +191,9 @@ def run_cell(payload: dict[str, Any], progress: Any = None) -> dict[str, Any]:
             metrics["test_accuracy"] = final.metrics["test_accuracy"]
             metrics["test_macro_f1"] = final.metrics["test_macro_f1"]
             metrics["cell_seconds"] = time.perf_counter() - started
+            # The step runs' common params (kind, recipe, tokenizer, vocab_size, embedding_dim) of the cell's final
+            # version, so cells line up with train/freeze/compress runs in the compare view.
+            tracker.log_params(version_params(artifacts.load_version(final.version, verify=False)))
             tracker.log_metrics(metrics)
             tracker.set_tags({"lifecycle.version": str(final.version)})
         result.metrics, result.status = metrics, FINISHED
@@ -347,6 +351,19 @@ def _row(cell: Cell, result: CellResult) -> dict[str, Any]:
     }
 
 
+def cells_markdown(name: str, rows: list[dict[str, Any]]) -> str:
+    """The experiment run's description: its cells as a markdown table (deployed size, test accuracy, status), the
+    Pareto front marked, so the run page answers "which is smallest at what accuracy" without opening artifacts."""
+    from lifecycle.workflows.common import markdown_table, megabytes, percent
+
+    table = markdown_table(("cell", "tokenizer", "vocab", "dim", "deployed", "test accuracy", "status"), [
+        (f"`{row['cell']}`" + (" (Pareto)" if row.get("pareto") else ""), row["kind"],
+         int(row["vocab_size"]) if "vocab_size" in row else row["vocab_size_requested"], row["dim"],
+         megabytes(row.get(SIZE_KEY)), percent(row.get(SCORE_KEY)), row["status"].lower()) for row in rows])
+    return (f"**{name}**: one nested run per cell (train, freeze, compress); deployed = serving form + tokenizer. "
+            f"The full table is cells.json, the plot accuracy_vs_size.png.\n\n{table}")
+
+
 def _log_summary(tracker: Any, exp: ExperimentConfig, rows: list[dict[str, Any]], front: list[int]) -> None:
     finished = [r for r in rows if r["status"] != FAILED]
     tracker.log_metrics({"cells_total": len(rows), "cells_finished": len(finished),
@@ -358,6 +375,8 @@ def _log_summary(tracker: Any, exp: ExperimentConfig, rows: list[dict[str, Any]]
     if not tracker.enabled:
         return
     from lifecycle.evaluate import plot_experiment_size_accuracy, plot_oov_vocab
+
+    tracker.set_tags({"mlflow.note.content": cells_markdown(exp.name, rows)})  # the run page's description
 
     tracker.log_table(rows, "cells.json")
     tracker.log_dict({"pareto": [rows[i]["cell"] for i in front], "size": SIZE_KEY, "score": SCORE_KEY},

@@ -16,6 +16,7 @@ from lifecycle.workflows.calibrating import calibration_fact, inherited_entry, l
 from lifecycle.workflows.common import (
     StepOutcome,
     _check_arrays,
+    _log_evaluation,
     _parent_ref,
     _write_checkpoint,
     load_graph_version,
@@ -126,6 +127,7 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
     output, unique = artifacts.resolve_output(output, cfg.name, candidate.kind, versions_dir)
     frozen = candidate.frozen
     metrics: dict[str, float] = {"max_abs_diff_vs_parent": candidate.max_abs_diff}
+    scores = None
     if candidate.compared_on == "test split":
         scores = evaluate.evaluate_probabilities(candidate.probabilities, candidate.labels_y, parent.labels)
         metrics.update(scores.metrics())
@@ -212,12 +214,14 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
         def log_recipe(version: artifacts.Version) -> None:
             tracker.log_dict(candidate.recipe, "recipe.json")
             on_test = candidate.compared_on == "test split"
+            if scores is not None:  # the confusion matrix and per-class table, as train logs them
+                _log_evaluation(tracker, scores, f"{cfg.name} {candidate.kind} {recipe_name} test")
             log_calibration(tracker, candidate.probability_calibration, candidate.probabilities if on_test else None,
                             candidate.labels_y, f"{cfg.name} {candidate.kind} {recipe_name} test")
 
         published = publish_version(
             tracker, cfg.name, lambda run_id: artifacts.write_version(output, candidate.kind, build, unique=unique),
-            params={"parent": str(parent.path), "input_dtype": frozen.input_dtype, "recipe": recipe_name},
+            params={"parent": str(parent.path), "input_dtype": frozen.input_dtype},  # + version_params' recipe
             metrics=measured, log=log_recipe, pyfunc=True, tag_version=True,
             register={"lifecycle.kind": candidate.kind, "lifecycle.recipe": recipe_name,
                       "lifecycle.parent_run": tags["lifecycle.parent_run"]},

@@ -10,7 +10,7 @@ from lifecycle import artifacts
 from lifecycle.config import Config
 from lifecycle.errors import ModelError
 from lifecycle.tracking import make_tracker
-from lifecycle.workflows.common import StepOutcome, recipe_label
+from lifecycle.workflows.common import StepOutcome, markdown_table, megabytes, percent, recipe_label
 from lifecycle.workflows.graphs import run_compress, run_freeze
 from lifecycle.workflows.training import run_train
 
@@ -73,10 +73,8 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
         for alias, outcome in ((NEWEST_CHECKPOINT, trained), (NEWEST, outcomes[-1])):
             if outcome.registered:
                 tracker.move_alias(cfg.name, alias, outcome.registered)
-        # One metric per version and key (checkpoint.size_bytes, int8.test_accuracy...) so the parent run compares.
-        tracker.log_metrics({f"{_metric_prefix(row)}.{key}": value
-                             for outcome, row in ((o, version_row(o)) for o in outcomes)
-                             for key, value in outcome.metrics.items()})
+        # The per-version figures are one table (and the description below), not metrics repeated under prefixes:
+        # each child run carries its own size_bytes and test_accuracy, so the metric picker stays short.
         rows = [version_row(o) for o in outcomes]
         tracker.log_table(rows, "versions.json")
         tracker.set_tags({"mlflow.note.content": versions_markdown(cfg.name, rows)})  # the run page's description
@@ -106,25 +104,12 @@ def _budget_pick(frozen: str, budget: float, output: Path | None, versions_dir: 
 def versions_markdown(name: str, rows: list[dict[str, Any]]) -> str:
     """The pipeline run's description: its versions as a markdown table (deployed size, test accuracy), the
     budgeted pick marked, so the run page answers "which is smallest at what accuracy" without opening artifacts."""
-
-    def cell(value: Any, scale: float, digits: int, unit: str) -> str:
-        return "-" if value is None else f"{value * scale:.{digits}f}{unit}"
-
-    lines = [f"**{name}**: the versions this pipeline wrote (deployed = serving form + tokenizer; the full table is "
-             "versions.json, the plot size_vs_accuracy.png).", "",
-             "| # | kind | recipe | deployed | test accuracy | macro-F1 |", "|---|---|---|---|---|---|"]
-    for number, row in enumerate(rows, start=1):
-        pick = " (budgeted pick)" if row.get("budget") else ""
-        lines.append(f"| {number} | {row['kind']} | `{row['recipe']}`{pick} "
-                     f"| {cell(row['size_bytes'], 1e-6, 3, ' MB')} | {cell(row['test_accuracy'], 100, 1, '%')} "
-                     f"| {cell(row['test_macro_f1'], 100, 1, '%')} |")
-    return "\n".join(lines)
-
-
-def _metric_prefix(row: dict[str, Any]) -> str:
-    """checkpoint, frozen, int8, prune-0.5_int8, vocab-coverage0.97_...: MLflow metric names allow no ':+='."""
-    label = row["recipe"] if row["recipe"] != "-" else row["kind"]
-    return label.replace(":", "-").replace("+", "_").replace("=", "")
+    table = markdown_table(("#", "kind", "recipe", "deployed", "test accuracy", "macro-F1"), [
+        (number, row["kind"], f"`{row['recipe']}`" + (" (budgeted pick)" if row.get("budget") else ""),
+         megabytes(row["size_bytes"]), percent(row["test_accuracy"]), percent(row["test_macro_f1"]))
+        for number, row in enumerate(rows, start=1)])
+    return (f"**{name}**: the versions this pipeline wrote (deployed = serving form + tokenizer; the full table is "
+            f"versions.json, the plot size_vs_accuracy.png).\n\n{table}")
 
 
 def version_row(outcome: StepOutcome) -> dict[str, Any]:

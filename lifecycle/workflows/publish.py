@@ -6,7 +6,9 @@ resumed run); once the version's files are ready it calls :func:`publish_version
 
 1. writes the version atomically (``write``, given the run id the manifest records),
 2. computes the run's metrics (``metrics``, from the written version when they depend on it),
-3. logs ``params``, then the metrics, then what only that step logs (``log``: plots, tables, tags),
+3. logs :func:`version_params` (the same few params on every step run: kind, recipe, tokenizer, vocab_size,
+   embedding_dim), the step's ``params``, then the metrics, then what only that step logs (``log``: plots, tables,
+   tags),
 4. logs the version's directory as the run's artifacts (``artifact_path``, ``version`` but for tokenizers),
 5. logs MLflow's own pyfunc form of it, named after the version's folder, with a few of its own texts as the input
    example (``example``): every version that is registered, and any with ``pyfunc``,
@@ -93,8 +95,7 @@ def publish_version(tracker: NullTracker, model_name: str, write: Callable[[str 
     values = metrics(version) if metrics is not None else {}
     if register is not None and DEPLOYED not in values:  # every registered version's run logs its sizes
         values = {**values, **version_sizes(version).metrics()}
-    if params is not None:
-        tracker.log_params(params)
+    tracker.log_params({**version_params(version), **(params or {})})
     if values:
         tracker.log_metrics(values)
     if log is not None:
@@ -111,6 +112,29 @@ def publish_version(tracker: NullTracker, model_name: str, write: Callable[[str 
     if tag_version:
         tracker.set_tags({"lifecycle.version": str(version.path)})
     return Published(version, run_id, registered, values, uri)
+
+
+def version_params(version: Version) -> dict[str, str]:
+    """The params every step run that writes a version logs under the same names, so MLflow's compare view and runs
+    table line train, freeze, compress, retrain and experiment cells up: ``kind`` (checkpoint, frozen, compressed,
+    tokenizer), ``recipe`` (``-`` for none), ``tokenizer`` (bpe, word), ``vocab_size`` and ``embedding_dim`` (the
+    version's own, after any vocab or dim step; a tokenizer has no embedding)."""
+    import json
+
+    from lifecycle.artifacts import TOKENIZER_DIR
+
+    manifest = version.manifest
+    found = {"kind": manifest.kind, "recipe": recipe_label(manifest.recipe_dicts()) or "-"}
+    try:
+        tokenizer = json.loads((version.path / TOKENIZER_DIR / "tokenizer.json").read_text(encoding="utf-8"))
+        found.update({"tokenizer": str(tokenizer["kind"]), "vocab_size": str(tokenizer["vocab_size"])})
+    except (OSError, ValueError, KeyError):
+        pass
+    embedding = next((t.shape for name, t in manifest.tensors.items() if "embedding" in name and len(t.shape) == 2),
+                     None)
+    if embedding is not None:
+        found["embedding_dim"] = str(embedding[1])
+    return found
 
 
 def registration(tracker: NullTracker, model_name: str, version: Version, metrics: Mapping[str, float],

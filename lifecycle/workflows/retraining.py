@@ -17,6 +17,7 @@ from lifecycle.manifest import plain
 from lifecycle.workflows.calibrating import fit_entry, log_calibration
 from lifecycle.workflows.common import (
     StepOutcome,
+    _log_evaluation,
     _parent_ref,
     _write_checkpoint,
     data_config_for,
@@ -195,6 +196,10 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
                                 (new_test_p, new_test.y),
                                 abstain_threshold_of(parent.manifest) if parent.manifest.calibration else None)
         log_calibration(tracker, calibration, new_test_p, new_test.y, f"{cfg.name} retrained, new data's test part")
+        # The confusion matrix and per-class table on the new data's test part (and on the parent's test split).
+        _log_evaluation(tracker, after["new"], f"{cfg.name} retrained, new data's test part", prefix="new_test")
+        if "parent" in after:
+            _log_evaluation(tracker, after["parent"], f"{cfg.name} retrained, parent's test split")
         checkpoint_dir = output / "checkpoint" if output else artifacts.default_output(cfg.name, "checkpoint",
                                                                                          versions_dir)
 

@@ -163,7 +163,7 @@ def test_bench_measures_versions_side_by_side(compressed: dict, frozen: dict) ->
     refs = [str(frozen["outcome"].version), str(compressed["int8"].version)]
     result = CliRunner().invoke(app, ["bench", *refs, "--calls", "20", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json_lib.loads(result.stdout)  # progress lines go to stderr
+    rows = [json_lib.loads(line) for line in result.stdout.splitlines()]  # one object per line; progress: stderr
     assert [row["recipe"] for row in rows] == ["-", "int8"]
     for row in rows:
         for key in ("load_seconds", "first_call_ms", "latency_p50_ms", "latency_p99_ms", "throughput_per_s"):

@@ -125,6 +125,14 @@ def test_grid_runs_in_parallel_survives_a_failing_cell_logs_the_table_and_resume
     assert {r.data.tags["mlflow.parentRunId"] for r in cells.values()} == {outcome.run_id}
     assert cells["no-data"].info.status == "FAILED" and cells["bpe-200"].info.status == "FINISHED"
     assert cells["bpe-200"].data.params["cell.kind"] == "bpe"
+    # The step runs' common params of the cell's final version (the compare view lines cells up with steps)
+    assert {key: cells["bpe-200"].data.params[key] for key in ("kind", "recipe", "tokenizer")} == {
+        "kind": "compressed", "recipe": "int8", "tokenizer": "bpe"}
+    assert cells["bpe-200"].data.params["vocab_size"] == str(int(by_label["bpe-200"].metrics["vocab_size"]))
+    # The parent's description: the cells as a markdown table, the failed one included
+    description = parent.data.tags["mlflow.note.content"]
+    assert "| cell | tokenizer | vocab | dim | deployed | test accuracy | status |" in description
+    assert description.count("\n| `") == 3 and "| failed |" in description
     assert cells["bpe-200"].data.metrics["test_accuracy"] == pytest.approx(by_label["bpe-200"].metrics[
         "test_accuracy"])
     steps = sorted(r.data.tags["lifecycle.step"] for r in runs

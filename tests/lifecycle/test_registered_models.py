@@ -146,6 +146,58 @@ def test_every_screen_shows_the_same_sizes(versions: dict, tracking_uri: str) ->
     assert "@newest" in result.stdout
 
 
+def test_step_runs_share_params_and_log_a_confusion_matrix_per_version(versions: dict, tracking_uri: str,
+                                                                       tmp_path: Path) -> None:
+    """The MLflow UI at a glance: train, freeze and compress runs carry the same five params (the compare view lines
+    them up) and each evaluated version its confusion matrix and per-class table."""
+    import mlflow
+
+    from lifecycle.corpus import load_corpus
+
+    client = mlflow.MlflowClient(tracking_uri)
+    test_count = len(load_corpus(versions["cfg"].data, NAME, report=False).test)
+    tokenizer = Path(versions["checkpoint"].version) / "tokenizer" / "tokenizer.json"
+    vocab = json.loads(tokenizer.read_text())["vocab_size"]
+    for kind, recipe, version_kind in (("checkpoint", "-", "checkpoint"), ("frozen", "-", "frozen"),
+                                       ("int8", "int8", "compressed")):
+        run = client.get_run(versions[kind].run_id)
+        assert {key: run.data.params[key] for key in ("kind", "recipe", "tokenizer", "vocab_size", "embedding_dim")
+                } == {"kind": version_kind, "recipe": recipe, "tokenizer": "word", "vocab_size": str(vocab),
+                      "embedding_dim": "16"}, kind
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"test_confusion_matrix.png", "test_per_class.json"} <= files, kind
+        table = json.loads(Path(client.download_artifacts(run.info.run_id, "test_per_class.json", str(tmp_path / kind))
+                                ).read_text())
+        rows = [dict(zip(table["columns"], values, strict=True)) for values in table["data"]]
+        assert {"label", "precision", "recall", "f1", "support"} <= set(table["columns"])
+        assert sum(row["support"] for row in rows) == test_count, kind
+        assert len(rows) == len(load_version(versions[kind].version).labels)
+
+
+def test_descriptions_are_markdown_versions_tables() -> None:
+    from lifecycle.workflows.experiment import cells_markdown
+    from lifecycle.workflows.pipeline import versions_markdown
+
+    rows = [{"kind": "checkpoint", "recipe": "-", "size_bytes": 2_500_000, "test_accuracy": 0.8125,
+             "test_macro_f1": 0.75, "budget": None},
+            {"kind": "compressed", "recipe": "prune:0.5+int8", "size_bytes": 410_000, "test_accuracy": 0.8,
+             "test_macro_f1": None, "budget": {"budget": 1.0}}]
+    text = versions_markdown("default", rows)
+    lines = text.splitlines()
+    assert lines[2] == "| # | kind | recipe | deployed | test accuracy | macro-F1 |"
+    assert lines[3] == "|---|---|---|---|---|---|"
+    assert lines[4] == "| 1 | checkpoint | `-` | 2.500 MB | 81.2% | 75.0% |"
+    assert lines[5] == "| 2 | compressed | `prune:0.5+int8` (budgeted pick) | 0.410 MB | 80.0% | - |"
+    cells = [{"cell": "bpe-200", "kind": "bpe", "vocab_size": 187.0, "vocab_size_requested": "200", "dim": 16,
+              "status": "FINISHED", "deployed_bytes": 61_000, "test_accuracy": 0.5, "pareto": True},
+             {"cell": "no-data", "kind": "word", "vocab_size_requested": "-", "dim": 16, "status": "FAILED",
+              "pareto": False}]
+    lines = cells_markdown("exp", cells).splitlines()
+    assert lines[2] == "| cell | tokenizer | vocab | dim | deployed | test accuracy | status |"
+    assert lines[4] == "| `bpe-200` (Pareto) | bpe | 187 | 16 | 0.061 MB | 50.0% | finished |"
+    assert lines[5] == "| `no-data` | word | - | 16 | - | - | failed |"
+
+
 def test_versions_without_a_store_says_so_and_creates_none(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI")

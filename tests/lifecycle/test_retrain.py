@@ -61,9 +61,15 @@ def test_retrain_compressed_version_keeps_recipe_sparsity_and_lineage(pruned_int
     assert retrain_run.data.tags["lifecycle.step"] == "retrain"
     assert retrain_run.data.tags["lifecycle.parent_run"] == parent.manifest.run_id
     assert retrain_run.data.params["parent_sha256"] == parent.sha256
+    assert (retrain_run.data.params["kind"], retrain_run.data.params["recipe"]) == ("checkpoint", "-")
+    # A confusion matrix and per-class table on the new data's test part and on the parent's test split
+    assert {"new_test_confusion_matrix.png", "new_test_per_class.json", "test_confusion_matrix.png",
+            "test_per_class.json"} <= {a.path for a in client.list_artifacts(outcomes[0].run_id)}
     for outcome in outcomes[1:]:
         child = client.get_run(outcome.run_id)
         assert child.data.tags["mlflow.parentRunId"] == outcomes[0].run_id
+        assert "test_confusion_matrix.png" in {a.path for a in client.list_artifacts(outcome.run_id)}
+    assert client.get_run(outcomes[2].run_id).data.params["recipe"] == "prune:0.5+int8"
 
 
 def test_retrain_refuses_unknown_labels_and_bad_replay(pruned_int8: Path, data_dir: Path, tmp_path: Path) -> None:
