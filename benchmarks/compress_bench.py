@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from compress_peers import tfmot_main
 from compress_report import render, write_readme
 from compress_runs import add_pairs, add_recipes, bench_dataset, bench_field
-from compress_setup import ALL_RUNS, DEFAULT_RECIPES, FIELD, OUT, QUICK_RUNS, RESULTS, RUNS
+from compress_setup import ALL_RUNS, BUDGET_POINTS, DEFAULT_RECIPES, FIELD, OUT, QUICK_RUNS, RESULTS, RUNS
 from compress_worker import worker_main
 from readme import cpu_model  # (benchmarks/readme.py, beside this script)
 
@@ -75,6 +75,9 @@ def main() -> None:
                              "1 epoch), 200 calls, 3 rounds, 1 TF-MOT epoch")
     parser.add_argument("--recipe", action="append", help="a compression recipe (repeatable; default: "
                         + " | ".join(DEFAULT_RECIPES) + "); unknown steps are skipped with a note")
+    parser.add_argument("--budget", type=float, default=BUDGET_POINTS,
+                        help=f"also run `compress --budget POINTS` on each frozen version and measure its pick "
+                             f"(default {BUDGET_POINTS:g}; -1 skips the search)")
     parser.add_argument("--calls", type=int, help="batch-1 calls per variant (default 1000; --quick 200)")
     parser.add_argument("--rounds", type=int, help="timed batch-256 calls per variant (default 10; --quick 3)")
     parser.add_argument("--tfmot-epochs", type=int, help="TF-MOT fine-tune epochs (default 2; --quick 1)")
@@ -128,6 +131,7 @@ def main() -> None:
                 "versions_text": ", ".join(f"{k} {v}" for k, v in versions.items()),
                 "command": "python benchmarks/compress_bench.py" + " ".join([""] + sys.argv[1:]),
                 "quick": args.quick, "calls": args.calls, "rounds": args.rounds, "recipes": args.recipe,
+                "budget": args.budget,
                 "tfmot_epochs": args.tfmot_epochs, "seconds": time.perf_counter() - started,
             }
             RESULTS.write_text(json.dumps(previous, indent=1, default=str), encoding="utf-8")
