@@ -1,10 +1,12 @@
 """Compression benchmark (issue 3): our frozen and compressed versions against the peers, on the same trained model.
 
 For each data set and tokenizer (MR and TREC, word 300-d and BPE), one run: train a checkpoint
-(``lifecycle.workflows.run_train``), freeze it, compress it with each recipe, and build the peers from the SAME
-trained Keras model: Keras ``.keras`` (no optimizer), a TF SavedModel (``model.export``), the TFLite converter
-(float32, float16, dynamic-range int8), ONNX (tf2onnx) with ONNX Runtime's ``quantize_dynamic``, and TF-MOT 80%
-magnitude pruning (fine-tuned) + the TFLite converter's dynamic-range int8. Then, for every variant:
+(``lifecycle.workflows.run_train``), freeze it, compress it with each recipe (int8, pruned, and int4 with and without
+a narrowed embedding among them) and with ``compress --budget 1`` (``--budget``; its pick is measured like the
+recipes and judged on issue 15's 30x at the budget), and build the peers from the SAME trained Keras model: Keras
+``.keras`` (no optimizer), a TF SavedModel (``model.export``), the TFLite converter (float32, float16, dynamic-range
+int8), ONNX (tf2onnx) with ONNX Runtime's ``quantize_dynamic``, and TF-MOT 80% magnitude pruning (fine-tuned) + the
+TFLite converter's dynamic-range int8. Then, for every variant:
 
 - size of the model file(s), raw and gzip -6; for our versions the tokenizer directory too (listed apart);
 - test accuracy on the same test split: our versions through the Predictor on their own tokenizer's ids (checked

@@ -279,11 +279,11 @@ class Bench:
         from lifecycle.artifacts import load_version
 
         manifest = load_version(self.checkpoint).manifest
-        sizes = manifest.sizes
+        recorded = manifest.sizes  # (not `sizes`: that is the file-size helper called below)
         raw, packed = sizes([self.checkpoint / "model.keras"])
         tok_raw, tok_gzip = sizes([self.checkpoint / "tokenizer"])
-        return {"model_bytes": raw, "model_gzip_bytes": packed, "optimizer_bytes": sizes.get("optimizer_bytes"),
-                "weights_bytes": sizes.get("weights_bytes"), "tokenizer_bytes": tok_raw,
+        return {"model_bytes": raw, "model_gzip_bytes": packed, "optimizer_bytes": recorded.get("optimizer_bytes"),
+                "weights_bytes": recorded.get("weights_bytes"), "tokenizer_bytes": tok_raw,
                 "tokenizer_gzip_bytes": tok_gzip, "test_accuracy": manifest.metrics.get("test_accuracy"),
                 "train_seconds": self.train_seconds}
 
