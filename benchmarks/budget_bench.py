@@ -227,6 +227,8 @@ def main() -> None:
             if name in only:
                 row = bench_set(name, SETS[name])
                 if row is not None:
+                    if RESULTS.is_file():  # rows another invocation (--only) wrote meanwhile are kept
+                        results["rows"] = {**results["rows"], **json.loads(RESULTS.read_text())["rows"]}
                     results["rows"][name] = row
                     results["machine"] = cpu_model()
                     results["date"] = time.strftime("%Y-%m-%d")

@@ -1,10 +1,12 @@
 """Compression benchmark (issue 3): our frozen and compressed versions against the peers, on the same trained model.
 
 For each data set and tokenizer (MR and TREC, word 300-d and BPE), one run: train a checkpoint
-(``lifecycle.workflows.run_train``), freeze it, compress it with each recipe, and build the peers from the SAME
-trained Keras model: Keras ``.keras`` (no optimizer), a TF SavedModel (``model.export``), the TFLite converter
-(float32, float16, dynamic-range int8), ONNX (tf2onnx) with ONNX Runtime's ``quantize_dynamic``, and TF-MOT 80%
-magnitude pruning (fine-tuned) + the TFLite converter's dynamic-range int8. Then, for every variant:
+(``lifecycle.workflows.run_train``), freeze it, compress it with each recipe (int8, pruned, and int4 with and without
+a narrowed embedding among them) and with ``compress --budget 1`` (``--budget``; its pick is measured like the
+recipes and judged on issue 15's 30x at the budget), and build the peers from the SAME trained Keras model: Keras
+``.keras`` (no optimizer), a TF SavedModel (``model.export``), the TFLite converter (float32, float16, dynamic-range
+int8), ONNX (tf2onnx) with ONNX Runtime's ``quantize_dynamic``, and TF-MOT 80% magnitude pruning (fine-tuned) + the
+TFLite converter's dynamic-range int8. Then, for every variant:
 
 - size of the model file(s), raw and gzip -6; for our versions the tokenizer directory too (listed apart);
 - test accuracy on the same test split: our versions through the Predictor on their own tokenizer's ids (checked
@@ -42,7 +44,7 @@ from datetime import UTC, datetime
 from compress_peers import tfmot_main
 from compress_report import render, write_readme
 from compress_runs import add_pairs, add_recipes, bench_dataset, bench_field
-from compress_setup import ALL_RUNS, DEFAULT_RECIPES, FIELD, OUT, QUICK_RUNS, RESULTS, RUNS
+from compress_setup import ALL_RUNS, BUDGET_POINTS, DEFAULT_RECIPES, FIELD, OUT, QUICK_RUNS, RESULTS, RUNS
 from compress_worker import worker_main
 from readme import cpu_model  # (benchmarks/readme.py, beside this script)
 
@@ -75,6 +77,9 @@ def main() -> None:
                              "1 epoch), 200 calls, 3 rounds, 1 TF-MOT epoch")
     parser.add_argument("--recipe", action="append", help="a compression recipe (repeatable; default: "
                         + " | ".join(DEFAULT_RECIPES) + "); unknown steps are skipped with a note")
+    parser.add_argument("--budget", type=float, default=BUDGET_POINTS,
+                        help=f"also run `compress --budget POINTS` on each frozen version and measure its pick "
+                             f"(default {BUDGET_POINTS:g}; -1 skips the search)")
     parser.add_argument("--calls", type=int, help="batch-1 calls per variant (default 1000; --quick 200)")
     parser.add_argument("--rounds", type=int, help="timed batch-256 calls per variant (default 10; --quick 3)")
     parser.add_argument("--tfmot-epochs", type=int, help="TF-MOT fine-tune epochs (default 2; --quick 1)")
@@ -128,6 +133,7 @@ def main() -> None:
                 "versions_text": ", ".join(f"{k} {v}" for k, v in versions.items()),
                 "command": "python benchmarks/compress_bench.py" + " ".join([""] + sys.argv[1:]),
                 "quick": args.quick, "calls": args.calls, "rounds": args.rounds, "recipes": args.recipe,
+                "budget": args.budget,
                 "tfmot_epochs": args.tfmot_epochs, "seconds": time.perf_counter() - started,
             }
             RESULTS.write_text(json.dumps(previous, indent=1, default=str), encoding="utf-8")

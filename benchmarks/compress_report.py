@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress_setup import ALL_RUNS, CRITERIA_RECIPE, FIELD, PAIR_ROUNDS
+from compress_setup import ALL_RUNS, BUDGET_RATIO, CRITERIA_RECIPE, FIELD, PAIR_ROUNDS
 from readme import write_block
 
 
@@ -210,6 +210,21 @@ def criteria(runs: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, tuple
         return (f"{mem['after_batch1']:.0f} MB after batch-1 calls ({mem['after_batch256']:.0f} after batch 256), "
                 f"TensorFlow imported: {'yes' if result['tensorflow_imported'] else 'no'}{peer_text}", ok)
 
+    def budget_pick(name: str, run: dict[str, Any]) -> tuple[str, bool | None] | None:
+        searched = run.get("budget")
+        if searched is None:
+            return None
+        label = f"ours budget {searched['points']:g}: {searched['recipe']}"
+        graph, serving = _find(run, label, "graph"), _find(run, label, "serving")
+        frozen_graph, frozen_serving = _frozen_row(run), _frozen_row(run, "serving")
+        ratios = [(f["model_bytes"] + f["tokenizer_bytes"]) / (v["model_bytes"] + v["tokenizer_bytes"])
+                  for f, v in ((frozen_serving, serving), (frozen_graph, graph))]
+        drop = 100 * (frozen_graph["test_accuracy"] - graph["test_accuracy"])
+        ok = min(ratios) >= BUDGET_RATIO and drop <= searched["points"] + 1e-9
+        return (f"{searched['recipe']} ({searched['trials']} trials, {searched['seconds'] / 60:.1f} min): "
+                f"{ratios[0]:.1f}x served ({serving['files']}) / {ratios[1]:.1f}x graph.pb, both + tokenizer; "
+                f"{_drop_text(drop)}", ok)
+
     add("frozen float32 graph.pb <= 1/3 of the training checkpoint with Adam slots (model files)", frozen_vs_checkpoint)
     add("int8 <= 0.26 x frozen float32 (graph.pb)", int8_size)
     add("int8 accuracy drop <= 0.5 pt", int8_drop)
@@ -222,6 +237,8 @@ def criteria(runs: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, tuple
     add("serving form int8 batch-1 p50 <= 1.1 x TFLite dynamic-range int8", serving("p50"))
     add("serving form int8 first call <= 2 ms", serving("first"))
     add("ten int8 30k x 300 models in one serving process < 300 MB RSS, no TensorFlow", ten)
+    add(f"`compress --budget` pick >= {BUDGET_RATIO:g}x smaller than frozen float32 (serving + tokenizer and graph.pb +"
+        " tokenizer) at test accuracy within the budget (issue 15)", budget_pick)
     return table
 
 

@@ -33,6 +33,7 @@ class Bench:
         self.started = time.perf_counter()
         self.notes: list[str] = []
         self.variants: list[dict[str, Any]] = []
+        self.searched: dict[str, Any] | None = None  # the --budget search, when it ran and met its budget
 
     # ---- helpers
 
@@ -136,6 +137,30 @@ class Bench:
             made.append((recipe, outcome.version))
         return made
 
+    def budget(self, points: float) -> list[tuple[str, Path]]:
+        """``compress --budget POINTS`` on the frozen version: the pick as ``("budget P: RECIPE", path)``, its search
+        (trials, seconds, validation loss) in ``self.searched``; a budget no trial meets is a note."""
+        from lifecycle.artifacts import load_version
+        from lifecycle.compress import step_text
+        from lifecycle.workflows.budgeting import BudgetNotMetError, BudgetRequest, run_compress_budget
+
+        out = self.work / "budget"
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"== {self.name}: compress --budget {points:g}", flush=True)
+        try:
+            searched = run_compress_budget(str(self.frozen), BudgetRequest(points), out, versions_dir=self.work,
+                                           track=self.args.track)
+        except BudgetNotMetError as exc:
+            self.notes.append(f"--budget {points:g}: {first_line(str(exc))}")
+            return []
+        path = Path(searched.outcome.version)
+        recipe = "+".join(step_text(s.name, dict(s.params)) for s in load_version(path).manifest.recipe)
+        result = searched.result
+        self.searched = {"points": points, "recipe": recipe, "trials": len(result.trials),
+                         "seconds": round(result.seconds, 1), "stopped": result.stopped,
+                         "validation_loss_points": result.chosen.loss if result.chosen else None}
+        return [(f"budget {points:g}: {recipe}", path)]
+
     def test_data(self) -> None:
         import numpy as np
 
@@ -191,13 +216,13 @@ class Bench:
                 self._row(f"ours {label}", "reference", "graph.pb, plain session (Grappler on, no warm-up)",
                           [path / "graph.pb"], measured, f"ours-{slug}-plain", **common)
             auto = self.variants[-1] if "@" not in label else {}
-            serving = path / "model.tflite"
+            serving = path / (manifest.serving.file if manifest.serving else "model.tflite")  # or the .pack
             if serving.is_file():
                 measured = self._worker(f"ours-{slug}-serving", "ours-serving", [path], ours=True)
                 auto = self._row(f"ours {label}", "ours", "serving form (LiteRT)", [serving], measured,
                                  f"ours-{slug}-serving", **common)
             else:
-                self.notes.append(f"{label}: no model.tflite in the version (no serving form in this build)")
+                self.notes.append(f"{label}: no serving file in the version (no serving form in this build)")
             # The Predictor's default form must score exactly what `lifecycle evaluate` reports.
             if auto.get("test_accuracy") is not None and abs(auto["test_accuracy"] - evaluated) > 1e-9:
                 self.notes.append(f"{label}: {auto['runtime']} scored {100 * auto['test_accuracy']:.2f}% in the "
@@ -254,11 +279,11 @@ class Bench:
         from lifecycle.artifacts import load_version
 
         manifest = load_version(self.checkpoint).manifest
-        sizes = manifest.sizes
+        recorded = manifest.sizes  # (not `sizes`: that is the file-size helper called below)
         raw, packed = sizes([self.checkpoint / "model.keras"])
         tok_raw, tok_gzip = sizes([self.checkpoint / "tokenizer"])
-        return {"model_bytes": raw, "model_gzip_bytes": packed, "optimizer_bytes": sizes.get("optimizer_bytes"),
-                "weights_bytes": sizes.get("weights_bytes"), "tokenizer_bytes": tok_raw,
+        return {"model_bytes": raw, "model_gzip_bytes": packed, "optimizer_bytes": recorded.get("optimizer_bytes"),
+                "weights_bytes": recorded.get("weights_bytes"), "tokenizer_bytes": tok_raw,
                 "tokenizer_gzip_bytes": tok_gzip, "test_accuracy": manifest.metrics.get("test_accuracy"),
                 "train_seconds": self.train_seconds}
 
@@ -271,7 +296,7 @@ class Bench:
                 "tokenizer": self.cfg.tokenizer.kind, "embedding_dim": self.cfg.model.embedding_dim,
                 "vocab_size": self.vocab_size, "max_len": self.max_len, "n_test": self.n_test,
                 "labels": len(self.labels), "checkpoint": self.reference(), "variants": self.variants,
-                "notes": self.notes}
+                "budget": self.searched, "notes": self.notes}
 
 
 def bench_dataset(name: str, config: str, overrides: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -279,6 +304,8 @@ def bench_dataset(name: str, config: str, overrides: list[str], args: argparse.N
     bench.train()
     bench.test_data()
     versions = [("", bench.frozen), *bench.compress(args.recipe)]
+    if args.budget >= 0:
+        versions += bench.budget(args.budget)
     print(f"== {name}: building peers", flush=True)
     peers = bench.build_peers()
     print(f"== {name}: measuring", flush=True)

@@ -92,7 +92,7 @@ def test_dim_refuses_quantized_weights_and_bad_widths(narrowed: dict) -> None:
 
 
 def test_the_search_narrows_the_embedding_with_a_fine_tune() -> None:
-    assert dims_for(300) == (40, 72, 152) and dims_for(32) == (8, 16)
+    assert dims_for(300) == tuple(range(40, 153, 8)) and dims_for(32) == (8, 16) and dims_for(16) == (8,)
 
     def evaluate(recipe: tuple[str, ...]) -> Measurement:
         size, accuracy = 1000.0, 0.80
@@ -107,6 +107,27 @@ def test_the_search_narrows_the_embedding_with_a_fine_tune() -> None:
 
     space = SearchSpace(storages=("int8",), coverages=(), sparsities=(), tune_epochs=2, dims=dims_for(300))
     result = search(evaluate, 0.80, Budget(1.0), space)
-    assert [t.recipe for t in result.trials] == [("int8",), ("dim:40", "tune:2", "int8"),
-                                                  ("dim:72", "tune:2", "int8")]
-    assert result.chosen is not None and result.chosen.recipe == ("dim:72", "tune:2", "int8")
+    # A tuned width R loses 60 / R points: within budget from 64 (of 40, 48, ..., 152). Bisected: the widest (152),
+    # then the middle of the 15 widths (96), of 40..96 (64), of 40..64 (48, over), of 56..64 (56, over): 5 trials
+    # where walking from the narrowest would take 4 and walking a grid this fine from the widest 12.
+    widths = [int(t.recipe[0][4:]) for t in result.trials[1:]]
+    assert widths == [152, 96, 64, 48, 56]
+    assert result.chosen is not None and result.chosen.recipe == ("dim:64", "tune:2", "int8")
+    assert all(t.within == (int(t.recipe[0][4:]) >= 64) for t in result.trials[1:])
+
+
+def test_bisection_finds_the_first_within_in_logarithmic_trials() -> None:
+    from lifecycle.budget import _narrowest_within
+
+    recipes = [(f"dim:{w}",) for w in range(8, 129, 8)]  # 16 widths
+    for first in range(len(recipes)):
+        asked: list[tuple[str, ...]] = []
+
+        def within(recipe: tuple[str, ...], first: int = first, asked: list = asked) -> bool:
+            asked.append(recipe)
+            return recipes.index(recipe) >= first
+
+        assert _narrowest_within(recipes, within) == recipes[first]
+        assert len(asked) <= 5 and len(set(asked)) == len(asked)
+    assert _narrowest_within(recipes, lambda recipe: False) is None
+    assert _narrowest_within([], lambda recipe: True) is None
