@@ -10,6 +10,10 @@ BENCH_STAMP := $(VENV)/.installed-bench
 TEACHER_STAMP := $(VENV)/.installed-teacher
 SPARK_STAMP := $(VENV)/.installed-spark
 PYTEST_ARGS ?=
+# The suite runs on two worker processes (pytest-xdist), a test file per worker so a module's fixtures are built
+# once; PYTEST_WORKERS=0 runs it in one process. The 20 slowest tests are listed at the end of every run.
+PYTEST_WORKERS ?= 2
+PYTEST_RUN := -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=20
 
 PG_BINDIR_GLOB := /usr/lib/postgresql/*/bin/initdb
 
@@ -80,10 +84,10 @@ run: install
 	$(BIN)/lifecycle pipeline configs/default.yaml
 
 test: install install-postgres
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python $(PYTEST_RUN) $(PYTEST_ARGS)
 
 test-slow: install install-postgres
-	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
+	$(BIN)/python $(PYTEST_RUN) --run-slow $(PYTEST_ARGS)
 
 # PostgreSQL's server programs (initdb, pg_ctl, postgres) for `make server` and the tests that start a tracking server
 # on it: Debian's package when they are missing (it puts them in /usr/lib/postgresql/<major>/bin, off PATH; lifecycle

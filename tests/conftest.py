@@ -11,6 +11,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# pytest-xdist's workers run with COLUMNS=80, which the CLI subprocesses the tests start would inherit: their
+# output off a terminal must be what a user's pipe gets (lines not cut at 80 columns).
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
