@@ -14,12 +14,44 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from lifecycle import console, render
 from lifecycle.config import load_config
 from lifecycle.errors import EXPECTED_ERRORS, ConfigError, DataError, exit_code_of
 
-app = typer.Typer(
+
+class _HelpFlag:
+    """``--help`` shown as the flag it is: typer prints a type after every option without a metavar, ``--help
+    <bool>`` included (our own flags get one from :func:`flag`)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_HelpFlag, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_HelpFlag, typer.core.TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    """A Typer whose group and commands show ``--help`` without a type."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
     name="lifecycle",
     help="Train, freeze, compress and retrain small CPU text classifiers, every version tracked in MLflow.",
     no_args_is_help=True,
@@ -34,11 +66,11 @@ def flag(*names: str, help: str) -> Any:
     return typer.Option(*names, help=help, metavar="")
 
 
-tokenizer_app = typer.Typer(help="Train and compare tokenizers.", no_args_is_help=True)
+tokenizer_app = _Typer(help="Train and compare tokenizers.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
-experiment_app = typer.Typer(help="Grids of end-to-end runs compared in MLflow.", no_args_is_help=True)
+experiment_app = _Typer(help="Grids of end-to-end runs compared in MLflow.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
-runs_app = typer.Typer(help="Housekeeping of runs and temp folders.", no_args_is_help=True)
+runs_app = _Typer(help="Housekeeping of runs and temp folders.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. configs/default.yaml.", show_default=False)]

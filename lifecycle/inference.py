@@ -88,12 +88,10 @@ class Predictor:
         """A function from padded ids to probabilities, for the version's kind and the chosen runtime."""
         dtype = version.manifest.input.dtype if version.manifest.input else "int32"
         if runtime == "litert":
-            from lifecycle.console import native_stderr_filtered
             from lifecycle.litert import DEFAULT_MAX_BATCH, LiteRunner
 
-            with native_stderr_filtered():  # LiteRT's XNNPACK INFO line on the first interpreter
-                return LiteRunner(version.path / version.manifest.serving.file, version.max_len, dtype, threads,
-                                  max_batch or DEFAULT_MAX_BATCH).run
+            return LiteRunner(version.path / version.manifest.serving.file, version.max_len, dtype, threads,
+                              max_batch or DEFAULT_MAX_BATCH).run
         from lifecycle.backend import tf_module
 
         tf_module()

@@ -473,7 +473,11 @@ class LiteRunner:
             raise ModelError(f"{self.source}: input shape {shape} does not take rows of max_len={max_len} ids (the "
                              "manifest's). The version is inconsistent; re-freeze or re-compress it.")
         self._batch = -1
-        self.run(np.zeros((1, max_len), dtype=np.int32))  # warm-up: allocation and delegate set-up happen here
+        from lifecycle.console import native_stderr_filtered
+
+        # Warm-up: allocation and delegate set-up happen here, and so does LiteRT's XNNPACK INFO line.
+        with native_stderr_filtered():
+            self.run(np.zeros((1, max_len), dtype=np.int32))
 
     def _resize(self, batch: int) -> None:
         if batch != self._batch:

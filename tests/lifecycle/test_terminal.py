@@ -35,7 +35,7 @@ def test_boolean_flags_show_no_type_in_help() -> None:
         result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "120"})
         assert result.exit_code == 0, (path, result.output)
         for line in result.stdout.splitlines():
-            if any(f"--{name}" in line for name in ("json", "fresh", "no-track", "dry-run", "relative")):
+            if any(f"--{name}" in line for name in ("json", "fresh", "no-track", "dry-run", "relative", "help")):
                 flags += 1
                 assert "<bool>" not in line, (path, line)
     assert flags >= 6  # the check read the flags' lines
