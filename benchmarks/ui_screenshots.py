@@ -217,11 +217,16 @@ async def take(base: str, facts: dict[str, Any], out: Path, chromium: str, profi
             await page.show(f"{base}/#/models/default/versions/{facts['newest']}", ["lifecycle.size_bytes"])
             await page.screenshot(out / "ui-registered-version.png")
     finally:
-        browser.terminate()
-        try:
-            browser.wait(10)
-        except subprocess.TimeoutExpired:
-            browser.kill()
+        stop(browser, 10)
+
+
+def stop(process: subprocess.Popen, seconds: float) -> None:
+    """Terminate ``process``; kill it if it has not ended ``seconds`` later."""
+    process.terminate()
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def main() -> None:
@@ -254,11 +259,7 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{port}/health", 120, "mlflow server", server, log)
             asyncio.run(take(f"http://127.0.0.1:{port}", facts, args.out, args.chromium, work / "profile"))
         finally:
-            server.terminate()
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server, 20)
 
 
 if __name__ == "__main__":
