@@ -121,19 +121,22 @@ def version_params(version: Version) -> dict[str, str]:
     version's own, after any vocab or dim step; a tokenizer has no embedding)."""
     import json
 
-    from lifecycle.artifacts import TOKENIZER_DIR
+    from lifecycle.manifest import TOKENIZER_FILE
 
     manifest = version.manifest
     found = {"kind": manifest.kind, "recipe": recipe_label(manifest.recipe_dicts()) or "-"}
     try:
-        tokenizer = json.loads((version.path / TOKENIZER_DIR / "tokenizer.json").read_text(encoding="utf-8"))
+        tokenizer = json.loads((version.path / TOKENIZER_FILE).read_text(encoding="utf-8"))
         found.update({"tokenizer": str(tokenizer["kind"]), "vocab_size": str(tokenizer["vocab_size"])})
     except (OSError, ValueError, KeyError):
         pass
-    embedding = next((t.shape for name, t in manifest.tensors.items() if "embedding" in name and len(t.shape) == 2),
-                     None)
-    if embedding is not None:
-        found["embedding_dim"] = str(embedding[1])
+    if manifest.architecture is not None and manifest.architecture.embedding_dim is not None:
+        found["embedding_dim"] = str(manifest.architecture.embedding_dim)  # frozen and compressed versions
+    else:  # a checkpoint records no architecture: its embedding table's width
+        embedding = next((t.shape for name, t in manifest.tensors.items()
+                          if "embedding" in name and len(t.shape) == 2), None)
+        if embedding is not None:
+            found["embedding_dim"] = str(embedding[1])
     return found
 
 
