@@ -34,6 +34,13 @@ UNKNOWN = "unknown"
 # The temperature search's range: T outside it would mean the probabilities carry almost no information (T -> inf) or
 # a model trained far past over-confidence's opposite; both are clipped to the bound rather than trusted.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+# The guard on a fitted T (``held_out_gain``): T is kept only when, fitted on the other folds of the validation split,
+# it lowers the held-out NLL by more than GUARD_Z standard errors of the per-text gain (a one-sided test at 5%).
+# On a small or already calibrated validation split the in-sample fit always "improves" the NLL it was fitted on;
+# the held-out gain says whether it will on new texts.
+GUARD_FOLDS = 5
+GUARD_Z = 1.645
+GUARD_SEED = 0
 # log(0) for probabilities a float32 softmax rounded to 0: the smallest normal float32, so log p stays finite.
 _TINY = float(np.finfo(np.float32).tiny)
 
@@ -88,6 +95,50 @@ def fit_temperature(probabilities: np.ndarray, y: np.ndarray) -> float:
     low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
     found = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
     return float(math.exp(found.x))
+
+
+@dataclass(frozen=True)
+class HeldOutGain:
+    """What temperature scaling gains on texts it was not fitted on: the mean per-text NLL drop under T fitted on
+    the other folds, its standard error, and whether that clears the guard."""
+
+    gain: float
+    standard_error: float
+    folds: int
+    z: float
+    kept: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"held_out_nll_gain": self.gain, "standard_error": self.standard_error, "folds": self.folds,
+                "z": self.z, "kept": self.kept}
+
+
+def held_out_gain(probabilities: np.ndarray, y: np.ndarray, folds: int = GUARD_FOLDS, z: float = GUARD_Z,
+                  seed: int = GUARD_SEED) -> HeldOutGain:
+    """Cross-validated NLL gain of temperature scaling on a labelled split (``folds`` seeded folds).
+
+    Each fold's texts are scored under T fitted on the other folds, against T = 1; the per-text differences
+    ``-log p[y] (T=1) - (-log p[y] (T))`` give a mean and its standard error. ``kept`` is ``gain > z * se``: T is
+    worth applying only when it pays on held-out texts beyond their noise. Fewer than ``2 * folds`` rows: not kept.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    n = len(y)
+    if n < 2 * folds:
+        return HeldOutGain(0.0, 0.0, folds, z, False)
+    logp = _log_probabilities(probabilities)
+    picked = logp[np.arange(n), y]
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    gains = np.empty(n, dtype=np.float64)
+    for fold in range(folds):
+        held = fold_of == fold
+        temperature = fit_temperature(probabilities[~held], y[~held])
+        z_held = logp[held] / temperature
+        top = z_held.max(axis=1)
+        nll_t = top + np.log(np.exp(z_held - top[:, None]).sum(axis=1)) - picked[held] / temperature
+        gains[held] = -picked[held] - nll_t
+    gain = float(gains.mean())
+    se = float(gains.std(ddof=1) / math.sqrt(n))
+    return HeldOutGain(gain, se, folds, z, gain > z * se)
 
 
 @dataclass(frozen=True)
@@ -191,14 +242,19 @@ def split_scores(probabilities: np.ndarray, y: np.ndarray, temperature: float,
 
 
 def fit_calibration(validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray] | None = None,
-                    abstain_threshold: float | None = None, fit: bool = True) -> dict[str, Any]:
+                    abstain_threshold: float | None = None, fit: bool = True, guard: bool = True
+                    ) -> dict[str, Any]:
     """The manifest's ``calibration`` entry: T fitted on ``validation`` (probabilities, label ids), NLL and ECE
     before and after on both splits, and what ``abstain_threshold`` does on the test split.
 
-    ``fit=False`` keeps T = 1 and only measures (``calibration.temperature: false`` in the config).
+    ``fit=False`` keeps T = 1 and only measures (``calibration.temperature: false`` in the config). A fitted T
+    that does not clear ``held_out_gain``'s guard is recorded as ``fitted_temperature`` and T = 1 is used, unless
+    ``guard`` is False (``calibration.guard: false``).
     """
     val_p, val_y = validation
-    temperature = fit_temperature(val_p, val_y) if fit and len(val_y) else 1.0
+    fitted = fit_temperature(val_p, val_y) if fit and len(val_y) else 1.0
+    held_out = held_out_gain(val_p, val_y) if fit and len(val_y) else None
+    temperature = fitted if held_out is None or held_out.kept or not guard else 1.0
     entry: dict[str, Any] = {
         "method": "temperature" if fit else "none",
         "temperature": temperature,
@@ -207,6 +263,9 @@ def fit_calibration(validation: tuple[np.ndarray, np.ndarray], test: tuple[np.nd
         "abstain_threshold": abstain_threshold,
         "validation": split_scores(val_p, val_y, temperature),
     }
+    if held_out is not None:
+        entry["fitted_temperature"] = fitted
+        entry["guard"] = {**held_out.to_dict(), "enabled": guard}
     if test is not None and len(test[1]):
         entry["test"] = split_scores(test[0], test[1], temperature, abstain_threshold)
     return entry
@@ -217,6 +276,9 @@ def entry_metrics(entry: dict[str, Any]) -> dict[str, float]:
     ``ece_after`` and ``nll_before`` / ``nll_after`` (on the test split when measured there, else validation),
     ``calibration.val_*`` for the validation split, and the abstain threshold's coverage and answered accuracy."""
     metrics = {"calibration.temperature": float(entry["temperature"])}
+    if entry.get("guard"):
+        metrics["calibration.fitted_temperature"] = float(entry["fitted_temperature"])
+        metrics["calibration.held_out_nll_gain"] = float(entry["guard"]["held_out_nll_gain"])
     split = entry.get("test") or entry.get("validation") or {}
     for key in ("ece_before", "ece_after", "nll_before", "nll_after"):
         if key in split:

@@ -278,6 +278,12 @@ class CalibrationConfig(_Section):
         True, description="Fit a temperature T on the validation split (minimum NLL) and apply softmax(log(p) / T) "
         "to every prediction of the version; false keeps T = 1 and still measures the ECE."
     )
+    guard: StrictBool = Field(
+        True, description="Apply the fitted T only when it pays on texts it was not fitted on: fitted on four "
+        "fifths of the validation split and scored on the rest (5 folds), the NLL must drop by more than 1.645 "
+        "standard errors of the per-text gain; else T = 1 (the fitted value is still recorded). false applies "
+        "the fitted T always."
+    )
     abstain_threshold: Finite | None = Field(
         None, ge=0, le=1, description="Default abstain threshold of the version's predict and serve: a text whose "
         "calibrated top probability is under it gets the label 'unknown' (null: always answer). predict --abstain "

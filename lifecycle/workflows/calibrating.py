@@ -29,7 +29,7 @@ def fit_entry(cfg: Config, validation: tuple[Any, Any], test: tuple[Any, Any] | 
     from lifecycle.calibration import fit_calibration
 
     threshold = cfg.calibration.abstain_threshold if abstain_threshold is None else abstain_threshold
-    return fit_calibration(validation, test, threshold, fit=cfg.calibration.temperature)
+    return fit_calibration(validation, test, threshold, fit=cfg.calibration.temperature, guard=cfg.calibration.guard)
 
 
 def inherited_entry(parent: artifacts.Version, why: str) -> dict[str, Any] | None:
@@ -84,6 +84,10 @@ def calibration_fact(entry: dict[str, Any] | None) -> str:
         return "-"
     split, scores = ("test", entry["test"]) if "test" in entry else ("validation", entry.get("validation", {}))
     text = f"T {float(entry['temperature']):.3f}"
+    guard = entry.get("guard")
+    if guard and guard.get("enabled", True) and not guard.get("kept"):
+        text += (f" (fitted {float(entry['fitted_temperature']):.3f} not kept: held-out NLL gain "
+                 f"{guard['held_out_nll_gain']:+.4f} ± {guard['standard_error']:.4f})")
     if "ece_before" in scores:
         text += f", {split} ECE {scores['ece_before']:.3f} -> {scores['ece_after']:.3f}"
     if entry.get("inherited_from"):

@@ -72,6 +72,26 @@ def test_temperature_on_probabilities_equals_softmax_of_scaled_logits() -> None:
     assert np.all(np.isfinite(soft)) and soft.sum() == pytest.approx(1.0) and soft[0, 0] > 0.99
 
 
+def test_the_guard_keeps_a_temperature_only_when_it_pays_on_held_out_texts() -> None:
+    logits, y = _sampled(3_000, 4, seed=3)
+    over = _softmax(2.0 * logits)  # twice too sharp: T = 2 pays on any held-out fold
+    gain = calibration.held_out_gain(over, y)
+    assert gain.kept and gain.gain > 5 * gain.standard_error
+    entry = calibration.fit_calibration((over, y))
+    assert entry["temperature"] == entry["fitted_temperature"] == pytest.approx(2.0, rel=0.1)
+    # Calibrated by design and few texts: the in-sample fit still moves T off 1, but held out it gains nothing.
+    small_logits, small_y = _sampled(160, 4, seed=4)
+    calibrated = _softmax(small_logits)
+    assert abs(calibration.fit_temperature(calibrated, small_y) - 1.0) > 0.01
+    assert not calibration.held_out_gain(calibrated, small_y).kept
+    entry = calibration.fit_calibration((calibrated, small_y), (calibrated, small_y))
+    assert entry["temperature"] == 1.0 and entry["guard"]["kept"] is False
+    assert entry["test"]["nll_after"] == pytest.approx(entry["test"]["nll_before"], abs=1e-6)
+    forced = calibration.fit_calibration((calibrated, small_y), guard=False)
+    assert forced["temperature"] == forced["fitted_temperature"] != 1.0
+    assert not calibration.held_out_gain(over[:9], y[:9]).kept  # too few texts for five folds
+
+
 def test_selective_accuracy_and_coverage() -> None:
     p = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]])
     y = np.array([0, 1, 1, 0])
@@ -93,7 +113,9 @@ def test_training_fits_logs_and_freezing_inherits_the_temperature(trained: dict,
     assert entry["validation"]["n"] == checkpoint.manifest.data["validation"]
     assert entry["validation"]["nll_after"] <= entry["validation"]["nll_before"] + 1e-9  # what the fit minimises
     assert entry["test"]["n"] == checkpoint.manifest.data["test"]
-    assert abs(entry["temperature"] - 1.0) > 1e-3  # a fitted value, so the runtimes below really apply one
+    assert abs(entry["fitted_temperature"] - 1.0) > 1e-3  # what the fit found, kept or not by the guard
+    kept = entry["guard"]["kept"]
+    assert entry["temperature"] == (entry["fitted_temperature"] if kept else 1.0)
     frozen_entry = load_version(frozen["outcome"].version).manifest.calibration.to_dict()
     assert frozen_entry["temperature"] == entry["temperature"] and frozen_entry["inherited_from"]
     mlflow.set_tracking_uri(tracking_uri)
@@ -105,10 +127,13 @@ def test_training_fits_logs_and_freezing_inherits_the_temperature(trained: dict,
     assert {"reliability_diagram.png", "calibration.json"} <= artifacts
 
 
-def test_every_runtime_applies_the_manifests_temperature_alike(trained: dict, frozen: dict) -> None:
-    checkpoint = load_version(trained["outcome"].version)
-    graph_version = load_version(frozen["outcome"].version)
-    temperature = checkpoint.manifest.calibration.temperature
+def test_every_runtime_applies_the_manifests_temperature_alike(trained: dict, frozen: dict, tmp_path: Path) -> None:
+    temperature = 1.7  # whatever the fit and its guard chose for the slice model, one T applied by every runtime
+    copies = {}
+    for name, source in (("checkpoint", trained["outcome"].version), ("frozen", frozen["outcome"].version)):
+        copies[name] = _copy(Path(source), tmp_path, name)
+        reseal(copies[name], lambda m: m["calibration"].update(temperature=temperature))
+    checkpoint, graph_version = load_version(copies["checkpoint"]), load_version(copies["frozen"])
     rows = {}
     for name, version, runtime in (("keras", checkpoint, "auto"), ("graph", graph_version, "graph"),
                                    ("litert", graph_version, "litert")):
