@@ -779,13 +779,14 @@ def _log_pyfunc_model(version_path: Path, uri: str, *, name: str, example: Seque
     from importlib.metadata import version as installed
 
     from lifecycle.artifacts import load_version
+    from lifecycle.manifest import TOKENIZER_FILE
 
     package = Path(__file__).resolve().parent
     manifest = load_version(version_path).manifest  # what load_context will check, checked before logging
     try:
-        kind = json.loads((version_path / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))["kind"]
+        kind = json.loads((version_path / TOKENIZER_FILE).read_text(encoding="utf-8"))["kind"]
     except (OSError, ValueError, KeyError):
-        raise ModelError(f"{version_path}: not a lifecycle version (manifest.json or tokenizer/tokenizer.json "
+        raise ModelError(f"{version_path}: not a lifecycle version (manifest.json or {TOKENIZER_FILE} "
                          "unreadable).") from None
     if manifest.kind not in ("checkpoint", "frozen", "compressed"):
         raise ModelError(f"{version_path}: a {manifest.kind} version does not predict, so it cannot be logged as "
