@@ -216,6 +216,25 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _merge_row(name: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Add one set's row to budget.json and return the file's new content. Concurrent invocations (``--only``) each
+    hold an exclusive lock on budget.json.lock while they read, merge and replace the file (temp file + rename), so
+    no row another one wrote meanwhile is lost and no reader sees half a file."""
+    import fcntl
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    with (OUT / f"{RESULTS.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
+        results["rows"][name] = row
+        results["machine"] = cpu_model()
+        results["date"] = time.strftime("%Y-%m-%d")
+        staged = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}.tmp")
+        staged.write_text(json.dumps(results, indent=1))
+        os.replace(staged, RESULTS)
+    return results
+
+
 def main() -> None:
     parser = bench_parser(__doc__, RESULTS.name)
     args = parser.parse_args()
@@ -227,12 +246,7 @@ def main() -> None:
             if name in only:
                 row = bench_set(name, SETS[name])
                 if row is not None:
-                    if RESULTS.is_file():  # rows another invocation (--only) wrote meanwhile are kept
-                        results["rows"] = {**results["rows"], **json.loads(RESULTS.read_text())["rows"]}
-                    results["rows"][name] = row
-                    results["machine"] = cpu_model()
-                    results["date"] = time.strftime("%Y-%m-%d")
-                    RESULTS.write_text(json.dumps(results, indent=1))
+                    results = _merge_row(name, row)
     if not args.no_readme and results.get("rows"):
         write_block("budget", render(results))
     print(render(results))

@@ -8,7 +8,9 @@ The search is greedy, one axis at a time, each axis's values tried from the most
 first value within budget (a smaller recipe is then kept only if it is also within budget):
 
 1. the weight storage alone (``int4`` when the build has it, ``int8``, ``fp16``); if none is within budget, stop;
-2. vocabulary coverage, in front of that storage;
+2. vocabulary coverage, in front of that storage, down to ``coverage=1``: only the ids no training text encodes to
+   are dropped (a BPE model's intermediate merges; a word vocabulary has none, so the step saves nothing there). A
+   coverage whose trial is no smaller than the storage alone is not kept;
 3. the embedding width (``dim:R``, every multiple of 8 from an eighth to half of the parent's: ``dims_for``), each
    with ``tune:E`` after it, since a narrower embedding loses what a short fine-tune wins back (measured on TREC's
    word model: dim:64,int4 lost 2.4 test points, dim:64,tune:3,int4 0.2). The widths are bisected, not walked: the
@@ -77,7 +79,7 @@ class SearchSpace:
     """The values tried on each axis, most aggressive first; the first storage applies on its own first."""
 
     storages: tuple[str, ...] = ("int8", "fp16")
-    coverages: tuple[float, ...] = (0.8, 0.9, 0.95, 0.97, 0.99)
+    coverages: tuple[float, ...] = (0.8, 0.9, 0.95, 0.97, 0.99, 1.0)
     sparsities: tuple[float, ...] = (0.9, 0.8, 0.7, 0.5, 0.3)
     tune_epochs: int = 3  # 0: never fine-tune
     dims: tuple[int, ...] = ()  # embedding widths (dim:R), narrowest first; () leaves the width alone
@@ -228,12 +230,16 @@ def search(evaluate: Callable[[Recipe], Measurement], parent_metric: float, budg
                 return recipe
         return None
 
+    def smaller(recipe: Recipe, than: Recipe) -> bool:
+        size, other = trials[recipe].size_bytes, trials[than].size_bytes
+        return size is not None and other is not None and size < other
+
     def narrowest_within(recipes: Sequence[Recipe]) -> Recipe | None:
         return _narrowest_within(recipes, lambda recipe: run(recipe).within)
 
     stopped = "searched"
     try:
-        _greedy(space, first_within, narrowest_within)
+        _greedy(space, first_within, narrowest_within, smaller)
     except _Stop as stop:
         stopped = str(stop)
     within = [t for t in trials.values() if t.within]
@@ -258,15 +264,16 @@ def _narrowest_within(recipes: Sequence[Recipe], within: Callable[[Recipe], bool
 
 
 def _greedy(space: SearchSpace, first_within: Callable[[Sequence[Recipe]], Recipe | None],
-            narrowest_within: Callable[[Sequence[Recipe]], Recipe | None]) -> None:
+            narrowest_within: Callable[[Sequence[Recipe]], Recipe | None],
+            smaller: Callable[[Recipe, Recipe], bool] = lambda recipe, than: True) -> None:
     """The phases of the module docstring; ``first_within`` runs candidates until one is within budget,
-    ``narrowest_within`` bisects them."""
+    ``narrowest_within`` bisects them, ``smaller(a, b)``: trial ``a`` (run) is smaller than trial ``b`` (run)."""
     storage_recipe = first_within([(storage,) for storage in space.storages])
     if storage_recipe is None:
         return
     storage = storage_recipe[-1]
     vocab = first_within([(f"vocab:coverage={c:g}", storage) for c in space.coverages])
-    head: Recipe = vocab[:1] if vocab else ()
+    head: Recipe = vocab[:1] if vocab and smaller(vocab, storage_recipe) else ()
     tune: Recipe = (f"tune:{space.tune_epochs}",) if space.tune_epochs else ()
     narrowed = narrowest_within([(*head, f"dim:{d}", *tune, storage) for d in space.dims])
     if narrowed:

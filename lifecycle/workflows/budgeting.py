@@ -133,7 +133,7 @@ class _Evaluator:
         frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, input_dtype, source.max_len)
         serving = litert.export(weights, source.kernel_sizes, source.max_len, input_dtype, self.serving_kernels)
         with tempfile.TemporaryDirectory() as tmp:
-            serving_copy(tokenizer).save(Path(tmp) / artifacts.TOKENIZER_DIR)
+            serving_copy(tokenizer).save(Path(tmp) / artifacts.TOKENIZER_DIR, compact=True)  # as compress writes it
             tokenizer_bytes = artifacts.dir_bytes(Path(tmp) / artifacts.TOKENIZER_DIR)
         return budget.Measurement(len(litert.serving_file(serving.content).content) + tokenizer_bytes,
                                   len(graph_def.SerializeToString()) + tokenizer_bytes, self._score(frozen, tokenizer))

@@ -241,3 +241,24 @@ def test_a_budget_no_trial_meets_exits_non_zero_and_writes_nothing(frozen: dict,
     assert len(errors) == 1 and "closest: int8 (0.00 MB) lost 5.00" in errors[0], result.output
     assert result.output.strip().splitlines()[-1] == errors[0]
     assert not out.exists()
+
+
+def test_a_vocabulary_coverage_that_saves_nothing_is_not_kept() -> None:
+    """coverage=1 drops only the ids no training text encodes to: a shrink for a BPE model (kept in front of what
+    follows), nothing for a word vocabulary (the recipe does not carry the idle step)."""
+    def evaluate(shrinks: bool):
+        def measure(recipe: tuple[str, ...]) -> Measurement:
+            size, accuracy = 1000.0, 0.80
+            for step in recipe:
+                factor, loss = {"int8": (0.25, 0.002), "vocab:coverage=0.9": (0.5, 0.03),
+                                "vocab:coverage=1": (0.8 if shrinks else 1.0, 0.0), "prune:0.5": (0.7, 0.003)}.get(
+                                    step, (1.0, 0.0))
+                size, accuracy = size * factor, accuracy - loss
+            return Measurement(int(size), int(size) + 10, accuracy)
+        return measure
+
+    space = SearchSpace(storages=("int8",), coverages=(0.9, 1.0), sparsities=(0.5,), tune_epochs=0)
+    bpe = search(evaluate(True), 0.80, Budget(1.0), space).chosen
+    word = search(evaluate(False), 0.80, Budget(1.0), space).chosen
+    assert bpe is not None and bpe.recipe == ("vocab:coverage=1", "prune:0.5", "int8")
+    assert word is not None and word.recipe == ("prune:0.5", "int8")
