@@ -18,7 +18,10 @@ first value within budget (a smaller recipe is then kept only if it is also with
    most 5 trials and the kept width is the narrowest within budget up to the metric's noise between neighbours;
 4. sparsity, after the width (with its tune when a width was kept);
 5. with fine-tuning (``tune:E`` before the storage), when no width was kept: the sparsities more aggressive than
-   step 4 kept.
+   step 4 kept;
+6. a finer storage (``int3`` after ``int4``, ``SearchSpace.finer``) in place of the storage of the ``refine``
+   smallest trials within budget, smallest first: the same prefix (cached, so each costs a quantization and a
+   validation pass), fewer bits. A wider trial in a finer storage may be smaller than the narrowest in the first.
 
 Steps come in the order the shipped recipes use (``vocab:coverage=C,dim:R,prune:S,tune:E,int8``). The chosen
 recipe is the smallest trial within budget (serving size, then graph.pb size, then metric), whichever phase found it.
@@ -83,6 +86,8 @@ class SearchSpace:
     sparsities: tuple[float, ...] = (0.9, 0.8, 0.7, 0.5, 0.3)
     tune_epochs: int = 3  # 0: never fine-tune
     dims: tuple[int, ...] = ()  # embedding widths (dim:R), narrowest first; () leaves the width alone
+    finer: tuple[str, ...] = ()  # storages tried last in place of the first one (phase 6), most aggressive first
+    refine: int = 3  # how many of the smallest trials within budget phase 6 tries them on
 
     def with_storage_first(self, storage: str) -> SearchSpace:
         """The space with ``storage`` (``int4``, when the build has it) tried before the others."""
@@ -240,6 +245,7 @@ def search(evaluate: Callable[[Recipe], Measurement], parent_metric: float, budg
     stopped = "searched"
     try:
         _greedy(space, first_within, narrowest_within, smaller)
+        _finer(space, list(trials.values()), first_within)
     except _Stop as stop:
         stopped = str(stop)
     within = [t for t in trials.values() if t.within]
@@ -286,6 +292,17 @@ def _greedy(space: SearchSpace, first_within: Callable[[Sequence[Recipe]], Recip
     kept = float(pruned[-2].partition(":")[2]) if pruned else 0.0
     tighter = [s for s in space.sparsities if s > kept]
     first_within([(*head, f"prune:{s:g}", f"tune:{space.tune_epochs}", storage) for s in tighter])
+
+
+def _finer(space: SearchSpace, trials: Sequence[Trial],
+           first_within: Callable[[Sequence[Recipe]], Recipe | None]) -> None:
+    """Phase 6: each of ``space.finer`` in place of the first storage, on the smallest trials within budget."""
+    if not space.finer or not space.storages:
+        return
+    within = sorted((t for t in trials if t.within and t.recipe[-1] == space.storages[0]),
+                    key=lambda t: (t.size_bytes or 0, t.graph_size_bytes or 0))
+    for trial in within[:space.refine]:
+        first_within([(*trial.recipe[:-1], storage) for storage in space.finer])
 
 
 State = TypeVar("State")

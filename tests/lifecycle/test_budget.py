@@ -262,3 +262,23 @@ def test_a_vocabulary_coverage_that_saves_nothing_is_not_kept() -> None:
     word = search(evaluate(False), 0.80, Budget(1.0), space).chosen
     assert bpe is not None and bpe.recipe == ("vocab:coverage=1", "prune:0.5", "int8")
     assert word is not None and word.recipe == ("prune:0.5", "int8")
+
+
+def test_a_finer_storage_is_tried_on_the_smallest_trials_within_budget() -> None:
+    """Phase 6: int3 in place of int4 on the smallest trials within budget; here it loses too much on the narrowest
+    one and fits on a wider one, which is then the smaller version."""
+    def measure(recipe: tuple[str, ...]) -> Measurement:
+        width = next((int(step[4:]) for step in recipe if step.startswith("dim:")), 64)
+        bits = {"int4": 4, "int3": 3}[recipe[-1]]
+        points = (64 - width) * 0.05 + (0.3 if bits == 3 else 0.0)  # dim:48,int4 0.8 lost; dim:48,int3 1.1
+        size = width * bits * 10
+        return Measurement(size, size + 5, 0.80 - points / 100)
+
+    space = SearchSpace(storages=("int4",), coverages=(), sparsities=(), tune_epochs=0, dims=(16, 24, 32, 40, 48, 56),
+                        finer=("int3",), refine=2)
+    result = search(measure, 0.80, Budget(1.0), space)
+    within4 = sorted((t for t in result.trials if t.within and t.recipe[-1] == "int4"), key=lambda t: t.size_bytes)
+    tried3 = [t.recipe for t in result.trials if t.recipe[-1] == "int3"]
+    assert tried3 == [(*t.recipe[:-1], "int3") for t in within4[:2]]
+    assert result.chosen is not None and result.chosen.recipe[-1] == "int3"
+    assert result.chosen.size_bytes < within4[0].size_bytes
