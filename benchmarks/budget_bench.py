@@ -240,6 +240,10 @@ def render(results: dict[str, Any]) -> str:
             f"({100 * (r['serving_test_accuracy'] or 0):.1f}) "
             f"| {'yes' if r['retrain']['recipe_reapplied'] else 'NO'} ({r['retrain']['seconds']:.0f} s) "
             f"| {r['p50_ms']:.3f} vs {r['int8_p50_ms']:.3f} ms ({r['p50_ratio_vs_int8']:.2f}x) |")
+    # Rows of an earlier run kept as the README printed them (sets not re-run since), marked as such.
+    for name, line in (results.get("earlier_lines") or {}).items():
+        if name not in results["rows"]:
+            lines.append(line.replace(f"| {name} |", f"| {name} (earlier run) |", 1))
     forms = results.get("tokenizers") or {}
     if forms:
         lines += ["", f"The chosen versions' tokenizers, plain and compact (`budget_bench.py --tokenizers`, median of "
