@@ -21,6 +21,11 @@ a set whose version is missing is skipped with a note. Results: benchmarks/out/b
     .venv/bin/python benchmarks/budget_bench.py                     # all sets (~1 h on 2 cores)
     .venv/bin/python benchmarks/budget_bench.py --only trec-word --no-readme
     .venv/bin/python benchmarks/budget_bench.py --readme-only
+    .venv/bin/python benchmarks/budget_bench.py --tokenizers   # the chosen versions' tokenizers, plain vs compact
+
+``--tokenizers`` measures what the compact tokenizer (xz-compressed data files, what compressed versions ship) saves
+and costs at load, on each set's chosen version (benchmarks/out/budget-work/SET/chosen): bytes of the directory in
+both forms and the median of LOADS ``load_tokenizer`` calls of each, alternating.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ SETS: dict[str, dict[str, Path]] = {
 }
 BUDGET = 1.0
 ROUNDS, CALLS = 7, 200
+LOADS = 21
 
 
 def _deployed(version: Any) -> int:
@@ -187,6 +193,29 @@ def bench_set(name: str, paths: dict[str, Path]) -> dict[str, Any] | None:
     return row
 
 
+def tokenizer_forms(directory: Path) -> dict[str, dict[str, float]]:
+    """The tokenizer in ``directory`` saved plain and compact: bytes and median load time (ms) of each form."""
+    import statistics
+
+    from lifecycle import artifacts
+    from tokenization.base import serving_copy
+    from tokenization.factory import load_tokenizer
+
+    tokenizer = serving_copy(load_tokenizer(directory))
+    with tempfile.TemporaryDirectory() as tmp:
+        forms = {form: Path(tmp) / form for form in ("plain", "compact")}
+        for form, path in forms.items():
+            tokenizer.save(path, compact=form == "compact")
+        times: dict[str, list[float]] = {form: [] for form in forms}
+        for index in range(LOADS):
+            for form in (("plain", "compact") if index % 2 == 0 else ("compact", "plain")):
+                started = time.perf_counter()
+                load_tokenizer(forms[form])
+                times[form].append(time.perf_counter() - started)
+        return {form: {"bytes": artifacts.dir_bytes(path), "load_ms": 1e3 * statistics.median(times[form])}
+                for form, path in forms.items()}
+
+
 def _times(ratio: float) -> str:
     """A ratio cut (not rounded) to one decimal, so 29.95x does not print as 30.0x."""
     return f"{math.floor(ratio * 10) / 10:.1f}x"
@@ -211,28 +240,90 @@ def render(results: dict[str, Any]) -> str:
             f"({100 * (r['serving_test_accuracy'] or 0):.1f}) "
             f"| {'yes' if r['retrain']['recipe_reapplied'] else 'NO'} ({r['retrain']['seconds']:.0f} s) "
             f"| {r['p50_ms']:.3f} vs {r['int8_p50_ms']:.3f} ms ({r['p50_ratio_vs_int8']:.2f}x) |")
+    # Rows of an earlier run kept as the README printed them (sets not re-run since), marked as such.
+    for name, line in (results.get("earlier_lines") or {}).items():
+        if name not in results["rows"]:
+            lines.append(line.replace(f"| {name} |", f"| {name} (earlier run) |", 1))
+    forms = results.get("tokenizers") or {}
+    if forms:
+        lines += ["", f"The chosen versions' tokenizers, plain and compact (`budget_bench.py --tokenizers`, median of "
+                      f"{LOADS} loads each, alternating; {results.get('tokenizers_date', '')}):", "",
+                  "| set | kind | plain | compact | saved | load plain -> compact |", "|---|---|---|---|---|---|"]
+        for name, row in forms.items():
+            plain, compact = row["plain"], row["compact"]
+            lines.append(f"| {name} | {row['kind']} | {plain['bytes'] / 1e3:.1f} KB | {compact['bytes'] / 1e3:.1f} KB "
+                         f"| {(plain['bytes'] - compact['bytes']) / 1e3:.1f} KB "
+                         f"| {plain['load_ms']:.1f} -> {compact['load_ms']:.1f} ms |")
     for note in results.get("notes", []):
         lines.append(f"\n{note}")
     return "\n".join(lines)
 
 
+def _update(change: Any) -> dict[str, Any]:
+    """Apply ``change`` to budget.json's content and return it. Concurrent invocations (``--only``) each hold an
+    exclusive lock on budget.json.lock while they read, change and replace the file (temp file + rename), so no row
+    another one wrote meanwhile is lost and no reader sees half a file."""
+    import fcntl
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    with (OUT / f"{RESULTS.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
+        change(results)
+        staged = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}.tmp")
+        staged.write_text(json.dumps(results, indent=1))
+        os.replace(staged, RESULTS)
+    return results
+
+
+def _merge_row(name: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Add one set's row to budget.json (``_update``) and return the file's new content."""
+    def merge(results: dict[str, Any]) -> None:
+        results["rows"][name] = row
+        results["machine"] = cpu_model()
+        results["date"] = time.strftime("%Y-%m-%d")
+
+    return _update(merge)
+
+
+def _merge_tokenizers(only: str | None) -> dict[str, Any]:
+    """``--tokenizers``: measure each set's chosen version and store the figures in budget.json."""
+    from lifecycle import artifacts
+
+    measured = {}
+    for name in (only.split(",") if only else SETS):
+        chosen = OUT / "budget-work" / name / "chosen"
+        if not (chosen / "manifest.json").is_file():
+            print(f"{name}: no chosen version in {chosen}; skipped")
+            continue
+        version = artifacts.load_version(chosen)
+        kind = json.loads((version.tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))["kind"]
+        measured[name] = {"kind": kind, **tokenizer_forms(version.tokenizer_dir)}
+        print(name, json.dumps(measured[name]))
+
+    def merge(results: dict[str, Any]) -> None:
+        results["tokenizers"] = {**results.get("tokenizers", {}), **measured}
+        results["tokenizers_date"] = time.strftime("%Y-%m-%d")
+
+    return _update(merge)
+
+
 def main() -> None:
     parser = bench_parser(__doc__, RESULTS.name)
+    parser.add_argument("--tokenizers", action="store_true", help="measure the chosen versions' tokenizers, plain "
+                        "vs compact (module doc)")
     args = parser.parse_args()
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
-    if not args.readme_only:
+    if args.tokenizers:
+        results = _merge_tokenizers(args.only)
+    elif not args.readme_only:
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
         only = set(args.only.split(",")) if args.only else set(SETS)
         for name in SETS:
             if name in only:
                 row = bench_set(name, SETS[name])
                 if row is not None:
-                    if RESULTS.is_file():  # rows another invocation (--only) wrote meanwhile are kept
-                        results["rows"] = {**results["rows"], **json.loads(RESULTS.read_text())["rows"]}
-                    results["rows"][name] = row
-                    results["machine"] = cpu_model()
-                    results["date"] = time.strftime("%Y-%m-%d")
-                    RESULTS.write_text(json.dumps(results, indent=1))
+                    results = _merge_row(name, row)
     if not args.no_readme and results.get("rows"):
         write_block("budget", render(results))
     print(render(results))

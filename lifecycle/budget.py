@@ -8,7 +8,9 @@ The search is greedy, one axis at a time, each axis's values tried from the most
 first value within budget (a smaller recipe is then kept only if it is also within budget):
 
 1. the weight storage alone (``int4`` when the build has it, ``int8``, ``fp16``); if none is within budget, stop;
-2. vocabulary coverage, in front of that storage;
+2. vocabulary coverage, in front of that storage, down to ``coverage=1``: only the ids no training text encodes to
+   are dropped (a BPE model's intermediate merges; a word vocabulary has none, so the step saves nothing there). A
+   coverage whose trial is no smaller than the storage alone is not kept;
 3. the embedding width (``dim:R``, every multiple of 8 from an eighth to half of the parent's: ``dims_for``), each
    with ``tune:E`` after it, since a narrower embedding loses what a short fine-tune wins back (measured on TREC's
    word model: dim:64,int4 lost 2.4 test points, dim:64,tune:3,int4 0.2). The widths are bisected, not walked: the
@@ -16,7 +18,10 @@ first value within budget (a smaller recipe is then kept only if it is also with
    most 5 trials and the kept width is the narrowest within budget up to the metric's noise between neighbours;
 4. sparsity, after the width (with its tune when a width was kept);
 5. with fine-tuning (``tune:E`` before the storage), when no width was kept: the sparsities more aggressive than
-   step 4 kept.
+   step 4 kept;
+6. a finer storage (``int3`` after ``int4``, ``SearchSpace.finer``) in place of the storage of the ``refine``
+   smallest trials within budget, smallest first: the same prefix (cached, so each costs a quantization and a
+   validation pass), fewer bits. A wider trial in a finer storage may be smaller than the narrowest in the first.
 
 Steps come in the order the shipped recipes use (``vocab:coverage=C,dim:R,prune:S,tune:E,int8``). The chosen
 recipe is the smallest trial within budget (serving size, then graph.pb size, then metric), whichever phase found it.
@@ -77,10 +82,12 @@ class SearchSpace:
     """The values tried on each axis, most aggressive first; the first storage applies on its own first."""
 
     storages: tuple[str, ...] = ("int8", "fp16")
-    coverages: tuple[float, ...] = (0.8, 0.9, 0.95, 0.97, 0.99)
+    coverages: tuple[float, ...] = (0.8, 0.9, 0.95, 0.97, 0.99, 1.0)
     sparsities: tuple[float, ...] = (0.9, 0.8, 0.7, 0.5, 0.3)
     tune_epochs: int = 3  # 0: never fine-tune
     dims: tuple[int, ...] = ()  # embedding widths (dim:R), narrowest first; () leaves the width alone
+    finer: tuple[str, ...] = ()  # storages tried last in place of the first one (phase 6), most aggressive first
+    refine: int = 3  # how many of the smallest trials within budget phase 6 tries them on
 
     def with_storage_first(self, storage: str) -> SearchSpace:
         """The space with ``storage`` (``int4``, when the build has it) tried before the others."""
@@ -228,12 +235,17 @@ def search(evaluate: Callable[[Recipe], Measurement], parent_metric: float, budg
                 return recipe
         return None
 
+    def smaller(recipe: Recipe, than: Recipe) -> bool:
+        size, other = trials[recipe].size_bytes, trials[than].size_bytes
+        return size is not None and other is not None and size < other
+
     def narrowest_within(recipes: Sequence[Recipe]) -> Recipe | None:
         return _narrowest_within(recipes, lambda recipe: run(recipe).within)
 
     stopped = "searched"
     try:
-        _greedy(space, first_within, narrowest_within)
+        _greedy(space, first_within, narrowest_within, smaller)
+        _finer(space, list(trials.values()), first_within)
     except _Stop as stop:
         stopped = str(stop)
     within = [t for t in trials.values() if t.within]
@@ -258,15 +270,16 @@ def _narrowest_within(recipes: Sequence[Recipe], within: Callable[[Recipe], bool
 
 
 def _greedy(space: SearchSpace, first_within: Callable[[Sequence[Recipe]], Recipe | None],
-            narrowest_within: Callable[[Sequence[Recipe]], Recipe | None]) -> None:
+            narrowest_within: Callable[[Sequence[Recipe]], Recipe | None],
+            smaller: Callable[[Recipe, Recipe], bool] = lambda recipe, than: True) -> None:
     """The phases of the module docstring; ``first_within`` runs candidates until one is within budget,
-    ``narrowest_within`` bisects them."""
+    ``narrowest_within`` bisects them, ``smaller(a, b)``: trial ``a`` (run) is smaller than trial ``b`` (run)."""
     storage_recipe = first_within([(storage,) for storage in space.storages])
     if storage_recipe is None:
         return
     storage = storage_recipe[-1]
     vocab = first_within([(f"vocab:coverage={c:g}", storage) for c in space.coverages])
-    head: Recipe = vocab[:1] if vocab else ()
+    head: Recipe = vocab[:1] if vocab and smaller(vocab, storage_recipe) else ()
     tune: Recipe = (f"tune:{space.tune_epochs}",) if space.tune_epochs else ()
     narrowed = narrowest_within([(*head, f"dim:{d}", *tune, storage) for d in space.dims])
     if narrowed:
@@ -279,6 +292,17 @@ def _greedy(space: SearchSpace, first_within: Callable[[Sequence[Recipe]], Recip
     kept = float(pruned[-2].partition(":")[2]) if pruned else 0.0
     tighter = [s for s in space.sparsities if s > kept]
     first_within([(*head, f"prune:{s:g}", f"tune:{space.tune_epochs}", storage) for s in tighter])
+
+
+def _finer(space: SearchSpace, trials: Sequence[Trial],
+           first_within: Callable[[Sequence[Recipe]], Recipe | None]) -> None:
+    """Phase 6: each of ``space.finer`` in place of the first storage, on the smallest trials within budget."""
+    if not space.finer or not space.storages:
+        return
+    within = sorted((t for t in trials if t.within and t.recipe[-1] == space.storages[0]),
+                    key=lambda t: (t.size_bytes or 0, t.graph_size_bytes or 0))
+    for trial in within[:space.refine]:
+        first_within([(*trial.recipe[:-1], storage) for storage in space.finer])
 
 
 State = TypeVar("State")

@@ -13,6 +13,8 @@ storage of every tensor is recorded in the version's manifest, so restore knows 
   a kernel), two codes per byte in graph.pb, unpacked inside the graph; the embedding is gathered packed, then
   unpacked, so memory holds half a byte per weight. Biases stay float32, as for int8. About half the bytes of int8
   (the scales are the same); the serving form widens the codes to int8 (``lifecycle.storage.Int4Storage``).
+- ``int3``: as ``int4`` with codes in [-3, 3], three bits a weight in graph.pb (three bit planes per row,
+  ``lifecycle.storage.Int3Storage``); served widened to int8 like int4.
 - ``prune:S``: magnitude pruning of each kernel and the embedding to sparsity S, stored in the sparse layout
   (nonzero codes plus a 1-bit-per-element mask, ``storage.encode_sparse``) wherever that makes the smaller file:
   on large tensors from about 3% zeros for float32 and 12.5% for int8; a tensor of a few KB stays dense, as its
@@ -149,19 +151,25 @@ def quantize_int8(weights: Weights, embedding: str = "rows") -> tuple[Weights, t
     return out, tuple(changed)
 
 
-def quantize_int4(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
+def quantize_int4(weights: Weights, storage: str = "int4") -> tuple[Weights, tuple[str, ...]]:
     """Store kernels and the embedding as 4-bit codes in [-7, 7] (two per byte) with int8's float32 scales: one per
-    embedding row, one per output channel; biases are left as they are, as ``int8`` leaves them."""
+    embedding row, one per output channel; biases are left as they are, as ``int8`` leaves them. ``storage="int3"``:
+    3-bit codes in [-3, 3] instead (``quantize_int3``)."""
     out: Weights = {}
     changed = []
     for name, stored in weights.items():
-        _refuse_requantize(name, stored, "int4")
+        _refuse_requantize(name, stored, storage)
         if _is_bias(name):
             out[name] = stored
             continue
-        out[name] = carry_layout(stored, STORAGES["int4"].encode(stored.dequantize(), int8_axis(name)))
+        out[name] = carry_layout(stored, STORAGES[storage].encode(stored.dequantize(), int8_axis(name)))
         changed.append(name)
     return out, tuple(changed)
+
+
+def quantize_int3(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
+    """Store kernels and the embedding as 3-bit codes in [-3, 3] with int8's float32 scales (as ``int4``)."""
+    return quantize_int4(weights, "int3")
 
 
 def prune_magnitude(weights: Weights, sparsity: float) -> tuple[Weights, tuple[str, ...]]:
@@ -565,6 +573,7 @@ STEPS: dict[str, Step] = {step.name: step for step in (
     Step("fp16", quantize_fp16),
     Step("int8", quantize_int8, parse=_parse_int8, optional=True),
     Step("int4", quantize_int4),
+    Step("int3", quantize_int3),
     Step("prune", prune_magnitude, parse=_parse_prune, parameter="sparsity"),
     Step("dim", reduce_dim, parse=_parse_dim, parameter="rank"),
     Step("fold", fold, on_graph=_fold_graph),
@@ -578,9 +587,10 @@ CONTEXT_STEPS = frozenset(name for name, step in STEPS.items() if step.needs_con
 # Steps that take one parameter (``prune:0.8``) and the name it is recorded under.
 PARAMETERS: dict[str, str] = {name: step.parameter for name, step in STEPS.items() if step.parameter}
 # Steps that choose the storage of the weights: a recipe holds at most one.
-STORAGE_STEPS = ("fp16", "int8", "int4")
+STORAGE_STEPS = ("fp16", "int8", "int4", "int3")
 # How each step is written in --recipe, for messages.
-USAGE = "fp16, int8, int8:embedding=table, int4, prune:S, dim:R, vocab:N, vocab:coverage=C, tune:E, int8-act, fold"
+USAGE = ("fp16, int8, int8:embedding=table, int4, int3, prune:S, dim:R, vocab:N, vocab:coverage=C, tune:E, int8-act, "
+         "fold")
 
 
 def parse_recipe(text: str) -> list[RecipeStep]:

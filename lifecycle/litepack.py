@@ -7,7 +7,8 @@ the serving form that small on disk, and restores the exact flatbuffer at load:
 
 - every buffer of at least ``MIN_BYTES`` is read as int8 and stored in the smallest of four lossless encodings:
   ``raw`` (left in place), ``int4`` (all bytes in [-8, 7]: two per byte), ``sparse`` (a bit per byte saying
-  "nonzero", then the nonzero bytes) and ``sparse-int4`` (the bits, then the nonzero bytes two per byte). It is a
+  "nonzero", then the nonzero bytes) and ``sparse-int4`` (the bits, then the nonzero bytes two per byte); ``int3``
+  and ``sparse-int3`` likewise for bytes all in [-4, 3] (an int3 version's codes), three bits each. It is a
   byte codec, blind to what the bytes mean: a float buffer that happens to be all zeros packs too, and whatever is
   not smaller is left raw;
 - the rest of the flatbuffer (the "skeleton": tables, small buffers, raw buffers) is stored as it is, minus the
@@ -42,7 +43,7 @@ PACK_FILE = "model.tflite.pack"
 MAGIC = b"LCLITEPACK\n"
 FORMAT = 1
 MIN_BYTES = 1024  # smaller buffers (biases, scales, shapes) stay in the skeleton: packing them saves nothing
-ENCODINGS = ("int4", "sparse", "sparse-int4")
+ENCODINGS = ("int4", "sparse", "sparse-int4", "int3", "sparse-int3")
 # A pack is written only when it is at least this much smaller than the flatbuffer (an int8 version's dense codes
 # do not pack: it stays model.tflite).
 WORTH = 0.9
@@ -128,6 +129,20 @@ def _from_nibbles(data: bytes, count: int) -> np.ndarray:
     return signed
 
 
+def _triples(values: np.ndarray) -> bytes:
+    """int8 values in [-4, 3], three bits each: bit k of value i is bit 3 * i + k of the payload (little bit order)."""
+    bits = (values.astype(np.uint8)[:, None] >> np.arange(3, dtype=np.uint8)) & np.uint8(1)
+    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+
+
+def _from_triples(data: bytes, count: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=3 * count, bitorder="little")
+    if bits.size != 3 * count:
+        raise ValueError(f"{len(data)} bytes cannot hold {count} 3-bit values")
+    planes = bits.reshape(count, 3).astype(np.int8)
+    return (planes[:, 0] + 2 * planes[:, 1] - 4 * planes[:, 2]).astype(np.int8)
+
+
 def _encode(data: bytes) -> tuple[str, bytes] | None:
     """The smallest encoding of a buffer and its payload, or None when none is smaller than the bytes themselves."""
     values = np.frombuffer(data, dtype=np.int8)
@@ -139,27 +154,36 @@ def _encode(data: bytes) -> tuple[str, bytes] | None:
     if narrow:
         costs["int4"] = (n + 1) // 2
         costs["sparse-int4"] = (n + 7) // 8 + (nonzero + 1) // 2
+    if bool(np.all((values >= -4) & (values <= 3))):
+        costs["int3"] = (3 * n + 7) // 8
+        costs["sparse-int3"] = (n + 7) // 8 + (3 * nonzero + 7) // 8
     encoding = min(costs, key=lambda name: costs[name])
     if costs[encoding] >= n:
         return None
     if encoding == "int4":
         return encoding, _nibbles(values)
+    if encoding == "int3":
+        return encoding, _triples(values)
     mask = np.packbits(present, bitorder="little").tobytes()
     kept = values[present]
-    return encoding, mask + (_nibbles(kept) if encoding == "sparse-int4" else kept.tobytes())
+    narrowed = {"sparse-int4": _nibbles, "sparse-int3": _triples}.get(encoding)
+    return encoding, mask + (narrowed(kept) if narrowed else kept.tobytes())
 
 
 def _decode(encoding: str, payload: bytes, length: int) -> bytes:
     if encoding == "int4":
         return _from_nibbles(payload, length).tobytes()
-    if encoding not in ("sparse", "sparse-int4"):
+    if encoding == "int3":
+        return _from_triples(payload, length).tobytes()
+    if encoding not in ("sparse", "sparse-int4", "sparse-int3"):
         raise ValueError(f"unknown encoding {encoding!r}")
     mask_bytes = (length + 7) // 8
     present = np.unpackbits(np.frombuffer(payload[:mask_bytes], dtype=np.uint8), count=length,
                             bitorder="little").view(bool)
     nonzero = int(np.count_nonzero(present))
     rest = payload[mask_bytes:]
-    kept = _from_nibbles(rest, nonzero) if encoding == "sparse-int4" else np.frombuffer(rest, dtype=np.int8)
+    widen = {"sparse-int4": _from_nibbles, "sparse-int3": _from_triples}.get(encoding)
+    kept = widen(rest, nonzero) if widen else np.frombuffer(rest, dtype=np.int8)
     if kept.size != nonzero:
         raise ValueError(f"{kept.size} stored values for {nonzero} marked positions")
     dense = np.zeros(length, dtype=np.int8)

@@ -53,7 +53,7 @@ MODEL_FILES = frozenset({KERAS_FILE, GRAPH_FILE, WEIGHT_MAP_FILE, *SERVING_FILES
 # Input dtypes a version's model may take (lifecycle.freeze.input_dtype_for; checkpoints take int32).
 INPUT_DTYPES = ("uint8", "uint16", "int32")
 # Recipe step names (lifecycle.compress STEPS and CONTEXT_STEPS; spelled here for the same reason, tests compare).
-RECIPE_STEPS = frozenset({"fp16", "int8", "int4", "prune", "dim", "fold", "vocab", "tune", "int8-act"})
+RECIPE_STEPS = frozenset({"fp16", "int8", "int4", "int3", "prune", "dim", "fold", "vocab", "tune", "int8-act"})
 SERVING_KERNELS = ("hybrid", "exact")  # lifecycle.litert.KERNELS
 # The output layer's bias, whose length is the number of classes: frozen/compressed tables, then checkpoints'.
 OUTPUT_BIAS = ("weights/output/bias", "output/bias")

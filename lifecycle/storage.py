@@ -14,6 +14,8 @@ int8        ``<name>/q``         ``Cast(codes) * <name>/scale``: symmetric codes
 int4        ``<name>/q4``        ``codes * <name>/scale``: symmetric codes in [-7, 7], scales as int8's, two
                                  codes per uint8 byte (``pack_int4``), unpacked in the graph (BitwiseAnd,
                                  RightShift, ConcatV2, AddV2, Cast); the embedding gathers packed rows first
+int3        ``<name>/q3``        as int4, with codes in [-3, 3] in three bit planes (``pack_int3``: 3 bits a
+                                 weight), unpacked in the graph (GatherV2, RightShift, BitwiseAnd, Cast, Mul, AddV2)
 ==========  ===================  =========================================================================
 
 Each entry says how values are encoded (``encode``, ``encode_like`` for re-storing tuned values), dequantized and
@@ -49,6 +51,7 @@ from lifecycle.errors import ModelError
 
 INT8_MAX = 127
 INT4_MAX = 7  # symmetric 4-bit codes: [-7, 7], so 0 is exact and both signs have the same range
+INT3_MAX = 3  # symmetric 3-bit codes: [-3, 3]
 SPARSE_ENCODING = "bitmask"  # nonzero codes + 1 bit per element; see module docstring
 # What a sparse tensor's decode nodes add to graph.pb (about 1.6 KB measured, with the weights' names): below this
 # saving, the dense layout is the smaller file.
@@ -495,45 +498,63 @@ class Int4Storage(Int8Storage):
     name = "int4"
     suffix = "/q4"
     served_as = "int8"
+    top = INT4_MAX
+
+    @staticmethod
+    def pack(codes: np.ndarray) -> np.ndarray:
+        return pack_int4(codes)
+
+    @staticmethod
+    def unpack(packed: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        return unpack_int4(packed, shape)
+
+    @staticmethod
+    def packed_shape(shape: Sequence[int]) -> tuple[int, ...]:
+        return packed_shape(shape)
+
+    @staticmethod
+    def emit_unpack(tf: Any, packed: Any, n: int, prefix: str) -> Any:
+        return emit_unpack_int4(tf, packed, n, prefix)
 
     def encode(self, values: np.ndarray, axis: int | None = None) -> StoredTensor:
-        codes, scale = quantize_int8_array(values, axis, INT4_MAX)
-        return StoredTensor("int4", codes, scale, axis)
+        codes, scale = quantize_int8_array(values, axis, self.top)
+        return StoredTensor(self.name, codes, scale, axis)
 
     def nbytes(self, stored: StoredTensor) -> int:
         scale = stored.scale.nbytes if stored.scale is not None else 0
-        return int(LAYOUTS[stored.layout].nbytes(pack_int4(stored.value)) + scale)
+        return int(LAYOUTS[stored.layout].nbytes(self.pack(stored.value)) + scale)
 
     def emit_codes(self, tf: Any, name: str, stored: StoredTensor) -> Any:
-        return LAYOUTS[stored.layout].emit(tf, self.codes_node(name), pack_int4(stored.value))
+        return LAYOUTS[stored.layout].emit(tf, self.codes_node(name), self.pack(stored.value))
 
     def read_codes(self, value: ConstReader, name: str, shape: Sequence[int], layout: str,
                    source: Path | str) -> np.ndarray:
-        packed = LAYOUTS[layout].read(value, self.codes_node(name), packed_shape(shape), name, source)
-        if packed.dtype != np.uint8 or tuple(packed.shape) != packed_shape(shape):
-            raise ModelError(f"{source}: int4 tensor {name!r} holds {packed.dtype} {list(packed.shape)}; shape "
-                             f"{list(shape)} packs into uint8 {list(packed_shape(shape))}. The file is damaged or "
+        expected = self.packed_shape(shape)
+        packed = LAYOUTS[layout].read(value, self.codes_node(name), expected, name, source)
+        if packed.dtype != np.uint8 or tuple(packed.shape) != expected:
+            raise ModelError(f"{source}: {self.name} tensor {name!r} holds {packed.dtype} {list(packed.shape)}; "
+                             f"shape {list(shape)} packs into uint8 {list(expected)}. The file is damaged or "
                              "was edited: re-run the compress step that wrote it.")
-        return unpack_int4(packed, shape)
+        return self.unpack(packed, shape)
 
     def emit_float(self, tf: Any, name: str, stored: StoredTensor, codes: Any) -> Any:
         shape = stored.shape
-        values = emit_unpack_int4(tf, codes, shape[-1] if shape else 1, f"{name}/unpack")
-        if len(shape) != len(packed_shape(shape)):  # a 0-d tensor was packed as one element
+        values = self.emit_unpack(tf, codes, shape[-1] if shape else 1, f"{name}/unpack")
+        if len(shape) != len(self.packed_shape(shape)):  # a 0-d tensor was packed as one element
             values = tf.reshape(values, tf.constant(shape, dtype=tf.int64, name=f"{name}/unpack/shape"),
                                 name=f"{name}/unpack/reshaped")
         return tf.multiply(values, tf.constant(stored.scale, name=f"{name}/scale"), name=name)
 
     def emit_embedding(self, tf: Any, stored: StoredTensor, table: Any, ids: Any) -> Any:
-        # Rows are gathered packed, then unpacked: memory holds the table at half a byte per weight.
-        rows = emit_unpack_int4(tf, tf.gather(table, ids), stored.shape[-1], f"{EMBEDDING}/unpack")
+        # Rows are gathered packed, then unpacked: memory holds the table at half a byte per weight (int3: 3 bits).
+        rows = self.emit_unpack(tf, tf.gather(table, ids), stored.shape[-1], f"{EMBEDDING}/unpack")
         scale = tf.constant(stored.scale, name=f"{EMBEDDING}/scale")
         if np.ndim(stored.scale) == 0:
             return tf.multiply(rows, scale, name="embed")
         return tf.multiply(rows, tf.gather(scale, ids), name="embed")
 
     def read(self, name: str, codes: np.ndarray, meta: dict[str, Any], value: ConstReader) -> StoredTensor:
-        return StoredTensor("int4", codes, value(f"{name}/scale"), meta.get("axis"))
+        return StoredTensor(self.name, codes, value(f"{name}/scale"), meta.get("axis"))
 
     def serving(self, name: str, stored: StoredTensor) -> StoredTensor:
         # LiteRT has no 4-bit gather or hybrid kernels for these ops: the codes are widened to int8 (the same codes
@@ -541,8 +562,100 @@ class Int4Storage(Int8Storage):
         return super().serving(name, replace(stored, storage="int8"))
 
 
+# --- int3: three bit planes -----------------------------------------------------------------------------------------
+#
+# A row of n codes in [-3, 3] is held as three bit planes of its 3-bit two's-complement codes (code & 7): plane k is
+# bit k of every code, eight codes a byte (code j in bit j % 8 of byte j // 8, np.packbits' little bit order), so a
+# row is 3 * ceil(n / 8) bytes, planes one after the other, and an embedding row is still gathered packed. A zero
+# code is zero in every plane. Unpacking (``emit_unpack_int3``): each code's byte of each plane gathered, shifted and
+# masked, the planes weighted 1, 2 and -4 (two's complement) and added in float32 (exact small integers).
+
+def int3_row_bytes(n: int) -> int:
+    """Bytes of one packed row of ``n`` int3 codes."""
+    return 3 * ((n + 7) // 8)
+
+
+def pack_int3(codes: np.ndarray) -> np.ndarray:
+    """int8 codes in [-3, 3] -> uint8 bit planes along the last axis (shape ``[..., 3 * ceil(n / 8)]``)."""
+    codes = np.asarray(codes, dtype=np.int8)
+    if codes.ndim == 0:
+        codes = codes.reshape(1)
+    bits = codes.astype(np.uint8) & np.uint8(7)
+    planes = [np.packbits((bits >> np.uint8(k)) & np.uint8(1), axis=-1, bitorder="little") for k in range(3)]
+    return np.concatenate(planes, axis=-1).astype(np.uint8)
+
+
+def unpack_int3(packed: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The inverse of :func:`pack_int3`: int8 codes of ``shape`` from the packed bytes."""
+    shape = tuple(int(d) for d in shape)
+    n = shape[-1] if shape else 1
+    packed = np.asarray(packed, dtype=np.uint8)
+    width = (n + 7) // 8
+    planes = [np.unpackbits(packed[..., k * width:(k + 1) * width], axis=-1, count=n, bitorder="little")
+              for k in range(3)]
+    codes = planes[0].astype(np.int8) + 2 * planes[1].astype(np.int8) - 4 * planes[2].astype(np.int8)
+    return codes.astype(np.int8).reshape(shape)
+
+
+def packed_shape_int3(shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape of a tensor's packed int3 bytes."""
+    shape = tuple(int(d) for d in shape) or (1,)
+    return (*shape[:-1], int3_row_bytes(shape[-1]))
+
+
+def emit_unpack_int3(tf: Any, packed: Any, n: int, prefix: str) -> Any:
+    """float32 codes (exact small integers) from a packed uint8 tensor whose last axis holds ``n`` int3 codes.
+
+    Code j's bit k is bit j % 8 of byte k * ceil(n / 8) + j // 8: each plane's bytes are gathered once per code
+    (GatherV2 with constant indices along the last axis), shifted and masked (RightShift, BitwiseAnd), and the three
+    planes weighted 1, 2 and -4 and added in float32 (Cast, Mul, AddV2), so the graph needs no op beyond those the
+    other storages use.
+    """
+    width = (n + 7) // 8
+    column = np.arange(n)
+    shifts = tf.constant((column % 8).astype(np.uint8), name=f"{prefix}/shifts")
+    one = tf.constant(np.uint8(1), name=f"{prefix}/one")
+    total = None
+    for plane, weight in enumerate((1.0, 2.0, -4.0)):
+        index = tf.constant((plane * width + column // 8).astype(np.int32), name=f"{prefix}/plane{plane}/index")
+        bytes_ = tf.gather(packed, index, axis=-1, name=f"{prefix}/plane{plane}/bytes")
+        bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bytes_, shifts, name=f"{prefix}/plane{plane}/shifted"),
+                                      one, name=f"{prefix}/plane{plane}/bits")
+        term = tf.multiply(tf.cast(bits, tf.float32, name=f"{prefix}/plane{plane}/float"),
+                           tf.constant(np.float32(weight), name=f"{prefix}/plane{plane}/weight"),
+                           name=f"{prefix}/plane{plane}/weighted")
+        total = term if total is None else tf.add(total, term, name=f"{prefix}/plane{plane}/sum")
+    return tf.identity(total, name=f"{prefix}/codes")
+
+
+class Int3Storage(Int4Storage):
+    """Symmetric 3-bit codes in [-3, 3] with int8's float32 scales, in three bit planes in graph.pb (``pack_int3``);
+    ``StoredTensor.value`` is the int8 array of codes in the logical shape. Served as int8 codes with the same
+    scales, as int4 is."""
+
+    name = "int3"
+    suffix = "/q3"
+    top = INT3_MAX
+
+    @staticmethod
+    def pack(codes: np.ndarray) -> np.ndarray:
+        return pack_int3(codes)
+
+    @staticmethod
+    def unpack(packed: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        return unpack_int3(packed, shape)
+
+    @staticmethod
+    def packed_shape(shape: Sequence[int]) -> tuple[int, ...]:
+        return packed_shape_int3(shape)
+
+    @staticmethod
+    def emit_unpack(tf: Any, packed: Any, n: int, prefix: str) -> Any:
+        return emit_unpack_int3(tf, packed, n, prefix)
+
+
 STORAGES: dict[str, Storage] = {s.name: s for s in (Float32Storage(), Float16Storage(), Int8Storage(),
-                                                    Int4Storage())}
+                                                    Int4Storage(), Int3Storage())}
 
 
 def storage_of(name: str) -> Storage:

@@ -8,7 +8,9 @@ neither kind: they import it.
 
 from __future__ import annotations
 
+import io
 import json
+import lzma
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,10 @@ VECTORS_FILE = "vectors.npy"
 # A bpe tokenizer whose vocabulary was pruned (youtokentome's model file cannot be edited): the model ids kept, in
 # ascending order, so new id = position; every other model id encodes as unk.
 KEPT_IDS_FILE = "kept_ids.npy"
+# A compact tokenizer (``save(directory, compact=True)``, what compressed versions ship) stores each of the files
+# above xz-compressed under its name plus this suffix (``vocab.txt.xz``); ``tokenizer.json`` stays plain and lists
+# the names written, so a loader reads whichever form the directory holds.
+COMPACT_SUFFIX = ".xz"
 FORMAT_VERSION = 1
 KINDS: tuple[str, ...] = ("bpe", "word")
 DEFAULT_SEED = 13
@@ -98,8 +104,9 @@ class Tokenizer(Protocol):
         """
         ...
 
-    def save(self, directory: Path) -> None:
-        """Write the tokenizer's files and ``tokenizer.json`` into ``directory`` (created if needed)."""
+    def save(self, directory: Path, *, compact: bool = False) -> None:
+        """Write the tokenizer's files and ``tokenizer.json`` into ``directory`` (created if needed); ``compact``
+        stores the data files xz-compressed (:data:`COMPACT_SUFFIX`)."""
         ...
 
     @classmethod
@@ -175,9 +182,56 @@ def write_metadata(directory: Path, metadata: dict[str, Any]) -> None:
 
 def remove_stale_files(directory: Path, keep: Sequence[str]) -> None:
     """Delete the data files of other kinds or settings, so a reused directory holds one tokenizer and its size."""
-    for name in (BPE_MODEL_FILE, VOCAB_FILE, VECTORS_FILE, KEPT_IDS_FILE):
-        if name not in keep:
-            (directory / name).unlink(missing_ok=True)
+    for plain in (BPE_MODEL_FILE, VOCAB_FILE, VECTORS_FILE, KEPT_IDS_FILE):
+        for name in (plain, plain + COMPACT_SUFFIX):
+            if name not in keep:
+                (directory / name).unlink(missing_ok=True)
+
+
+def write_data_file(directory: Path, name: str, data: bytes, *, compact: bool = False) -> str:
+    """Write one data file of a tokenizer; with ``compact``, xz-compressed as ``name`` + :data:`COMPACT_SUFFIX`.
+
+    Returns:
+        The file name written, for the ``files`` list of ``tokenizer.json``.
+    """
+    if compact:
+        # The dictionary no larger than the data: xz's preset 9 would reserve 64 MiB (and ~670 MB to compress) for
+        # files of 10-400 KB, and gains nothing from it.
+        filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME,
+                    "dict_size": max(1 << 16, len(data))}]
+        name, data = name + COMPACT_SUFFIX, lzma.compress(data, check=lzma.CHECK_CRC32, filters=filters)
+    (directory / name).write_bytes(data)
+    return name
+
+
+def read_data_file(directory: Path, name: str, metadata: dict[str, Any], fix: str) -> bytes | None:
+    """The bytes of data file ``name`` when ``tokenizer.json`` lists its compact form (decompressed), else None:
+    the caller reads the plain file as before (directories written before the compact form, or without it).
+
+    Raises:
+        TokenizerError: the compact file is missing or not valid xz data.
+    """
+    packed = name + COMPACT_SUFFIX
+    if packed not in (metadata.get("files") or []):
+        return None
+    path = directory / packed
+    if not path.is_file():
+        raise TokenizerError(f"{path}: missing, but tokenizer.json lists it. {fix}")
+    try:
+        return lzma.decompress(path.read_bytes(), format=lzma.FORMAT_XZ)
+    except lzma.LZMAError as exc:
+        raise TokenizerError(f"{path}: not valid xz data ({exc}). {fix}") from None
+
+
+def npy_from_bytes(data: bytes, path: Path, fix: str) -> np.ndarray:
+    """An ``.npy`` array held in memory (a decompressed compact file), read without pickle."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise TokenizerError(f"{path}: not a readable .npy array ({exc}). {fix}") from None
+    if not isinstance(array, np.ndarray):
+        raise TokenizerError(f"{path}: holds {type(array).__name__}, not one array. {fix}")
+    return array
 
 
 def read_metadata(directory: Path, expected_kind: str | None = None) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Files written by :meth:`BPETokenizer.save`: ``bpe.model`` (youtokentome's own te
 after vocabulary pruning (:meth:`BPETokenizer.keep_ids`) also ``kept_ids.npy``: the model ids kept, ascending, so a
 model id's new id is its position there and every other model id becomes unk. youtokentome's model file cannot drop
 ids (its merges build on one another), so the map is applied after encoding; ``vocab_size`` is then the pruned size
-and ``model_vocab_size`` in ``tokenizer.json`` the model file's.
+and ``model_vocab_size`` in ``tokenizer.json`` the model file's. Saved ``compact`` (what compressed versions ship), the
+two data files are ``bpe.model.xz`` and ``kept_ids.npy.xz``: the same bytes, xz-compressed.
 
 youtokentome 1.0.6 behaviour this module works around (checked by running it):
 
@@ -29,6 +30,7 @@ youtokentome 1.0.6 behaviour this module works around (checked by running it):
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -53,10 +55,13 @@ from tokenization.base import (
     check_kept_ids,
     check_max_len,
     check_texts,
+    npy_from_bytes,
     pad_rows,
     read_array,
+    read_data_file,
     read_metadata,
     remove_stale_files,
+    write_data_file,
     write_metadata,
 )
 from tokenization.errors import DependencyError, TokenizerError
@@ -323,19 +328,19 @@ class BPETokenizer(PaddedEncoder):
         model_id = int(token_id) if self._kept is None else int(self._kept[int(token_id)])
         return self._bpe.id_to_subword(model_id)
 
-    def save(self, directory: Path) -> None:
-        """Write ``bpe.model``, ``kept_ids.npy`` (when pruned) and ``tokenizer.json`` into ``directory``."""
+    def save(self, directory: Path, *, compact: bool = False) -> None:
+        """Write ``bpe.model``, ``kept_ids.npy`` (when pruned) and ``tokenizer.json`` into ``directory``
+        (``compact``: the first two xz-compressed, see the module docstring)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / BPE_MODEL_FILE).write_bytes(self._model_bytes)
-        files = [BPE_MODEL_FILE]
+        files = [write_data_file(directory, BPE_MODEL_FILE, self._model_bytes, compact=compact)]
         pruned: dict[str, Any] = {}
         if self._kept is not None:
             # The narrowest dtype that holds the model's ids: the map ships with every deployed version.
             dtype = np.uint16 if self._model_vocab_size <= 2**16 else np.int32
-            with (directory / KEPT_IDS_FILE).open("wb") as handle:
-                np.save(handle, self._kept.astype(dtype), allow_pickle=False)
-            files.append(KEPT_IDS_FILE)
+            buffer = io.BytesIO()
+            np.save(buffer, self._kept.astype(dtype), allow_pickle=False)
+            files.append(write_data_file(directory, KEPT_IDS_FILE, buffer.getvalue(), compact=compact))
             pruned = {"model_vocab_size": self._model_vocab_size}
         remove_stale_files(directory, keep=files)
         write_metadata(
@@ -363,20 +368,37 @@ class BPETokenizer(PaddedEncoder):
         if not isinstance(metadata.get("lowercase"), bool):
             raise TokenizerError(f"{directory / 'tokenizer.json'}: lowercase is missing or not a bool. {_FIX}")
         model_path = directory / BPE_MODEL_FILE
-        size = check_model_file(model_path)
-        kept_ids = None
-        expected = metadata["vocab_size"]
-        if KEPT_IDS_FILE in (metadata.get("files") or []):
-            expected = metadata.get("model_vocab_size")
-            kept_ids = _read_kept_ids(directory / KEPT_IDS_FILE, size, metadata["vocab_size"])
-        if size != expected:
-            raise TokenizerError(
-                f"{model_path}: holds {size} tokens but tokenizer.json says "
-                f"{'model_vocab_size' if kept_ids is not None else 'vocab_size'}={expected}; the files do not belong "
-                f"together. {_FIX}"
-            )
-        info: dict[str, Any] = {key: metadata[key] for key in ("requested_vocab_size", "coverage") if key in metadata}
-        return cls(model_path, lowercase=metadata["lowercase"], info=info, kept_ids=kept_ids, lean=lean)
+        model_bytes = read_data_file(directory, BPE_MODEL_FILE, metadata, _FIX)
+        with contextlib.ExitStack() as stack:
+            if model_bytes is not None:  # compact: youtokentome reads only paths, the constructor keeps the bytes
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lifecycle-bpe-")))
+                (folder / BPE_MODEL_FILE).write_bytes(model_bytes)
+                model_path = folder / BPE_MODEL_FILE
+            try:
+                size = check_model_file(model_path)
+            except TokenizerError as exc:
+                if model_bytes is None:
+                    raise
+                # Name the file the directory holds, not the temporary copy.
+                raise TokenizerError(str(exc).replace(str(model_path),
+                                                      str(directory / (BPE_MODEL_FILE + ".xz")))) from None
+            kept_ids = None
+            expected = metadata["vocab_size"]
+            kept_name = next((name for name in (KEPT_IDS_FILE, KEPT_IDS_FILE + ".xz")
+                              if name in (metadata.get("files") or [])), None)
+            if kept_name is not None:
+                expected = metadata.get("model_vocab_size")
+                kept_ids = _read_kept_ids(directory / KEPT_IDS_FILE, size, metadata["vocab_size"],
+                                          read_data_file(directory, KEPT_IDS_FILE, metadata, _FIX))
+            if size != expected:
+                raise TokenizerError(
+                    f"{directory / BPE_MODEL_FILE}: holds {size} tokens but tokenizer.json says "
+                    f"{'model_vocab_size' if kept_ids is not None else 'vocab_size'}={expected}; the files do not "
+                    f"belong together. {_FIX}"
+                )
+            info: dict[str, Any] = {key: metadata[key] for key in ("requested_vocab_size", "coverage")
+                                    if key in metadata}
+            return cls(model_path, lowercase=metadata["lowercase"], info=info, kept_ids=kept_ids, lean=lean)
 
     def _check_id(self, token_id: int) -> None:
         if not 0 <= token_id < self._vocab_size:
@@ -386,9 +408,13 @@ class BPETokenizer(PaddedEncoder):
 _FIX = "Re-run `lifecycle tokenize` (or train and save the tokenizer again) to rebuild the directory."
 
 
-def _read_kept_ids(path: Path, model_vocab_size: int, vocab_size: int) -> np.ndarray:
-    """Load ``kept_ids.npy`` without pickle and check it against the model and ``tokenizer.json``."""
-    kept = read_array(path, "tokenizer.json lists it (a pruned vocabulary)", _FIX)
+def _read_kept_ids(path: Path, model_vocab_size: int, vocab_size: int, data: bytes | None = None) -> np.ndarray:
+    """Load ``kept_ids.npy`` (or ``data``, its decompressed compact form) without pickle and check it against the
+    model and ``tokenizer.json``."""
+    if data is None:
+        kept = read_array(path, "tokenizer.json lists it (a pruned vocabulary)", _FIX)
+    else:
+        kept = npy_from_bytes(data, path, _FIX)
     kept = check_kept_ids(kept, model_vocab_size, str(path))
     if kept.size != vocab_size:
         raise TokenizerError(

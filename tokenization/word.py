@@ -4,11 +4,13 @@ With ``word2vec.enabled`` it also trains gensim word2vec on the training texts a
 float32 matrix aligned to the ids, used to initialise the embedding (Kim 2014's static / non-static modes).
 
 Files written by :meth:`WordTokenizer.save`: ``vocab.txt`` (UTF-8, one token per line, line number = id),
-``vectors.npy`` (only with word2vec; saved without pickle) and ``tokenizer.json``.
+``vectors.npy`` (only with word2vec; saved without pickle) and ``tokenizer.json``; saved ``compact``, the first two
+are ``vocab.txt.xz`` and ``vectors.npy.xz`` (the same bytes, xz-compressed).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -28,10 +30,13 @@ from tokenization.base import (
     PaddedEncoder,
     check_kept_ids,
     check_texts,
+    npy_from_bytes,
     read_array,
+    read_data_file,
     read_metadata,
     remove_stale_files,
     strip_specials,
+    write_data_file,
     write_metadata,
 )
 from tokenization.errors import DependencyError, TokenizerError
@@ -270,17 +275,18 @@ class WordTokenizer(PaddedEncoder):
             raise TokenizerError(f"Token id must be in [0, {len(self._tokens)}). Received: {token_id}.")
         return self._tokens[int(token_id)]
 
-    def save(self, directory: Path) -> None:
-        """Write ``vocab.txt``, ``vectors.npy`` (with word2vec) and ``tokenizer.json`` into ``directory``."""
+    def save(self, directory: Path, *, compact: bool = False) -> None:
+        """Write ``vocab.txt``, ``vectors.npy`` (with word2vec) and ``tokenizer.json`` into ``directory``
+        (``compact``: the first two xz-compressed, see the module docstring)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         # Bytes, not write_text: no platform newline translation, so line number = id on every OS.
-        (directory / VOCAB_FILE).write_bytes(("\n".join(self._tokens) + "\n").encode("utf-8"))
-        files = [VOCAB_FILE]
+        files = [write_data_file(directory, VOCAB_FILE, ("\n".join(self._tokens) + "\n").encode("utf-8"),
+                                 compact=compact)]
         if self._vectors is not None:
-            with (directory / VECTORS_FILE).open("wb") as handle:
-                np.save(handle, self._vectors, allow_pickle=False)
-            files.append(VECTORS_FILE)
+            buffer = io.BytesIO()
+            np.save(buffer, self._vectors, allow_pickle=False)
+            files.append(write_data_file(directory, VECTORS_FILE, buffer.getvalue(), compact=compact))
         remove_stale_files(directory, keep=files)
         write_metadata(
             directory,
@@ -320,10 +326,12 @@ class WordTokenizer(PaddedEncoder):
             isinstance(word2vec, dict) and all(isinstance(word2vec.get(key), int) for key in ("dim", "n_pretrained"))
         ):
             raise TokenizerError(f"{meta_path}: word2vec must be null or hold integer dim and n_pretrained. {fix}")
-        vocab = _read_vocab(directory / VOCAB_FILE, metadata["vocab_size"], fix)
+        vocab = _read_vocab(directory / VOCAB_FILE, metadata["vocab_size"], fix,
+                            read_data_file(directory, VOCAB_FILE, metadata, fix))
         vectors = None
         if word2vec is not None:
-            vectors = _read_vectors(directory / VECTORS_FILE, (metadata["vocab_size"], word2vec["dim"]), fix)
+            vectors = _read_vectors(directory / VECTORS_FILE, (metadata["vocab_size"], word2vec["dim"]), fix,
+                                    read_data_file(directory, VECTORS_FILE, metadata, fix))
         info = {key: metadata.get(key) for key in ("min_count", "max_size", "word2vec")}
         return cls(
             vocab,
@@ -424,12 +432,12 @@ def _compile_pattern(pattern: str, key: str) -> re.Pattern[str]:
         raise TokenizerError(f"{key}={pattern!r} is not a valid regular expression ({exc}). Fix the pattern.") from None
 
 
-def _read_vocab(path: Path, vocab_size: int, fix: str) -> list[str]:
-    """Read ``vocab.txt`` and check it against ``tokenizer.json``."""
-    if not path.is_file():
+def _read_vocab(path: Path, vocab_size: int, fix: str, data: bytes | None = None) -> list[str]:
+    """Read ``vocab.txt`` (or check ``data``, its decompressed compact form) against ``tokenizer.json``."""
+    if data is None and not path.is_file():
         raise TokenizerError(f"{path}: missing, but tokenizer.json describes a word tokenizer. {fix}")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = (path.read_bytes() if data is None else data).decode("utf-8")
     except UnicodeDecodeError:
         raise TokenizerError(f"{path}: not UTF-8 text. {fix}") from None
     # Split on "\n" only: str.splitlines() would also break at characters such as U+2028 inside a token.
@@ -446,9 +454,12 @@ def _read_vocab(path: Path, vocab_size: int, fix: str) -> list[str]:
     return tokens
 
 
-def _read_vectors(path: Path, shape: tuple[int, int], fix: str) -> np.ndarray:
-    """Load ``vectors.npy`` without pickle and check its shape and dtype."""
-    vectors = read_array(path, "tokenizer.json says word2vec vectors were trained", fix)
+def _read_vectors(path: Path, shape: tuple[int, int], fix: str, data: bytes | None = None) -> np.ndarray:
+    """Load ``vectors.npy`` (or ``data``, its decompressed compact form) without pickle; check shape and dtype."""
+    if data is None:
+        vectors = read_array(path, "tokenizer.json says word2vec vectors were trained", fix)
+    else:
+        vectors = npy_from_bytes(data, path, fix)
     if vectors.dtype != np.float32 or vectors.shape != shape:
         raise TokenizerError(
             f"{path}: expected float32 of shape {shape} (vocab_size, dim). Received: {vectors.dtype} {vectors.shape}. "

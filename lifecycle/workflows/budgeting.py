@@ -76,12 +76,16 @@ def _search_context(parent: artifacts.Version, source: Any, tokenizer: Any) -> A
 
 
 def search_space(width: int | None = None) -> budget.SearchSpace:
-    """The default space, with ``int4`` tried first when this build's recipe steps have it, and the embedding
-    widths below ``width`` (the parent's; None: the width is left alone)."""
+    """The default space, with ``int4`` tried first when this build's recipe steps have it (then ``int3`` on the
+    smallest trials within budget, when it has that too), and the embedding widths below ``width`` (the parent's;
+    None: the width is left alone)."""
+    from dataclasses import replace
+
     from lifecycle.compress import STEPS
 
     space = budget.SearchSpace()
     space = space.with_storage_first("int4") if "int4" in STEPS else space
+    space = replace(space, finer=("int3",)) if "int4" in STEPS and "int3" in STEPS else space
     return space.with_dims_for(width) if width and "dim" in STEPS else space
 
 
@@ -133,7 +137,7 @@ class _Evaluator:
         frozen = FrozenGraph(graph_def, weights, source.kernel_sizes, source.weight_map, input_dtype, source.max_len)
         serving = litert.export(weights, source.kernel_sizes, source.max_len, input_dtype, self.serving_kernels)
         with tempfile.TemporaryDirectory() as tmp:
-            serving_copy(tokenizer).save(Path(tmp) / artifacts.TOKENIZER_DIR)
+            serving_copy(tokenizer).save(Path(tmp) / artifacts.TOKENIZER_DIR, compact=True)  # as compress writes it
             tokenizer_bytes = artifacts.dir_bytes(Path(tmp) / artifacts.TOKENIZER_DIR)
         return budget.Measurement(len(litert.serving_file(serving.content).content) + tokenizer_bytes,
                                   len(graph_def.SerializeToString()) + tokenizer_bytes, self._score(frozen, tokenizer))

@@ -150,7 +150,8 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
 
         def build(tmp: Path) -> dict[str, Any]:
             tokenizer = load_tokenizer(parent.tokenizer_dir) if candidate.tokenizer is None else candidate.tokenizer
-            serving_copy(tokenizer).save(tmp / artifacts.TOKENIZER_DIR)
+            # A compressed version ships its tokenizer's files xz-compressed: both deployed sizes count them.
+            serving_copy(tokenizer).save(tmp / artifacts.TOKENIZER_DIR, compact=candidate.kind == "compressed")
             (tmp / artifacts.CONFIG_FILE).write_text(cfg.to_yaml(), encoding="utf-8")
             (tmp / GRAPH_FILE).write_bytes(frozen.graph_def.SerializeToString())
             (tmp / "weight_map.json").write_text(json.dumps(frozen.weight_map, indent=1), encoding="utf-8")

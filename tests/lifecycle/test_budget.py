@@ -241,3 +241,44 @@ def test_a_budget_no_trial_meets_exits_non_zero_and_writes_nothing(frozen: dict,
     assert len(errors) == 1 and "closest: int8 (0.00 MB) lost 5.00" in errors[0], result.output
     assert result.output.strip().splitlines()[-1] == errors[0]
     assert not out.exists()
+
+
+def test_a_vocabulary_coverage_that_saves_nothing_is_not_kept() -> None:
+    """coverage=1 drops only the ids no training text encodes to: a shrink for a BPE model (kept in front of what
+    follows), nothing for a word vocabulary (the recipe does not carry the idle step)."""
+    def evaluate(shrinks: bool):
+        def measure(recipe: tuple[str, ...]) -> Measurement:
+            size, accuracy = 1000.0, 0.80
+            for step in recipe:
+                factor, loss = {"int8": (0.25, 0.002), "vocab:coverage=0.9": (0.5, 0.03),
+                                "vocab:coverage=1": (0.8 if shrinks else 1.0, 0.0), "prune:0.5": (0.7, 0.003)}.get(
+                                    step, (1.0, 0.0))
+                size, accuracy = size * factor, accuracy - loss
+            return Measurement(int(size), int(size) + 10, accuracy)
+        return measure
+
+    space = SearchSpace(storages=("int8",), coverages=(0.9, 1.0), sparsities=(0.5,), tune_epochs=0)
+    bpe = search(evaluate(True), 0.80, Budget(1.0), space).chosen
+    word = search(evaluate(False), 0.80, Budget(1.0), space).chosen
+    assert bpe is not None and bpe.recipe == ("vocab:coverage=1", "prune:0.5", "int8")
+    assert word is not None and word.recipe == ("prune:0.5", "int8")
+
+
+def test_a_finer_storage_is_tried_on_the_smallest_trials_within_budget() -> None:
+    """Phase 6: int3 in place of int4 on the smallest trials within budget; here it loses too much on the narrowest
+    one and fits on a wider one, which is then the smaller version."""
+    def measure(recipe: tuple[str, ...]) -> Measurement:
+        width = next((int(step[4:]) for step in recipe if step.startswith("dim:")), 64)
+        bits = {"int4": 4, "int3": 3}[recipe[-1]]
+        points = (64 - width) * 0.05 + (0.3 if bits == 3 else 0.0)  # dim:48,int4 0.8 lost; dim:48,int3 1.1
+        size = width * bits * 10
+        return Measurement(size, size + 5, 0.80 - points / 100)
+
+    space = SearchSpace(storages=("int4",), coverages=(), sparsities=(), tune_epochs=0, dims=(16, 24, 32, 40, 48, 56),
+                        finer=("int3",), refine=2)
+    result = search(measure, 0.80, Budget(1.0), space)
+    within4 = sorted((t for t in result.trials if t.within and t.recipe[-1] == "int4"), key=lambda t: t.size_bytes)
+    tried3 = [t.recipe for t in result.trials if t.recipe[-1] == "int3"]
+    assert tried3 == [(*t.recipe[:-1], "int3") for t in within4[:2]]
+    assert result.chosen is not None and result.chosen.recipe[-1] == "int3"
+    assert result.chosen.size_bytes < within4[0].size_bytes

@@ -50,7 +50,7 @@ def versions(frozen: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("int4")
     source = str(frozen["outcome"].version)
     return {recipe: run_compress(source, recipe, root / recipe.replace(":", "-").replace(",", "+"), track=False)
-            for recipe in ("int8", "int4")}
+            for recipe in ("int8", "int4", "int3")}
 
 
 def test_int4_halves_graph_bytes_and_stays_within_budget_of_int8(versions: dict) -> None:
@@ -107,6 +107,43 @@ def test_int4_restores_to_the_graphs_own_values(versions: dict, frozen: dict, tm
     assert restored_difference(restored, graph, arrays.x) <= EXACT
     outcome = run_restore(str(version.path), tmp_path / "restored", track=False)
     assert artifacts.load_version(outcome.version).manifest.check["max_abs_diff_vs_parent"] <= EXACT
+
+
+def test_int3_is_smaller_than_int4_restores_exactly_and_serves_within_bound(versions: dict, frozen: dict,
+                                                                           tmp_path: Path) -> None:
+    from lifecycle.backend import configure
+    from lifecycle.inference import Predictor
+    from lifecycle.restore import restore_model, restored_difference
+    from lifecycle.workflows import load_graph_version, run_restore
+    from lifecycle.workflows.graphs import _check_arrays
+    from tokenization.factory import load_tokenizer
+
+    int4, int3 = (artifacts.load_version(versions[r].version) for r in ("int4", "int3"))
+    # 3 bits a weight against 4, plus the same float32 scales: a 32-d embedding row is 12 + 4 bytes against 16 + 4
+    # (the tests' graph also holds float32 biases and decode nodes: measured 99,268 vs 105,048 bytes).
+    rows, dim = int3.manifest.tensors["weights/embedding"].shape
+    assert int3.manifest.tensors["weights/embedding"].bytes == rows * (3 * ((dim + 7) // 8) + 4)
+    assert int4.manifest.tensors["weights/embedding"].bytes == rows * ((dim + 1) // 2 + 4)
+    assert (int3.path / "graph.pb").stat().st_size < (int4.path / "graph.pb").stat().st_size
+    serving = int3.manifest.serving
+    assert serving.file == "model.tflite.pack" and serving.bytes < int4.manifest.serving.bytes
+    assert int3.manifest.serving.raw["expanded"] == {name: "int3 -> int8" for name in int3.manifest.tensors
+                                                     if not name.endswith("/bias")}
+    graph = load_graph_version(int3)
+    parent = load_graph_version(artifacts.load_version(frozen["outcome"].version))
+    for name, stored in graph.weights.items():
+        if stored.storage == "int3":
+            assert np.abs(stored.value).max() <= 3
+            assert np.all(np.abs(stored.dequantize() - parent.weights[name].value) <= stored.scale / 2 + 1e-7)
+    configure(int3.config.train.seed, int3.config.train.threads)
+    restored = restore_model(graph, int3.config, len(int3.labels))
+    arrays, _, _ = _check_arrays(int3, load_tokenizer(int3.tokenizer_dir))
+    assert restored_difference(restored, graph, arrays.x) <= EXACT
+    outcome = run_restore(str(int3.path), tmp_path / "restored", track=False)
+    assert artifacts.load_version(outcome.version).manifest.check["max_abs_diff_vs_parent"] <= EXACT
+    texts = ["an utterly charming and hilarious film", "a boring , lifeless mess", "it is a movie"]
+    probabilities = Predictor(int3, "graph").predict_proba(texts)
+    assert np.abs(Predictor(int3, "litert").predict_proba(texts) - probabilities).max() <= 0.05
 
 
 def test_int4_composes_with_vocab_prune_and_tune(versions: dict, frozen: dict, tmp_path: Path) -> None:

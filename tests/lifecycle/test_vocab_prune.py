@@ -4,6 +4,8 @@ and stores the weights as they were. Both record a report in the manifest's reci
 
 from __future__ import annotations
 
+import io
+import lzma
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -225,8 +227,9 @@ def test_restore_works_on_a_vocab_pruned_version(word_pruned: dict, tmp_path: Pa
     outcome = run_restore(str(word_pruned["n"].version), tmp_path / "r", track=False)
     assert outcome.metrics["max_abs_diff_vs_parent"] <= 1e-5
     restored = artifacts.load_version(outcome.version)
-    assert (restored.tokenizer_dir / "vocab.txt").read_bytes() == (
-        artifacts.load_version(word_pruned["n"].version).tokenizer_dir / "vocab.txt").read_bytes()
+    # A compressed version ships vocab.txt.xz (the compact tokenizer); the restored checkpoint carries the same file.
+    assert (restored.tokenizer_dir / "vocab.txt.xz").read_bytes() == (
+        artifacts.load_version(word_pruned["n"].version).tokenizer_dir / "vocab.txt.xz").read_bytes()
     texts = ["an utterly charming and hilarious film", "a boring , lifeless mess"]
     np.testing.assert_allclose(_probabilities(restored.path, texts), _probabilities(word_pruned["n"].version, texts),
                                atol=1e-5)
@@ -291,15 +294,18 @@ def test_bpe_vocab_pruning_round_trips(bpe_versions: dict, tmp_path: Path) -> No
 
     parent, child = (artifacts.load_version(bpe_versions[k]) for k in ("parent", "child"))
     parent_tok, child_tok = load_tokenizer(parent.tokenizer_dir), load_tokenizer(child.tokenizer_dir)
-    assert (child.tokenizer_dir / "kept_ids.npy").is_file() and (child.tokenizer_dir / "bpe.model").read_bytes() == (
-        parent.tokenizer_dir / "bpe.model").read_bytes()  # the youtokentome model is shipped unchanged
+    # The youtokentome model is shipped unchanged (xz-compressed in the compressed version's compact tokenizer).
+    assert lzma.decompress((child.tokenizer_dir / "bpe.model.xz").read_bytes()) == (
+        parent.tokenizer_dir / "bpe.model").read_bytes()
+    assert {p.name for p in child.tokenizer_dir.iterdir()} == {"bpe.model.xz", "kept_ids.npy.xz", "tokenizer.json"}
     assert child_tok.vocab_size == 200 == child.manifest.architecture.vocab_size
     assert child.manifest.input.dtype == "uint8" and parent.manifest.input.dtype == "uint16"
 
     # The map: kept = specials + the 196 ids most frequent in the training split; every other id becomes unk.
     train_texts = list(_corpus(parent.path).train.texts)
     counts = count_ids(parent_tok.tokenize_ids(train_texts), parent_tok.vocab_size)
-    kept = np.load(child.tokenizer_dir / "kept_ids.npy").astype(np.int64)
+    kept = np.load(io.BytesIO(lzma.decompress((child.tokenizer_dir / "kept_ids.npy.xz").read_bytes()))).astype(
+        np.int64)
     assert kept.size == 200 and list(kept[:N_SPECIAL]) == list(range(N_SPECIAL)) and np.all(np.diff(kept) > 0)
     others = np.setdiff1d(np.arange(N_SPECIAL, parent_tok.vocab_size), kept)
     assert counts[kept[N_SPECIAL:]].min() >= counts[others].max()
