@@ -97,11 +97,24 @@ def _role(pid: int, root: int) -> str:
     return exe
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (its threads included), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_measured(command: list[str], stdout: Path | None = None, trace: list | None = None) -> dict:
-    """Run a command; its wall seconds and the peak RSS (MB) of every process of its tree, by role. ``trace``, when
-    given, gets a (seconds since start, pid, role, VmRSS bytes) sample of every process at every poll."""
+    """Run a command; its wall seconds, the peak RSS (MB) of every process of its tree, by role, and the CPU seconds
+    of the whole tree (each process's last reading; on a loaded machine a fairer comparison than wall time).
+    ``trace``, when given, gets a (seconds since start, pid, role, VmRSS bytes) sample of every process at every
+    poll."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     peaks: dict[int, tuple[str, int]] = {}
+    cpu: dict[int, float] = {}
     started = time.perf_counter()
     with open(stdout or os.devnull, "w") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.PIPE, env=env, text=True)
@@ -110,6 +123,7 @@ def run_measured(command: list[str], stdout: Path | None = None, trace: list | N
         def poll() -> None:
             while not done.wait(0.25):
                 for pid in _tree(process.pid):
+                    cpu[pid] = max(cpu.get(pid, 0.0), _cpu_seconds(pid))
                     status = memory_status(pid)
                     if status["VmHWM"]:
                         # The role is read again each time: spark-submit's bash becomes the JVM by exec.
@@ -129,7 +143,8 @@ def run_measured(command: list[str], stdout: Path | None = None, trace: list | N
     by_role: dict[str, list[float]] = {}
     for role, hwm in peaks.values():
         by_role.setdefault(role, []).append(round(hwm / 1e6, 1))
-    return {"seconds": round(seconds, 2), "peak_rss_mb": {role: sorted(v, reverse=True) for role, v in by_role.items()}}
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(sum(cpu.values()), 1),
+            "peak_rss_mb": {role: sorted(v, reverse=True) for role, v in by_role.items()}}
 
 
 def read_predict(path: Path) -> tuple[list[str], list[float]]:

@@ -15,6 +15,9 @@ import time
 held = bytearray(60 << 20)          # 60 MB touched at once
 for i in range(0, len(held), 4096):
     held[i] = 1
+until = time.process_time() + 0.2   # a fifth of a second of CPU, then a second asleep
+while time.process_time() < until:
+    pass
 time.sleep(1.0)
 """
 
@@ -31,6 +34,7 @@ def test_run_measured_reads_the_peak_and_samples_of_a_real_process() -> None:
     measured = run_measured([sys.executable, "-c", GROW], trace=trace)
     assert measured["seconds"] >= 1.0
     assert max(measured["peak_rss_mb"]["driver"]) >= 60, measured
+    assert 0.15 <= measured["cpu_seconds"] <= measured["seconds"], measured
     rss = [sample[3] for sample in trace if sample[2] == "driver"]
     assert len(rss) >= 2 and max(rss) >= 60e6
     times = [sample[0] for sample in trace]
