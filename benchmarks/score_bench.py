@@ -239,6 +239,8 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(ENGINES), help="comma-separated subset of " + ", ".join(ENGINES))
     parser.add_argument("--readme", action="store_true", help="write the figures of --rows into README.md")
     parser.add_argument("--readme-only", action="store_true", help="only rewrite README.md from score_bench.json")
+    parser.add_argument("--check-only", action="store_true",
+                        help="run nothing: check the outputs earlier runs left for --rows (and --version) equal")
     parser.add_argument("--udf-worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.udf_worker:
@@ -248,7 +250,8 @@ def main() -> None:
     if args.readme_only:
         write_readme(results_path)
         return
-    unknown = set(args.only.split(",")) - set(ENGINES)
+    engines = [] if args.check_only else args.only.split(",")
+    unknown = set(engines) - set(ENGINES)
     if unknown:
         raise SystemExit(f"unknown engine {', '.join(sorted(unknown))}; use {', '.join(ENGINES)}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -263,7 +266,7 @@ def main() -> None:
     entry["path"] = os.path.relpath(version_path, REPO)
     runs = entry["runs"].setdefault(str(args.rows), {})
     outputs = {}
-    for engine in args.only.split(","):
+    for engine in engines:
         target = output_path(args.out, name, engine, args.rows)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(target, ignore_errors=True)
@@ -315,16 +318,17 @@ def write_readme(results_path: Path) -> None:
             flag = "" if name == BUDGET_NAME else f" --version {entry['path']}"
             lines += ["", f"`python benchmarks/score_bench.py --rows {size} --only {','.join(runs)}{flag}`: "
                       f"{int(size):,} titles, version `{entry['path']}`: {entry['about']}", "",
-                      "| engine | seconds | texts/s | load avg | peak RSS MB per process | rows checked |",
-                      "|---|---|---|---|---|---|"]
+                      "| engine | seconds | texts/s | CPU s | load avg | peak RSS MB per process | rows checked |",
+                      "|---|---|---|---|---|---|---|"]
             for engine, run in runs.items():
                 memory = "; ".join(f"{role} {', '.join(f'{v:.0f}' for v in values)}"
                                    for role, values in run["peak_rss_mb"].items() if max(values) >= 5)
                 check = run.get("check", {})
                 equal = (f"{check['labels_equal']:,}/{check['rows']:,} labels equal to {check['against']}'s, max "
                          f"probability diff {check['max_abs_probability_diff']:.1e}" if check else "not checked")
+                cpu = f"{run['cpu_seconds']:,.0f}" if "cpu_seconds" in run else "-"
                 lines.append(f"| {NAMES.get(engine, engine)} | {run['seconds']:.1f} | {run['texts_per_s']:,.0f} | "
-                             f"{run['load_average']:.1f} | {memory} | {equal} |")
+                             f"{cpu} | {run['load_average']:.1f} | {memory} | {equal} |")
     write_block("score", "\n".join(lines))
 
 

@@ -10,7 +10,7 @@ the run. Flat means the peaks do not grow with the length and the late samples a
 
 The version is a tiny one (the embedded default corpus, 16-d random embeddings, 8 filters, 16 tokens, 2 epochs;
 trained and frozen into --out once) unless --version: what is measured is the engine's streaming, not the model.
-Inputs and outputs are deleted after each run (the 10M csv is about 250 MB); only the figures are kept.
+Inputs and outputs are deleted after each run (the 10M csv is 335 MB); only the figures are kept.
 """
 
 from __future__ import annotations
