@@ -17,7 +17,7 @@ PYTEST_RUN := -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=20
 
 PG_BINDIR_GLOB := /usr/lib/postgresql/*/bin/initdb
 
-.PHONY: install install-postgres install-browser ui-check server install-bench install-teacher install-spark bench-score bench-distill bench-calibration run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
+.PHONY: install install-postgres install-browser ui-check server install-bench install-teacher install-spark bench-score bench-score-memory bench-distill bench-calibration run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
 
 install: $(STAMP) $(TEACHER_STAMP) $(SPARK_STAMP)
 
@@ -122,10 +122,15 @@ bench-serve: install
 	command -v wrk >/dev/null || apt-get install -y wrk
 	$(BIN)/python benchmarks/serve_bench.py --readme
 
-# predict --file, score --engine local, score --engine spark (local[2]) and mlflow's spark_udf on StackOverflow
-# titles (README's bench:score; ROWS=200000 for a shorter run).
+# predict --file, score --engine local, score --engine spark (local[2]) and mlflow's spark_udf on a million
+# StackOverflow titles with the budget-searched StackOverflow version (compressed once from bench-calibration's
+# frozen parent; README's bench:score; ROWS=200000 for a shorter run, VERSION=DIR to score another version).
 bench-score: install-spark
-	$(BIN)/python benchmarks/score_bench.py --rows $(or $(ROWS),1000000)
+	$(BIN)/python benchmarks/score_bench.py --rows $(or $(ROWS),1000000) $(if $(VERSION),--version $(VERSION)) --readme
+
+# The local engine's memory on 1M and 10M lines (README's bench:score-memory; about an hour on 2 cores).
+bench-score-memory: install
+	$(BIN)/python benchmarks/score_memory.py --readme
 
 lint: install
 	$(BIN)/ruff check lifecycle tokenization tests benchmarks

@@ -312,7 +312,7 @@ def score(
 
     The local engine streams the input (flat memory on any length) over worker processes running the version's
     LiteRT serving form; the Spark engine ships that form and the tokenizer to the executors and scores with
-    mapInPandas. Neither imports TensorFlow to score. The output directory appears whole or not at all.
+    mapInArrow. Neither imports TensorFlow to score. The output directory appears whole or not at all.
     """
     with _errors():
         from lifecycle.scoring import ScoreOptions

@@ -293,7 +293,9 @@ def score_spark(version: Any, label: str, files: Sequence[InputFile], tmp: Path,
             watcher = threading.Thread(target=_watch_progress, args=(spark, on_progress, stop), daemon=True)
             watcher.start()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # pyspark's "pandas >= 3 not fully supported"
+            # mapInArrow hands no pandas frames around, but pyspark 4.x builds it on pandas_udf, whose version
+            # check warns "PySpark does not yet fully support pandas >= 3.0.0" (FutureWarning) all the same.
+            warnings.simplefilter("ignore", FutureWarning)
             frame.mapInArrow(scorer, SPARK_OUTPUT_SCHEMA).write.parquet(str(tmp / "spark"), compression="zstd")
         rows = _move_parts(tmp / "spark", tmp)
         seconds = time.perf_counter() - started
