@@ -12,7 +12,7 @@ Rows go to benchmarks/out/distill.json (finished sets are reused), the table int
     .venv/bin/python benchmarks/distill_bench.py                    # every set, seed 13
     .venv/bin/python benchmarks/distill_bench.py --only trec --no-readme
     .venv/bin/python benchmarks/distill_bench.py --only mr --set-for mr:teacher.fine_tune_epochs=1 \
-        --plain-versions benchmarks/out/calibration-versions   # reuse CNN-rand checkpoints of the same config
+        --reuse benchmarks/out/calibration-versions   # reuse checkpoints trained with the same config
 
 The student runs use the schema's teacher defaults (augmented copies of the training texts labelled by the teacher,
 teacher.augment) unless --set / --set-for say otherwise; the overrides used are kept in the row.
@@ -56,14 +56,20 @@ def reusable(cfg: object, checkpoint: Path) -> bool:
     if recorded.get("kind") != "checkpoint":
         return False
     want = json.loads(json.dumps(cfg.model_dump(mode="json")))  # type: ignore[attr-defined]
-    if want["teacher"]["enabled"]:
+    # A key the schema gained since that checkpoint was trained had its default then: compare with the default.
+    defaults = json.loads(json.dumps(type(cfg)().model_dump(mode="json")))
+    config = recorded.get("config", {})
+    config = {k: ({**defaults[k], **v} if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v)
+              for k, v in config.items()}
+    # A plain run's disabled teacher section does nothing (and gains new keys as the schema grows).
+    if bool(config.get("teacher", {}).get("enabled")) != bool(want["teacher"]["enabled"]):
         return False
-    ignored = ("tracking", "teacher")  # a plain run's disabled teacher section does nothing (and gains new keys)
-    return ({k: v for k, v in recorded.get("config", {}).items() if k not in ignored}
+    ignored = ("tracking",) if want["teacher"]["enabled"] else ("tracking", "teacher")
+    return ({k: v for k, v in config.items() if k not in ignored}
             == {k: v for k, v in want.items() if k not in ignored})
 
 
-def run_set(name: str, seed: int, versions: Path, overrides: list[str], plain_versions: Path | None = None) -> dict:
+def run_set(name: str, seed: int, versions: Path, overrides: list[str], reuse: list[Path]) -> dict:
     from lifecycle.workflows import run_bench, run_compress, run_freeze, run_train
 
     row: dict = {"set": name, "seed": seed, "student_overrides": overrides}
@@ -72,15 +78,16 @@ def run_set(name: str, seed: int, versions: Path, overrides: list[str], plain_ve
     for role, extra in (("plain", []), ("student", ["teacher.enabled=true", cache, *overrides])):
         cfg = load_config(ROOT / "configs" / SETS[name], [f"train.seed={seed}", "tracking.enabled=false", *extra])
         started = time.perf_counter()
-        earlier = plain_versions / SETS[name].removesuffix(".yaml") / "checkpoint" if plain_versions else None
-        if role == "plain" and earlier is not None and reusable(cfg, earlier):
+        candidates = [path / SETS[name].removesuffix(".yaml") / "checkpoint" for path in reuse] + reuse
+        earlier = next((path for path in candidates if reusable(cfg, path)), None)
+        if earlier is not None:
             from types import SimpleNamespace
 
             version = load_version(earlier, verify=False)
-            trained = SimpleNamespace(version=earlier, metrics={**version.manifest.metrics,
-                                                                "train_seconds": float("nan")})
-            row["plain_reused"] = str(earlier)
-            print(f"{name}: CNN-rand checkpoint reused from {earlier} (same config)", flush=True)
+            trained = SimpleNamespace(version=earlier, metrics={
+                **version.manifest.metrics, "train_seconds": version.manifest.metrics.get("train_seconds", -1.0)})
+            row[f"{role}_reused"] = str(earlier)
+            print(f"{name}: {role} checkpoint reused from {earlier} (same config)", flush=True)
         else:
             trained = run_train(cfg, versions / f"{name}-{role}", versions_dir=versions, resume=False)
         wall = time.perf_counter() - started
@@ -144,9 +151,9 @@ def main() -> None:
                         help="an extra --set override of the student runs, e.g. teacher.fine_tune_epochs=0")
     parser.add_argument("--set-for", action="append", default=[], metavar="SET:KEY=VALUE",
                         help="an override of one set's student run, e.g. mr:teacher.fine_tune_epochs=1")
-    parser.add_argument("--plain-versions", type=Path, default=None,
-                        help="a folder of <config name>/checkpoint versions: a CNN-rand checkpoint there trained "
-                        "with exactly the plain run's config is reused instead of trained again")
+    parser.add_argument("--reuse", type=Path, action="append", default=[],
+                        help="a checkpoint version, or a folder of <config name>/checkpoint versions: a checkpoint "
+                        "trained with exactly a run's config (tracking aside) is reused instead of trained again")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     results_file = OUT / "distill.json"
@@ -157,7 +164,7 @@ def main() -> None:
             break
         print(f"== {name} seed {args.seed}", flush=True)
         per_set = [o.split(":", 1)[1] for o in args.set_for if o.split(":", 1)[0] == name]
-        row = run_set(name, args.seed, versions, [*args.overrides, *per_set], args.plain_versions)
+        row = run_set(name, args.seed, versions, [*args.overrides, *per_set], args.reuse)
         # Read again before writing: another bench process (one set each) may have added its row meanwhile.
         previous = {r["set"]: r for r in json.loads(results_file.read_text())} if results_file.is_file() else {}
         previous[name] = row
