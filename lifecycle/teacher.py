@@ -106,6 +106,17 @@ def locate_teacher(package: str, max_len: int) -> TeacherSource:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise _missing(f"the teacher package {package}", exc) from None
+    from importlib.util import find_spec
+
+    # The rest of the extra, checked before any work (tokenizer training, augmentation) is spent.
+    for piece, what in (("keras_hub", "keras-hub"), ("tokenizers", "the Hugging Face tokenizers package"),
+                        ("safetensors", "the safetensors package")):
+        try:
+            found = find_spec(piece) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise _missing(what)
     model_dir = Path(getattr(module, "MODEL_DIR", Path(module.__file__ or "").parent / "model"))
     weights = model_dir / WEIGHTS_FILE
     for name in (WEIGHTS_FILE, "config.json", "tokenizer.json"):
