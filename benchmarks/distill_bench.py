@@ -72,7 +72,8 @@ def reusable(cfg: object, checkpoint: Path) -> bool:
 def run_set(name: str, seed: int, versions: Path, overrides: list[str], reuse: list[Path]) -> dict:
     from lifecycle.workflows import run_bench, run_compress, run_freeze, run_train
 
-    row: dict = {"set": name, "seed": seed, "student_overrides": overrides}
+    row: dict = {"set": name, "seed": seed, "student_overrides": overrides,
+                 "measured": datetime.now(UTC).strftime("%Y-%m-%d")}
     forms: dict[str, dict[str, str]] = {}
     cache = f"teacher.cache_dir={OUT / 'teacher-cache'}"  # kept between bench runs, so a re-run reads it
     for role, extra in (("plain", []), ("student", ["teacher.enabled=true", cache, *overrides])):
@@ -136,7 +137,8 @@ def table(rows: list[dict]) -> str:
         if t["head"].get("from_cache"):
             kind += ", weights from cache"
         lines.append(
-            f"| {r['set']} | {kind} | {100 * t['test_accuracy']:.1f} ({100 * t['validation_accuracy']:.1f}) | "
+            f"| {r['set']} ({r.get('measured', 'an earlier run')}) | {kind} | "
+            f"{100 * t['test_accuracy']:.1f} ({100 * t['validation_accuracy']:.1f}) | "
             f"{t['seconds']:.0f} | {augment} | {100 * s['test_accuracy']:.1f} | {100 * s['int8_test_accuracy']:.1f} | "
             f"{100 * s['whole_test_accuracy']:.1f} | {100 * p['test_accuracy']:.1f} | "
             f"{100 * p['whole_test_accuracy']:.1f} | {KIM_STATIC.get(r['set'], '-')} | {KIM_RAND.get(r['set'], '-')} | "
@@ -175,8 +177,10 @@ def main() -> None:
         stamp = datetime.fromtimestamp(results_file.stat().st_mtime, UTC).strftime("%Y-%m-%d")
         meta = (f"Measured {stamp} on {cpu_model()} ({os.cpu_count()} cores, shared with other jobs), "
                 f"`python benchmarks/distill_bench.py`, one seed (13). Teacher s: wall time of the teacher's part of "
-                "the student's `train` with an empty cache (encoder load, fine-tuning, labelling every text); a "
-                "second run reads the cache. p50: one text per call, int8 serving forms side by side.")
+                "the student's `train` (encoder load, fine-tuning, labelling every text not in the cache; "
+                "\"weights from cache\": the fine-tuned teacher was read from the cache, so this is labelling "
+                "alone); augmented texts: the copies the teacher labelled (its labelling rate, texts/s, in "
+                "brackets). p50: one text per call, int8 serving forms side by side.")
         write_block("distill", f"{meta}\n\n{table(rows)}")
 
 
