@@ -337,6 +337,29 @@ class TeacherConfig(_Section):
     unlabelled_limit: StrictInt | None = Field(
         None, gt=0, description="Use only the first N unlabelled texts; null: all of them."
     )
+    augment: StrictInt | None = Field(
+        None, ge=0, description="Perturbed copies of each training text that the teacher labels (soft targets "
+        "only) to widen the student's training set (Tang et al. 2019): words dropped, words swapped for a near word "
+        "of the training vocabulary (the teacher's input embeddings), n-gram spans; seeded by train.seed. null: "
+        "about teacher.augment_budget new texts in all (1 to 20 per text); 0: none."
+    )
+    augment_budget: StrictInt = Field(
+        20000, ge=0, description="With teacher.augment null: the number of augmented texts aimed at (the teacher "
+        "labels each once; they are cached by text hash)."
+    )
+    augment_drop: Finite = Field(0.1, ge=0, le=1, description="Chance that an augmented copy drops a word.")
+    augment_swap: Finite = Field(
+        0.1, ge=0, le=1, description="Chance that an augmented copy swaps a word for one of its 5 nearest words."
+    )
+    augment_ngram: Finite = Field(
+        0.25, ge=0, le=1, description="Chance that an augmented copy is cut to a random span of 1 to 5 words."
+    )
+    init_embeddings: StrictBool = Field(
+        True, description="Start the student's embedding (model.embedding_init rand only) from the teacher's "
+        "wordpiece input embeddings: each vocabulary token's vector (its pieces' mean), projected on its principal "
+        "axes to model.embedding_dim and scaled to the random initialisation's spread. The student's size and "
+        "serving path do not change."
+    )
     cache_dir: str | None = Field(
         None, description="Where teacher embeddings and heads are cached by text hash; default "
         "<versions>/.cache/teacher ($LIFECYCLE_VERSIONS_DIR or <project root>/versions)."

@@ -60,7 +60,8 @@ class Teaching:
 
     Attributes:
         train_soft: softmax(teacher logits / T) of the training texts (n x classes).
-        unlabelled_texts: the unlabelled texts kept (not in train, validation or test).
+        unlabelled_texts: the texts only the teacher labels: the unlabelled texts kept (not in train, validation
+            or test), then the training texts' augmented copies (teacher.augment).
         unlabelled_soft: their soft targets.
         record: the manifest's ``teacher`` section.
         metrics: the teacher run's metrics (accuracies, seconds, texts encoded).
@@ -120,6 +121,30 @@ def read_unlabelled(cfg: Config) -> tuple[str, ...]:
     return unique[:limit] if limit else unique
 
 
+def augmented_texts(cfg: Config, corpus: Corpus, source: Any,
+                    unlabelled: tuple[str, ...] = ()) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The training texts' augmented copies (``teacher.augment``; ``lifecycle.teacher.augment``) and what the
+    manifest records about them; none (and an empty record) when augmentation is off. Copies equal to a labelled or
+    unlabelled text are left out, so no validation or test text reaches the student through its teacher."""
+    from lifecycle import teacher as teacher_lib
+
+    tcfg = cfg.teacher
+    texts = corpus.train.texts
+    variants = teacher_lib.augment_variants(tcfg.augment, tcfg.augment_budget, len(texts))
+    if variants <= 0:
+        return (), {}
+    settings = teacher_lib.AugmentSettings(variants, tcfg.augment_drop, tcfg.augment_swap, tcfg.augment_ngram,
+                                           cfg.train.seed)
+    neighbours = (teacher_lib.word_neighbours([w for t in texts for w in t.split()], source)
+                  if tcfg.augment_swap > 0 else {})
+    exclude = set(corpus.validation.texts) | set(corpus.test.texts) | set(unlabelled)
+    augmented = teacher_lib.augment(texts, settings, neighbours, exclude)
+    log.info("teacher.augment: %d augmented texts (%d variants of each of %d training texts)", len(augmented),
+             variants, len(texts))
+    return augmented, {"variants": variants, "drop": tcfg.augment_drop, "swap": tcfg.augment_swap,
+                       "ngram": tcfg.augment_ngram, "texts": len(augmented)}
+
+
 def prepare_teacher(cfg: Config, corpus: Corpus, tracker: NullTracker) -> Teaching:
     """Run the teacher on every split and the unlabelled texts, in a ``teacher`` run nested in the active one.
 
@@ -147,6 +172,10 @@ def prepare_teacher(cfg: Config, corpus: Corpus, tracker: NullTracker) -> Teachi
             log.warning("teacher.unlabelled_path: %d of %d unlabelled texts are also in the labelled data (train, "
                         "validation or test) and are left out", len(unlabelled) - len(kept), len(unlabelled))
         unlabelled = kept
+    augment_started = time.perf_counter()
+    augmented, augment_record = augmented_texts(cfg, corpus, source, unlabelled)
+    augment_seconds = time.perf_counter() - augment_started
+    widening = unlabelled + augmented  # texts only the teacher labels (soft term only)
     index = {label: i for i, label in enumerate(corpus.labels)}
     splits = {name: getattr(corpus, name) for name in ("train", "validation", "test")}
     y = {name: np.array([index[label] for label in ex.labels], dtype=np.int64) for name, ex in splits.items()}
@@ -162,8 +191,8 @@ def prepare_teacher(cfg: Config, corpus: Corpus, tracker: NullTracker) -> Teachi
             val_pairs = (corpus.validation.texts, y["validation"])
             logits = {name: tuned.logits(ex.texts, train=train_pairs, validation=val_pairs, seed=cfg.train.seed)
                       for name, ex in splits.items()}
-            extra_logits = tuned.logits(unlabelled, train=train_pairs, validation=val_pairs, seed=cfg.train.seed)
-            stats.texts = sum(len(ex) for ex in splits.values()) + len(unlabelled)
+            extra_logits = tuned.logits(widening, train=train_pairs, validation=val_pairs, seed=cfg.train.seed)
+            stats.texts = sum(len(ex) for ex in splits.values()) + len(widening)
             stats.encoded, stats.encoder_seconds = tuned.encoded, tuned.encoder_seconds
             stats.load_seconds = tuned.report.seconds
             head_record: dict[str, Any] = {"kind": "fine_tuned", "key": key, "epochs": tcfg.fine_tune_epochs,
@@ -174,8 +203,8 @@ def prepare_teacher(cfg: Config, corpus: Corpus, tracker: NullTracker) -> Teachi
         else:
             embed = {name: teacher_lib.embed_texts(ex.texts, source, root, batch_size=tcfg.batch_size, stats=stats)
                      for name, ex in splits.items()}
-            extra = (teacher_lib.embed_texts(unlabelled, source, root, batch_size=tcfg.batch_size, stats=stats)
-                     if unlabelled else np.zeros((0, embed["train"].shape[1]), dtype=np.float32))
+            extra = (teacher_lib.embed_texts(widening, source, root, batch_size=tcfg.batch_size, stats=stats)
+                     if widening else np.zeros((0, embed["train"].shape[1]), dtype=np.float32))
             head = teacher_lib.fit_head(tcfg, source, root, (corpus.train.texts, y["train"]), embed["train"],
                                         embed["validation"], y["validation"], num_classes)
             logits = {name: head.logits(vectors) for name, vectors in embed.items()}
@@ -194,6 +223,8 @@ def prepare_teacher(cfg: Config, corpus: Corpus, tracker: NullTracker) -> Teachi
             "teacher_texts": float(stats.texts),
             "teacher_texts_encoded": float(stats.encoded),
             "teacher_unlabelled_texts": float(len(unlabelled)),
+            "teacher_augmented_texts": float(len(augmented)),
+            "teacher_augment_seconds": augment_seconds,
         }
         tracker.log_params({"teacher.package": tcfg.package, "teacher.package_version": source.package_version,
                             "teacher.weights_sha256": source.weights_sha256, "teacher.max_len": str(tcfg.max_len),
@@ -208,14 +239,31 @@ def prepare_teacher(cfg: Config, corpus: Corpus, tracker: NullTracker) -> Teachi
         "test_accuracy": accuracy["test"],
         "temperature": tcfg.temperature,
         "alpha": tcfg.alpha,
+        "init_embeddings": tcfg.init_embeddings and cfg.model.embedding_init == "rand",
         "unlabelled_texts": len(unlabelled),
+        **({"augment": augment_record} if augment_record else {}),
         "seconds": round(seconds, 3),
         "texts_encoded": stats.encoded,
+        "encoder_seconds": round(stats.encoder_seconds, 3),
         "run_id": run_id,
     }
-    return Teaching(_soft_targets(logits["train"], tcfg.temperature), unlabelled,
-                    _soft_targets(extra_logits, tcfg.temperature) if len(unlabelled) else
+    return Teaching(_soft_targets(logits["train"], tcfg.temperature), widening,
+                    _soft_targets(extra_logits, tcfg.temperature) if len(widening) else
                     np.zeros((0, len(corpus.labels)), dtype=np.float32), record, metrics)
+
+
+def init_student_embeddings(model: keras.Model, cfg: Config, tokenizer: Tokenizer) -> bool:
+    """With teacher.init_embeddings (and model.embedding_init rand), set the CNN's embedding rows from the
+    teacher's input embeddings (``lifecycle.teacher.student_embeddings``); True when it did."""
+    if not cfg.teacher.init_embeddings or cfg.model.embedding_init != "rand":
+        return False
+    from lifecycle import teacher as teacher_lib
+
+    source = teacher_lib.locate_teacher(cfg.teacher.package, cfg.teacher.max_len)
+    layer = model.get_layer("embedding")
+    base = np.asarray(layer.embeddings.numpy())
+    layer.embeddings.assign(teacher_lib.student_embeddings(tokenizer.vocab, source, base.shape[1], base))
+    return True
 
 
 def student_arrays(teaching: Teaching, train: Arrays, tokenizer: Tokenizer, max_len: int) -> Arrays:

@@ -106,6 +106,17 @@ def locate_teacher(package: str, max_len: int) -> TeacherSource:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise _missing(f"the teacher package {package}", exc) from None
+    from importlib.util import find_spec
+
+    # The rest of the extra, checked before any work (tokenizer training, augmentation) is spent.
+    for piece, what in (("keras_hub", "keras-hub"), ("tokenizers", "the Hugging Face tokenizers package"),
+                        ("safetensors", "the safetensors package")):
+        try:
+            found = find_spec(piece) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise _missing(what)
     model_dir = Path(getattr(module, "MODEL_DIR", Path(module.__file__ or "").parent / "model"))
     weights = model_dir / WEIGHTS_FILE
     for name in (WEIGHTS_FILE, "config.json", "tokenizer.json"):
@@ -565,3 +576,136 @@ def _MaskedMean(**kwargs: Any) -> Any:  # noqa: N802 - a layer factory, named as
 
 def _WarmupLinear(peak: float, warmup: int, total: int) -> Any:  # noqa: N802 - a schedule factory
     return _keras_classes()[1](peak, warmup, total)
+
+
+# Augmentation (Tang et al. 2019, "Distilling Task-Specific Knowledge from BERT into Simple Neural Networks"): new
+# texts made from the training texts, labelled by the teacher (soft targets only), so the student sees the teacher's
+# function on many more inputs than the labelled split holds.
+NEIGHBOURS = 5  # a swapped word is one of its this many nearest words (cosine of the teacher's input embeddings)
+NGRAM_MAX = 5  # an n-gram sample keeps n words, n uniform in 1..NGRAM_MAX (at most the text's length - 1)
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """How ``augment`` perturbs a text: per word, drop it (``drop``) or swap it for a near word (``swap``); then,
+    with probability ``ngram``, keep only a random span of it."""
+
+    variants: int
+    drop: float
+    swap: float
+    ngram: float
+    seed: int
+
+
+def augment_variants(requested: int | None, budget: int, n_train: int, cap: int = 20) -> int:
+    """Variants per training text: ``requested``, or (None) as many as make about ``budget`` new texts in all,
+    between 1 and ``cap``; 0 when there is no training text."""
+    if requested is not None:
+        return requested
+    if n_train <= 0:
+        return 0
+    return max(1, min(cap, round(budget / n_train)))
+
+
+def input_vectors(words: Sequence[str], source: TeacherSource) -> tuple[np.ndarray, np.ndarray]:
+    """Each word's vector in the teacher's wordpiece input-embedding table (a word of several pieces: their mean;
+    lower-cased as the uncased encoder reads it) and whether it has one (n x dim float32, n bools). Needs only the
+    tokenizer and the safetensors file, no encoder run."""
+    try:
+        from safetensors import safe_open
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise _missing("the Hugging Face tokenizers and safetensors packages", exc) from None
+    tokenizer = Tokenizer.from_file(str(source.model_dir / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    with safe_open(str(source.model_dir / WEIGHTS_FILE), "np") as weights:
+        name = next(key for key in weights.keys() if key.endswith("word_embeddings.weight"))  # noqa: SIM118
+        table = weights.get_tensor(name).astype(np.float32)
+    vectors = np.zeros((len(words), table.shape[1]), dtype=np.float32)
+    known = np.zeros(len(words), dtype=bool)
+    unk = tokenizer.token_to_id("[UNK]")
+    for row, encoding in enumerate(tokenizer.encode_batch([w.lower() for w in words], add_special_tokens=False)):
+        ids = [i for i in encoding.ids if i != unk]
+        if ids:
+            vectors[row], known[row] = table[ids].mean(axis=0), True
+    return vectors, known
+
+
+def word_neighbours(words: Sequence[str], source: TeacherSource, k: int = NEIGHBOURS) -> dict[str, tuple[str, ...]]:
+    """For each alphabetic word of ``words`` (lower-cased), its ``k`` nearest other words of ``words`` by the cosine
+    of their :func:`input_vectors`."""
+    vocab = sorted({w.lower() for w in words if any(ch.isalpha() for ch in w)})
+    if len(vocab) < 2:
+        return {}
+    vectors, known = input_vectors(vocab, source)
+    vocab = [w for w, k_ in zip(vocab, known, strict=True) if k_]
+    vectors = vectors[known]
+    if len(vocab) < 2:
+        return {}
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+    k = min(k, len(vocab) - 1)
+    out: dict[str, tuple[str, ...]] = {}
+    for start in range(0, len(vocab), 1024):
+        sims = vectors[start:start + 1024] @ vectors.T
+        rows = np.arange(sims.shape[0])
+        sims[rows, start + rows] = -np.inf  # not itself
+        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        for row, cols in enumerate(nearest):
+            ranked = cols[np.argsort(-sims[row, cols], kind="stable")]
+            out[vocab[start + row]] = tuple(vocab[c] for c in ranked)
+    return out
+
+
+def student_embeddings(tokens: Sequence[str], source: TeacherSource, dim: int, base: np.ndarray) -> np.ndarray:
+    """The student's embedding matrix (len(tokens) x dim) started from the teacher: each token's
+    :func:`input_vectors` row (a subword's marker stripped), centred and projected on its ``dim`` principal axes
+    (zero-padded when ``dim`` exceeds the teacher's width), scaled to the spread of ``base`` (the student's own
+    random initialisation, whose rows the tokens without a teacher vector, and the special tokens, keep)."""
+    words = [t.replace("\u2581", " ").strip() for t in tokens]
+    vectors, known = input_vectors(words, source)
+    from tokenization.base import N_SPECIAL
+
+    known[:N_SPECIAL] = False
+    out = base.astype(np.float32, copy=True)
+    if known.sum() < 2:
+        return out
+    rows = vectors[known] - vectors[known].mean(axis=0)
+    _, _, axes = np.linalg.svd(rows, full_matrices=False)
+    projected = rows @ axes[:dim].T
+    if projected.shape[1] < dim:
+        projected = np.pad(projected, ((0, 0), (0, dim - projected.shape[1])))
+    projected *= base.std() / max(float(projected.std()), 1e-9)
+    out[known] = projected
+    return out
+
+
+def augment(texts: Sequence[str], settings: AugmentSettings, neighbours: dict[str, tuple[str, ...]],
+            exclude: set[str] | frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """``settings.variants`` perturbed copies of each text (whitespace words), seeded: the same texts and settings
+    give the same list. Copies equal to a text of ``texts`` or ``exclude`` (validation and test), empty ones and
+    repeats are dropped, so fewer than ``variants`` per text may come back."""
+    rng = np.random.default_rng(settings.seed)
+    seen = set(texts) | set(exclude)
+    out: dict[str, None] = {}
+    for text in texts:
+        words = text.split()
+        if not words:
+            continue
+        for _ in range(settings.variants):
+            draws = rng.random(len(words))
+            picks = rng.integers(0, NEIGHBOURS, len(words))
+            new: list[str] = []
+            for word, draw, pick in zip(words, draws, picks, strict=True):
+                if draw < settings.drop:
+                    continue
+                near = neighbours.get(word.lower()) if draw < settings.drop + settings.swap else None
+                new.append(near[pick % len(near)] if near else word)
+            if len(new) > 1 and rng.random() < settings.ngram:
+                n = int(rng.integers(1, min(NGRAM_MAX, len(new) - 1) + 1))
+                start = int(rng.integers(0, len(new) - n + 1))
+                new = new[start:start + n]
+            candidate = " ".join(new)
+            if candidate and candidate not in seen and candidate not in out:
+                out[candidate] = None
+    return tuple(out)

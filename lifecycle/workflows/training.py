@@ -237,6 +237,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
                                           embeddings=vectors if cfg.model.embedding_init != "rand" else None)
             if teaching is not None:  # a resumed model comes back compiled with the distillation loss
                 distill.compile_student(model, cfg)
+                distill.init_student_embeddings(model, cfg, tokenizer)
         else:
             log.warning("resuming %s from %s", cfg.name, resume_dir)
         train_arrays = data.train

