@@ -169,6 +169,11 @@ class BPEConfig(_Section):
         False, description="Mark the end of every word, so a token that ends a word differs from the same letters "
         "starting a longer one (youtokentome marks only word starts)."
     )
+    drop_unseen: StrictBool = Field(
+        False, description="Ids that the training split never encodes to (merges used only inside longer tokens, "
+        "whose embedding rows training never updates) encode as unk, as a word missing from a word vocabulary does; "
+        "they leave the embedding."
+    )
     dropout: Finite = Field(
         0.0, ge=0, lt=1, description="BPE-dropout (Provilkov et al. 2020): while training the model, each merge is "
         "skipped with this probability and the training split is re-encoded every epoch, so the CNN sees many "

@@ -210,6 +210,17 @@ class BPETokenizer(PaddedEncoder):
                 tokenizer.vocab_size,
                 tokenizer.vocab_size,
             )
+        if getattr(cfg, "drop_unseen", False):
+            # Ids the training texts never encode to are merges only ever used inside longer tokens: their embedding
+            # rows would never be trained, yet the pieces of an unseen word often land on them. They become unk
+            # (kept_ids.npy), as a word the vocabulary lacks does, and their rows leave the model.
+            seen = np.unique(np.fromiter((i for row in tokenizer.tokenize_ids(texts) for i in row), dtype=np.int64))
+            kept = np.union1d(np.arange(N_SPECIAL), seen)
+            if kept.size < tokenizer.vocab_size:
+                logger.info("tokenizer.bpe.drop_unseen: %d of %d ids never occur in the training texts; they encode "
+                            "as unk", tokenizer.vocab_size - kept.size, tokenizer.vocab_size)
+                tokenizer = tokenizer.keep_ids(kept)
+            tokenizer._info["drop_unseen"] = True
         return tokenizer
 
     @property
@@ -423,8 +434,8 @@ class BPETokenizer(PaddedEncoder):
         if not isinstance(word_end, bool):
             raise TokenizerError(f"{directory / 'tokenizer.json'}: word_end must be a bool. Received: {word_end!r}. "
                                  f"{_FIX}")
-        info: dict[str, Any] = {key: metadata[key] for key in ("requested_vocab_size", "coverage", "vocab_size_from")
-                                if key in metadata}
+        info: dict[str, Any] = {key: metadata[key] for key in ("requested_vocab_size", "coverage", "vocab_size_from",
+                                                                "drop_unseen") if key in metadata}
         return cls(model_path, lowercase=metadata["lowercase"], info=info, kept_ids=kept_ids, lean=lean,
                    token_pattern=token_pattern, word_end=word_end)
 

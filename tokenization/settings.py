@@ -32,6 +32,9 @@ class BPESettings(Protocol):
     @property
     def word_end(self) -> bool: ...
 
+    @property
+    def drop_unseen(self) -> bool: ...
+
 
 class Word2VecSettings(Protocol):
     """The ``tokenizer.word.word2vec`` section: gensim word2vec's settings."""

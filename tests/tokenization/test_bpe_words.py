@@ -106,3 +106,28 @@ def test_vocab_size_words_reads_the_training_texts(chatterbot_texts, bpe_cfg, wo
     assert metadata["vocab_size_from"] == "words" and metadata["requested_vocab_size"] == bpe.vocab_size
     with pytest.raises(ConfigError, match=r'tokenizer\.bpe\.vocab_size: must be a whole number >= 8 or "words"'):
         validate({"tokenizer": {"kind": "bpe", "bpe": {"vocab_size": "many"}}}, "test")
+
+
+def test_drop_unseen_turns_never_trained_ids_into_unk(chatterbot_texts, bpe_cfg, tmp_path: Path) -> None:
+    texts = chatterbot_texts
+    full = train_tokenizer(texts, bpe_cfg(vocab_size=3000, token_pattern=WORDS, word_end=True))
+    dropped = train_tokenizer(texts, bpe_cfg(vocab_size=3000, token_pattern=WORDS, word_end=True, drop_unseen=True))
+    used = {i for row in full.tokenize_ids(texts) for i in row}
+    # the ids left are the specials and those the training texts encode to; every one of them is used
+    assert dropped.vocab_size == len(used | {0, 1, 2, 3}) < full.vocab_size
+    assert {i for row in dropped.tokenize_ids(texts) for i in row} | {0, 1, 2, 3} == set(range(dropped.vocab_size))
+    assert dropped.tokenize(texts[:50]) == full.tokenize(texts[:50])  # training texts keep their pieces
+    # a word never seen (a long training word with its last letter changed): its pieces that training never
+    # produced (the merges inside the long word) are unk instead of untrained ids
+    long_words = sorted({w for text in texts for w in text.lower().split()
+                         if w.isalpha() and len(w) > 7 and not w.endswith("q")})
+    unseen = next([f"what is {w[:-1]}q ?"] for w in long_words
+                  if any(i not in used for i in full.tokenize_ids([w[:-1] + "q"])[0]))
+    pieces = full.tokenize_ids(unseen)[0]
+    assert any(i not in used for i in pieces)
+    assert dropped.tokenize_ids(unseen)[0].count(1) == sum(i not in used for i in pieces)
+    dropped.save(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert (tmp_path / "kept_ids.npy").is_file() and json.loads(
+        (tmp_path / "tokenizer.json").read_text(encoding="utf-8"))["drop_unseen"] is True
+    assert loaded.tokenize_ids([*texts[:100], *unseen]) == dropped.tokenize_ids([*texts[:100], *unseen])
