@@ -370,9 +370,9 @@ def test_run_train_applies_bpe_dropout_to_the_training_split_only(data_dir: Path
     assert np.isfinite(outcome.metrics["test_accuracy"])
 
 
-def test_run_train_with_the_configs_bpe_settings(data_dir: Path, tmp_path: Path) -> None:
-    """The shipped BPE configs' tokenizer (vocab_size words, the word pattern, word_end, drop_unseen) trains, saves
-    what it was made with, and the checkpoint predicts a text whose word training never saw."""
+def test_run_train_with_the_word_bpe_settings(data_dir: Path, tmp_path: Path) -> None:
+    """The opt-in BPE settings (vocab_size words, the word pattern, word_end, drop_unseen) train, save
+    what they were made with, and the checkpoint predicts a text whose word training never saw."""
     from lifecycle.inference import Predictor
     from lifecycle.workflows import run_train
     from tokenization.factory import load_tokenizer
