@@ -14,7 +14,7 @@ Per (data set, library, vocabulary size) it measures:
 - the vocabulary size actually produced (a small corpus can run out of pairs to merge before the size asked),
   mean tokens per test text, the unk rate on test (share of tokens that are the unk id) and the model file's size.
 
-The text is normalised as the project's BPE does it (tokenization/bpe.py ``_normalize``): Python's ``str.lower()``
+The text is normalised as the project's BPE does it (tokenization/bpe.py ``_prepare``): Python's ``str.lower()``
 when ``tokenizer.bpe.lowercase`` is true (it is in every config) and nothing else; line breaks become spaces for
 training. So the other two get no normalisation of their own: sentencepiece ``normalization_rule_name=identity``
 (its default is NFKC) and no ``tokenizers`` normalizer. Lower-casing happens in Python, inside every timed call, for

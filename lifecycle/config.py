@@ -152,18 +152,45 @@ class DataConfig(_Section):
 
 
 class BPEConfig(_Section):
-    vocab_size: StrictInt = Field(8000, ge=8, description="Number of BPE tokens including pad, unk, bos and eos.")
+    vocab_size: StrictInt | str = Field(
+        8000, description="Number of BPE tokens including pad, unk, bos and eos; \"words\": one per distinct "
+        "word of the training split (plus the specials), the size a word vocabulary of the same data has."
+    )
     coverage: Finite = Field(
         1.0, gt=0, le=1, description="Fraction of characters covered; rarer characters become unk."
     )
     threads: StrictInt = Field(-1, description="youtokentome training threads; -1 uses every core.")
     lowercase: StrictBool = Field(True, description="Lower-case text before training and encoding.")
+    token_pattern: str = Field(
+        "", description="Regular expression whose matches are the words BPE splits into subwords, e.g. the word "
+        "tokenizer's [\\w']+|[^\\w\\s] to split punctuation from the word before it; empty: split on whitespace only."
+    )
+    word_end: StrictBool = Field(
+        False, description="Mark the end of every word, so a token that ends a word differs from the same letters "
+        "starting a longer one (youtokentome marks only word starts)."
+    )
+    drop_unseen: StrictBool = Field(
+        False, description="Ids that the training split never encodes to (merges used only inside longer tokens, "
+        "whose embedding rows training never updates) encode as unk, as a word missing from a word vocabulary does; "
+        "they leave the embedding."
+    )
     dropout: Finite = Field(
         0.0, ge=0, lt=1, description="BPE-dropout (Provilkov et al. 2020): while training the model, each merge is "
         "skipped with this probability and the training split is re-encoded every epoch, so the CNN sees many "
         "segmentations of a word; validation, test and serving always encode deterministically. 0: off (0.1 in the "
         "paper). youtokentome's sampling has no seed, so a run with dropout is not bit-for-bit repeatable."
     )
+
+
+    @field_validator("vocab_size")
+    @classmethod
+    def _check_vocab_size(cls, size: int | str) -> int | str:
+        if isinstance(size, str) and size != "words":
+            raise _rule("must be a whole number >= 8 or \"words\"",
+                        "Write e.g. 8000, or words to read it from the data")
+        if isinstance(size, int) and size < 8:
+            raise _rule("Input should be greater than or equal to 8", "Count pad, unk, bos and eos among the ids")
+        return size
 
 
 class Word2VecConfig(_Section):

@@ -77,6 +77,10 @@ _TOO_SMALL = re.compile(r"vocab_size\s*>=\s*(\d+)")
 _SPECIALS_LINE = (UNK, PAD, BOS, EOS)
 # youtokentome marks a word's start with this character, and also splits words at it.
 WORD_START = "\u2581"
+# With ``word_end``, every word gets this character appended before BPE sees it, so a token that ends a word differs
+# from the same letters starting a longer one (``▁as▂`` the word, ``▁as`` the start of "aspen"), as the end-of-word
+# symbol of Sennrich et al. (2016) does; youtokentome marks only word starts. It is removed from input text first.
+WORD_END = "\u2582"
 
 
 class BPETokenizer(PaddedEncoder):
@@ -87,6 +91,10 @@ class BPETokenizer(PaddedEncoder):
     Args:
         model_path: a youtokentome model file; it is checked, then read into memory, so it may be deleted afterwards.
         lowercase: lower-case text before encoding (it must match how the model was trained).
+        token_pattern: a regular expression whose matches are the words BPE splits into subwords (punctuation apart
+            from the word before it, as the word tokenizer splits); empty: youtokentome's whitespace split alone, as
+            every tokenizer saved before this setting existed.
+        word_end: append :data:`WORD_END` to every word, so word-final tokens differ from word-initial ones.
         info: extra settings recorded in ``tokenizer.json`` (requested vocab size, coverage).
         kept_ids: after vocabulary pruning, the model ids kept (ascending, specials first); new id = position, other
             model ids encode as unk. None keeps the model's ids as they are.
@@ -102,8 +110,12 @@ class BPETokenizer(PaddedEncoder):
     kind = "bpe"
 
     def __init__(self, model_path: Path, *, lowercase: bool, info: Mapping[str, Any] | None = None,
-                 kept_ids: np.ndarray | None = None, lean: bool = False) -> None:
+                 kept_ids: np.ndarray | None = None, lean: bool = False, token_pattern: str = "",
+                 word_end: bool = False) -> None:
         model_path = Path(model_path)
+        self._words = _compile_pattern(token_pattern)
+        self._token_pattern = token_pattern
+        self._word_end = bool(word_end)
         self._model_vocab_size, chars, merges = _read_model_file(model_path)
         self._model_bytes = model_path.read_bytes()
         self._lean = lean
@@ -128,13 +140,15 @@ class BPETokenizer(PaddedEncoder):
 
         Args:
             texts: training texts.
-            cfg: the ``tokenizer.bpe`` section (vocab_size, coverage, threads, lowercase).
+            cfg: the ``tokenizer.bpe`` section (vocab_size, coverage, threads, lowercase; token_pattern and word_end
+                where it has them, else whitespace words without an end mark).
             workdir: scratch directory that keeps the training text, model file and youtokentome's log (useful for
                 debugging); not the directory to save into. None uses a temporary directory.
 
         Returns:
             The trained tokenizer. Its ``vocab_size`` may be below ``cfg.vocab_size`` when the texts support no more
-            merges (a warning is logged).
+            merges (a warning is logged). ``cfg.vocab_size`` ``"words"`` asks for as many ids as a word vocabulary of
+            the same texts would hold (:func:`words_vocab_size`).
 
         Raises:
             TokenizerError: no texts, only whitespace, or ``cfg.vocab_size`` too small for the characters in the data.
@@ -145,12 +159,17 @@ class BPETokenizer(PaddedEncoder):
             raise TokenizerError("Cannot train a bpe tokenizer on 0 texts. Check the data section of the config.")
         # youtokentome reads one sentence per line, so a text's own line breaks become spaces (it splits on them
         # as whitespace when encoding anyway).
-        lines = [_normalize(text, cfg.lowercase).replace("\n", " ").replace("\r", " ") for text in texts]
+        token_pattern = str(getattr(cfg, "token_pattern", "") or "")
+        word_end = bool(getattr(cfg, "word_end", False))
+        words = _compile_pattern(token_pattern)
+        lines = [_prepare(text, cfg.lowercase, words, word_end).replace("\n", " ").replace("\r", " ")
+                 for text in texts]
         if not any(line.strip() for line in lines):
             raise TokenizerError(
                 f"The {len(texts)} training texts are empty or whitespace, so the bpe vocabulary would be empty. "
                 "Check the data section of the config."
             )
+        vocab_size = words_vocab_size(lines) if cfg.vocab_size == VOCAB_FROM_WORDS else int(cfg.vocab_size)
         yttm = _youtokentome()
         with contextlib.ExitStack() as stack:
             if workdir is None:
@@ -167,7 +186,7 @@ class BPETokenizer(PaddedEncoder):
                     yttm.BPE.train(
                         data=str(data_path),
                         model=str(model_path),
-                        vocab_size=cfg.vocab_size,
+                        vocab_size=vocab_size,
                         coverage=cfg.coverage,
                         n_threads=cfg.threads,
                         pad_id=PAD,
@@ -182,17 +201,31 @@ class BPETokenizer(PaddedEncoder):
             tokenizer = cls(
                 model_path,
                 lowercase=cfg.lowercase,
-                info={"requested_vocab_size": cfg.vocab_size, "coverage": cfg.coverage},
+                info={"requested_vocab_size": vocab_size, "coverage": cfg.coverage,
+                      **({"vocab_size_from": VOCAB_FROM_WORDS} if cfg.vocab_size == VOCAB_FROM_WORDS else {})},
+                token_pattern=token_pattern,
+                word_end=word_end,
             )
-        if tokenizer.vocab_size < cfg.vocab_size:
+        if tokenizer.vocab_size < vocab_size:
             logger.warning(
-                "tokenizer.bpe.vocab_size=%d is more than these %d texts support: youtokentome stopped at %d tokens. "
+                "tokenizer.bpe.vocab_size=%s is more than these %d texts support: youtokentome stopped at %d tokens. "
                 "Lower tokenizer.bpe.vocab_size to %d or less to silence this.",
                 cfg.vocab_size,
                 len(texts),
                 tokenizer.vocab_size,
                 tokenizer.vocab_size,
             )
+        if getattr(cfg, "drop_unseen", False):
+            # Ids the training texts never encode to are merges only ever used inside longer tokens: their embedding
+            # rows would never be trained, yet the pieces of an unseen word often land on them. They become unk
+            # (kept_ids.npy), as a word the vocabulary lacks does, and their rows leave the model.
+            seen = np.unique(np.fromiter((i for row in tokenizer.tokenize_ids(texts) for i in row), dtype=np.int64))
+            kept = np.union1d(np.arange(N_SPECIAL), seen)
+            if kept.size < tokenizer.vocab_size:
+                logger.info("tokenizer.bpe.drop_unseen: %d of %d ids never occur in the training texts; they encode "
+                            "as unk", tokenizer.vocab_size - kept.size, tokenizer.vocab_size)
+                tokenizer = tokenizer.keep_ids(kept)
+            tokenizer._info["drop_unseen"] = True
         return tokenizer
 
     @property
@@ -247,6 +280,20 @@ class BPETokenizer(PaddedEncoder):
         """Whether text is lower-cased before encoding."""
         return self._lowercase
 
+    @property
+    def token_pattern(self) -> str:
+        """The regular expression that finds the words BPE splits; empty: whitespace only."""
+        return self._token_pattern
+
+    @property
+    def word_end(self) -> bool:
+        """Whether every word carries :data:`WORD_END` before BPE splits it."""
+        return self._word_end
+
+    def _prepare(self, texts: Sequence[str]) -> list[str]:
+        """The texts as the model was trained on them: lower-cased, split into words, word ends marked."""
+        return [_prepare(text, self._lowercase, self._words, self._word_end) for text in texts]
+
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         """The subwords of each text (``▁`` marks a word start; unknown characters show as themselves).
 
@@ -256,13 +303,13 @@ class BPETokenizer(PaddedEncoder):
         if self._kept is not None:
             return [[self.id_to_token(token_id) for token_id in row] for row in self.tokenize_ids(texts)]
         yttm = _youtokentome()
-        prepared = [_normalize(text, self._lowercase) for text in texts]
+        prepared = self._prepare(texts)
         return self._bpe.encode(prepared, output_type=yttm.OutputType.SUBWORD)
 
     def tokenize_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Unpadded ids per text, without bos/eos (after vocabulary pruning: the new ids, dropped ones as unk)."""
         check_texts(texts, "BPETokenizer.tokenize_ids")
-        prepared = [_normalize(text, self._lowercase) for text in texts]
+        prepared = self._prepare(texts)
         if self._table is not None:
             rows = self._table.encode(prepared)
         else:
@@ -282,7 +329,7 @@ class BPETokenizer(PaddedEncoder):
         check_max_len(max_len)
         if not 0.0 <= dropout < 1.0:
             raise TokenizerError(f"tokenizer.bpe.dropout must be in [0, 1). Received: {dropout!r}.")
-        prepared = [_normalize(text, self._lowercase) for text in texts]
+        prepared = self._prepare(texts)
         rows = self._bpe.encode(prepared, output_type=_youtokentome().OutputType.ID, dropout_prob=float(dropout))
         table = self._old_to_new
         if table is not None:
@@ -301,7 +348,7 @@ class BPETokenizer(PaddedEncoder):
         model_ids = ids if self._kept is None else self._kept[ids]
         with self._model_file() as path:
             return BPETokenizer(path, lowercase=self._lowercase, info=self._info, kept_ids=model_ids,
-                                lean=self._lean)
+                                lean=self._lean, token_pattern=self._token_pattern, word_end=self._word_end)
 
     def decode(self, ids: Sequence[Sequence[int]] | np.ndarray) -> list[str]:
         """Text per row of ids; pad, bos and eos are skipped, unk shows as ``<UNK>``.
@@ -316,7 +363,8 @@ class BPETokenizer(PaddedEncoder):
         if self._kept is not None:
             kept = self._kept
             rows = [[int(kept[token_id]) for token_id in row] for row in rows]
-        return self._bpe.decode(rows, ignore_ids=[PAD, BOS, EOS]) if rows else []
+        texts = self._bpe.decode(rows, ignore_ids=[PAD, BOS, EOS]) if rows else []
+        return [text.replace(WORD_END, "") for text in texts] if self._word_end else texts
 
     def id_to_token(self, token_id: int) -> str:
         """The subword of one id.
@@ -349,6 +397,8 @@ class BPETokenizer(PaddedEncoder):
                 "kind": self.kind,
                 "vocab_size": self.vocab_size,
                 "lowercase": self._lowercase,
+                "token_pattern": self._token_pattern,
+                "word_end": self._word_end,
                 **self._info,
                 **pruned,
                 "files": files,
@@ -369,6 +419,15 @@ class BPETokenizer(PaddedEncoder):
             raise TokenizerError(f"{directory / 'tokenizer.json'}: lowercase is missing or not a bool. {_FIX}")
         model_path = directory / BPE_MODEL_FILE
         model_bytes = read_data_file(directory, BPE_MODEL_FILE, metadata, _FIX)
+        # Files written before these settings existed have neither key: they split on whitespace and mark no ends.
+        token_pattern = metadata.get("token_pattern", "")
+        word_end = metadata.get("word_end", False)
+        if not isinstance(token_pattern, str):
+            raise TokenizerError(f"{directory / 'tokenizer.json'}: token_pattern must be a string. "
+                                 f"Received: {token_pattern!r}. {_FIX}")
+        if not isinstance(word_end, bool):
+            raise TokenizerError(f"{directory / 'tokenizer.json'}: word_end must be a bool. Received: {word_end!r}. "
+                                 f"{_FIX}")
         with contextlib.ExitStack() as stack:
             if model_bytes is not None:  # compact: youtokentome reads only paths, the constructor keeps the bytes
                 folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lifecycle-bpe-")))
@@ -396,13 +455,34 @@ class BPETokenizer(PaddedEncoder):
                     f"{'model_vocab_size' if kept_ids is not None else 'vocab_size'}={expected}; the files do not "
                     f"belong together. {_FIX}"
                 )
-            info: dict[str, Any] = {key: metadata[key] for key in ("requested_vocab_size", "coverage")
+            info: dict[str, Any] = {key: metadata[key] for key in ("requested_vocab_size", "coverage",
+                                                                    "vocab_size_from", "drop_unseen")
                                     if key in metadata}
-            return cls(model_path, lowercase=metadata["lowercase"], info=info, kept_ids=kept_ids, lean=lean)
+            return cls(model_path, lowercase=metadata["lowercase"], info=info, kept_ids=kept_ids, lean=lean,
+                       token_pattern=token_pattern, word_end=word_end)
 
     def _check_id(self, token_id: int) -> None:
         if not 0 <= token_id < self._vocab_size:
             raise TokenizerError(f"Token id must be in [0, {self._vocab_size}). Received: {token_id}.")
+
+
+# tokenizer.bpe.vocab_size's value that reads the size from the training texts (see words_vocab_size).
+VOCAB_FROM_WORDS = "words"
+
+
+def words_vocab_size(lines: Sequence[str]) -> int:
+    """The BPE size ``vocab_size: words`` asks for: the specials plus one id per distinct word of ``lines`` (as
+    prepared for youtokentome), the size a word vocabulary of the same texts has with min_count 1. Frequent words then
+    come out whole, while the rarest are left in pieces that training sees, so pieces of unseen words have trained
+    embeddings. Never below what youtokentome needs: one id per distinct character and one merge."""
+    words: set[str] = set()
+    chars: set[str] = {WORD_START}
+    for line in lines:
+        found = _WORDS.findall(line)
+        words.update(found)
+        for word in found:
+            chars.update(word)
+    return max(N_SPECIAL + len(words), N_SPECIAL + len(chars) + 1)
 
 
 _FIX = "Re-run `lifecycle tokenize` (or train and save the tokenizer again) to rebuild the directory."
@@ -563,8 +643,28 @@ def _youtokentome() -> Any:
     return youtokentome
 
 
-def _normalize(text: str, lowercase: bool) -> str:
-    return text.lower() if lowercase else text
+def _compile_pattern(pattern: str) -> re.Pattern[str] | None:
+    """The word pattern compiled (None for the empty pattern: whitespace words); a bad one names the config key."""
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise TokenizerError(f"tokenizer.bpe.token_pattern={pattern!r} is not a valid regular expression ({exc}). "
+                             "Fix the pattern, or set it to \"\" to split on whitespace only.") from None
+
+
+def _prepare(text: str, lowercase: bool, words: re.Pattern[str] | None, word_end: bool) -> str:
+    """One text as youtokentome sees it: lower-cased, reduced to the pattern's words joined by spaces (punctuation
+    becomes a word of its own, as the word tokenizer splits it), each word ending in :data:`WORD_END` if asked."""
+    if lowercase:
+        text = text.lower()
+    if words is None and not word_end:
+        return text
+    if word_end:
+        text = text.replace(WORD_END, "")
+    found = _WORDS.findall(text) if words is None else [m.group(0) for m in words.finditer(text) if m.group(0)]
+    return " ".join(word + WORD_END for word in found) if word_end else " ".join(found)
 
 
 def _training_error(exc: ValueError, cfg: BPESettings) -> TokenizerError:

@@ -25,6 +25,16 @@ class BPESettings(Protocol):
     @property
     def lowercase(self) -> bool: ...
 
+    # Read with getattr, so settings objects without them train as before (whitespace words, no end mark).
+    @property
+    def token_pattern(self) -> str: ...
+
+    @property
+    def word_end(self) -> bool: ...
+
+    @property
+    def drop_unseen(self) -> bool: ...
+
 
 class Word2VecSettings(Protocol):
     """The ``tokenizer.word.word2vec`` section: gensim word2vec's settings."""

@@ -368,3 +368,24 @@ def test_run_train_applies_bpe_dropout_to_the_training_split_only(data_dir: Path
     validation_texts = list(load_corpus(cfg.data, cfg.name).validation.texts)
     np.testing.assert_array_equal(seen["validation"], tokenizer.encode(validation_texts, cfg.tokenizer.max_len))
     assert np.isfinite(outcome.metrics["test_accuracy"])
+
+
+def test_run_train_with_the_word_bpe_settings(data_dir: Path, tmp_path: Path) -> None:
+    """The opt-in BPE settings (vocab_size words, the word pattern, word_end, drop_unseen) train, save
+    what they were made with, and the checkpoint predicts a text whose word training never saw."""
+    from lifecycle.inference import Predictor
+    from lifecycle.workflows import run_train
+    from tokenization.factory import load_tokenizer
+
+    cfg = mr_config("tracking.enabled=false", "tokenizer.kind=bpe", "tokenizer.bpe.vocab_size=words",
+                    "tokenizer.bpe.token_pattern='[\\w'']+|[^\\w\\s]'", "tokenizer.bpe.word_end=true",
+                    "tokenizer.bpe.drop_unseen=true", "tokenizer.bpe.threads=1", "train.epochs=1", "data.limit=300")
+    outcome = run_train(cfg, tmp_path / "v", versions_dir=tmp_path / "versions")
+    tokenizer = load_tokenizer(outcome.version / "tokenizer")
+    metadata = json.loads((outcome.version / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
+    assert metadata["vocab_size_from"] == "words" and metadata["word_end"] and metadata["drop_unseen"]
+    assert tokenizer.vocab_size < tokenizer.model_vocab_size == metadata["requested_vocab_size"]
+    version = artifacts.load_version(outcome.version)
+    assert version.manifest.tensors["embedding/embeddings"].shape[0] == tokenizer.vocab_size  # no dropped-id rows
+    predictions = Predictor(version).predict(["an utterly zxqvwk film ."])
+    assert predictions[0].label in version.manifest.labels
