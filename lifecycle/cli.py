@@ -8,6 +8,7 @@ youtokentome are imported inside the commands that need them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,19 +104,49 @@ def main(
     console.configure(verbose, quiet)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so a `kill`ed command unwinds as an interrupted one does:
+    its MLflow run is marked KILLED, its temp paths are removed and worker pools are shut down."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 @contextmanager
-def _errors(sweep: bool = True) -> Iterator[None]:
-    """Turn library errors into one stderr line and their exit code; Ctrl-C into exit 130.
+def _on_sigterm() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _errors(sweep: bool = True, sigterm: bool = True) -> Iterator[None]:
+    """Turn library errors into one stderr line and their exit code; Ctrl-C into exit 130, SIGTERM into 143
+    (``sigterm=False``: a command with its own SIGTERM handling, the server).
 
     First, sweep what killed commands left (temp folders whose process is gone): every command starts clean.
     """
     if sweep:
         _sweep()
     try:
-        yield
+        with _on_sigterm() if sigterm else contextlib.nullcontext():
+            yield
     except EXPECTED_ERRORS as exc:
         render.error(str(exc))
         raise typer.Exit(exit_code_of(exc)) from None
+    except Terminated:
+        console.err.print("Terminated (SIGTERM): nothing half-written was kept. Run the same command again to "
+                          "continue from the last finished epoch.")
+        raise typer.Exit(143) from None
     except KeyboardInterrupt:
         console.err.print("Interrupted. Run the same command again to continue from the last finished epoch.")
         raise typer.Exit(130) from None
@@ -564,7 +595,7 @@ def serve(
     models:/NAME@ALIAS are checked every poll_seconds and on SIGHUP; a new version is loaded beside the old one,
     checked (sha256, op allow-list, warm-up) and switched in atomically, or refused while the old one keeps serving.
     """
-    with _errors():
+    with _errors(sigterm=False):  # uvicorn stops gracefully on SIGTERM itself
         import logging
 
         from lifecycle.serving.app import run_server

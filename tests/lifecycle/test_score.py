@@ -187,3 +187,62 @@ def test_spark_splits_are_a_multiple_of_the_cores() -> None:
         tasks = -(-total // split)  # one file cut at every split bytes, as Spark cuts it
         assert tasks % cores == 0 and split <= MAX_SPLIT_BYTES, (total, cores, split, tasks)
     assert -(-(45 << 20) // split_bytes(45 << 20, 2)) == 4  # not 3 tasks, the third alone on a core
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_workers_and_leaves_no_output(version: Path, tmp_path: Path) -> None:
+    """`kill` (SIGTERM) of a scoring command unwinds like Ctrl-C: exit 143, one line, its worker processes gone and
+    no output or temp directory left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    source = write_csv(tmp_path / "in.csv", _texts(400_000))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    process = subprocess.Popen([sys.executable, "-m", "lifecycle", "-q", "score", str(version), "--input",
+                                str(source), "--output", str(tmp_path / "out"), "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while len(workers) < 2:  # the two pool workers (beside the resource tracker) have started
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            workers = {pid for pid in _children(process.pid)
+                       if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()}
+            time.sleep(0.2)
+        time.sleep(2.0)  # scoring under way
+        assert process.poll() is None, "the input was scored before the signal: make it longer"
+        everyone = _children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr
+    assert "Terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in everyone) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in everyone if _alive(pid)]
+    assert not (tmp_path / "out").exists() and not _leftovers(tmp_path)
