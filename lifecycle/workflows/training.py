@@ -78,7 +78,9 @@ def _train_tokenizer(cfg: Config, corpus: Corpus, directory: Path) -> tuple[Any,
     tmp = directory.with_name(f".tmp-{directory.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tokenizer = train_tokenizer(list(corpus.train.texts), cfg.tokenizer, workdir=tmp, seed=cfg.train.seed)
+    # Scratch files (bpe's training text and log) go to a temporary folder, not into the tokenizer that every
+    # version of this model ships.
+    tokenizer = train_tokenizer(list(corpus.train.texts), cfg.tokenizer, workdir=None, seed=cfg.train.seed)
     tokenizer.save(tmp)
     seconds = time.perf_counter() - started
     shutil.rmtree(directory, ignore_errors=True)

@@ -389,3 +389,5 @@ def test_run_train_with_the_word_bpe_settings(data_dir: Path, tmp_path: Path) ->
     assert version.manifest.tensors["embedding/embeddings"].shape[0] == tokenizer.vocab_size  # no dropped-id rows
     predictions = Predictor(version).predict(["an utterly zxqvwk film ."])
     assert predictions[0].label in version.manifest.labels
+    # The tokenizer ships its model and metadata only: youtokentome's training text and log stay in a scratch folder.
+    assert {p.name for p in (outcome.version / "tokenizer").iterdir()} == set(metadata["files"]) | {"tokenizer.json"}
