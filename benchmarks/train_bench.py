@@ -52,6 +52,8 @@ RUNS: list[tuple[str, str, list[str], tuple[int, ...]]] = [
     ("trec-word2vec", "trec-word2vec.yaml", [], SEEDS3),
     ("trec-bpe", "trec-bpe.yaml", [], SEEDS3),
     ("trec-bpe/words-end-unseen", "trec-bpe.yaml", WORDS_BPE, SEEDS3),
+    ("trec-bpe/words-end-unseen-dropout0.1", "trec-bpe.yaml", [*WORDS_BPE, "tokenizer.bpe.dropout=0.1"], SEEDS3),
+    ("mr-bpe/words-end-unseen-dropout0.1", "mr-bpe.yaml", [*WORDS_BPE, "tokenizer.bpe.dropout=0.1"], (13,)),
     # BPE-dropout (training split only, re-encoded each epoch), the probability of Provilkov et al. (2020).
     ("trec-bpe/dropout0.1", "trec-bpe.yaml", ["tokenizer.bpe.dropout=0.1"], SEEDS3),
     ("trec-bpe/dropout0.2", "trec-bpe.yaml", ["tokenizer.bpe.dropout=0.2"], SEEDS3),

@@ -146,10 +146,10 @@ def test_compress_cli_bad_recipe_exit_code(frozen: dict, tmp_path: Path) -> None
 
     from lifecycle.cli import app
 
-    result = CliRunner().invoke(app, ["compress", str(frozen["outcome"].version), "--recipe", "int3",
+    result = CliRunner().invoke(app, ["compress", str(frozen["outcome"].version), "--recipe", "int2",
                                       "-o", str(tmp_path / "x")])
     assert result.exit_code == 2
-    assert "unknown step 'int3'" in result.output
+    assert "unknown step 'int2'" in result.output
     assert not (tmp_path / "x").exists()
 
 
