@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lifecycle.procstat import memory_status  # noqa: E402 (standard library only)
+from lifecycle.procstat import memory_status, process_tree  # noqa: E402 (standard library only)
 
 PARENT = REPO / "benchmarks/out/calibration-versions/stackoverflow-word/frozen"
 RECIPE = "vocab:coverage=0.95,dim:40,prune:0.7,tune:3,int4"  # StackOverflow's pick in README's bench:budget
@@ -56,24 +56,6 @@ def prepare(out: Path, rows: int) -> tuple[Path, Path]:
                 writer.writerow([i, text])
                 plain.write(text + "\n")
     return table, lines
-
-
-def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
 
 
 def _role(pid: int, root: int) -> str:
@@ -122,7 +104,7 @@ def run_measured(command: list[str], stdout: Path | None = None, trace: list | N
 
         def poll() -> None:
             while not done.wait(0.25):
-                for pid in _tree(process.pid):
+                for pid in process_tree(process.pid):
                     cpu[pid] = max(cpu.get(pid, 0.0), _cpu_seconds(pid))
                     status = memory_status(pid)
                     if status["VmHWM"]:

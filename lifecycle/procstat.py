@@ -1,4 +1,4 @@
-"""Memory figures of a process from Linux ``/proc/<pid>/status``, in bytes.
+"""Memory figures of a process from Linux ``/proc/<pid>/status``, in bytes, and a process's tree of descendants.
 
 Standard library only: the benchmarks read a baseline with it before importing anything they measure.
 """
@@ -20,6 +20,27 @@ def memory_status(pid: int | str = "self") -> dict[str, int]:
                     found[key] = int(rest.split()[0]) * 1024
     except OSError:
         pass
+    return found
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant of it (children, their children...), read from ``/proc/<pid>/stat``."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
     return found
 
 

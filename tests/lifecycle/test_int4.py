@@ -86,12 +86,24 @@ def test_int4_serving_form_widens_to_int8(versions: dict) -> None:
     assert np.abs(Predictor(int4, "litert").predict_proba(texts) - graph).max() <= 0.05
 
 
-def test_int4_restores_to_the_graphs_own_values(versions: dict, frozen: dict, tmp_path: Path) -> None:
+def _assert_restores_exactly(version: artifacts.Version, graph: object, tmp_path: Path) -> None:
+    """The Keras model restored from ``graph`` computes what the graph does, and so does `restore`'s version."""
     from lifecycle.backend import configure
     from lifecycle.restore import restore_model, restored_difference
-    from lifecycle.workflows import load_graph_version, run_restore
+    from lifecycle.workflows import run_restore
     from lifecycle.workflows.graphs import _check_arrays
     from tokenization.factory import load_tokenizer
+
+    configure(version.config.train.seed, version.config.train.threads)
+    restored = restore_model(graph, version.config, len(version.labels))
+    arrays, _, _ = _check_arrays(version, load_tokenizer(version.tokenizer_dir))
+    assert restored_difference(restored, graph, arrays.x) <= EXACT
+    outcome = run_restore(str(version.path), tmp_path / "restored", track=False)
+    assert artifacts.load_version(outcome.version).manifest.check["max_abs_diff_vs_parent"] <= EXACT
+
+
+def test_int4_restores_to_the_graphs_own_values(versions: dict, frozen: dict, tmp_path: Path) -> None:
+    from lifecycle.workflows import load_graph_version
 
     version = artifacts.load_version(versions["int4"].version)
     graph = load_graph_version(version)
@@ -101,22 +113,13 @@ def test_int4_restores_to_the_graphs_own_values(versions: dict, frozen: dict, tm
             assert np.abs(stored.value).max() <= 7
             np.testing.assert_array_equal(stored.dequantize(), stored.value.astype(np.float32) * stored.scale)
             assert np.all(np.abs(stored.dequantize() - parent.weights[name].value) <= stored.scale / 2 + 1e-7)
-    configure(version.config.train.seed, version.config.train.threads)
-    restored = restore_model(graph, version.config, len(version.labels))
-    arrays, _, _ = _check_arrays(version, load_tokenizer(version.tokenizer_dir))
-    assert restored_difference(restored, graph, arrays.x) <= EXACT
-    outcome = run_restore(str(version.path), tmp_path / "restored", track=False)
-    assert artifacts.load_version(outcome.version).manifest.check["max_abs_diff_vs_parent"] <= EXACT
+    _assert_restores_exactly(version, graph, tmp_path)
 
 
 def test_int3_is_smaller_than_int4_restores_exactly_and_serves_within_bound(versions: dict, frozen: dict,
                                                                            tmp_path: Path) -> None:
-    from lifecycle.backend import configure
     from lifecycle.inference import Predictor
-    from lifecycle.restore import restore_model, restored_difference
-    from lifecycle.workflows import load_graph_version, run_restore
-    from lifecycle.workflows.graphs import _check_arrays
-    from tokenization.factory import load_tokenizer
+    from lifecycle.workflows import load_graph_version
 
     int4, int3 = (artifacts.load_version(versions[r].version) for r in ("int4", "int3"))
     # 3 bits a weight against 4, plus the same float32 scales: a 32-d embedding row is 12 + 4 bytes against 16 + 4
@@ -135,12 +138,7 @@ def test_int3_is_smaller_than_int4_restores_exactly_and_serves_within_bound(vers
         if stored.storage == "int3":
             assert np.abs(stored.value).max() <= 3
             assert np.all(np.abs(stored.dequantize() - parent.weights[name].value) <= stored.scale / 2 + 1e-7)
-    configure(int3.config.train.seed, int3.config.train.threads)
-    restored = restore_model(graph, int3.config, len(int3.labels))
-    arrays, _, _ = _check_arrays(int3, load_tokenizer(int3.tokenizer_dir))
-    assert restored_difference(restored, graph, arrays.x) <= EXACT
-    outcome = run_restore(str(int3.path), tmp_path / "restored", track=False)
-    assert artifacts.load_version(outcome.version).manifest.check["max_abs_diff_vs_parent"] <= EXACT
+    _assert_restores_exactly(int3, graph, tmp_path)
     texts = ["an utterly charming and hilarious film", "a boring , lifeless mess", "it is a movie"]
     probabilities = Predictor(int3, "graph").predict_proba(texts)
     assert np.abs(Predictor(int3, "litert").predict_proba(texts) - probabilities).max() <= 0.05

@@ -190,16 +190,9 @@ def test_spark_splits_are_a_multiple_of_the_cores() -> None:
 
 
 def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
+    from lifecycle.procstat import process_tree
+
+    return set(process_tree(pid)) - {pid}
 
 
 def _alive(pid: int) -> bool:
