@@ -123,9 +123,12 @@ def run_measured(command: list[str], stdout: Path | None = None, trace: list | N
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{err[-3000:]}")
     by_role: dict[str, list[float]] = {}
-    for role, hwm in peaks.values():
+    cpu_by_role: dict[str, float] = {}
+    for pid, (role, hwm) in peaks.items():
         by_role.setdefault(role, []).append(round(hwm / 1e6, 1))
+        cpu_by_role[role] = cpu_by_role.get(role, 0.0) + cpu.get(pid, 0.0)
     return {"seconds": round(seconds, 2), "cpu_seconds": round(sum(cpu.values()), 1),
+            "cpu_seconds_by_role": {role: round(v, 1) for role, v in cpu_by_role.items()},
             "peak_rss_mb": {role: sorted(v, reverse=True) for role, v in by_role.items()}}
 
 
