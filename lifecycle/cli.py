@@ -217,6 +217,7 @@ def pipeline(
     no_track: NoTrackOpt = False,
     budget: Annotated[float, typer.Option(help="The budgeted pick may lose this many points of validation "
                                                "accuracy; a negative value skips it.")] = 1.0,
+    max_trials: Annotated[int, typer.Option("--max-trials", help="Recipes the budget search may try.")] = 16,
 ) -> None:
     """Run the main job: tokenizer, training, evaluation and freezing as one MLflow parent run.
 
@@ -224,11 +225,15 @@ def pipeline(
     needs no data files.
     """
     with _errors():
+        from lifecycle.budget import check_limits
+
+        check_limits(max_trials, None)  # before training, not after it
         cfg = _config(config, set_, no_track, train__epochs=epochs)
         from lifecycle.workflows import run_pipeline, version_row
 
         outcomes = _with_progress(lambda p: run_pipeline(cfg, output, progress=p,
-                                                         budget=budget if budget >= 0 else None))
+                                                         budget=budget if budget >= 0 else None,
+                                                         budget_trials=max_trials))
         render.pipeline(cfg.name, outcomes, map(version_row, outcomes))
 
 

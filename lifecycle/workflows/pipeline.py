@@ -31,10 +31,11 @@ def recipe_dir(recipe: str) -> str:
 
 
 def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path | None = None,
-                 progress: Any = None, budget: float | None = PIPELINE_BUDGET) -> list[StepOutcome]:
+                 progress: Any = None, budget: float | None = PIPELINE_BUDGET,
+                 budget_trials: int = PIPELINE_BUDGET_TRIALS) -> list[StepOutcome]:
     """The main job: tokenizer -> train -> evaluate -> freeze -> compress (each of PIPELINE_RECIPES) -> the
     budgeted pick (``compress --budget``: the smallest version losing at most ``budget`` points of validation
-    accuracy; None skips it), as child runs of one ``pipeline`` parent run. ``output``, when given, is a directory
+    accuracy, in at most ``budget_trials`` trials; None skips it), as child runs of one ``pipeline`` parent run. ``output``, when given, is a directory
     that receives one version per step (``checkpoint/``, ``frozen/``, ``fp16/``, ``int8/``, ..., ``budget/``).
 
     A budget no trial meets ends no pipeline: its search run is marked FAILED, the warning says why, and the fixed
@@ -65,8 +66,8 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
                                          track=cfg.tracking.enabled))
         if budget is not None:
             stage(f"compressing: the smallest version within {budget:g} points of validation accuracy")
-            picked = _budget_pick(str(frozen.version), budget, output / "budget" if output else None, versions_dir,
-                                  cfg.tracking.enabled)
+            picked = _budget_pick(str(frozen.version), budget, budget_trials, output / "budget" if output else None,
+                                  versions_dir, cfg.tracking.enabled)
             if picked is not None:
                 outcomes.append(picked)
         stage.done()
@@ -87,14 +88,14 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
     return outcomes
 
 
-def _budget_pick(frozen: str, budget: float, output: Path | None, versions_dir: Path | None,
+def _budget_pick(frozen: str, budget: float, max_trials: int, output: Path | None, versions_dir: Path | None,
                  track: bool) -> StepOutcome | None:
     import logging
 
     from lifecycle.workflows.budgeting import BudgetNotMetError, BudgetRequest, run_compress_budget
 
     try:
-        return run_compress_budget(frozen, BudgetRequest(budget, max_trials=PIPELINE_BUDGET_TRIALS), output,
+        return run_compress_budget(frozen, BudgetRequest(budget, max_trials=max_trials), output,
                                    versions_dir=versions_dir, track=track).outcome
     except BudgetNotMetError as exc:
         logging.getLogger(__name__).warning("pipeline: no budgeted pick; %s", exc)

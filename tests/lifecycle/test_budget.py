@@ -282,3 +282,15 @@ def test_a_finer_storage_is_tried_on_the_smallest_trials_within_budget() -> None
     assert tried3 == [(*t.recipe[:-1], "int3") for t in within4[:2]]
     assert result.chosen is not None and result.chosen.recipe[-1] == "int3"
     assert result.chosen.size_bytes < within4[0].size_bytes
+
+
+def test_pipeline_refuses_max_trials_0_before_training(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lifecycle.cli import app
+
+    out = tmp_path / "never"
+    result = CliRunner().invoke(app, ["pipeline", "--max-trials", "0", "--no-track", "--output", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "--max-trials must be at least 1" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()

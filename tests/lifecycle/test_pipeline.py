@@ -22,7 +22,7 @@ def test_pipeline_cli_on_embedded_corpus(tmp_path: Path) -> None:
            "LIFECYCLE_VERSIONS_DIR": str(tmp_path / "versions"), "LIFECYCLE_DATA_DIR": str(tmp_path / "no-data")}
     done = subprocess.run(
         [sys.executable, "-m", "lifecycle", "-q", "pipeline", "configs/default.yaml", "--epochs", "2",
-         "--set", "model.filters=16", "--output", str(tmp_path / "v")],
+         "--set", "model.filters=16", "--max-trials", "6", "--output", str(tmp_path / "v")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
