@@ -11,9 +11,10 @@ float16     ``<name>/fp16``      ``Cast`` (the embedding after its gather, so th
 int8        ``<name>/q``         ``Cast(codes) * <name>/scale``: symmetric codes, a float32 scale per channel
                                  along ``axis`` (rows of the embedding, output channels of a kernel) or one
                                  scale for the tensor (0-d); the embedding gathers int8 rows, then scales them
-int4        ``<name>/q4``        ``codes * <name>/scale``: symmetric codes in [-7, 7], scales as int8's, two
-                                 codes per uint8 byte (``pack_int4``), unpacked in the graph (BitwiseAnd,
-                                 RightShift, ConcatV2, AddV2, Cast); the embedding gathers packed rows first
+int4        ``<name>/q4``        ``codes * Cast(<name>/scale)``: symmetric codes in [-7, 7], float16 scales
+                                 along int8's axes (float32, no Cast, in versions before them), two codes per
+                                 uint8 byte (``pack_int4``), unpacked in the graph (BitwiseAnd, RightShift,
+                                 ConcatV2, AddV2, Cast); the embedding gathers packed rows and their scales first
 int3        ``<name>/q3``        as int4, with codes in [-3, 3] in three bit planes (``pack_int3``: 3 bits a
                                  weight), unpacked in the graph (GatherV2, RightShift, BitwiseAnd, Cast, Mul, AddV2)
 ==========  ===================  =========================================================================
@@ -363,6 +364,38 @@ class Float16Storage(Storage):
         return tf.cast(tf.gather(table, ids), tf.float32, name="embed")
 
 
+def emit_scale(tf: Any, name: str, scale: np.ndarray) -> Any:
+    """The scales Const ``<name>/scale`` as float32: a float16 Const (int4, int3) is widened by a Cast."""
+    const = tf.constant(scale, name=f"{name}/scale")
+    return tf.cast(const, tf.float32, name=f"{name}/scale/float") if scale.dtype == np.float16 else const
+
+
+def emit_row_scales(tf: Any, scale: np.ndarray, ids: Any) -> Any:
+    """The embedding's scales for the gathered rows ``ids`` as float32 (one 0-d scale is used as it is); float16
+    scales are gathered first and widened after, so the table of scales stays float16 in memory."""
+    const = tf.constant(scale, name=f"{EMBEDDING}/scale")
+    rows = const if np.ndim(scale) == 0 else tf.gather(const, ids)
+    return tf.cast(rows, tf.float32, name=f"{EMBEDDING}/scale/float") if scale.dtype == np.float16 else rows
+
+
+def half_scales(values: np.ndarray, axis: int | None, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric codes in [-top, top] with float16 scales: ``values ~= codes * float32(scale)``.
+
+    Each float32 scale is rounded up to the next float16 (never down, so no channel's peak clips) and the codes are
+    taken against that float16 scale, so |error| <= scale / 2 still holds for the scale stored. A scale float16
+    cannot hold (beyond 65504) keeps the float32 scales (the graph and restore read either dtype).
+    """
+    codes, scale = quantize_int8_array(values, axis, top)
+    if not np.all(np.isfinite(scale.astype(np.float16))):
+        return codes, scale
+    half = scale.astype(np.float16)
+    low = half.astype(np.float32) < scale
+    half = np.where(low, np.nextafter(half, np.float16(np.inf)), half).astype(np.float16)
+    # The scales' shape broadcasts against ``values`` as quantize_int8_array made it (0-d, [rows, 1] or [channels]).
+    codes = np.clip(np.rint(values / half.astype(np.float32)), -top, top).astype(np.int8)
+    return codes, half
+
+
 def int8_axis(name: str) -> int:
     """The axis int8 scales run along: rows for the embedding, output channels (last axis) for kernels."""
     return 0 if name == EMBEDDING else -1
@@ -406,20 +439,18 @@ class Int8Storage(Storage):
 
     def dequantize(self, stored: StoredTensor) -> np.ndarray:
         assert stored.scale is not None
-        return stored.value.astype(np.float32) * stored.scale
+        # float16 scales (int4, int3) widen to float32 first, as the graph's Cast does: the same float32 product.
+        return stored.value.astype(np.float32) * stored.scale.astype(np.float32)
 
     def scale_node(self, name: str) -> str | None:
         return f"{name}/scale"
 
     def emit_float(self, tf: Any, name: str, stored: StoredTensor, codes: Any) -> Any:
-        return tf.multiply(tf.cast(codes, tf.float32), tf.constant(stored.scale, name=f"{name}/scale"), name=name)
+        return tf.multiply(tf.cast(codes, tf.float32), emit_scale(tf, name, stored.scale), name=name)
 
     def emit_embedding(self, tf: Any, stored: StoredTensor, table: Any, ids: Any) -> Any:
         rows = tf.cast(tf.gather(table, ids), tf.float32)
-        scale = tf.constant(stored.scale, name=f"{EMBEDDING}/scale")
-        if np.ndim(stored.scale) == 0:  # one scale for the table (int8:embedding=table)
-            return tf.multiply(rows, scale, name="embed")
-        return tf.multiply(rows, tf.gather(scale, ids), name="embed")
+        return tf.multiply(rows, emit_row_scales(tf, stored.scale, ids), name="embed")
 
     def read(self, name: str, codes: np.ndarray, meta: dict[str, Any], value: ConstReader) -> StoredTensor:
         return StoredTensor("int8", codes, value(f"{name}/scale"), meta.get("axis"))
@@ -492,8 +523,9 @@ def emit_unpack_int4(tf: Any, packed: Any, n: int, prefix: str) -> Any:
 
 
 class Int4Storage(Int8Storage):
-    """Symmetric 4-bit codes in [-7, 7] with int8's float32 scales (per embedding row / output channel), packed two
-    per byte in graph.pb (``pack_int4``); ``StoredTensor.value`` is the int8 array of codes in the logical shape."""
+    """Symmetric 4-bit codes in [-7, 7] with float16 scales (per embedding row / output channel; ``half_scales``;
+    versions written before them hold float32 scales, read as they are), packed two per byte in graph.pb
+    (``pack_int4``); ``StoredTensor.value`` is the int8 array of codes in the logical shape."""
 
     name = "int4"
     suffix = "/q4"
@@ -517,7 +549,7 @@ class Int4Storage(Int8Storage):
         return emit_unpack_int4(tf, packed, n, prefix)
 
     def encode(self, values: np.ndarray, axis: int | None = None) -> StoredTensor:
-        codes, scale = quantize_int8_array(values, axis, self.top)
+        codes, scale = half_scales(np.asarray(values, dtype=np.float32), axis, self.top)
         return StoredTensor(self.name, codes, scale, axis)
 
     def nbytes(self, stored: StoredTensor) -> int:
@@ -543,23 +575,22 @@ class Int4Storage(Int8Storage):
         if len(shape) != len(self.packed_shape(shape)):  # a 0-d tensor was packed as one element
             values = tf.reshape(values, tf.constant(shape, dtype=tf.int64, name=f"{name}/unpack/shape"),
                                 name=f"{name}/unpack/reshaped")
-        return tf.multiply(values, tf.constant(stored.scale, name=f"{name}/scale"), name=name)
+        return tf.multiply(values, emit_scale(tf, name, stored.scale), name=name)
 
     def emit_embedding(self, tf: Any, stored: StoredTensor, table: Any, ids: Any) -> Any:
         # Rows are gathered packed, then unpacked: memory holds the table at half a byte per weight (int3: 3 bits).
         rows = self.emit_unpack(tf, tf.gather(table, ids), stored.shape[-1], f"{EMBEDDING}/unpack")
-        scale = tf.constant(stored.scale, name=f"{EMBEDDING}/scale")
-        if np.ndim(stored.scale) == 0:
-            return tf.multiply(rows, scale, name="embed")
-        return tf.multiply(rows, tf.gather(scale, ids), name="embed")
+        return tf.multiply(rows, emit_row_scales(tf, stored.scale, ids), name="embed")
 
     def read(self, name: str, codes: np.ndarray, meta: dict[str, Any], value: ConstReader) -> StoredTensor:
         return StoredTensor(self.name, codes, value(f"{name}/scale"), meta.get("axis"))
 
     def serving(self, name: str, stored: StoredTensor) -> StoredTensor:
         # LiteRT has no 4-bit gather or hybrid kernels for these ops: the codes are widened to int8 (the same codes
-        # and scales, so the same values), and run as an int8 version's do.
-        return super().serving(name, replace(stored, storage="int8"))
+        # and scales, so the same values), and run as an int8 version's do. float16 scales go in widened to float32
+        # (the same values); the serving pack stores such a buffer at 2 bytes a value again (litepack's float16).
+        assert stored.scale is not None
+        return super().serving(name, replace(stored, storage="int8", scale=stored.scale.astype(np.float32)))
 
 
 # --- int3: three bit planes -----------------------------------------------------------------------------------------
@@ -629,7 +660,7 @@ def emit_unpack_int3(tf: Any, packed: Any, n: int, prefix: str) -> Any:
 
 
 class Int3Storage(Int4Storage):
-    """Symmetric 3-bit codes in [-3, 3] with int8's float32 scales, in three bit planes in graph.pb (``pack_int3``);
+    """Symmetric 3-bit codes in [-3, 3] with int4's float16 scales, in three bit planes in graph.pb (``pack_int3``);
     ``StoredTensor.value`` is the int8 array of codes in the logical shape. Served as int8 codes with the same
     scales, as int4 is."""
 
