@@ -56,6 +56,7 @@ import numpy as np
 
 from lifecycle.errors import ConfigError, DataError, ModelError
 from lifecycle.storage import (
+    LAYOUTS,
     STORAGES,
     StoredTensor,
     Weights,
@@ -122,7 +123,7 @@ def quantize_fp16(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
     for name, stored in weights.items():
         _refuse_requantize(name, stored, "fp16")
         if stored.storage == "float32":
-            out[name] = carry_layout(stored, STORAGES["float16"].encode(stored.value))
+            out[name] = carry_layout(stored, STORAGES["float16"].encode(stored.value), name)
             changed.append(name)
         else:
             out[name] = stored
@@ -146,7 +147,7 @@ def quantize_int8(weights: Weights, embedding: str = "rows") -> tuple[Weights, t
             continue
         axis = None if name == "weights/embedding" and embedding == "table" else int8_axis(name)
         # Survivors below half a step of their channel's scale round to code 0 and leave the mask.
-        out[name] = carry_layout(stored, STORAGES["int8"].encode(stored.dequantize(), axis))
+        out[name] = carry_layout(stored, STORAGES["int8"].encode(stored.dequantize(), axis), name)
         changed.append(name)
     return out, tuple(changed)
 
@@ -162,7 +163,7 @@ def quantize_int4(weights: Weights, storage: str = "int4") -> tuple[Weights, tup
         if _is_bias(name):
             out[name] = stored
             continue
-        out[name] = carry_layout(stored, STORAGES[storage].encode(stored.dequantize(), int8_axis(name)))
+        out[name] = carry_layout(stored, STORAGES[storage].encode(stored.dequantize(), int8_axis(name)), name)
         changed.append(name)
     return out, tuple(changed)
 
@@ -194,7 +195,7 @@ def prune_magnitude(weights: Weights, sparsity: float) -> tuple[Weights, tuple[s
         order = np.argpartition(magnitude.ravel(), k - 1)[:k]
         value = stored.value.copy()
         value.reshape(-1)[order] = 0
-        out[name] = smaller_layout(replace(stored, value=value))
+        out[name] = smaller_layout(replace(stored, value=value), name)
         changed.append(name)
     return out, tuple(changed)
 
@@ -322,7 +323,7 @@ def _take_rows(stored: StoredTensor, rows: np.ndarray) -> StoredTensor:
     scale = stored.scale
     if scale is not None and stored.axis is not None and stored.axis % stored.value.ndim == 0:
         scale = scale[rows]
-    return carry_layout(stored, replace(stored, value=stored.value[rows], scale=scale))
+    return carry_layout(stored, replace(stored, value=stored.value[rows], scale=scale), EMBEDDING)
 
 
 def _ids_for_coverage(counts: np.ndarray, coverage: float) -> int | None:
@@ -668,7 +669,7 @@ def apply_recipe(weights: Weights, steps: list[RecipeStep], context: RecipeConte
         before = _total_bytes(weights)
         weights, changed, details = STEPS[step.name].apply(weights, step.params, context)
         reports.append(StepReport(step.name, step.params, before, _total_bytes(weights), changed,
-                                  {name: weights[name].layout for name in changed}, details))
+                                  {name: LAYOUTS[weights[name].layout].manifest_name for name in changed}, details))
     return weights, reports
 
 

@@ -54,9 +54,7 @@ INT8_MAX = 127
 INT4_MAX = 7  # symmetric 4-bit codes: [-7, 7], so 0 is exact and both signs have the same range
 INT3_MAX = 3  # symmetric 3-bit codes: [-3, 3]
 SPARSE_ENCODING = "bitmask"  # nonzero codes + 1 bit per element; see module docstring
-# What a sparse tensor's decode nodes add to graph.pb (about 1.6 KB measured, with the weights' names): below this
-# saving, the dense layout is the smaller file.
-SPARSE_GRAPH_OVERHEAD = 2048
+NIBBLE_ENCODING = "bitmask-nibbles"  # int4: nonzero nibbles + 1 bit per nibble; see module docstring
 EMBEDDING = "weights/embedding"
 
 
@@ -103,15 +101,77 @@ def sparse_nbytes(dense: np.ndarray) -> int:
     return int(np.count_nonzero(dense)) * dense.itemsize + (dense.size + 7) // 8
 
 
+def encode_nibbles(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``bitmask-nibbles`` layout of packed uint8 bytes (module docstring): the nonzero nibbles, two a byte, and
+    a little-endian bitmask over the nibble planes (every byte's low nibble, then every byte's high nibble)."""
+    flat = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    nibbles = np.concatenate([flat & np.uint8(0x0F), flat >> np.uint8(4)])
+    present = nibbles != 0
+    kept = nibbles[present]
+    half = (kept.size + 1) // 2
+    if kept.size % 2:
+        kept = np.append(kept, np.uint8(0))
+    return (kept[:half] | (kept[half:] << np.uint8(4))).astype(np.uint8), np.packbits(present, bitorder="little")
+
+
+def decode_nibbles(values: np.ndarray, mask: np.ndarray, shape: Sequence[int], source: Path | str,
+                   name: str) -> np.ndarray:
+    """The packed uint8 bytes of ``shape`` a ``bitmask-nibbles`` layout stands for (ModelError when damaged)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    values = np.asarray(values).reshape(-1)
+    if values.dtype != np.uint8:
+        raise ModelError(f"{source}: sparse tensor {name!r} holds {values.dtype} nibbles, not uint8. The file is "
+                         "damaged or was edited: re-run the compress step that wrote it.")
+    mask = np.asarray(mask)
+    if mask.dtype != np.uint8 or mask.size != (2 * size + 7) // 8:
+        raise ModelError(
+            f"{source}: sparse tensor {name!r} has a {mask.dtype} mask of {mask.size} bytes; {size} packed bytes "
+            f"need {(2 * size + 7) // 8} uint8 bytes (a bit per nibble). The file is damaged or was edited: re-run "
+            "the compress step."
+        )
+    if (2 * size) % 8 and mask.reshape(-1)[-1] >> ((2 * size) % 8):
+        raise ModelError(f"{source}: sparse tensor {name!r} sets mask bits past its {2 * size} nibbles. The file "
+                         "is damaged or was edited: re-run the compress step that wrote it.")
+    present = np.unpackbits(mask.reshape(-1), count=2 * size, bitorder="little").view(bool)
+    marked = int(np.count_nonzero(present))
+    nibbles = np.concatenate([values & np.uint8(0x0F), values >> np.uint8(4)])
+    if values.size != (marked + 1) // 2 or (marked % 2 and nibbles[-1]) or not np.all(nibbles[:marked]):
+        raise ModelError(
+            f"{source}: sparse tensor {name!r} stores {values.size} bytes of nonzero nibbles but its mask marks "
+            f"{marked} positions (of {2 * size}). The file is damaged or was edited: re-run the compress step."
+        )
+    dense = np.zeros(2 * size, dtype=np.uint8)
+    dense[present] = nibbles[:marked]
+    return (dense[:size] | (dense[size:] << np.uint8(4))).astype(np.uint8).reshape(tuple(int(d) for d in shape))
+
+
+def nibbles_nbytes(packed: np.ndarray) -> int:
+    """Bytes of packed uint8 bytes in the ``bitmask-nibbles`` layout: a bit per nibble plus the nonzero nibbles."""
+    flat = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    nonzero = int(np.count_nonzero(flat & np.uint8(0x0F)) + np.count_nonzero(flat >> np.uint8(4)))
+    return (2 * flat.size + 7) // 8 + (nonzero + 1) // 2
+
+
 # --- layouts ------------------------------------------------------------------------------------------------------
 
 ConstReader = Callable[[str], np.ndarray]  # a graph Const's value by node name (ModelError when it is missing)
 
 
 class Layout:
-    """How graph.pb holds a tensor's dense codes (one entry of ``LAYOUTS``)."""
+    """How graph.pb holds a tensor's dense codes (one entry of ``LAYOUTS``).
+
+    ``name`` is the key of ``LAYOUTS`` and ``StoredTensor.layout``; the manifest records ``manifest_name`` (its
+    ``layout`` field) plus ``manifest_fields`` (a sparse layout's ``encoding``), which ``layout_for`` maps back.
+    """
 
     name = ""
+    manifest_name = ""
+    encoding = ""
+    sparse = False
+
+    def fits(self, storage: str) -> bool:
+        """Whether a tensor of this storage can be held in this layout."""
+        return True
 
     def nbytes(self, codes: np.ndarray) -> int:
         """Bytes the graph's constants hold for ``codes``."""
@@ -124,9 +184,6 @@ class Layout:
     def manifest_fields(self) -> dict[str, Any]:
         """Extra fields of the tensor's manifest entry."""
         return {}
-
-    def check(self, meta: dict[str, Any], name: str, source: Path | str) -> None:
-        """Refuse a manifest entry this lifecycle cannot read in this layout."""
 
     def emit(self, tf: Any, node: str, codes: np.ndarray) -> Any:
         """The dense codes as a graph tensor named ``node``."""
@@ -141,7 +198,7 @@ class Layout:
 class DenseLayout(Layout):
     """One Const of codes, named by the storage's codes node."""
 
-    name = "dense"
+    name = manifest_name = "dense"
 
     def nbytes(self, codes: np.ndarray) -> int:
         return int(codes.nbytes)
@@ -160,7 +217,9 @@ class DenseLayout(Layout):
 class SparseLayout(Layout):
     """Nonzero codes plus a bitmask, decoded inside the graph (module docstring)."""
 
-    name = "sparse"
+    name = manifest_name = "sparse"
+    encoding = SPARSE_ENCODING
+    sparse = True
 
     def nbytes(self, codes: np.ndarray) -> int:
         return sparse_nbytes(codes)
@@ -169,25 +228,12 @@ class SparseLayout(Layout):
         return [f"{codes_node}/values", f"{codes_node}/mask"]
 
     def manifest_fields(self) -> dict[str, Any]:
-        return {"encoding": SPARSE_ENCODING}
-
-    def check(self, meta: dict[str, Any], name: str, source: Path | str) -> None:
-        if meta.get("encoding", SPARSE_ENCODING) != SPARSE_ENCODING:
-            raise ModelError(f"{source}: tensor {name!r} has sparse encoding {meta['encoding']!r}; this lifecycle "
-                             f"reads {SPARSE_ENCODING!r}. Upgrade lifecycle to load this version.")
+        return {"encoding": self.encoding}
 
     def emit(self, tf: Any, node: str, codes: np.ndarray) -> Any:
         values, mask = encode_sparse(codes)
         size = codes.size
-        bits = tf.bitwise.right_shift(
-            tf.reshape(tf.constant(mask, name=f"{node}/mask"), tf.constant([-1, 1], name=f"{node}/decode/column"),
-                       name=f"{node}/decode/bytes"),
-            tf.constant(np.arange(8, dtype=np.uint8), name=f"{node}/decode/shifts"), name=f"{node}/decode/shifted")
-        flags = tf.bitwise.bitwise_and(bits, tf.constant(np.uint8(1), name=f"{node}/decode/one"),
-                                       name=f"{node}/decode/bits")
-        flat = tf.reshape(flags, tf.constant([-1], name=f"{node}/decode/flat_shape"), name=f"{node}/decode/flat")
-        # Padding bits past ``size`` are zero, so every position Where finds is inside the tensor.
-        positions = tf.where(flat, name=f"{node}/decode/positions")
+        positions = emit_positions(tf, node, mask)
         dense = tf.scatter_nd(positions, tf.constant(values, name=f"{node}/values"),
                               tf.constant([size], dtype=tf.int64, name=f"{node}/decode/size"),
                               name=f"{node}/decode/scatter")
@@ -199,7 +245,67 @@ class SparseLayout(Layout):
         return decode_sparse(value(f"{codes_node}/values"), value(f"{codes_node}/mask"), shape, source, name)
 
 
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (DenseLayout(), SparseLayout())}
+def emit_positions(tf: Any, node: str, mask: np.ndarray) -> Any:
+    """The int64 positions ([k, 1]) of the set bits of a little-endian bitmask Const ``<node>/mask``."""
+    bits = tf.bitwise.right_shift(
+        tf.reshape(tf.constant(mask, name=f"{node}/mask"), tf.constant([-1, 1], name=f"{node}/decode/column"),
+                   name=f"{node}/decode/bytes"),
+        tf.constant(np.arange(8, dtype=np.uint8), name=f"{node}/decode/shifts"), name=f"{node}/decode/shifted")
+    flags = tf.bitwise.bitwise_and(bits, tf.constant(np.uint8(1), name=f"{node}/decode/one"),
+                                   name=f"{node}/decode/bits")
+    flat = tf.reshape(flags, tf.constant([-1], name=f"{node}/decode/flat_shape"), name=f"{node}/decode/flat")
+    # Padding bits past the tensor are zero, so every position Where finds is inside it.
+    return tf.where(flat, name=f"{node}/decode/positions")
+
+
+class NibbleSparseLayout(SparseLayout):
+    """int4's packed bytes as a bitmask over their nibbles plus only the nonzero nibbles, two a byte
+    (``encoding: bitmask-nibbles``; module docstring). Decoded in the graph back to the packed bytes, so the rest of
+    the int4 graph (gathering packed rows, unpacking) is the dense layout's."""
+
+    name = "sparse-nibbles"
+    manifest_name = "sparse"
+    encoding = NIBBLE_ENCODING
+
+    def fits(self, storage: str) -> bool:
+        return storage == "int4"  # the only storage whose packed bytes are two codes' nibbles
+
+    def nbytes(self, codes: np.ndarray) -> int:
+        return nibbles_nbytes(codes)
+
+    def emit(self, tf: Any, node: str, codes: np.ndarray) -> Any:
+        values, mask = encode_nibbles(codes)
+        size = codes.size
+        positions = emit_positions(tf, node, mask)
+        packed = tf.constant(values, name=f"{node}/values")
+        nibbles = tf.concat([
+            tf.bitwise.bitwise_and(packed, tf.constant(np.uint8(0x0F), name=f"{node}/decode/low_mask"),
+                                   name=f"{node}/decode/low"),
+            tf.bitwise.right_shift(packed, tf.constant(np.uint8(4), name=f"{node}/decode/four"),
+                                   name=f"{node}/decode/high")], axis=0, name=f"{node}/decode/nibbles")
+        if (2 * values.size) != int(np.count_nonzero(np.unpackbits(mask))):
+            # An odd count of nonzero nibbles pads one zero nibble: it goes to position 0, and ScatterNd adds it.
+            positions = tf.concat([positions, tf.constant(np.zeros((1, 1), np.int64), name=f"{node}/decode/pad")],
+                                  axis=0, name=f"{node}/decode/padded")
+        dense = tf.scatter_nd(positions, nibbles, tf.constant([2 * size], dtype=tf.int64, name=f"{node}/decode/size"),
+                              name=f"{node}/decode/scatter")
+        planes = tf.reshape(dense, tf.constant([2, size], dtype=tf.int64, name=f"{node}/decode/planes_shape"),
+                            name=f"{node}/decode/planes")
+        low = tf.gather(planes, tf.constant(np.int32(0), name=f"{node}/decode/zero"), name=f"{node}/decode/low_plane")
+        high = tf.gather(planes, tf.constant(np.int32(1), name=f"{node}/decode/first"),
+                         name=f"{node}/decode/high_plane")
+        byte = tf.add(low, tf.multiply(high, tf.constant(np.uint8(16), name=f"{node}/decode/sixteen"),
+                                       name=f"{node}/decode/high_shifted"), name=f"{node}/decode/packed")
+        shape = tuple(int(d) for d in codes.shape)
+        return tf.reshape(byte, tf.constant(shape, dtype=tf.int64, name=f"{node}/decode/shape"), name=node)
+
+    def read(self, value: ConstReader, codes_node: str, shape: Sequence[int], name: str,
+             source: Path | str) -> np.ndarray:
+        return decode_nibbles(value(f"{codes_node}/values"), value(f"{codes_node}/mask"), shape, source, name)
+
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (DenseLayout(), SparseLayout(),
+                                                                 NibbleSparseLayout())}
 
 
 def layout_of(name: str) -> Layout:
@@ -207,6 +313,27 @@ def layout_of(name: str) -> Layout:
     if name not in LAYOUTS:
         raise ModelError(f"layout must be one of {', '.join(LAYOUTS)}. Received: {name!r}.")
     return LAYOUTS[name]
+
+
+def layout_for(meta: dict[str, Any], name: str, source: Path | str) -> str:
+    """The ``LAYOUTS`` key of a manifest tensor entry (its ``layout``, and a sparse one's ``encoding``)."""
+    layout = meta.get("layout", "dense")  # manifests before sparse layouts: dense
+    named = [entry for entry in LAYOUTS.values() if entry.manifest_name == layout]
+    if not named:
+        known = sorted({entry.manifest_name for entry in LAYOUTS.values()})
+        raise ModelError(f"{source}: tensor {name!r} has unknown layout {layout!r} (manifest field "
+                         f"tensors.{name}.layout); this lifecycle reads {', '.join(known)}.")
+    if layout != "sparse":
+        return named[0].name
+    encoding = meta.get("encoding", SPARSE_ENCODING)
+    for entry in named:
+        if entry.encoding == encoding:
+            if not entry.fits(meta["storage"]):
+                raise ModelError(f"{source}: tensor {name!r} is {meta['storage']} in sparse encoding {encoding!r}, "
+                                 "which only int4 tensors use. The manifest is damaged; re-run compress.")
+            return entry.name
+    raise ModelError(f"{source}: tensor {name!r} has sparse encoding {encoding!r}; this lifecycle reads "
+                     f"{', '.join(repr(entry.encoding) for entry in named)}. Upgrade lifecycle to load this version.")
 
 
 # --- the stored tensor --------------------------------------------------------------------------------------------
@@ -227,7 +354,8 @@ class StoredTensor:
     layout: str = "dense"
 
     def __post_init__(self) -> None:
-        layout_of(self.layout)
+        if not layout_of(self.layout).fits(self.storage):
+            raise ModelError(f"layout {self.layout!r} holds int4 codes only. Received: storage {self.storage!r}.")
 
     @property
     def spec(self) -> Storage:
@@ -590,7 +718,8 @@ class Int4Storage(Int8Storage):
         # and scales, so the same values), and run as an int8 version's do. float16 scales go in widened to float32
         # (the same values); the serving pack stores such a buffer at 2 bytes a value again (litepack's float16).
         assert stored.scale is not None
-        return super().serving(name, replace(stored, storage="int8", scale=stored.scale.astype(np.float32)))
+        return super().serving(name, replace(stored, storage="int8", scale=stored.scale.astype(np.float32),
+                                                    layout="dense"))
 
 
 # --- int3: three bit planes -----------------------------------------------------------------------------------------
@@ -698,20 +827,41 @@ def storage_of(name: str) -> Storage:
 
 # --- layout choice ------------------------------------------------------------------------------------------------
 
-def smaller_layout(stored: StoredTensor) -> StoredTensor:
-    """The tensor in whichever layout (dense or sparse) makes the smaller graph file, decode nodes included."""
-    sparse, dense = replace(stored, layout="sparse"), replace(stored, layout="dense")
-    return sparse if sparse.nbytes + SPARSE_GRAPH_OVERHEAD < dense.nbytes else dense
+def graph_bytes(stored: StoredTensor, name: str) -> int:
+    """Bytes the tensor's codes add to graph.pb in its layout: its constants and its decode nodes (their NodeDefs,
+    names and small constants), measured by writing them into an empty graph. Scales are the same in every layout
+    and left out."""
+    tf = tf_module()
+    graph = tf.Graph()
+    with graph.as_default():
+        emit_codes(tf, name, stored)
+    return int(graph.as_graph_def().ByteSize())
 
 
-def carry_layout(before: StoredTensor, after: StoredTensor) -> StoredTensor:
-    """A pruned (sparse) tensor stays sparse through a storage change, unless dense has become smaller."""
-    return smaller_layout(after) if before.layout == "sparse" else after
+def smaller_layout(stored: StoredTensor, name: str = EMBEDDING) -> StoredTensor:
+    """The tensor (weight ``name``) in whichever layout makes the smaller graph file, each sparse layout's decode
+    nodes counted (``graph_bytes``): dense, sparse, and for int4 also sparse nibbles. A layout is tried only when
+    its constants alone are smaller than dense's, so a dense tensor costs no graph writing."""
+    dense = replace(stored, layout="dense")
+    candidates = [replace(stored, layout=layout.name) for layout in LAYOUTS.values()
+                  if layout.sparse and layout.fits(stored.storage)]
+    candidates = [c for c in candidates if c.nbytes < dense.nbytes]
+    if not candidates:
+        return dense
+    sizes = {c.layout: graph_bytes(c, name) for c in [dense, *candidates]}
+    best = min(sizes, key=lambda layout: (sizes[layout], layout != "dense"))
+    return replace(stored, layout=best)
+
+
+def carry_layout(before: StoredTensor, after: StoredTensor, name: str = EMBEDDING) -> StoredTensor:
+    """A pruned (sparse) tensor stays sparse through a storage change (in whichever sparse layout is now the
+    smallest), unless dense has become smaller."""
+    return smaller_layout(after, name) if LAYOUTS[before.layout].sparse else after
 
 
 def store_like(name: str, stored: StoredTensor, values: np.ndarray) -> StoredTensor:
     """New float32 values in the storage (and layout) ``stored`` had; int8 and int4 are re-derived from the floats."""
-    return carry_layout(stored, stored.spec.encode_like(name, stored, values))
+    return carry_layout(stored, stored.spec.encode_like(name, stored, values), name)
 
 
 # --- graph emission -----------------------------------------------------------------------------------------------
@@ -737,7 +887,7 @@ def tensor_entry(name: str, stored: StoredTensor) -> dict[str, Any]:
         "shape": list(stored.shape),
         "dtype": "float32",
         "storage": stored.storage,
-        "layout": stored.layout,
+        "layout": LAYOUTS[stored.layout].manifest_name,
         **LAYOUTS[stored.layout].manifest_fields(),
         "bytes": stored.nbytes,
         "nodes": stored.nodes(name),
@@ -761,14 +911,11 @@ def read_weights(graph_def: Any, tensors: dict[str, dict[str, Any]], source: Pat
 
     weights: Weights = {}
     for name, meta in tensors.items():
-        storage, layout = meta["storage"], meta.get("layout", "dense")  # manifests before sparse layouts: dense
+        storage = meta["storage"]
         if storage not in STORAGES:
             raise ModelError(f"{source}: tensor {name!r} has unknown storage {storage!r}.")
-        if layout not in LAYOUTS:
-            raise ModelError(f"{source}: tensor {name!r} has unknown layout {layout!r} (manifest field "
-                             f"tensors.{name}.layout); this lifecycle reads {', '.join(LAYOUTS)}.")
+        layout = layout_for(meta, name, source)
         spec = STORAGES[storage]
-        LAYOUTS[layout].check(meta, name, source)
         if layout == "dense" and meta.get("folded_into"):
             # The fold step moved it into a consumer's constant: same values, reshaped.
             codes = value(meta["folded_into"])
@@ -804,11 +951,17 @@ def densify_sparse(graph_def: Any, source: Path | str) -> Any:
     if not bases:
         return graph_def
     dropped: set[str] = set()
+    decoders: dict[str, Callable[..., np.ndarray]] = {}
     for base in bases:
         decode = {name for name in nodes if name.startswith(f"{base}/decode/")}
         node = nodes.get(base)
+        # The last decode node says which sparse layout wrote it: bitmask (ScatterNd) or bitmask-nibbles (repacked).
+        last = node.input[0] if node is not None and node.input else ""
+        decoders[base] = {f"{base}/decode/scatter": decode_sparse, f"{base}/decode/packed": decode_nibbles}.get(
+            last, decode_sparse)
         if (node is None or node.op != "Reshape"
-                or list(node.input) != [f"{base}/decode/scatter", f"{base}/decode/shape"]
+                or list(node.input) not in ([f"{base}/decode/scatter", f"{base}/decode/shape"],
+                                            [f"{base}/decode/packed", f"{base}/decode/shape"])
                 or nodes[f"{base}/values"].op != "Const" or f"{base}/decode/shape" not in decode
                 or nodes[f"{base}/decode/shape"].op != "Const"):
             raise ModelError(f"{source}: sparse tensor {base!r} (nodes {base}/values, {base}/mask) is not decoded "
@@ -826,8 +979,8 @@ def densify_sparse(graph_def: Any, source: Path | str) -> Any:
             continue
         if node.name in bases:
             # One tensor decoded at a time and written straight into the new Const, to keep the load's peak low.
-            dense = decode_sparse(array(f"{node.name}/values"), array(f"{node.name}/mask"),
-                                  array(f"{node.name}/decode/shape"), source, node.name)
+            dense = decoders[node.name](array(f"{node.name}/values"), array(f"{node.name}/mask"),
+                                        array(f"{node.name}/decode/shape"), source, node.name)
             const = out.node.add(name=node.name, op="Const", device=node.device)
             const.attr["dtype"].type = tf.as_dtype(dense.dtype).as_datatype_enum
             tensor = const.attr["value"].tensor
