@@ -9,10 +9,11 @@ storage of every tensor is recorded in the version's manifest, so restore knows 
   Biases stay float32: they are a fraction of a percent of the bytes and carry the most precision per byte.
   ``int8:embedding=table`` gives the embedding one scale for the whole table instead (what TFLite's dynamic-range
   converter does): 4 bytes per row smaller, each row quantized against the largest value of the table.
-- ``int4``: symmetric 4-bit codes in [-7, 7] with int8's scales (per row of the embedding, per output channel of
-  a kernel), two codes per byte in graph.pb, unpacked inside the graph; the embedding is gathered packed, then
-  unpacked, so memory holds half a byte per weight. Biases stay float32, as for int8. About half the bytes of int8
-  (the scales are the same); the serving form widens the codes to int8 (``lifecycle.storage.Int4Storage``).
+- ``int4``: symmetric 4-bit codes in [-7, 7] with float16 scales along int8's axes (per row of the embedding, per
+  output channel of a kernel), two codes per byte in graph.pb, unpacked inside the graph; the embedding is gathered
+  packed, then unpacked, so memory holds half a byte per weight. Biases stay float32, as for int8. About half the
+  bytes of int8 (the scales halve too); the serving form widens the codes to int8 (``lifecycle.storage.Int4Storage``);
+  pruned, its codes may take the ``bitmask-nibbles`` sparse layout (a bit per code, not per byte).
 - ``int3``: as ``int4`` with codes in [-3, 3], three bits a weight in graph.pb (three bit planes per row,
   ``lifecycle.storage.Int3Storage``); served widened to int8 like int4.
 - ``prune:S``: magnitude pruning of each kernel and the embedding to sparsity S, stored in the sparse layout
@@ -153,7 +154,7 @@ def quantize_int8(weights: Weights, embedding: str = "rows") -> tuple[Weights, t
 
 
 def quantize_int4(weights: Weights, storage: str = "int4") -> tuple[Weights, tuple[str, ...]]:
-    """Store kernels and the embedding as 4-bit codes in [-7, 7] (two per byte) with int8's float32 scales: one per
+    """Store kernels and the embedding as 4-bit codes in [-7, 7] (two per byte) with float16 scales: one per
     embedding row, one per output channel; biases are left as they are, as ``int8`` leaves them. ``storage="int3"``:
     3-bit codes in [-3, 3] instead (``quantize_int3``)."""
     out: Weights = {}
@@ -169,7 +170,7 @@ def quantize_int4(weights: Weights, storage: str = "int4") -> tuple[Weights, tup
 
 
 def quantize_int3(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
-    """Store kernels and the embedding as 3-bit codes in [-3, 3] with int8's float32 scales (as ``int4``)."""
+    """Store kernels and the embedding as 3-bit codes in [-3, 3] with float16 scales (as ``int4``)."""
     return quantize_int4(weights, "int3")
 
 

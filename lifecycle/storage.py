@@ -34,6 +34,15 @@ only the nonzero codes plus a bitmask of where they go:
     <codes>/decode/...  RightShift, BitwiseAnd, Where, ScatterNd: the dense codes from the two constants
     <codes>         (Reshape) the dense codes, under the same name a dense layout gives its Const
 
+An int4 tensor's codes are packed bytes, where a byte is only zero when both its codes are: its second sparse layout,
+``sparse-nibbles`` (manifest ``layout: sparse``, ``encoding: bitmask-nibbles``), masks codes instead. Its mask has a
+bit per nibble of the packed bytes in plane order (every byte's low nibble, then every byte's high nibble), and
+``<codes>/values`` holds only the nonzero nibbles, two a byte (the first half of them in the low nibbles, the rest
+in the high ones; an odd count pads one zero). The decode splits them (BitwiseAnd, RightShift, ConcatV2), scatters
+them to the mask's positions (Where, ScatterNd; the pad nibble goes to position 0, where ScatterNd adds 0), and
+joins the two planes back into bytes (Reshape, GatherV2, Mul, AddV2). ``smaller_layout`` writes each candidate's
+codes into an empty graph and keeps the smallest (``graph_bytes``), so a decode's own nodes are counted.
+
 The graph stays self-contained: any TensorFlow import computes the same probabilities. At load, ``densify_sparse``
 decodes each sparse tensor once with numpy into the dense Const, so a loaded sparse graph is the dense graph.
 """
