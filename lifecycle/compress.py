@@ -9,10 +9,11 @@ storage of every tensor is recorded in the version's manifest, so restore knows 
   Biases stay float32: they are a fraction of a percent of the bytes and carry the most precision per byte.
   ``int8:embedding=table`` gives the embedding one scale for the whole table instead (what TFLite's dynamic-range
   converter does): 4 bytes per row smaller, each row quantized against the largest value of the table.
-- ``int4``: symmetric 4-bit codes in [-7, 7] with int8's scales (per row of the embedding, per output channel of
-  a kernel), two codes per byte in graph.pb, unpacked inside the graph; the embedding is gathered packed, then
-  unpacked, so memory holds half a byte per weight. Biases stay float32, as for int8. About half the bytes of int8
-  (the scales are the same); the serving form widens the codes to int8 (``lifecycle.storage.Int4Storage``).
+- ``int4``: symmetric 4-bit codes in [-7, 7] with float16 scales along int8's axes (per row of the embedding, per
+  output channel of a kernel), two codes per byte in graph.pb, unpacked inside the graph; the embedding is gathered
+  packed, then unpacked, so memory holds half a byte per weight. Biases stay float32, as for int8. About half the
+  bytes of int8 (the scales halve too); the serving form widens the codes to int8 (``lifecycle.storage.Int4Storage``);
+  pruned, its codes may take the ``bitmask-nibbles`` sparse layout (a bit per code, not per byte).
 - ``int3``: as ``int4`` with codes in [-3, 3], three bits a weight in graph.pb (three bit planes per row,
   ``lifecycle.storage.Int3Storage``); served widened to int8 like int4.
 - ``prune:S``: magnitude pruning of each kernel and the embedding to sparsity S, stored in the sparse layout
@@ -56,6 +57,7 @@ import numpy as np
 
 from lifecycle.errors import ConfigError, DataError, ModelError
 from lifecycle.storage import (
+    LAYOUTS,
     STORAGES,
     StoredTensor,
     Weights,
@@ -122,7 +124,7 @@ def quantize_fp16(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
     for name, stored in weights.items():
         _refuse_requantize(name, stored, "fp16")
         if stored.storage == "float32":
-            out[name] = carry_layout(stored, STORAGES["float16"].encode(stored.value))
+            out[name] = carry_layout(stored, STORAGES["float16"].encode(stored.value), name)
             changed.append(name)
         else:
             out[name] = stored
@@ -146,13 +148,13 @@ def quantize_int8(weights: Weights, embedding: str = "rows") -> tuple[Weights, t
             continue
         axis = None if name == "weights/embedding" and embedding == "table" else int8_axis(name)
         # Survivors below half a step of their channel's scale round to code 0 and leave the mask.
-        out[name] = carry_layout(stored, STORAGES["int8"].encode(stored.dequantize(), axis))
+        out[name] = carry_layout(stored, STORAGES["int8"].encode(stored.dequantize(), axis), name)
         changed.append(name)
     return out, tuple(changed)
 
 
 def quantize_int4(weights: Weights, storage: str = "int4") -> tuple[Weights, tuple[str, ...]]:
-    """Store kernels and the embedding as 4-bit codes in [-7, 7] (two per byte) with int8's float32 scales: one per
+    """Store kernels and the embedding as 4-bit codes in [-7, 7] (two per byte) with float16 scales: one per
     embedding row, one per output channel; biases are left as they are, as ``int8`` leaves them. ``storage="int3"``:
     3-bit codes in [-3, 3] instead (``quantize_int3``)."""
     out: Weights = {}
@@ -162,13 +164,13 @@ def quantize_int4(weights: Weights, storage: str = "int4") -> tuple[Weights, tup
         if _is_bias(name):
             out[name] = stored
             continue
-        out[name] = carry_layout(stored, STORAGES[storage].encode(stored.dequantize(), int8_axis(name)))
+        out[name] = carry_layout(stored, STORAGES[storage].encode(stored.dequantize(), int8_axis(name)), name)
         changed.append(name)
     return out, tuple(changed)
 
 
 def quantize_int3(weights: Weights) -> tuple[Weights, tuple[str, ...]]:
-    """Store kernels and the embedding as 3-bit codes in [-3, 3] with int8's float32 scales (as ``int4``)."""
+    """Store kernels and the embedding as 3-bit codes in [-3, 3] with float16 scales (as ``int4``)."""
     return quantize_int4(weights, "int3")
 
 
@@ -194,7 +196,7 @@ def prune_magnitude(weights: Weights, sparsity: float) -> tuple[Weights, tuple[s
         order = np.argpartition(magnitude.ravel(), k - 1)[:k]
         value = stored.value.copy()
         value.reshape(-1)[order] = 0
-        out[name] = smaller_layout(replace(stored, value=value))
+        out[name] = smaller_layout(replace(stored, value=value), name)
         changed.append(name)
     return out, tuple(changed)
 
@@ -322,7 +324,7 @@ def _take_rows(stored: StoredTensor, rows: np.ndarray) -> StoredTensor:
     scale = stored.scale
     if scale is not None and stored.axis is not None and stored.axis % stored.value.ndim == 0:
         scale = scale[rows]
-    return carry_layout(stored, replace(stored, value=stored.value[rows], scale=scale))
+    return carry_layout(stored, replace(stored, value=stored.value[rows], scale=scale), EMBEDDING)
 
 
 def _ids_for_coverage(counts: np.ndarray, coverage: float) -> int | None:
@@ -668,7 +670,7 @@ def apply_recipe(weights: Weights, steps: list[RecipeStep], context: RecipeConte
         before = _total_bytes(weights)
         weights, changed, details = STEPS[step.name].apply(weights, step.params, context)
         reports.append(StepReport(step.name, step.params, before, _total_bytes(weights), changed,
-                                  {name: weights[name].layout for name in changed}, details))
+                                  {name: LAYOUTS[weights[name].layout].manifest_name for name in changed}, details))
     return weights, reports
 
 

@@ -11,6 +11,10 @@ the serving form that small on disk, and restores the exact flatbuffer at load:
   and ``sparse-int3`` likewise for bytes all in [-4, 3] (an int3 version's codes), three bits each. It is a
   byte codec, blind to what the bytes mean: a float buffer that happens to be all zeros packs too, and whatever is
   not smaller is left raw;
+- format 2 adds ``float16``: a buffer read as little-endian float32 whose every value float16 holds bit for bit
+  (the float16 scales of an int4 or int3 version, widened to float32 for LiteRT) is stored at 2 bytes a value. A
+  pack is written in the lowest format its encodings need (1 without ``float16``), so older readers keep reading
+  every pack they can; a format newer than ``FORMAT`` is refused with "Upgrade lifecycle";
 - the rest of the flatbuffer (the "skeleton": tables, small buffers, raw buffers) is stored as it is, minus the
   packed byte ranges;
 - at load, ``unpack`` re-inserts every range and checks the result against the sha256 the pack records, so what
@@ -41,9 +45,11 @@ from lifecycle.flatbuffer import Reader
 
 PACK_FILE = "model.tflite.pack"
 MAGIC = b"LCLITEPACK\n"
-FORMAT = 1
-MIN_BYTES = 1024  # smaller buffers (biases, scales, shapes) stay in the skeleton: packing them saves nothing
-ENCODINGS = ("int4", "sparse", "sparse-int4", "int3", "sparse-int3")
+FORMAT = 2  # the newest format this lifecycle reads (and writes when a pack needs it); it reads every older one
+MIN_BYTES = 1024  # smaller buffers (biases, shapes, a kernel's scales) stay in the skeleton: packing them saves nothing
+ENCODINGS = ("int4", "sparse", "sparse-int4", "int3", "sparse-int3", "float16")
+# The first format that has each encoding (a pack records the highest its holes need).
+SINCE = {**{name: 1 for name in ENCODINGS}, "float16": 2}
 # A pack is written only when it is at least this much smaller than the flatbuffer (an int8 version's dense codes
 # do not pack: it stays model.tflite).
 WORTH = 0.9
@@ -67,6 +73,7 @@ class Pack:
     flatbuffer_bytes: int
     sha256: str
     holes: tuple[Hole, ...]
+    format: int = 1
 
     @property
     def expanded(self) -> dict[str, int]:
@@ -78,7 +85,7 @@ class Pack:
 
     def summary(self) -> dict[str, Any]:
         """The manifest's ``serving.pack`` entry."""
-        return {"format": FORMAT, "flatbuffer_bytes": self.flatbuffer_bytes, "flatbuffer_sha256": self.sha256,
+        return {"format": self.format, "flatbuffer_bytes": self.flatbuffer_bytes, "flatbuffer_sha256": self.sha256,
                 "packed_buffers": len(self.holes), "expanded_at_load": self.expanded}
 
 
@@ -143,8 +150,20 @@ def _from_triples(data: bytes, count: int) -> np.ndarray:
     return (planes[:, 0] + 2 * planes[:, 1] - 4 * planes[:, 2]).astype(np.int8)
 
 
-def _encode(data: bytes) -> tuple[str, bytes] | None:
-    """The smallest encoding of a buffer and its payload, or None when none is smaller than the bytes themselves."""
+def _halves(data: bytes) -> np.ndarray | None:
+    """The buffer as float16 values when it is little-endian float32 that float16 holds bit for bit, else None."""
+    if len(data) % 4:
+        return None
+    wide = np.frombuffer(data, dtype="<f4")
+    with np.errstate(over="ignore", invalid="ignore"):
+        half = wide.astype("<f2")
+    # Compared as bits: lossless means the same bytes back (signed zeros, and no NaN payload is trusted to survive).
+    same = np.array_equal(half.astype("<f4").view("<u4"), wide.view("<u4")) and not np.isnan(wide).any()
+    return half if same else None
+
+
+def _encode(data: bytes, encodings: tuple[str, ...] = ENCODINGS) -> tuple[str, bytes] | None:
+    """The smallest of ``encodings`` for a buffer and its payload, or None when none is smaller than the bytes."""
     values = np.frombuffer(data, dtype=np.int8)
     n = values.size
     narrow = bool(np.all((values >= -8) & (values <= 7)))
@@ -157,9 +176,18 @@ def _encode(data: bytes) -> tuple[str, bytes] | None:
     if bool(np.all((values >= -4) & (values <= 3))):
         costs["int3"] = (3 * n + 7) // 8
         costs["sparse-int3"] = (n + 7) // 8 + (3 * nonzero + 7) // 8
+    costs = {name: cost for name, cost in costs.items() if name in encodings}
+    half = _halves(data) if "float16" in encodings and n // 2 < min(costs.values(), default=n) else None
+    if half is not None:
+        costs["float16"] = n // 2
+    if not costs:
+        return None
     encoding = min(costs, key=lambda name: costs[name])
     if costs[encoding] >= n:
         return None
+    if encoding == "float16":
+        assert half is not None
+        return encoding, half.tobytes()
     if encoding == "int4":
         return encoding, _nibbles(values)
     if encoding == "int3":
@@ -171,6 +199,10 @@ def _encode(data: bytes) -> tuple[str, bytes] | None:
 
 
 def _decode(encoding: str, payload: bytes, length: int) -> bytes:
+    if encoding == "float16":
+        if length % 4 or len(payload) != length // 2:
+            raise ValueError(f"{len(payload)} float16 bytes cannot restore {length} float32 bytes")
+        return np.frombuffer(payload, dtype="<f2").astype("<f4").tobytes()
     if encoding == "int4":
         return _from_nibbles(payload, length).tobytes()
     if encoding == "int3":
@@ -193,12 +225,14 @@ def _decode(encoding: str, payload: bytes, length: int) -> bytes:
 
 # --- pack and unpack -----------------------------------------------------------------------------------------------
 
-def pack(content: bytes, min_bytes: int = MIN_BYTES) -> Pack:
-    """The packed form of a serving flatbuffer (every buffer of ``min_bytes`` or more that an encoding shrinks)."""
+def pack(content: bytes, min_bytes: int = MIN_BYTES, max_format: int = FORMAT) -> Pack:
+    """The packed form of a serving flatbuffer (every buffer of ``min_bytes`` or more that an encoding shrinks),
+    using only the encodings of formats up to ``max_format`` (1: what a lifecycle before ``float16`` reads)."""
     try:
         spans = buffer_spans(content)
     except ValueError as exc:
         raise ModelError(f"the serving flatbuffer cannot be packed ({exc}). Report this as a bug.") from None
+    encodings = tuple(name for name in ENCODINGS if SINCE[name] <= max_format)
     holes: list[Hole] = []
     payloads: list[bytes] = []
     skeleton: list[bytes] = []
@@ -206,7 +240,7 @@ def pack(content: bytes, min_bytes: int = MIN_BYTES) -> Pack:
     for offset, length in sorted(spans):
         if length < min_bytes or offset < cursor:
             continue
-        encoded = _encode(content[offset:offset + length])
+        encoded = _encode(content[offset:offset + length], encodings)
         if encoded is None:
             continue
         encoding, payload = encoded
@@ -216,11 +250,12 @@ def pack(content: bytes, min_bytes: int = MIN_BYTES) -> Pack:
         payloads.append(payload)
     skeleton.append(content[cursor:])
     digest = hashlib.sha256(content).hexdigest()
-    header = json.dumps({"format": FORMAT, "flatbuffer_bytes": len(content), "sha256": digest,
+    version = max((SINCE[hole.encoding] for hole in holes), default=1)
+    header = json.dumps({"format": version, "flatbuffer_bytes": len(content), "sha256": digest,
                          "holes": [[h.offset, h.length, h.encoding, h.payload] for h in holes]},
                         separators=(",", ":")).encode()
     body = b"".join([MAGIC, struct.pack("<I", len(header)), header, *skeleton, *payloads])
-    return Pack(body, len(content), digest, tuple(holes))
+    return Pack(body, len(content), digest, tuple(holes), version)
 
 
 def worth_packing(packed: Pack) -> bool:
@@ -251,14 +286,24 @@ def unpack(data: bytes | memoryview, source: str = "<serving pack>") -> bytes:
     (header_len,) = struct.unpack_from("<I", data, len(MAGIC))
     try:
         header = json.loads(data[start:start + header_len])
-        if header.get("format") != FORMAT:
-            raise ModelError(f"{source}: serving pack format {header.get('format')!r}; this lifecycle reads "
-                             f"{FORMAT}. Upgrade lifecycle to load this version.")
+        version = header.get("format")
+    except (ValueError, AttributeError) as exc:
+        raise damaged(f"header: {exc}") from None
+    # Outside the try: ModelError is a ValueError, and this one is not damage.
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise damaged(f"header: format {version!r}")
+    if version > FORMAT:
+        raise ModelError(f"{source}: serving pack format {version}; this lifecycle reads formats 1 to "
+                         f"{FORMAT}. Upgrade lifecycle to load this version.")
+    try:
         total = int(header["flatbuffer_bytes"])
         holes = [Hole(int(o), int(n), str(e), int(p)) for o, n, e, p in header["holes"]]
         digest = str(header["sha256"])
     except (ValueError, KeyError, TypeError) as exc:
         raise damaged(f"header: {exc}") from None
+    for hole in holes:
+        if SINCE.get(hole.encoding, version + 1) > version:
+            raise damaged(f"encoding {hole.encoding!r} in a format-{version} pack")
     skeleton_len = total - sum(h.length for h in holes)
     at = start + header_len
     skeleton = data[at:at + skeleton_len]

@@ -11,9 +11,10 @@ float16     ``<name>/fp16``      ``Cast`` (the embedding after its gather, so th
 int8        ``<name>/q``         ``Cast(codes) * <name>/scale``: symmetric codes, a float32 scale per channel
                                  along ``axis`` (rows of the embedding, output channels of a kernel) or one
                                  scale for the tensor (0-d); the embedding gathers int8 rows, then scales them
-int4        ``<name>/q4``        ``codes * <name>/scale``: symmetric codes in [-7, 7], scales as int8's, two
-                                 codes per uint8 byte (``pack_int4``), unpacked in the graph (BitwiseAnd,
-                                 RightShift, ConcatV2, AddV2, Cast); the embedding gathers packed rows first
+int4        ``<name>/q4``        ``codes * Cast(<name>/scale)``: symmetric codes in [-7, 7], float16 scales
+                                 along int8's axes (float32, no Cast, in versions before them), two codes per
+                                 uint8 byte (``pack_int4``), unpacked in the graph (BitwiseAnd, RightShift,
+                                 ConcatV2, AddV2, Cast); the embedding gathers packed rows and their scales first
 int3        ``<name>/q3``        as int4, with codes in [-3, 3] in three bit planes (``pack_int3``: 3 bits a
                                  weight), unpacked in the graph (GatherV2, RightShift, BitwiseAnd, Cast, Mul, AddV2)
 ==========  ===================  =========================================================================
@@ -32,6 +33,15 @@ only the nonzero codes plus a bitmask of where they go:
     <codes>/mask    (Const uint8, [ceil(size / 8)], bit i % 8 of byte i // 8 set where element i is nonzero)
     <codes>/decode/...  RightShift, BitwiseAnd, Where, ScatterNd: the dense codes from the two constants
     <codes>         (Reshape) the dense codes, under the same name a dense layout gives its Const
+
+An int4 tensor's codes are packed bytes, where a byte is only zero when both its codes are: its second sparse layout,
+``sparse-nibbles`` (manifest ``layout: sparse``, ``encoding: bitmask-nibbles``), masks codes instead. Its mask has a
+bit per nibble of the packed bytes in plane order (every byte's low nibble, then every byte's high nibble), and
+``<codes>/values`` holds only the nonzero nibbles, two a byte (the first half of them in the low nibbles, the rest
+in the high ones; an odd count pads one zero). The decode splits them (BitwiseAnd, RightShift, ConcatV2), scatters
+them to the mask's positions (Where, ScatterNd; the pad nibble goes to position 0, where ScatterNd adds 0), and
+joins the two planes back into bytes (Reshape, GatherV2, Mul, AddV2). ``smaller_layout`` writes each candidate's
+codes into an empty graph and keeps the smallest (``graph_bytes``), so a decode's own nodes are counted.
 
 The graph stays self-contained: any TensorFlow import computes the same probabilities. At load, ``densify_sparse``
 decodes each sparse tensor once with numpy into the dense Const, so a loaded sparse graph is the dense graph.
@@ -53,9 +63,7 @@ INT8_MAX = 127
 INT4_MAX = 7  # symmetric 4-bit codes: [-7, 7], so 0 is exact and both signs have the same range
 INT3_MAX = 3  # symmetric 3-bit codes: [-3, 3]
 SPARSE_ENCODING = "bitmask"  # nonzero codes + 1 bit per element; see module docstring
-# What a sparse tensor's decode nodes add to graph.pb (about 1.6 KB measured, with the weights' names): below this
-# saving, the dense layout is the smaller file.
-SPARSE_GRAPH_OVERHEAD = 2048
+NIBBLE_ENCODING = "bitmask-nibbles"  # int4: nonzero nibbles + 1 bit per nibble; see module docstring
 EMBEDDING = "weights/embedding"
 
 
@@ -102,15 +110,77 @@ def sparse_nbytes(dense: np.ndarray) -> int:
     return int(np.count_nonzero(dense)) * dense.itemsize + (dense.size + 7) // 8
 
 
+def encode_nibbles(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``bitmask-nibbles`` layout of packed uint8 bytes (module docstring): the nonzero nibbles, two a byte, and
+    a little-endian bitmask over the nibble planes (every byte's low nibble, then every byte's high nibble)."""
+    flat = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    nibbles = np.concatenate([flat & np.uint8(0x0F), flat >> np.uint8(4)])
+    present = nibbles != 0
+    kept = nibbles[present]
+    half = (kept.size + 1) // 2
+    if kept.size % 2:
+        kept = np.append(kept, np.uint8(0))
+    return (kept[:half] | (kept[half:] << np.uint8(4))).astype(np.uint8), np.packbits(present, bitorder="little")
+
+
+def decode_nibbles(values: np.ndarray, mask: np.ndarray, shape: Sequence[int], source: Path | str,
+                   name: str) -> np.ndarray:
+    """The packed uint8 bytes of ``shape`` a ``bitmask-nibbles`` layout stands for (ModelError when damaged)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    values = np.asarray(values).reshape(-1)
+    if values.dtype != np.uint8:
+        raise ModelError(f"{source}: sparse tensor {name!r} holds {values.dtype} nibbles, not uint8. The file is "
+                         "damaged or was edited: re-run the compress step that wrote it.")
+    mask = np.asarray(mask)
+    if mask.dtype != np.uint8 or mask.size != (2 * size + 7) // 8:
+        raise ModelError(
+            f"{source}: sparse tensor {name!r} has a {mask.dtype} mask of {mask.size} bytes; {size} packed bytes "
+            f"need {(2 * size + 7) // 8} uint8 bytes (a bit per nibble). The file is damaged or was edited: re-run "
+            "the compress step."
+        )
+    if (2 * size) % 8 and mask.reshape(-1)[-1] >> ((2 * size) % 8):
+        raise ModelError(f"{source}: sparse tensor {name!r} sets mask bits past its {2 * size} nibbles. The file "
+                         "is damaged or was edited: re-run the compress step that wrote it.")
+    present = np.unpackbits(mask.reshape(-1), count=2 * size, bitorder="little").view(bool)
+    marked = int(np.count_nonzero(present))
+    nibbles = np.concatenate([values & np.uint8(0x0F), values >> np.uint8(4)])
+    if values.size != (marked + 1) // 2 or (marked % 2 and nibbles[-1]) or not np.all(nibbles[:marked]):
+        raise ModelError(
+            f"{source}: sparse tensor {name!r} stores {values.size} bytes of nonzero nibbles but its mask marks "
+            f"{marked} positions (of {2 * size}). The file is damaged or was edited: re-run the compress step."
+        )
+    dense = np.zeros(2 * size, dtype=np.uint8)
+    dense[present] = nibbles[:marked]
+    return (dense[:size] | (dense[size:] << np.uint8(4))).astype(np.uint8).reshape(tuple(int(d) for d in shape))
+
+
+def nibbles_nbytes(packed: np.ndarray) -> int:
+    """Bytes of packed uint8 bytes in the ``bitmask-nibbles`` layout: a bit per nibble plus the nonzero nibbles."""
+    flat = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    nonzero = int(np.count_nonzero(flat & np.uint8(0x0F)) + np.count_nonzero(flat >> np.uint8(4)))
+    return (2 * flat.size + 7) // 8 + (nonzero + 1) // 2
+
+
 # --- layouts ------------------------------------------------------------------------------------------------------
 
 ConstReader = Callable[[str], np.ndarray]  # a graph Const's value by node name (ModelError when it is missing)
 
 
 class Layout:
-    """How graph.pb holds a tensor's dense codes (one entry of ``LAYOUTS``)."""
+    """How graph.pb holds a tensor's dense codes (one entry of ``LAYOUTS``).
+
+    ``name`` is the key of ``LAYOUTS`` and ``StoredTensor.layout``; the manifest records ``manifest_name`` (its
+    ``layout`` field) plus ``manifest_fields`` (a sparse layout's ``encoding``), which ``layout_for`` maps back.
+    """
 
     name = ""
+    manifest_name = ""
+    encoding = ""
+    sparse = False
+
+    def fits(self, storage: str) -> bool:
+        """Whether a tensor of this storage can be held in this layout."""
+        return True
 
     def nbytes(self, codes: np.ndarray) -> int:
         """Bytes the graph's constants hold for ``codes``."""
@@ -123,9 +193,6 @@ class Layout:
     def manifest_fields(self) -> dict[str, Any]:
         """Extra fields of the tensor's manifest entry."""
         return {}
-
-    def check(self, meta: dict[str, Any], name: str, source: Path | str) -> None:
-        """Refuse a manifest entry this lifecycle cannot read in this layout."""
 
     def emit(self, tf: Any, node: str, codes: np.ndarray) -> Any:
         """The dense codes as a graph tensor named ``node``."""
@@ -140,7 +207,7 @@ class Layout:
 class DenseLayout(Layout):
     """One Const of codes, named by the storage's codes node."""
 
-    name = "dense"
+    name = manifest_name = "dense"
 
     def nbytes(self, codes: np.ndarray) -> int:
         return int(codes.nbytes)
@@ -159,7 +226,9 @@ class DenseLayout(Layout):
 class SparseLayout(Layout):
     """Nonzero codes plus a bitmask, decoded inside the graph (module docstring)."""
 
-    name = "sparse"
+    name = manifest_name = "sparse"
+    encoding = SPARSE_ENCODING
+    sparse = True
 
     def nbytes(self, codes: np.ndarray) -> int:
         return sparse_nbytes(codes)
@@ -168,25 +237,12 @@ class SparseLayout(Layout):
         return [f"{codes_node}/values", f"{codes_node}/mask"]
 
     def manifest_fields(self) -> dict[str, Any]:
-        return {"encoding": SPARSE_ENCODING}
-
-    def check(self, meta: dict[str, Any], name: str, source: Path | str) -> None:
-        if meta.get("encoding", SPARSE_ENCODING) != SPARSE_ENCODING:
-            raise ModelError(f"{source}: tensor {name!r} has sparse encoding {meta['encoding']!r}; this lifecycle "
-                             f"reads {SPARSE_ENCODING!r}. Upgrade lifecycle to load this version.")
+        return {"encoding": self.encoding}
 
     def emit(self, tf: Any, node: str, codes: np.ndarray) -> Any:
         values, mask = encode_sparse(codes)
         size = codes.size
-        bits = tf.bitwise.right_shift(
-            tf.reshape(tf.constant(mask, name=f"{node}/mask"), tf.constant([-1, 1], name=f"{node}/decode/column"),
-                       name=f"{node}/decode/bytes"),
-            tf.constant(np.arange(8, dtype=np.uint8), name=f"{node}/decode/shifts"), name=f"{node}/decode/shifted")
-        flags = tf.bitwise.bitwise_and(bits, tf.constant(np.uint8(1), name=f"{node}/decode/one"),
-                                       name=f"{node}/decode/bits")
-        flat = tf.reshape(flags, tf.constant([-1], name=f"{node}/decode/flat_shape"), name=f"{node}/decode/flat")
-        # Padding bits past ``size`` are zero, so every position Where finds is inside the tensor.
-        positions = tf.where(flat, name=f"{node}/decode/positions")
+        positions = emit_positions(tf, node, mask)
         dense = tf.scatter_nd(positions, tf.constant(values, name=f"{node}/values"),
                               tf.constant([size], dtype=tf.int64, name=f"{node}/decode/size"),
                               name=f"{node}/decode/scatter")
@@ -198,7 +254,67 @@ class SparseLayout(Layout):
         return decode_sparse(value(f"{codes_node}/values"), value(f"{codes_node}/mask"), shape, source, name)
 
 
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (DenseLayout(), SparseLayout())}
+def emit_positions(tf: Any, node: str, mask: np.ndarray) -> Any:
+    """The int64 positions ([k, 1]) of the set bits of a little-endian bitmask Const ``<node>/mask``."""
+    bits = tf.bitwise.right_shift(
+        tf.reshape(tf.constant(mask, name=f"{node}/mask"), tf.constant([-1, 1], name=f"{node}/decode/column"),
+                   name=f"{node}/decode/bytes"),
+        tf.constant(np.arange(8, dtype=np.uint8), name=f"{node}/decode/shifts"), name=f"{node}/decode/shifted")
+    flags = tf.bitwise.bitwise_and(bits, tf.constant(np.uint8(1), name=f"{node}/decode/one"),
+                                   name=f"{node}/decode/bits")
+    flat = tf.reshape(flags, tf.constant([-1], name=f"{node}/decode/flat_shape"), name=f"{node}/decode/flat")
+    # Padding bits past the tensor are zero, so every position Where finds is inside it.
+    return tf.where(flat, name=f"{node}/decode/positions")
+
+
+class NibbleSparseLayout(SparseLayout):
+    """int4's packed bytes as a bitmask over their nibbles plus only the nonzero nibbles, two a byte
+    (``encoding: bitmask-nibbles``; module docstring). Decoded in the graph back to the packed bytes, so the rest of
+    the int4 graph (gathering packed rows, unpacking) is the dense layout's."""
+
+    name = "sparse-nibbles"
+    manifest_name = "sparse"
+    encoding = NIBBLE_ENCODING
+
+    def fits(self, storage: str) -> bool:
+        return storage == "int4"  # the only storage whose packed bytes are two codes' nibbles
+
+    def nbytes(self, codes: np.ndarray) -> int:
+        return nibbles_nbytes(codes)
+
+    def emit(self, tf: Any, node: str, codes: np.ndarray) -> Any:
+        values, mask = encode_nibbles(codes)
+        size = codes.size
+        positions = emit_positions(tf, node, mask)
+        packed = tf.constant(values, name=f"{node}/values")
+        nibbles = tf.concat([
+            tf.bitwise.bitwise_and(packed, tf.constant(np.uint8(0x0F), name=f"{node}/decode/low_mask"),
+                                   name=f"{node}/decode/low"),
+            tf.bitwise.right_shift(packed, tf.constant(np.uint8(4), name=f"{node}/decode/four"),
+                                   name=f"{node}/decode/high")], axis=0, name=f"{node}/decode/nibbles")
+        if (2 * values.size) != int(np.count_nonzero(np.unpackbits(mask))):
+            # An odd count of nonzero nibbles pads one zero nibble: it goes to position 0, and ScatterNd adds it.
+            positions = tf.concat([positions, tf.constant(np.zeros((1, 1), np.int64), name=f"{node}/decode/pad")],
+                                  axis=0, name=f"{node}/decode/padded")
+        dense = tf.scatter_nd(positions, nibbles, tf.constant([2 * size], dtype=tf.int64, name=f"{node}/decode/size"),
+                              name=f"{node}/decode/scatter")
+        planes = tf.reshape(dense, tf.constant([2, size], dtype=tf.int64, name=f"{node}/decode/planes_shape"),
+                            name=f"{node}/decode/planes")
+        low = tf.gather(planes, tf.constant(np.int32(0), name=f"{node}/decode/zero"), name=f"{node}/decode/low_plane")
+        high = tf.gather(planes, tf.constant(np.int32(1), name=f"{node}/decode/first"),
+                         name=f"{node}/decode/high_plane")
+        byte = tf.add(low, tf.multiply(high, tf.constant(np.uint8(16), name=f"{node}/decode/sixteen"),
+                                       name=f"{node}/decode/high_shifted"), name=f"{node}/decode/packed")
+        shape = tuple(int(d) for d in codes.shape)
+        return tf.reshape(byte, tf.constant(shape, dtype=tf.int64, name=f"{node}/decode/shape"), name=node)
+
+    def read(self, value: ConstReader, codes_node: str, shape: Sequence[int], name: str,
+             source: Path | str) -> np.ndarray:
+        return decode_nibbles(value(f"{codes_node}/values"), value(f"{codes_node}/mask"), shape, source, name)
+
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (DenseLayout(), SparseLayout(),
+                                                                 NibbleSparseLayout())}
 
 
 def layout_of(name: str) -> Layout:
@@ -206,6 +322,27 @@ def layout_of(name: str) -> Layout:
     if name not in LAYOUTS:
         raise ModelError(f"layout must be one of {', '.join(LAYOUTS)}. Received: {name!r}.")
     return LAYOUTS[name]
+
+
+def layout_for(meta: dict[str, Any], name: str, source: Path | str) -> str:
+    """The ``LAYOUTS`` key of a manifest tensor entry (its ``layout``, and a sparse one's ``encoding``)."""
+    layout = meta.get("layout", "dense")  # manifests before sparse layouts: dense
+    named = [entry for entry in LAYOUTS.values() if entry.manifest_name == layout]
+    if not named:
+        known = sorted({entry.manifest_name for entry in LAYOUTS.values()})
+        raise ModelError(f"{source}: tensor {name!r} has unknown layout {layout!r} (manifest field "
+                         f"tensors.{name}.layout); this lifecycle reads {', '.join(known)}.")
+    if layout != "sparse":
+        return named[0].name
+    encoding = meta.get("encoding", SPARSE_ENCODING)
+    for entry in named:
+        if entry.encoding == encoding:
+            if not entry.fits(meta["storage"]):
+                raise ModelError(f"{source}: tensor {name!r} is {meta['storage']} in sparse encoding {encoding!r}, "
+                                 "which only int4 tensors use. The manifest is damaged; re-run compress.")
+            return entry.name
+    raise ModelError(f"{source}: tensor {name!r} has sparse encoding {encoding!r}; this lifecycle reads "
+                     f"{', '.join(repr(entry.encoding) for entry in named)}. Upgrade lifecycle to load this version.")
 
 
 # --- the stored tensor --------------------------------------------------------------------------------------------
@@ -226,7 +363,8 @@ class StoredTensor:
     layout: str = "dense"
 
     def __post_init__(self) -> None:
-        layout_of(self.layout)
+        if not layout_of(self.layout).fits(self.storage):
+            raise ModelError(f"layout {self.layout!r} holds int4 codes only. Received: storage {self.storage!r}.")
 
     @property
     def spec(self) -> Storage:
@@ -363,6 +501,38 @@ class Float16Storage(Storage):
         return tf.cast(tf.gather(table, ids), tf.float32, name="embed")
 
 
+def emit_scale(tf: Any, name: str, scale: np.ndarray) -> Any:
+    """The scales Const ``<name>/scale`` as float32: a float16 Const (int4, int3) is widened by a Cast."""
+    const = tf.constant(scale, name=f"{name}/scale")
+    return tf.cast(const, tf.float32, name=f"{name}/scale/float") if scale.dtype == np.float16 else const
+
+
+def emit_row_scales(tf: Any, scale: np.ndarray, ids: Any) -> Any:
+    """The embedding's scales for the gathered rows ``ids`` as float32 (one 0-d scale is used as it is); float16
+    scales are gathered first and widened after, so the table of scales stays float16 in memory."""
+    const = tf.constant(scale, name=f"{EMBEDDING}/scale")
+    rows = const if np.ndim(scale) == 0 else tf.gather(const, ids)
+    return tf.cast(rows, tf.float32, name=f"{EMBEDDING}/scale/float") if scale.dtype == np.float16 else rows
+
+
+def half_scales(values: np.ndarray, axis: int | None, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric codes in [-top, top] with float16 scales: ``values ~= codes * float32(scale)``.
+
+    Each float32 scale is rounded up to the next float16 (never down, so no channel's peak clips) and the codes are
+    taken against that float16 scale, so |error| <= scale / 2 still holds for the scale stored. A scale float16
+    cannot hold (beyond 65504) keeps the float32 scales (the graph and restore read either dtype).
+    """
+    codes, scale = quantize_int8_array(values, axis, top)
+    if not np.all(np.isfinite(scale.astype(np.float16))):
+        return codes, scale
+    half = scale.astype(np.float16)
+    low = half.astype(np.float32) < scale
+    half = np.where(low, np.nextafter(half, np.float16(np.inf)), half).astype(np.float16)
+    # The scales' shape broadcasts against ``values`` as quantize_int8_array made it (0-d, [rows, 1] or [channels]).
+    codes = np.clip(np.rint(values / half.astype(np.float32)), -top, top).astype(np.int8)
+    return codes, half
+
+
 def int8_axis(name: str) -> int:
     """The axis int8 scales run along: rows for the embedding, output channels (last axis) for kernels."""
     return 0 if name == EMBEDDING else -1
@@ -406,20 +576,18 @@ class Int8Storage(Storage):
 
     def dequantize(self, stored: StoredTensor) -> np.ndarray:
         assert stored.scale is not None
-        return stored.value.astype(np.float32) * stored.scale
+        # float16 scales (int4, int3) widen to float32 first, as the graph's Cast does: the same float32 product.
+        return stored.value.astype(np.float32) * stored.scale.astype(np.float32)
 
     def scale_node(self, name: str) -> str | None:
         return f"{name}/scale"
 
     def emit_float(self, tf: Any, name: str, stored: StoredTensor, codes: Any) -> Any:
-        return tf.multiply(tf.cast(codes, tf.float32), tf.constant(stored.scale, name=f"{name}/scale"), name=name)
+        return tf.multiply(tf.cast(codes, tf.float32), emit_scale(tf, name, stored.scale), name=name)
 
     def emit_embedding(self, tf: Any, stored: StoredTensor, table: Any, ids: Any) -> Any:
         rows = tf.cast(tf.gather(table, ids), tf.float32)
-        scale = tf.constant(stored.scale, name=f"{EMBEDDING}/scale")
-        if np.ndim(stored.scale) == 0:  # one scale for the table (int8:embedding=table)
-            return tf.multiply(rows, scale, name="embed")
-        return tf.multiply(rows, tf.gather(scale, ids), name="embed")
+        return tf.multiply(rows, emit_row_scales(tf, stored.scale, ids), name="embed")
 
     def read(self, name: str, codes: np.ndarray, meta: dict[str, Any], value: ConstReader) -> StoredTensor:
         return StoredTensor("int8", codes, value(f"{name}/scale"), meta.get("axis"))
@@ -492,8 +660,9 @@ def emit_unpack_int4(tf: Any, packed: Any, n: int, prefix: str) -> Any:
 
 
 class Int4Storage(Int8Storage):
-    """Symmetric 4-bit codes in [-7, 7] with int8's float32 scales (per embedding row / output channel), packed two
-    per byte in graph.pb (``pack_int4``); ``StoredTensor.value`` is the int8 array of codes in the logical shape."""
+    """Symmetric 4-bit codes in [-7, 7] with float16 scales (per embedding row / output channel; ``half_scales``;
+    versions written before them hold float32 scales, read as they are), packed two per byte in graph.pb
+    (``pack_int4``); ``StoredTensor.value`` is the int8 array of codes in the logical shape."""
 
     name = "int4"
     suffix = "/q4"
@@ -517,7 +686,7 @@ class Int4Storage(Int8Storage):
         return emit_unpack_int4(tf, packed, n, prefix)
 
     def encode(self, values: np.ndarray, axis: int | None = None) -> StoredTensor:
-        codes, scale = quantize_int8_array(values, axis, self.top)
+        codes, scale = half_scales(np.asarray(values, dtype=np.float32), axis, self.top)
         return StoredTensor(self.name, codes, scale, axis)
 
     def nbytes(self, stored: StoredTensor) -> int:
@@ -543,23 +712,23 @@ class Int4Storage(Int8Storage):
         if len(shape) != len(self.packed_shape(shape)):  # a 0-d tensor was packed as one element
             values = tf.reshape(values, tf.constant(shape, dtype=tf.int64, name=f"{name}/unpack/shape"),
                                 name=f"{name}/unpack/reshaped")
-        return tf.multiply(values, tf.constant(stored.scale, name=f"{name}/scale"), name=name)
+        return tf.multiply(values, emit_scale(tf, name, stored.scale), name=name)
 
     def emit_embedding(self, tf: Any, stored: StoredTensor, table: Any, ids: Any) -> Any:
         # Rows are gathered packed, then unpacked: memory holds the table at half a byte per weight (int3: 3 bits).
         rows = self.emit_unpack(tf, tf.gather(table, ids), stored.shape[-1], f"{EMBEDDING}/unpack")
-        scale = tf.constant(stored.scale, name=f"{EMBEDDING}/scale")
-        if np.ndim(stored.scale) == 0:
-            return tf.multiply(rows, scale, name="embed")
-        return tf.multiply(rows, tf.gather(scale, ids), name="embed")
+        return tf.multiply(rows, emit_row_scales(tf, stored.scale, ids), name="embed")
 
     def read(self, name: str, codes: np.ndarray, meta: dict[str, Any], value: ConstReader) -> StoredTensor:
         return StoredTensor(self.name, codes, value(f"{name}/scale"), meta.get("axis"))
 
     def serving(self, name: str, stored: StoredTensor) -> StoredTensor:
         # LiteRT has no 4-bit gather or hybrid kernels for these ops: the codes are widened to int8 (the same codes
-        # and scales, so the same values), and run as an int8 version's do.
-        return super().serving(name, replace(stored, storage="int8"))
+        # and scales, so the same values), and run as an int8 version's do. float16 scales go in widened to float32
+        # (the same values); the serving pack stores such a buffer at 2 bytes a value again (litepack's float16).
+        assert stored.scale is not None
+        return super().serving(name, replace(stored, storage="int8", scale=stored.scale.astype(np.float32),
+                                                    layout="dense"))
 
 
 # --- int3: three bit planes -----------------------------------------------------------------------------------------
@@ -629,7 +798,7 @@ def emit_unpack_int3(tf: Any, packed: Any, n: int, prefix: str) -> Any:
 
 
 class Int3Storage(Int4Storage):
-    """Symmetric 3-bit codes in [-3, 3] with int8's float32 scales, in three bit planes in graph.pb (``pack_int3``);
+    """Symmetric 3-bit codes in [-3, 3] with int4's float16 scales, in three bit planes in graph.pb (``pack_int3``);
     ``StoredTensor.value`` is the int8 array of codes in the logical shape. Served as int8 codes with the same
     scales, as int4 is."""
 
@@ -667,20 +836,41 @@ def storage_of(name: str) -> Storage:
 
 # --- layout choice ------------------------------------------------------------------------------------------------
 
-def smaller_layout(stored: StoredTensor) -> StoredTensor:
-    """The tensor in whichever layout (dense or sparse) makes the smaller graph file, decode nodes included."""
-    sparse, dense = replace(stored, layout="sparse"), replace(stored, layout="dense")
-    return sparse if sparse.nbytes + SPARSE_GRAPH_OVERHEAD < dense.nbytes else dense
+def graph_bytes(stored: StoredTensor, name: str) -> int:
+    """Bytes the tensor's codes add to graph.pb in its layout: its constants and its decode nodes (their NodeDefs,
+    names and small constants), measured by writing them into an empty graph. Scales are the same in every layout
+    and left out."""
+    tf = tf_module()
+    graph = tf.Graph()
+    with graph.as_default():
+        emit_codes(tf, name, stored)
+    return int(graph.as_graph_def().ByteSize())
 
 
-def carry_layout(before: StoredTensor, after: StoredTensor) -> StoredTensor:
-    """A pruned (sparse) tensor stays sparse through a storage change, unless dense has become smaller."""
-    return smaller_layout(after) if before.layout == "sparse" else after
+def smaller_layout(stored: StoredTensor, name: str = EMBEDDING) -> StoredTensor:
+    """The tensor (weight ``name``) in whichever layout makes the smaller graph file, each sparse layout's decode
+    nodes counted (``graph_bytes``): dense, sparse, and for int4 also sparse nibbles. A layout is tried only when
+    its constants alone are smaller than dense's, so a dense tensor costs no graph writing."""
+    dense = replace(stored, layout="dense")
+    candidates = [replace(stored, layout=layout.name) for layout in LAYOUTS.values()
+                  if layout.sparse and layout.fits(stored.storage)]
+    candidates = [c for c in candidates if c.nbytes < dense.nbytes]
+    if not candidates:
+        return dense
+    sizes = {c.layout: graph_bytes(c, name) for c in [dense, *candidates]}
+    best = min(sizes, key=lambda layout: (sizes[layout], layout != "dense"))
+    return replace(stored, layout=best)
+
+
+def carry_layout(before: StoredTensor, after: StoredTensor, name: str = EMBEDDING) -> StoredTensor:
+    """A pruned (sparse) tensor stays sparse through a storage change (in whichever sparse layout is now the
+    smallest), unless dense has become smaller."""
+    return smaller_layout(after, name) if LAYOUTS[before.layout].sparse else after
 
 
 def store_like(name: str, stored: StoredTensor, values: np.ndarray) -> StoredTensor:
     """New float32 values in the storage (and layout) ``stored`` had; int8 and int4 are re-derived from the floats."""
-    return carry_layout(stored, stored.spec.encode_like(name, stored, values))
+    return carry_layout(stored, stored.spec.encode_like(name, stored, values), name)
 
 
 # --- graph emission -----------------------------------------------------------------------------------------------
@@ -706,7 +896,7 @@ def tensor_entry(name: str, stored: StoredTensor) -> dict[str, Any]:
         "shape": list(stored.shape),
         "dtype": "float32",
         "storage": stored.storage,
-        "layout": stored.layout,
+        "layout": LAYOUTS[stored.layout].manifest_name,
         **LAYOUTS[stored.layout].manifest_fields(),
         "bytes": stored.nbytes,
         "nodes": stored.nodes(name),
@@ -730,14 +920,11 @@ def read_weights(graph_def: Any, tensors: dict[str, dict[str, Any]], source: Pat
 
     weights: Weights = {}
     for name, meta in tensors.items():
-        storage, layout = meta["storage"], meta.get("layout", "dense")  # manifests before sparse layouts: dense
+        storage = meta["storage"]
         if storage not in STORAGES:
             raise ModelError(f"{source}: tensor {name!r} has unknown storage {storage!r}.")
-        if layout not in LAYOUTS:
-            raise ModelError(f"{source}: tensor {name!r} has unknown layout {layout!r} (manifest field "
-                             f"tensors.{name}.layout); this lifecycle reads {', '.join(LAYOUTS)}.")
+        layout = layout_for(meta, name, source)
         spec = STORAGES[storage]
-        LAYOUTS[layout].check(meta, name, source)
         if layout == "dense" and meta.get("folded_into"):
             # The fold step moved it into a consumer's constant: same values, reshaped.
             codes = value(meta["folded_into"])
@@ -773,11 +960,17 @@ def densify_sparse(graph_def: Any, source: Path | str) -> Any:
     if not bases:
         return graph_def
     dropped: set[str] = set()
+    decoders: dict[str, Callable[..., np.ndarray]] = {}
     for base in bases:
         decode = {name for name in nodes if name.startswith(f"{base}/decode/")}
         node = nodes.get(base)
+        # The last decode node says which sparse layout wrote it: bitmask (ScatterNd) or bitmask-nibbles (repacked).
+        last = node.input[0] if node is not None and node.input else ""
+        decoders[base] = {f"{base}/decode/scatter": decode_sparse, f"{base}/decode/packed": decode_nibbles}.get(
+            last, decode_sparse)
         if (node is None or node.op != "Reshape"
-                or list(node.input) != [f"{base}/decode/scatter", f"{base}/decode/shape"]
+                or list(node.input) not in ([f"{base}/decode/scatter", f"{base}/decode/shape"],
+                                            [f"{base}/decode/packed", f"{base}/decode/shape"])
                 or nodes[f"{base}/values"].op != "Const" or f"{base}/decode/shape" not in decode
                 or nodes[f"{base}/decode/shape"].op != "Const"):
             raise ModelError(f"{source}: sparse tensor {base!r} (nodes {base}/values, {base}/mask) is not decoded "
@@ -795,8 +988,8 @@ def densify_sparse(graph_def: Any, source: Path | str) -> Any:
             continue
         if node.name in bases:
             # One tensor decoded at a time and written straight into the new Const, to keep the load's peak low.
-            dense = decode_sparse(array(f"{node.name}/values"), array(f"{node.name}/mask"),
-                                  array(f"{node.name}/decode/shape"), source, node.name)
+            dense = decoders[node.name](array(f"{node.name}/values"), array(f"{node.name}/mask"),
+                                        array(f"{node.name}/decode/shape"), source, node.name)
             const = out.node.add(name=node.name, op="Const", device=node.device)
             const.attr["dtype"].type = tf.as_dtype(dense.dtype).as_datatype_enum
             tensor = const.attr["value"].tensor

@@ -39,6 +39,10 @@ VECTORS_FILE = "vectors.npy"
 # A bpe tokenizer whose vocabulary was pruned (youtokentome's model file cannot be edited): the model ids kept, in
 # ascending order, so new id = position; every other model id encodes as unk.
 KEPT_IDS_FILE = "kept_ids.npy"
+# The same ids as a bitmask over the model's ids (np.packbits, little bit order: bit i % 8 of byte i // 8 set when
+# model id i is kept), written instead of kept_ids.npy when it is the smaller file: plain, unless the model has more
+# than 1,024 ids and fewer than one in 16 is kept (the .npy is a 128-byte header and 2 bytes an id).
+KEPT_MASK_FILE = "kept_ids.mask"
 # A compact tokenizer (``save(directory, compact=True)``, what compressed versions ship) stores each of the files
 # above xz-compressed under its name plus this suffix (``vocab.txt.xz``); ``tokenizer.json`` stays plain and lists
 # the names written, so a loader reads whichever form the directory holds.
@@ -182,10 +186,22 @@ def write_metadata(directory: Path, metadata: dict[str, Any]) -> None:
 
 def remove_stale_files(directory: Path, keep: Sequence[str]) -> None:
     """Delete the data files of other kinds or settings, so a reused directory holds one tokenizer and its size."""
-    for plain in (BPE_MODEL_FILE, VOCAB_FILE, VECTORS_FILE, KEPT_IDS_FILE):
+    for plain in (BPE_MODEL_FILE, VOCAB_FILE, VECTORS_FILE, KEPT_IDS_FILE, KEPT_MASK_FILE):
         for name in (plain, plain + COMPACT_SUFFIX):
             if name not in keep:
                 (directory / name).unlink(missing_ok=True)
+
+
+def data_file_form(name: str, data: bytes, *, compact: bool = False) -> tuple[str, bytes]:
+    """The name and bytes a data file is written as: itself, or with ``compact`` xz-compressed under ``name`` +
+    :data:`COMPACT_SUFFIX`."""
+    if compact:
+        # The dictionary no larger than the data: xz's preset 9 would reserve 64 MiB (and ~670 MB to compress) for
+        # files of 10-400 KB, and gains nothing from it.
+        filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME,
+                    "dict_size": max(1 << 16, len(data))}]
+        return name + COMPACT_SUFFIX, lzma.compress(data, check=lzma.CHECK_CRC32, filters=filters)
+    return name, data
 
 
 def write_data_file(directory: Path, name: str, data: bytes, *, compact: bool = False) -> str:
@@ -194,12 +210,7 @@ def write_data_file(directory: Path, name: str, data: bytes, *, compact: bool = 
     Returns:
         The file name written, for the ``files`` list of ``tokenizer.json``.
     """
-    if compact:
-        # The dictionary no larger than the data: xz's preset 9 would reserve 64 MiB (and ~670 MB to compress) for
-        # files of 10-400 KB, and gains nothing from it.
-        filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME,
-                    "dict_size": max(1 << 16, len(data))}]
-        name, data = name + COMPACT_SUFFIX, lzma.compress(data, check=lzma.CHECK_CRC32, filters=filters)
+    name, data = data_file_form(name, data, compact=compact)
     (directory / name).write_bytes(data)
     return name
 

@@ -2,10 +2,13 @@
 
 Files written by :meth:`BPETokenizer.save`: ``bpe.model`` (youtokentome's own text format) and ``tokenizer.json``;
 after vocabulary pruning (:meth:`BPETokenizer.keep_ids`) also ``kept_ids.npy``: the model ids kept, ascending, so a
-model id's new id is its position there and every other model id becomes unk. youtokentome's model file cannot drop
+model id's new id is its position there and every other model id becomes unk; or, when it is the smaller file,
+``kept_ids.mask``: the same ids as a bitmask over the model's ids (``np.packbits``, little bit order; directories
+written before it hold kept_ids.npy, still read). youtokentome's model file cannot drop
 ids (its merges build on one another), so the map is applied after encoding; ``vocab_size`` is then the pruned size
 and ``model_vocab_size`` in ``tokenizer.json`` the model file's. Saved ``compact`` (what compressed versions ship), the
-two data files are ``bpe.model.xz`` and ``kept_ids.npy.xz``: the same bytes, xz-compressed.
+two data files are ``bpe.model.xz`` and ``kept_ids.npy.xz`` (or ``kept_ids.mask.xz``): the same bytes,
+xz-compressed; the ids' form is chosen on the compressed sizes then.
 
 youtokentome 1.0.6 behaviour this module works around (checked by running it):
 
@@ -48,6 +51,7 @@ from tokenization.base import (
     BPE_MODEL_FILE,
     EOS,
     KEPT_IDS_FILE,
+    KEPT_MASK_FILE,
     N_SPECIAL,
     PAD,
     UNK,
@@ -55,6 +59,7 @@ from tokenization.base import (
     check_kept_ids,
     check_max_len,
     check_texts,
+    data_file_form,
     npy_from_bytes,
     pad_rows,
     read_array,
@@ -388,7 +393,14 @@ class BPETokenizer(PaddedEncoder):
             dtype = np.uint16 if self._model_vocab_size <= 2**16 else np.int32
             buffer = io.BytesIO()
             np.save(buffer, self._kept.astype(dtype), allow_pickle=False)
-            files.append(write_data_file(directory, KEPT_IDS_FILE, buffer.getvalue(), compact=compact))
+            present = np.zeros(self._model_vocab_size, dtype=bool)
+            present[self._kept] = True
+            forms = [data_file_form(KEPT_IDS_FILE, buffer.getvalue(), compact=compact),
+                     data_file_form(KEPT_MASK_FILE, np.packbits(present, bitorder="little").tobytes(),
+                                    compact=compact)]
+            name, data = min(forms, key=lambda form: len(form[1]))  # the ids' list on a tie: what older readers read
+            (directory / name).write_bytes(data)
+            files.append(name)
             pruned = {"model_vocab_size": self._model_vocab_size}
         remove_stale_files(directory, keep=files)
         write_metadata(
@@ -443,12 +455,14 @@ class BPETokenizer(PaddedEncoder):
                                                       str(directory / (BPE_MODEL_FILE + ".xz")))) from None
             kept_ids = None
             expected = metadata["vocab_size"]
-            kept_name = next((name for name in (KEPT_IDS_FILE, KEPT_IDS_FILE + ".xz")
+            kept_name = next((name for name in (KEPT_IDS_FILE, KEPT_IDS_FILE + ".xz", KEPT_MASK_FILE,
+                                                KEPT_MASK_FILE + ".xz")
                               if name in (metadata.get("files") or [])), None)
             if kept_name is not None:
                 expected = metadata.get("model_vocab_size")
-                kept_ids = _read_kept_ids(directory / KEPT_IDS_FILE, size, metadata["vocab_size"],
-                                          read_data_file(directory, KEPT_IDS_FILE, metadata, _FIX))
+                plain = KEPT_MASK_FILE if kept_name.startswith(KEPT_MASK_FILE) else KEPT_IDS_FILE
+                kept_ids = _read_kept_ids(directory / plain, size, metadata["vocab_size"],
+                                          read_data_file(directory, plain, metadata, _FIX))
             if size != expected:
                 raise TokenizerError(
                     f"{directory / BPE_MODEL_FILE}: holds {size} tokens but tokenizer.json says "
@@ -488,10 +502,25 @@ def words_vocab_size(lines: Sequence[str]) -> int:
 _FIX = "Re-run `lifecycle tokenize` (or train and save the tokenizer again) to rebuild the directory."
 
 
-def _read_kept_ids(path: Path, model_vocab_size: int, vocab_size: int, data: bytes | None = None) -> np.ndarray:
-    """Load ``kept_ids.npy`` (or ``data``, its decompressed compact form) without pickle and check it against the
-    model and ``tokenizer.json``."""
+def _kept_from_mask(path: Path, model_vocab_size: int, data: bytes | None) -> np.ndarray:
+    """The kept ids of a ``kept_ids.mask`` (or ``data``, its decompressed compact form)."""
     if data is None:
+        if not path.is_file():
+            raise TokenizerError(f"{path}: missing, but tokenizer.json lists it (a pruned vocabulary). {_FIX}")
+        data = path.read_bytes()
+    mask = np.frombuffer(data, dtype=np.uint8)
+    if mask.size != (model_vocab_size + 7) // 8 or (model_vocab_size % 8 and mask[-1] >> (model_vocab_size % 8)):
+        raise TokenizerError(f"{path}: a {mask.size}-byte mask does not fit the model's {model_vocab_size} ids (it "
+                             f"needs {(model_vocab_size + 7) // 8} bytes, no bit past the last id). {_FIX}")
+    return np.flatnonzero(np.unpackbits(mask, count=model_vocab_size, bitorder="little")).astype(np.int64)
+
+
+def _read_kept_ids(path: Path, model_vocab_size: int, vocab_size: int, data: bytes | None = None) -> np.ndarray:
+    """Load ``kept_ids.npy`` or ``kept_ids.mask`` (or ``data``, its decompressed compact form) without pickle and
+    check it against the model and ``tokenizer.json``."""
+    if path.name == KEPT_MASK_FILE:
+        kept = _kept_from_mask(path, model_vocab_size, data)
+    elif data is None:
         kept = read_array(path, "tokenizer.json lists it (a pruned vocabulary)", _FIX)
     else:
         kept = npy_from_bytes(data, path, _FIX)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,28 @@ def test_byte_codec_round_trips_and_picks_the_smallest(case: str) -> None:
     assert encoding == ("sparse-int4" if case == "odd" else case)
     assert len(payload) < len(data)
     assert litepack._decode(encoding, payload, len(data)) == data
+
+
+def test_float16_encoding_is_lossless_and_only_for_float32_that_float16_holds() -> None:
+    rng = np.random.default_rng(4)
+    halves = (rng.normal(size=1024) * 0.01).astype(np.float16).astype(np.float32)
+    halves[:3] = np.array([0.0, -0.0, 6.0e-8], np.float16)  # signed zeros and a subnormal come back bit for bit
+    data = halves.astype("<f4").tobytes()
+    encoding, payload = litepack._encode(data)
+    assert encoding == "float16" and len(payload) == len(data) // 2
+    assert litepack._decode(encoding, payload, len(data)) == data
+    # One value float16 cannot hold (or a NaN) and float16 is not used: the codec never rounds (the byte codec's
+    # ``sparse`` still takes the floats' zero bytes out, losslessly).
+    for bad in (np.float32(0.1), np.float32(np.nan), np.float32(1e6)):
+        edited = halves.copy()
+        edited[7] = bad
+        wide = edited.astype("<f4").tobytes()
+        encoding, payload = litepack._encode(wide)
+        assert encoding != "float16" and litepack._decode(encoding, payload, len(wide)) == wide
+    # A format-1 pack never uses it.
+    assert litepack._encode(data, ("int4", "sparse", "sparse-int4", "int3", "sparse-int3"))[0] == "sparse"
+    with pytest.raises(ValueError, match="float16"):
+        litepack._decode("float16", payload[:-2], len(data))
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +129,46 @@ def test_manifest_refuses_two_serving_files(versions: dict, tmp_path: Path) -> N
     manifest["files"]["model.tflite"] = manifest["files"][litepack.PACK_FILE]
     with pytest.raises(ModelError, match="serving must describe the one serving file"):
         Manifest.from_dict(manifest, copy / "manifest.json")
+
+
+def test_int4_pack_stores_its_float16_scales_at_two_bytes_in_format_2(versions: dict) -> None:
+    version = versions["prune:0.6,int4"]
+    flatbuffer = litepack.read(version.path / litepack.PACK_FILE)
+    packed = litepack.pack(flatbuffer)
+    assert packed.format == 2 and version.manifest.serving.pack["format"] == 2
+    halves = [hole for hole in packed.holes if hole.encoding == "float16"]
+    # The embedding's per-row scales (the only float32 buffer of 1 KB or more): float16 values widened for LiteRT.
+    rows = version.manifest.tensors["weights/embedding"].shape[0]
+    assert [hole.length for hole in halves] == [4 * rows]
+    # Format 1 could only take the zero bytes out of those floats (its ``sparse``): measured 15,070 bytes for
+    # 4,462 rows, against float16's 8,924.
+    older = litepack.pack(flatbuffer, max_format=1)
+    assert older.format == 1 and len(older.content) > len(packed.content) + rows
+
+
+def test_format_1_packs_still_load_and_newer_formats_ask_for_an_upgrade(versions: dict, tmp_path: Path) -> None:
+    flatbuffer = litepack.read(versions["prune:0.6,int4"].path / litepack.PACK_FILE)
+    older = litepack.pack(flatbuffer, max_format=1)
+    assert litepack.unpack(older.content) == flatbuffer
+    # A pack without float16 buffers is written as format 1, which every earlier lifecycle reads.
+    assert litepack.pack(litepack.read(versions["prune:0.6,int8"].path / litepack.PACK_FILE)).format == 1
+
+    def with_header(content: bytes, edit: dict) -> bytes:
+        start = len(litepack.MAGIC) + 4
+        (length,) = struct.unpack_from("<I", content, len(litepack.MAGIC))
+        header = {**json.loads(content[start:start + length]), **edit}
+        text = json.dumps(header, separators=(",", ":")).encode()
+        return litepack.MAGIC + struct.pack("<I", len(text)) + text + content[start + length:]
+
+    newer = litepack.pack(flatbuffer)
+    path = tmp_path / litepack.PACK_FILE
+    path.write_bytes(with_header(newer.content, {"format": 3}))
+    with pytest.raises(ModelError, match="serving pack format 3; this lifecycle reads formats 1 to 2. Upgrade "
+                                         "lifecycle") as caught:
+        litepack.read(path)
+    assert "\n" not in str(caught.value)
+    # A float16 buffer in a pack that says format 1 is damage, not an old pack.
+    path.write_bytes(with_header(newer.content, {"format": 1}))
+    with pytest.raises(ModelError, match="not a readable serving pack .encoding 'float16' in a format-1 pack") as bad:
+        litepack.read(path)
+    assert "\n" not in str(bad.value)

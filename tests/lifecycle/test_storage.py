@@ -8,7 +8,7 @@ from lifecycle.storage import LAYOUTS, STORAGES
 from tests.helpers import check_storage_round_trip
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("storage", list(STORAGES))
+@pytest.mark.parametrize(("storage", "layout"), [(storage, layout) for storage in STORAGES for layout in LAYOUTS
+                                                 if LAYOUTS[layout].fits(storage)])
 def test_storage_round_trip(storage: str, layout: str) -> None:
     check_storage_round_trip(storage, layout)

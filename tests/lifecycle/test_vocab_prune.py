@@ -4,7 +4,6 @@ and stores the weights as they were. Both record a report in the manifest's reci
 
 from __future__ import annotations
 
-import io
 import lzma
 from collections import Counter
 from pathlib import Path
@@ -297,15 +296,16 @@ def test_bpe_vocab_pruning_round_trips(bpe_versions: dict, tmp_path: Path) -> No
     # The youtokentome model is shipped unchanged (xz-compressed in the compressed version's compact tokenizer).
     assert lzma.decompress((child.tokenizer_dir / "bpe.model.xz").read_bytes()) == (
         parent.tokenizer_dir / "bpe.model").read_bytes()
-    assert {p.name for p in child.tokenizer_dir.iterdir()} == {"bpe.model.xz", "kept_ids.npy.xz", "tokenizer.json"}
+    # 200 of the model's ids kept: as a bitmask over them, the smaller file (tokenization.base.KEPT_MASK_FILE).
+    assert {p.name for p in child.tokenizer_dir.iterdir()} == {"bpe.model.xz", "kept_ids.mask.xz", "tokenizer.json"}
     assert child_tok.vocab_size == 200 == child.manifest.architecture.vocab_size
     assert child.manifest.input.dtype == "uint8" and parent.manifest.input.dtype == "uint16"
 
     # The map: kept = specials + the 196 ids most frequent in the training split; every other id becomes unk.
     train_texts = list(_corpus(parent.path).train.texts)
     counts = count_ids(parent_tok.tokenize_ids(train_texts), parent_tok.vocab_size)
-    kept = np.load(io.BytesIO(lzma.decompress((child.tokenizer_dir / "kept_ids.npy.xz").read_bytes()))).astype(
-        np.int64)
+    mask = np.frombuffer(lzma.decompress((child.tokenizer_dir / "kept_ids.mask.xz").read_bytes()), dtype=np.uint8)
+    kept = np.flatnonzero(np.unpackbits(mask, count=parent_tok.vocab_size, bitorder="little")).astype(np.int64)
     assert kept.size == 200 and list(kept[:N_SPECIAL]) == list(range(N_SPECIAL)) and np.all(np.diff(kept) > 0)
     others = np.setdiff1d(np.arange(N_SPECIAL, parent_tok.vocab_size), kept)
     assert counts[kept[N_SPECIAL:]].min() >= counts[others].max()

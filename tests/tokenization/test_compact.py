@@ -61,7 +61,8 @@ def test_a_compact_pruned_bpe_tokenizer_loads_the_same_ids_also_lean(chat_bpe, c
     kept = np.concatenate([np.arange(4), np.arange(5, chat_bpe.vocab_size, 3)])
     pruned = chat_bpe.keep_ids(kept)
     pruned.save(tmp_path, compact=True)
-    assert _names(tmp_path) == {"bpe.model.xz", "kept_ids.npy.xz", "tokenizer.json"}
+    # A third of 500 ids kept: the bitmask over the model's ids is the smaller file.
+    assert _names(tmp_path) == {"bpe.model.xz", "kept_ids.mask.xz", "tokenizer.json"}
     for loaded in (load_tokenizer(tmp_path), BPETokenizer.load(tmp_path, lean=True)):
         assert loaded.vocab_size == pruned.vocab_size
         np.testing.assert_array_equal(loaded.encode(chatterbot_texts, 40), pruned.encode(chatterbot_texts, 40))
@@ -82,3 +83,46 @@ def test_damaged_compact_files_are_errors_naming_the_file(chat_bpe, chat_word, t
     (bpe / "bpe.model.xz").unlink()
     with pytest.raises(TokenizerError, match=r"bpe\.model\.xz: missing, but tokenizer\.json lists it"):
         load_tokenizer(bpe)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_pruned_bpe_ids_are_saved_as_a_bitmask_when_smaller_and_old_id_lists_still_load(
+        chat_bpe, chatterbot_texts, tmp_path: Path, compact: bool) -> None:
+    import io
+    import lzma
+
+    suffix = ".xz" if compact else ""
+    many = chat_bpe.keep_ids(np.concatenate([np.arange(4), np.arange(5, chat_bpe.vocab_size, 2)]))
+    many.save(tmp_path / "many", compact=compact)
+    # Half of the ids kept: a mask of one bit per model id against a .npy of a 128-byte header + 2 bytes an id.
+    assert _names(tmp_path / "many") == {f"bpe.model{suffix}", f"kept_ids.mask{suffix}", "tokenizer.json"}
+    mask_bytes = (tmp_path / "many" / f"kept_ids.mask{suffix}").read_bytes()
+    mask = np.frombuffer(lzma.decompress(mask_bytes) if compact else mask_bytes, dtype=np.uint8)
+    np.testing.assert_array_equal(np.flatnonzero(np.unpackbits(mask, bitorder="little")), many.kept_ids)
+    loaded = load_tokenizer(tmp_path / "many")
+    np.testing.assert_array_equal(loaded.kept_ids, many.kept_ids)
+    np.testing.assert_array_equal(loaded.encode(chatterbot_texts, 40), many.encode(chatterbot_texts, 40))
+    # A directory written before the mask: kept_ids.npy(.xz) holding the ids, listed in tokenizer.json.
+    old = tmp_path / "many"
+    buffer = io.BytesIO()
+    np.save(buffer, many.kept_ids.astype(np.uint16), allow_pickle=False)
+    (old / f"kept_ids.mask{suffix}").unlink()
+    (old / f"kept_ids.npy{suffix}").write_bytes(lzma.compress(buffer.getvalue()) if compact else buffer.getvalue())
+    meta = json.loads((old / "tokenizer.json").read_text(encoding="utf-8"))
+    meta["files"] = [f"kept_ids.npy{suffix}" if name == f"kept_ids.mask{suffix}" else name for name in meta["files"]]
+    (old / "tokenizer.json").write_text(json.dumps(meta), encoding="utf-8")
+    np.testing.assert_array_equal(load_tokenizer(old).encode(chatterbot_texts, 40), many.encode(chatterbot_texts, 40))
+
+
+def test_a_damaged_kept_ids_mask_is_a_one_line_error(chat_bpe, tmp_path: Path) -> None:
+    pruned = chat_bpe.keep_ids(np.concatenate([np.arange(4), np.arange(5, chat_bpe.vocab_size, 2)]))
+    pruned.save(tmp_path)
+    path = tmp_path / "kept_ids.mask"
+    data = path.read_bytes()
+    for damaged, match in ((data[:-1], "does not fit the model's [0-9]+ ids"),
+                           (data[:-1] + bytes([0xF0]), "does not fit the model's [0-9]+ ids"),  # bits past id 499
+                           (bytes([0]) + data[1:], "kept_ids.mask")):  # the specials dropped
+        path.write_bytes(damaged)
+        with pytest.raises(TokenizerError, match=match) as caught:
+            load_tokenizer(tmp_path)
+        assert "\n" not in str(caught.value)
