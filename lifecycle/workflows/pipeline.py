@@ -36,7 +36,8 @@ def run_pipeline(cfg: Config, output: Path | None = None, *, versions_dir: Path 
     """The main job: tokenizer -> train -> evaluate -> freeze -> compress (each of PIPELINE_RECIPES) -> the
     budgeted pick (``compress --budget``: the smallest version losing at most ``budget`` points of validation
     accuracy, in at most ``budget_trials`` trials; None skips it), as child runs of one ``pipeline`` parent run.
-    ``output``, when given, is a directory that receives one version per step (``checkpoint/``, ``frozen/``, ``fp16/``, ``int8/``, ..., ``budget/``).
+    ``output``, when given, is a directory that receives one version per step (``checkpoint/``, ``frozen/``,
+    ``fp16/``, ``int8/``, ..., ``budget/``).
 
     A budget no trial meets ends no pipeline: its search run is marked FAILED, the warning says why, and the fixed
     variants stand.
