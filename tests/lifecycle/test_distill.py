@@ -136,7 +136,8 @@ def test_teacher_outputs_are_cached_and_reused(fine_tune_epochs: int, tmp_path: 
                                   corpus, NullTracker())
     assert off.unlabelled_texts == first.unlabelled_texts[:2] and "augment" not in off.record
     np.testing.assert_array_equal(off.train_soft, first.train_soft)
-    np.testing.assert_array_equal(off.unlabelled_soft, first.unlabelled_soft[:2])
+    # The same embeddings through the head in a batch of another size: equal to float32 rounding (BLAS order).
+    np.testing.assert_allclose(off.unlabelled_soft, first.unlabelled_soft[:2], rtol=1e-6, atol=1e-7)
 
 
 def test_augmentation_is_seeded_and_deterministic() -> None:

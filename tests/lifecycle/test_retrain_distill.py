@@ -109,6 +109,17 @@ def test_retrain_runs_the_recorded_teacher_only_on_new_texts(distilled: dict, tm
     assert teacher_run.data.tags["mlflow.parentRunId"] == first[0].run_id
 
 
+def test_compressed_and_restored_versions_carry_the_teacher(distilled: dict, tmp_path: Path) -> None:
+    """compress and restore copy the teacher record, so a retrain of either finds the teacher it learnt from."""
+    from lifecycle.workflows import run_compress, run_restore
+
+    record = artifacts.load_version(distilled["checkpoint"]).manifest.teacher
+    compressed = run_compress(str(distilled["frozen"]), "int8", tmp_path / "int8", track=False)
+    restored = run_restore(str(compressed.version), tmp_path / "restored", track=False)
+    for outcome in (compressed, restored):
+        assert artifacts.load_version(outcome.version).manifest.teacher == record
+
+
 def test_no_teacher_and_grow_labels(distilled: dict, data_dir: Path, tmp_path: Path) -> None:
     """--grow-labels on a distilled version is a one-line error asking for --no-teacher; with --no-teacher the
     retrain trains on labels alone (no encoder batch, no teacher metric) and records why the teacher was skipped."""
