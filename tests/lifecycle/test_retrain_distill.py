@@ -200,3 +200,28 @@ def test_missing_teacher_extra_is_one_error_naming_it_and_the_flag(distilled: di
     for words in ("`teacher` extra", "make install-teacher", "--no-teacher"):
         assert words in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.slow  # fine-tunes the encoder for an epoch (a minute or more on 2 cores)
+def test_retrain_of_a_fine_tuned_teachers_student(data_dir: Path, tmp_path: Path) -> None:
+    """A student of a fine-tuned teacher: the record holds the sha256 of the cached fine-tuned weights; retrain
+    reads those weights (no fine-tuning again), labels NEW's texts, and a second retrain reads every logit from the
+    cache; a different weights file in the cache is refused."""
+    from lifecycle import teacher
+    from lifecycle.workflows import RetrainOptions, run_retrain, run_train
+
+    cfg = trec_config(tmp_path, "data.limit=40", "teacher.fine_tune_epochs=1", "teacher.augment=0",
+                      "tracking.enabled=false")
+    student = run_train(cfg, tmp_path / "student", versions_dir=tmp_path / "versions")
+    record = artifacts.load_version(student.version).manifest.teacher
+    assert record["head"]["kind"] == "fine_tuned"
+    weights = Path(cfg.teacher.cache_dir) / teacher.FINE_TUNED_DIR / f"{record['head']['key']}.weights.h5"
+    assert record["head"]["sha256"] == artifacts.sha256_file(weights)
+    new = _trec_csv(data_dir, tmp_path / "new.csv", 60)
+    first = run_retrain(str(student.version), new, RetrainOptions(epochs=1), tmp_path / "a", track=False)
+    assert first[0].metrics["teacher_texts_new"] > 0
+    second = run_retrain(str(student.version), new, RetrainOptions(epochs=1), tmp_path / "b", track=False)
+    assert second[0].metrics["teacher_texts_new"] == 0
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    with pytest.raises(ModelError, match="is not the teacher the version learnt from"):
+        run_retrain(str(student.version), new, RetrainOptions(epochs=1), tmp_path / "c", track=False)
