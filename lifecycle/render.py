@@ -29,7 +29,7 @@ SIZE_NAMES = {"size_bytes": "size deployed", "size_gzip_bytes": "size deployed g
               "size_checkpoint_bytes": "size checkpoint", "size_checkpoint_weights_bytes": "size checkpoint weights",
               "size_bytes_tokenizer": "size tokenizer"}
 FRACTIONS = ("test_accuracy", "test_macro_f1", "size_ratio_vs_checkpoint", "nonzero_fraction", "tokenizer_unk_rate")
-RETRAIN_FACTS = ("labels added", "words added", "note")
+RETRAIN_FACTS = ("labels added", "words added", "note", "teacher")
 
 
 def mb(value: float | None) -> str:

@@ -317,6 +317,28 @@ class Head:
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         return (embeddings @ self.kernel + self.bias).astype(np.float32)
 
+    @property
+    def sha256(self) -> str:
+        """What identifies the head's weights: sha256 of the float32 kernel's bytes, then the bias's."""
+        return head_sha256(self.kernel, self.bias)
+
+
+def head_sha256(kernel: np.ndarray, bias: np.ndarray) -> str:
+    """sha256 of a linear head's float32 kernel and bias bytes (C order, little-endian), in that order."""
+    digest = hashlib.sha256()
+    for array in (kernel, bias):
+        digest.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def load_head(cache_root: Path, key: str) -> Head | None:
+    """The logistic-regression head cached under ``key`` (:func:`head_key`), or None when the cache lacks it."""
+    path = cache_root / HEADS_DIR / f"{key}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return Head(data["kernel"], data["bias"], float(data["c"]), key)
+
 
 def head_key(cfg: TeacherConfig, source: TeacherSource, texts: Sequence[str], labels: Sequence[int],
              num_classes: int) -> str:
@@ -335,9 +357,9 @@ def fit_head(cfg: TeacherConfig, source: TeacherSource, cache_root: Path, train:
     from the cache when the same head was fitted on the same data before."""
     key = head_key(cfg, source, train[0], train[1], num_classes)
     path = cache_root / HEADS_DIR / f"{key}.npz"
-    if path.is_file():
-        with np.load(path) as data:
-            return Head(data["kernel"], data["bias"], float(data["c"]), key)
+    cached = load_head(cache_root, key)
+    if cached is not None:
+        return cached
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(train[1])

@@ -195,6 +195,8 @@ def _write_graph_version(parent: artifacts.Version, candidate: _GraphCandidate, 
                 "check": {"max_abs_diff_vs_parent": candidate.max_abs_diff, "compared_on": candidate.compared_on,
                           "n": int(len(candidate.probabilities)), **candidate.extra},
                 "data": plain(parent.manifest.data),
+                # A distilled model's teacher travels with it (retrain runs that teacher again).
+                **({"teacher": plain(parent.manifest.teacher)} if parent.manifest.teacher is not None else {}),
                 "config": cfg.to_dict(),
                 **({"calibration": candidate.probability_calibration} if candidate.probability_calibration else {}),
                 **(candidate.sections or {}),
@@ -393,6 +395,7 @@ def run_restore(ref: str, output: Path | None = None, *, versions_dir: Path | No
                 "metrics": dict(parent.manifest.metrics),
                 "check": {"max_abs_diff_vs_parent": difference, "compared_on": compared_on, "n": int(len(arrays.x))},
                 "data": plain(parent.manifest.data),
+                **({"teacher": plain(parent.manifest.teacher)} if parent.manifest.teacher is not None else {}),
                 # The restored model computes the graph's probabilities within 1e-5: the same temperature fits them.
                 **({"calibration": entry} if (entry := inherited_entry(parent, "restored from it")) else {}),
             }, unique=unique)

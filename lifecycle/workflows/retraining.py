@@ -12,7 +12,7 @@ from typing import Any
 from lifecycle import artifacts, growth
 from lifecycle.config import DataConfig
 from lifecycle.corpus import Examples, load_corpus
-from lifecycle.errors import ConfigError, DataError
+from lifecycle.errors import ConfigError, DataError, LifecycleError
 from lifecycle.manifest import plain
 from lifecycle.workflows.calibrating import fit_entry, log_calibration
 from lifecycle.workflows.common import (
@@ -46,6 +46,7 @@ class RetrainOptions:
     min_count: int | None = None  # growth: a new word's count in NEW's training split (None: the parent's config)
     vocab_init: str = "word2vec"  # new embedding rows: word2vec (trained on NEW, mapped) or random
     label_init: str = growth.LABEL_INIT  # new output columns (growth.LABEL_INITS; the benchmark compares them)
+    teacher: bool = True  # a distilled version: train on its teacher's soft targets too (False: --no-teacher)
 
 
 def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions(), output: Path | None = None, *,
@@ -61,6 +62,13 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
     training split seen ``min_count`` times are appended as new ids and the embedding gains their rows
     (``vocab_init``). A ``vocab`` step in the parent's recipe is then re-applied as ``vocab:<grown size>``, so the
     new words are not pruned away again by counts over the parent's old data.
+
+    A distilled parent (its lineage records a teacher) is fine-tuned as ``train`` distilled it: the loss mixes the
+    labels and the recorded teacher's soft targets with the recorded temperature and alpha. The teacher is checked
+    first (package installed, weights and head sha256 as recorded) and runs, in a nested ``teacher`` run, only on
+    the training texts the teacher cache lacks. ``options.teacher`` False (``--no-teacher``) trains on labels alone;
+    ``grow_labels`` needs it (the teacher's head knows only the parent's labels). ``retrain.teacher`` in the new
+    manifest says which teacher was used, or why none was.
 
     Returns:
         The outcomes of the new checkpoint, its frozen form and (if the parent was compressed) its compressed form.
@@ -78,6 +86,11 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
 
     parent = open_version(ref)
     cfg = parent.config
+    teacher_record = teacher_record_of(parent)
+    if teacher_record is not None and options.teacher and options.grow_labels:
+        raise ConfigError(f"--grow-labels needs --no-teacher: {parent.path.name} was distilled from "
+                          f"{teacher_record.get('package')}, whose head knows only the version's "
+                          f"{len(parent.labels)} labels.")
     if not 0.0 <= options.replay <= 1.0:
         raise ConfigError(f"--replay must be a fraction in [0, 1]. Received: {options.replay:g}.")
     if options.vocab_init not in growth.VOCAB_INITS:
@@ -95,6 +108,15 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
                         f"{len(old_labels)} labels. Pass --grow-labels to add them to the output layer, or relabel "
                         "or drop those rows.")
     labels = (*old_labels, *unknown)  # old label ids unchanged; new ones appended in sorted order
+    checked = None  # the recorded teacher, checked before any training work
+    if teacher_record is None:
+        skipped: dict[str, Any] = {"used": False, "reason": "the version records no teacher (not distilled)"}
+    elif not options.teacher:
+        skipped = {"used": False, "reason": "--no-teacher", "package": teacher_record.get("package")}
+    else:
+        from lifecycle import distill
+
+        checked = distill.check_recorded_teacher(cfg, teacher_record, len(old_labels))
     old = None
     try:
         old = load_corpus(cfg.data, cfg.name)
@@ -137,12 +159,14 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
     new_train, new_val, new_test = (encode(x, str(data), tokenizer) for x in (new.train, new.validation, new.test))
     old_test = encode(old.test, old.source, tokenizer) if old is not None else None
     train_arrays = new_train
+    train_texts = new.train.texts
     if old is not None and options.replay > 0:
         rng = np.random.default_rng(cfg.train.seed)
         old_train = encode(old.train, old.source, tokenizer)
         pick = rng.choice(len(old_train), size=int(round(options.replay * len(old_train))), replace=False)
         train_arrays = Arrays(np.concatenate([new_train.x, old_train.x[pick]]),
                               np.concatenate([new_train.y, old_train.y[pick]]))
+        train_texts = (*train_texts, *(old.train.texts[i] for i in pick))
 
     train_cfg = cfg.train.model_copy(update={
         key: value for key, value in (("epochs", options.epochs), ("learning_rate", options.learning_rate))
@@ -150,6 +174,9 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
     if options.freeze_embedding:
         model.get_layer("embedding").trainable = False
     compile_model(model, train_cfg)
+    if checked is not None:  # the distillation loss with the recorded teacher's temperature and alpha
+        distill.compile_student(model, cfg.model_copy(update={"teacher": cfg.teacher.model_copy(
+            update={"temperature": checked.temperature, "alpha": checked.alpha})}))
     callbacks = [train_lib.keep_sparsity_callback(model, masks)] if options.keep_sparsity else []
     if progress is not None:
         from lifecycle.console import keras_progress
@@ -167,12 +194,22 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
                             "replay": options.replay, "new_train": len(new_train), "replayed":
                             len(train_arrays) - len(new_train), "grow_labels": options.grow_labels,
                             "grow_vocab": options.grow_vocab, "labels_added": len(unknown),
-                            "words_added": grown["words_added"]})
+                            "words_added": grown["words_added"], "teacher": checked is not None})
+        if checked is not None:  # labels and soft targets in one target matrix, as train packs them
+            teaching = distill.teach_retrain(checked, train_texts, tracker)
+            tracker.log_metrics({k: teaching.metrics[k] for k in RETRAIN_TEACHER_METRICS})
+            train_arrays = Arrays(train_arrays.x, np.concatenate([train_arrays.y.astype(np.float32)[:, None],
+                                                                  teaching.soft], axis=1))
+            teacher_entry = teaching.record
+        else:
+            teacher_entry = skipped
         result = train_lib.fit(model, train_arrays, new_val, train_cfg, on_epoch=lambda e, logs:
                                tracker.log_metrics(logs, step=e), callbacks=callbacks)
         after = {"new": scores_on(new_test, model),
                  **({"parent": scores_on(old_test, model)} if old_test is not None else {})}
         metrics: dict[str, float] = {"train_seconds": result.train_seconds}
+        if checked is not None:
+            metrics.update({k: teaching.metrics[k] for k in RETRAIN_TEACHER_METRICS})
         for split in after:
             metrics[f"{split}_test_accuracy_before"] = before[split].accuracy
             metrics[f"{split}_test_accuracy"] = after[split].accuracy
@@ -218,8 +255,10 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
                                 "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                                 "new_split": {"train": len(new.train), "validation": len(new.validation),
                                               "test": len(new.test)},
-                                "growth": grown["report"]},
+                                "growth": grown["report"], "teacher": teacher_entry},
                     "data": plain(parent.manifest.data),
+                    # What the model learnt from in the first place: the lineage's teacher stays recorded.
+                    **({"teacher": teacher_record} if teacher_record is not None else {}),
                     "calibration": calibration,
                 }, unique=not output)
 
@@ -233,7 +272,8 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
             {"epochs_run": result.epochs_run, "replayed": len(train_arrays) - len(new_train),
              **({"labels added": ", ".join(unknown)} if unknown else {}),
              **({"words added": grown["words_added"]} if options.grow_vocab else {}),
-             **({"note": grown["report"]["note"]} if "note" in grown["report"] else {})}, metrics))
+             **({"note": grown["report"]["note"]} if "note" in grown["report"] else {}),
+             "teacher": _teacher_fact(teacher_entry)}, metrics))
         frozen = run_freeze(str(version.path), output / "frozen" if output else None, versions_dir=versions_dir,
                             track=track)
         outcomes.append(frozen)
@@ -245,6 +285,34 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
             outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir, track=track,
                                          serving_kernels=serving_kernels_of(parent)))
     return outcomes
+
+
+RETRAIN_TEACHER_METRICS = ("teacher_texts_new", "teacher_texts_reused", "teacher_seconds")
+
+
+def teacher_record_of(version: artifacts.Version) -> dict[str, Any] | None:
+    """The teacher a version learnt from: its manifest's ``teacher``, else (a version written before frozen and
+    compressed versions carried it) the nearest ancestor's that is still on disk; None for a plain model."""
+    current = version
+    for _ in range(64):  # a lineage is short; the bound only guards against a cycle of hand-edited manifests
+        if current.manifest.teacher is not None:
+            return plain(current.manifest.teacher)
+        parent = current.manifest.parent
+        if not current.config.teacher.enabled or parent is None or not parent.version:
+            return None
+        try:
+            current = artifacts.load_version(Path(parent.version))
+        except LifecycleError:
+            return None
+    return None
+
+
+def _teacher_fact(entry: dict[str, Any]) -> str:
+    """The summary's line about the teacher."""
+    if not entry.get("used"):
+        return f"not used ({entry.get('reason')})"
+    return (f"{entry['package']}: {entry['texts_new']} new texts, {entry['texts_reused']} from the cache, "
+            f"{entry['seconds']:.1f} s")
 
 
 def _grow(model: Any, tokenizer: Any, cfg: Any, max_len: int, new: Any, unknown: Sequence[str],
