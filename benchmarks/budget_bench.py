@@ -13,9 +13,9 @@ For each set, from the frozen float32 version of a trained word (or BPE) model:
 - batch-1 latency of the serving form, paired with the parent's int8 version in one process: 7 rounds alternating
   the two, 200 calls each per round on test ids, the p50 of each and their ratio (chosen / int8).
 
-The trained versions come from benchmarks/calibration_bench.py (benchmarks/out/calibration-versions/, trained there
-with configs/*.yaml on ../shared/data) and, for TREC BPE, from benchmarks/distill_bench.py's BPE-dropout run;
-a set whose version is missing is skipped with a note. Results: benchmarks/out/budget.json, README's
+The trained versions are benchmarks/calibration_bench.py's (benchmarks/out/calibration-versions/SET/, trained with
+the shipped configs/SET.yaml on ../shared/data, seed 13); a set whose checkpoint is missing there is trained here the
+same way first (TREC BPE too, from configs/trec-bpe.yaml). Results: benchmarks/out/budget.json, README's
 ``bench:budget`` block.
 
     .venv/bin/python benchmarks/budget_bench.py                     # all sets (~1 h on 2 cores)
@@ -50,14 +50,8 @@ from readme import bench_parser, cpu_model, write_block  # noqa: E402
 OUT = ROOT / "benchmarks" / "out"
 RESULTS = OUT / "budget.json"
 VERSIONS = OUT / "calibration-versions"
-SETS: dict[str, dict[str, Path]] = {
-    "mr-word": {"frozen": VERSIONS / "mr-word" / "frozen", "int8": VERSIONS / "mr-word" / "int8"},
-    "trec-word": {"frozen": VERSIONS / "trec-word" / "frozen", "int8": VERSIONS / "trec-word" / "int8"},
-    "trec-bpe": {"checkpoint": OUT / "versions-20261201-181847" / "trec-bpe-dropout0.2-seed1"},
-    "stackoverflow-word": {"frozen": VERSIONS / "stackoverflow-word" / "frozen",
-                           "int8": VERSIONS / "stackoverflow-word" / "int8"},
-    "banking77-word": {"frozen": VERSIONS / "banking77-word" / "frozen", "int8": VERSIONS / "banking77-word" / "int8"},
-}
+# Each set's shipped config (configs/SET.yaml); its versions live in VERSIONS / SET.
+SETS = ("mr-word", "trec-word", "trec-bpe", "stackoverflow-word", "banking77-word")
 BUDGET = 1.0
 ROUNDS, CALLS = 7, 200
 LOADS = 21
@@ -82,22 +76,18 @@ def _recipe(version: Any) -> str:
     return "+".join(step_text(step.name, dict(step.params)) for step in version.manifest.recipe)
 
 
-def _parents(name: str, paths: dict[str, Path], work: Path) -> tuple[Path, Path] | None:
-    """The frozen parent and its int8 sibling (made here from a checkpoint when the set has only that)."""
-    from lifecycle.workflows import run_compress, run_freeze
+def _parents(name: str) -> tuple[Path, Path]:
+    """The set's frozen parent and its int8 sibling, trained (calibration_bench's way), frozen and compressed first
+    when missing."""
+    from calibration_bench import int8_sibling, trained_checkpoint
+    from lifecycle.workflows import run_freeze
 
-    if "checkpoint" in paths:
-        if not (paths["checkpoint"] / "manifest.json").is_file():
-            return None
-        frozen, int8 = work / f"{name}-frozen", work / f"{name}-int8"
-        if not (frozen / "manifest.json").is_file():
-            run_freeze(str(paths["checkpoint"]), frozen, track=False)
-        if not (int8 / "manifest.json").is_file():
-            run_compress(str(frozen), "int8", int8, track=False)
-        return frozen, int8
-    if not (paths["frozen"] / "manifest.json").is_file() or not (paths["int8"] / "manifest.json").is_file():
-        return None
-    return paths["frozen"], paths["int8"]
+    checkpoint, _ = trained_checkpoint(name, f"{name}.yaml")
+    int8 = int8_sibling(checkpoint)
+    frozen = checkpoint.parent / "frozen"
+    if not (frozen / "manifest.json").is_file():
+        run_freeze(str(checkpoint), frozen, track=False)
+    return frozen, int8
 
 
 def _paired_p50(a: tuple[Any, Any], b: tuple[Any, Any]) -> tuple[float, float]:
@@ -135,7 +125,7 @@ def _retrain(chosen: Any, corpus: Any, work: Path) -> dict[str, Any]:
             "parent_test_accuracy": outcomes[0].metrics.get("parent_test_accuracy")}
 
 
-def bench_set(name: str, paths: dict[str, Path]) -> dict[str, Any] | None:
+def bench_set(name: str) -> dict[str, Any]:
     from lifecycle import artifacts
     from lifecycle.corpus import load_corpus
     from lifecycle.dataset import encode_examples
@@ -145,11 +135,7 @@ def bench_set(name: str, paths: dict[str, Path]) -> dict[str, Any] | None:
 
     work = OUT / "budget-work" / name
     work.mkdir(parents=True, exist_ok=True)
-    parents = _parents(name, paths, work)
-    if parents is None:
-        print(f"{name}: no trained version on disk; skipped (see this script's docstring)")
-        return None
-    frozen_path, int8_path = parents
+    frozen_path, int8_path = _parents(name)
     parent, int8 = artifacts.load_version(frozen_path), artifacts.load_version(int8_path)
     chosen_dir = work / "chosen"
     shutil.rmtree(chosen_dir, ignore_errors=True)
@@ -321,9 +307,7 @@ def main() -> None:
         only = set(args.only.split(",")) if args.only else set(SETS)
         for name in SETS:
             if name in only:
-                row = bench_set(name, SETS[name])
-                if row is not None:
-                    results = _merge_row(name, row)
+                results = _merge_row(name, bench_set(name))
     if not args.no_readme and results.get("rows"):
         write_block("budget", render(results))
     print(render(results))

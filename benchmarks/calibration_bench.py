@@ -62,7 +62,7 @@ def trained_checkpoint(name: str, config: str, retrain: bool = False) -> tuple[P
     return target, time.perf_counter() - started
 
 
-def _int8(checkpoint: Path) -> Path:
+def int8_sibling(checkpoint: Path) -> Path:
     from lifecycle.workflows import run_compress, run_freeze
 
     target = checkpoint.parent / "int8"
@@ -168,7 +168,7 @@ def main() -> None:
         print(f"== {name}", flush=True)
         checkpoint, seconds = trained_checkpoint(name, config, args.retrain)
         rows = []
-        for version in (checkpoint, _int8(checkpoint)):
+        for version in (checkpoint, int8_sibling(checkpoint)):
             rows.append({"name": name, "config": config, **measure(version)})
             if seconds is not None and version == checkpoint:
                 rows[-1]["train_wall_seconds"] = seconds
