@@ -72,3 +72,39 @@ def test_spark_rows_equal_the_local_engine_and_executors_stay_light(spark: objec
     assert summary["engine"] == "spark" and summary["worker_heavy_modules"] == []
     assert summary["executor_batches"] >= 3  # every partition's batches reported in: the check above has teeth
     assert spark.sparkContext._jsc is not None  # a session passed in is left running for its owner  # type: ignore
+
+
+def test_java_options_ask_for_the_class_archive_only_when_it_exists(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifecycle import scoring_spark
+
+    monkeypatch.delenv("LIFECYCLE_SPARK_JAVA_OPTIONS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    archive = scoring_spark.class_archive_path()
+    assert archive.is_relative_to(tmp_path)
+    assert scoring_spark.local_java_options() == scoring_spark.LOCAL_JAVA_OPTIONS
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"x")
+    assert f'"-XX:SharedArchiveFile={archive}"' in scoring_spark.local_java_options()
+    monkeypatch.setenv("LIFECYCLE_SPARK_JAVA_OPTIONS", "-Xmx1g")
+    assert scoring_spark.local_java_options() == "-Xmx1g"
+
+
+def test_a_stale_class_archive_does_not_stop_a_session(tmp_path: Path) -> None:
+    """A file that is no archive of this JDK and these jars (as after an upgrade): the JVM runs without it."""
+    import subprocess
+    import sys
+
+    stale = tmp_path / "stale.jsa"
+    stale.write_bytes(b"not a class archive" * 100)
+    code = ("from lifecycle import scoring_spark as s\n"
+            f"o = s.LOCAL_JAVA_OPTIONS + ' \"-XX:SharedArchiveFile={stale}\" ' + s.CLASS_ARCHIVE_OPTIONS\n"
+            "spark, _ = s.spark_session('local[1]', java_options=o)\n"
+            "print('rows', spark.range(5).count())\n"
+            "print('opts', spark.sparkContext.getConf().get('spark.driver.extraJavaOptions'))\n"
+            "spark.stop()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rows 5" in done.stdout and "SharedArchiveFile" in done.stdout
+    assert "cds" not in done.stderr.lower()  # the JVM's archive warnings are kept off the terminal
