@@ -74,6 +74,32 @@ def test_spark_rows_equal_the_local_engine_and_executors_stay_light(spark: objec
     assert spark.sparkContext._jsc is not None  # a session passed in is left running for its owner  # type: ignore
 
 
+def test_spark_rows_with_an_id_column_equal_the_local_engines(spark: object, frozen: dict, tmp_path: Path) -> None:
+    """The input's own ids (the path that hands Python no file names): every column equal to the local engine's."""
+    import csv
+
+    from lifecycle.scoring import ScoreOptions
+    from lifecycle.workflows.scoring import run_score
+
+    version = frozen["outcome"].version
+    source = tmp_path / "with-id.csv"
+    with open(source, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        writer.writerows([f"row-{i}", text] for i, text in enumerate(_texts(500)))
+    engines = {}
+    for engine in ("local", "spark"):
+        run_score(str(version), source, tmp_path / engine, ScoreOptions(top_k=3, engine=engine))
+        engines[engine] = {r["id"]: r for r in read_rows(tmp_path / engine)}
+    local, on_spark = engines["local"], engines["spark"]
+    assert set(on_spark) == set(local) == {f"row-{i}" for i in range(500)}
+    ids = sorted(local)
+    for column in ("label", "top_labels", "abstained", "version"):
+        assert [on_spark[i][column] for i in ids] == [local[i][column] for i in ids], column
+    np.testing.assert_allclose([on_spark[i]["top_probabilities"] for i in ids],
+                               [local[i]["top_probabilities"] for i in ids], atol=1e-6)
+
+
 def test_java_options_ask_for_the_class_archive_only_when_it_exists(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from lifecycle import scoring_spark
