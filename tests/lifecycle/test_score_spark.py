@@ -116,13 +116,16 @@ def test_java_options_ask_for_the_class_archive_only_when_it_exists(tmp_path: Pa
     assert scoring_spark.local_java_options() == "-Xmx1g"
 
 
-def test_a_stale_class_archive_does_not_stop_a_session(tmp_path: Path) -> None:
-    """A file that is no archive of this JDK and these jars (as after an upgrade): the JVM runs without it."""
+@pytest.mark.parametrize("archive", ["missing", "corrupt"])
+def test_a_missing_or_corrupt_class_archive_does_not_stop_a_session(archive: str, tmp_path: Path) -> None:
+    """The archive flag given a path that holds nothing, or no archive of this JDK (a file left by another
+    version, cut short): the JVM runs without it."""
     import subprocess
     import sys
 
-    stale = tmp_path / "stale.jsa"
-    stale.write_bytes(b"not a class archive" * 100)
+    stale = tmp_path / "classes.jsa"
+    if archive == "corrupt":
+        stale.write_bytes(b"not a class archive" * 100)
     code = ("from lifecycle import scoring_spark as s\n"
             f"o = s.LOCAL_JAVA_OPTIONS + ' \"-XX:SharedArchiveFile={stale}\" ' + s.CLASS_ARCHIVE_OPTIONS\n"
             "spark, _ = s.spark_session('local[1]', java_options=o)\n"
