@@ -44,11 +44,16 @@ $(TEACHER_STAMP): $(STAMP)
 
 # `lifecycle score --engine spark` (the `spark` extra: pyspark) and the Java it runs on: Debian's
 # default-jre-headless when no java is on PATH. The Spark tests run in the default suite, so `install` includes it.
+# Then the JVM's class archive (AppCDS, ~/.cache/lifecycle/spark-classes-*.jsa; lifecycle.scoring_spark's
+# build_class_archive): a local[N] session maps it instead of loading Spark's classes from the jars. Without it (it
+# failed, or pyspark or java changed since) scoring works as before, only its start is slower.
 install-spark: $(SPARK_STAMP)
 
 $(SPARK_STAMP): $(STAMP)
 	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
 	$(BIN)/python -m pip install --quiet -e ".[spark,dev]"
+	$(BIN)/python -c "from lifecycle.scoring_spark import build_class_archive as b; print('class archive', b())" \
+		|| echo "warning: no JVM class archive written; the Spark engine starts without it"
 	touch $(SPARK_STAMP)
 
 # Benchmark-only peers for benchmarks/compress_bench.py. TF-MOT requires tf-keras, which requires the full

@@ -17,12 +17,14 @@ pyspark is imported only inside these functions: ``pip install 'lifecycle[spark]
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -55,6 +57,11 @@ PROBE_TIMEOUT_S = 5.0
 # work (reading csv, arrow batches, writing parquet) is small next to the model's, so the quick C1 compiler and the
 # serial collector start it faster and cost no throughput. A cluster's executors keep the cluster's settings.
 LOCAL_JAVA_OPTIONS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+# An AppCDS archive of the classes a scoring session loads (`make install-spark` writes it with
+# build_class_archive): mapped at start instead of read from Spark's jars and verified, it cuts the JVM's fixed cost.
+# Missing, it is not asked for; stale (another JDK or Spark jars) the JVM finds it does not match and runs without it
+# (-Xshare:auto, the default). -Xlog:cds=off keeps that case's warnings off the user's terminal.
+CLASS_ARCHIVE_OPTIONS = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 # Largest input split one task reads; the split is then cut so the task count is a multiple of the cores.
 MAX_SPLIT_BYTES = 16 << 20
 
@@ -94,11 +101,38 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def spark_session(master: str | None, app_name: str = "lifecycle-score") -> tuple[Any, bool]:
+def class_archive_path() -> Path:
+    """Where the class archive of this pyspark, java and :data:`LOCAL_JAVA_OPTIONS` lives (a user cache dir): the
+    name changes with any of them, so an upgrade finds no archive rather than a stale one."""
+    pyspark = _pyspark()
+    home = os.environ.get("JAVA_HOME")
+    java = Path(home) / "bin" / "java" if home else Path(shutil.which("java") or "java")
+    java = java.resolve() if java.exists() else java
+    stamp = java.stat().st_mtime_ns if java.exists() else 0
+    key = hashlib.sha256(f"{pyspark.__version__}|{java}|{stamp}|{LOCAL_JAVA_OPTIONS}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "lifecycle" / f"spark-classes-{key}.jsa"
+
+
+def local_java_options() -> str:
+    """The driver JVM's flags in local[N]: ``LIFECYCLE_SPARK_JAVA_OPTIONS`` when set, else
+    :data:`LOCAL_JAVA_OPTIONS` plus the class archive when one has been built."""
+    override = os.environ.get("LIFECYCLE_SPARK_JAVA_OPTIONS")
+    if override is not None:
+        return override
+    archive = class_archive_path()
+    if not archive.is_file():
+        return LOCAL_JAVA_OPTIONS
+    return f'{LOCAL_JAVA_OPTIONS} "-XX:SharedArchiveFile={archive}" {CLASS_ARCHIVE_OPTIONS}'
+
+
+def spark_session(master: str | None, app_name: str = "lifecycle-score",
+                  java_options: str | None = None) -> tuple[Any, bool]:
     """A SparkSession on ``master`` and whether this call started it (and so must stop it).
 
     An active session in this process (a test's fixture, a notebook's) is reused as it is. ``master`` None: the one
-    spark-submit was given, when run under it, else :data:`DEFAULT_MASTER`.
+    spark-submit was given, when run under it, else :data:`DEFAULT_MASTER`. ``java_options``: the driver JVM's flags
+    in local[N] (default :func:`local_java_options`).
     """
     _pyspark()
     from pyspark.sql import SparkSession
@@ -116,7 +150,7 @@ def spark_session(master: str | None, app_name: str = "lifecycle-score") -> tupl
         # cluster's nodes use their own PYSPARK_PYTHON / spark.pyspark.python.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.config("spark.driver.extraJavaOptions",
-                                 os.environ.get("LIFECYCLE_SPARK_JAVA_OPTIONS", LOCAL_JAVA_OPTIONS))
+                                 java_options if java_options is not None else local_java_options())
     try:
         session = (builder
                    .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
@@ -316,6 +350,69 @@ def score_spark(version: Any, label: str, files: Sequence[InputFile], tmp: Path,
             spark.stop()
     return ScoreResult(tmp, rows, seconds, "spark", label, len(files), workers, tuple(sorted(heavy.value)),
                        {"master": master, "executor_batches": batches_seen.value})
+
+
+def build_class_archive(target: Path | None = None) -> Path:
+    """Write the class archive :func:`local_java_options` uses (default :func:`class_archive_path`): a local[2]
+    session runs a small job down the Spark engine's path (csv read, row counts, mapInArrow, zstd parquet) with
+    ``-XX:ArchiveClassesAtExit``, and its JVM is then made to exit, which writes the archive. It is written under a
+    temporary name and renamed, so a scoring run never maps a half-written file.
+
+    Raises:
+        DependencyError: the JVM exited without writing the archive (e.g. a JDK older than 13).
+    """
+    import pyarrow as pa
+    from pyspark import SparkContext
+
+    target = target or class_archive_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    partial.unlink(missing_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lifecycle-cds-"))
+    try:
+        source = work / "warm-up.csv"
+        source.write_text("text\n" + "".join(f"warm-up text {i}\n" for i in range(2000)), encoding="utf-8")
+        options = f"{LOCAL_JAVA_OPTIONS} -XX:ArchiveClassesAtExit={partial} {CLASS_ARCHIVE_OPTIONS}"
+        spark, _ = spark_session(DEFAULT_MASTER, "lifecycle-class-archive", java_options=options)
+        from pyspark.sql import functions as F  # noqa: N812
+
+        files = [InputFile(source, "csv", source.name)]
+        frame = _read(spark, files, ["text"]).withColumn("_mono", F.monotonically_increasing_id())
+        _row_offsets(frame)
+
+        def fake_scores(batches: Iterator[Any]) -> Iterator[Any]:
+            for batch in batches:
+                n = batch.num_rows
+                yield pa.RecordBatch.from_pydict(
+                    {"id": [str(i) for i in range(n)], "label": ["a"] * n, "probability": [0.5] * n,
+                     "top_labels": [["a"]] * n, "top_probabilities": [[0.5]] * n, "abstained": [False] * n,
+                     "version": ["v"] * n},
+                    schema=pa.schema([("id", pa.string()), ("label", pa.string()), ("probability", pa.float32()),
+                                      ("top_labels", pa.list_(pa.string())),
+                                      ("top_probabilities", pa.list_(pa.float32())), ("abstained", pa.bool_()),
+                                      ("version", pa.string())]))
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            frame.mapInArrow(fake_scores, SPARK_OUTPUT_SCHEMA).write.parquet(str(work / "out"), compression="zstd")
+        spark.stop()
+        gateway = SparkContext._gateway
+        process = getattr(gateway, "proc", None)
+        if gateway is not None:
+            gateway.shutdown()
+            SparkContext._gateway = None
+            SparkContext._jvm = None
+        if process is not None:
+            process.stdin.close()  # the JVM exits when its stdin closes, and writes the archive as it exits
+            process.wait(timeout=600)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if not partial.is_file() or partial.stat().st_size == 0:
+        partial.unlink(missing_ok=True)
+        raise DependencyError("java wrote no class archive (-XX:ArchiveClassesAtExit needs JDK 13 or newer).",
+                              "Scoring works without it, only its start-up is slower.")
+    partial.replace(target)
+    return target
 
 
 def split_bytes(total: int, cores: int) -> int:

@@ -72,3 +72,68 @@ def test_spark_rows_equal_the_local_engine_and_executors_stay_light(spark: objec
     assert summary["engine"] == "spark" and summary["worker_heavy_modules"] == []
     assert summary["executor_batches"] >= 3  # every partition's batches reported in: the check above has teeth
     assert spark.sparkContext._jsc is not None  # a session passed in is left running for its owner  # type: ignore
+
+
+def test_spark_rows_with_an_id_column_equal_the_local_engines(spark: object, frozen: dict, tmp_path: Path) -> None:
+    """The input's own ids (the path that hands Python no file names): every column equal to the local engine's."""
+    import csv
+
+    from lifecycle.scoring import ScoreOptions
+    from lifecycle.workflows.scoring import run_score
+
+    version = frozen["outcome"].version
+    source = tmp_path / "with-id.csv"
+    with open(source, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        writer.writerows([f"row-{i}", text] for i, text in enumerate(_texts(500)))
+    engines = {}
+    for engine in ("local", "spark"):
+        run_score(str(version), source, tmp_path / engine, ScoreOptions(top_k=3, engine=engine))
+        engines[engine] = {r["id"]: r for r in read_rows(tmp_path / engine)}
+    local, on_spark = engines["local"], engines["spark"]
+    assert set(on_spark) == set(local) == {f"row-{i}" for i in range(500)}
+    ids = sorted(local)
+    for column in ("label", "top_labels", "abstained", "version"):
+        assert [on_spark[i][column] for i in ids] == [local[i][column] for i in ids], column
+    np.testing.assert_allclose([on_spark[i]["top_probabilities"] for i in ids],
+                               [local[i]["top_probabilities"] for i in ids], atol=1e-6)
+
+
+def test_java_options_ask_for_the_class_archive_only_when_it_exists(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifecycle import scoring_spark
+
+    monkeypatch.delenv("LIFECYCLE_SPARK_JAVA_OPTIONS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    archive = scoring_spark.class_archive_path()
+    assert archive.is_relative_to(tmp_path)
+    assert scoring_spark.local_java_options() == scoring_spark.LOCAL_JAVA_OPTIONS
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"x")
+    assert f'"-XX:SharedArchiveFile={archive}"' in scoring_spark.local_java_options()
+    monkeypatch.setenv("LIFECYCLE_SPARK_JAVA_OPTIONS", "-Xmx1g")
+    assert scoring_spark.local_java_options() == "-Xmx1g"
+
+
+@pytest.mark.parametrize("archive", ["missing", "corrupt"])
+def test_a_missing_or_corrupt_class_archive_does_not_stop_a_session(archive: str, tmp_path: Path) -> None:
+    """The archive flag given a path that holds nothing, or no archive of this JDK (a file left by another
+    version, cut short): the JVM runs without it."""
+    import subprocess
+    import sys
+
+    stale = tmp_path / "classes.jsa"
+    if archive == "corrupt":
+        stale.write_bytes(b"not a class archive" * 100)
+    code = ("from lifecycle import scoring_spark as s\n"
+            f"o = s.LOCAL_JAVA_OPTIONS + ' \"-XX:SharedArchiveFile={stale}\" ' + s.CLASS_ARCHIVE_OPTIONS\n"
+            "spark, _ = s.spark_session('local[1]', java_options=o)\n"
+            "print('rows', spark.range(5).count())\n"
+            "print('opts', spark.sparkContext.getConf().get('spark.driver.extraJavaOptions'))\n"
+            "spark.stop()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rows 5" in done.stdout and "SharedArchiveFile" in done.stdout
+    assert "cds" not in done.stderr.lower()  # the JVM's archive warnings are kept off the terminal
