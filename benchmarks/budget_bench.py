@@ -80,6 +80,7 @@ def _parents(name: str) -> tuple[Path, Path]:
     """The set's frozen parent and its int8 sibling, trained (calibration_bench's way), frozen and compressed first
     when missing."""
     from calibration_bench import int8_sibling, trained_checkpoint
+
     from lifecycle.workflows import run_freeze
 
     checkpoint, _ = trained_checkpoint(name, f"{name}.yaml")

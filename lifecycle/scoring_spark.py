@@ -102,14 +102,16 @@ def under_spark_submit() -> bool:
 
 
 def class_archive_path() -> Path:
-    """Where the class archive of this pyspark, java and :data:`LOCAL_JAVA_OPTIONS` lives (a user cache dir): the
-    name changes with any of them, so an upgrade finds no archive rather than a stale one."""
+    """Where the class archive of this pyspark (its version and where its jars are), java and
+    :data:`LOCAL_JAVA_OPTIONS` lives (a user cache dir): the name changes with any of them, so an upgrade or another
+    virtualenv finds no archive rather than a stale one."""
     pyspark = _pyspark()
     home = os.environ.get("JAVA_HOME")
     java = Path(home) / "bin" / "java" if home else Path(shutil.which("java") or "java")
     java = java.resolve() if java.exists() else java
     stamp = java.stat().st_mtime_ns if java.exists() else 0
-    key = hashlib.sha256(f"{pyspark.__version__}|{java}|{stamp}|{LOCAL_JAVA_OPTIONS}".encode()).hexdigest()[:16]
+    jars = Path(pyspark.__file__).resolve().parent / "jars"  # the archive holds the class path: another venv's jars
+    key = hashlib.sha256(f"{pyspark.__version__}|{jars}|{java}|{stamp}|{LOCAL_JAVA_OPTIONS}".encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "lifecycle" / f"spark-classes-{key}.jsa"
 
