@@ -23,6 +23,12 @@ same way first (TREC BPE too, from configs/trec-bpe.yaml). Results: benchmarks/o
     .venv/bin/python benchmarks/budget_bench.py --readme-only
     .venv/bin/python benchmarks/budget_bench.py --tokenizers   # the chosen versions' tokenizers, plain vs compact
 
+``--paired-se`` adds to each row the standard error of its test delta: both versions' graph.pb predictions on the
+test split, text by text (chosen correct minus parent correct, each 0 or 1), the sample std of that difference over
+the square root of the texts. It is what the test half of "within 1 point of the parent" can tell apart.
+
+    .venv/bin/python benchmarks/budget_bench.py --paired-se --no-readme
+
 ``--tokenizers`` measures what the compact tokenizer (xz-compressed data files, what compressed versions ship) saves
 and costs at load, on each set's chosen version (benchmarks/out/budget-work/SET/chosen): bytes of the directory in
 both forms and the median of LOADS ``load_tokenizer`` calls of each, alternating.
@@ -208,6 +214,32 @@ def _times(ratio: float) -> str:
     return f"{math.floor(ratio * 10) / 10:.1f}x"
 
 
+def _se(row: dict[str, Any]) -> str:
+    return f" ± {row['test_delta_se_points']:.2f}" if "test_delta_se_points" in row else ""
+
+
+def paired_se(row: dict[str, Any]) -> float:
+    """The standard error (points) of one row's test delta, text by text on graph.pb (module doc)."""
+    import numpy as np
+
+    from lifecycle import artifacts
+    from lifecycle.corpus import load_corpus
+    from lifecycle.inference import Predictor
+
+    parent = artifacts.load_version(ROOT / row["parent"])
+    chosen = artifacts.load_version(OUT / "budget-work" / row["set"] / "chosen")
+    test = load_corpus(parent.config.data, row["set"], report=False).test
+    right = []
+    for version in (parent, chosen):
+        probabilities = Predictor(version, runtime="graph").predict_proba(test.texts, calibrated=False)
+        right.append(np.array([version.labels[i] for i in probabilities.argmax(axis=1)]) == np.array(test.labels))
+    difference = right[1].astype(float) - right[0].astype(float)
+    delta = 100 * float(difference.mean())
+    if abs(delta - row["test_delta_points"]) > 0.05:
+        raise SystemExit(f"{row['set']}: test delta {delta:.2f} here, {row['test_delta_points']:.2f} in the row")
+    return 100 * float(difference.std(ddof=1)) / len(difference) ** 0.5
+
+
 def render(results: dict[str, Any]) -> str:
     rows = [r for r in results["rows"].values() if r]
     lines = [
@@ -215,16 +247,19 @@ def render(results: dict[str, Any]) -> str:
         f"{results['machine']}, {results['date']}. Command: `.venv/bin/python benchmarks/budget_bench.py`.",
         "",
         "| set | chosen recipe | trials / wall | deployed (serving + tokenizer) | x smaller | graph.pb + tokenizer "
-        "| x smaller | test acc. parent -> chosen (serving) | retrain re-applies | batch-1 p50 vs int8 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| x smaller | validation loss | test acc. parent -> chosen (serving) | test delta ± se | retrain re-applies "
+        "| batch-1 p50 vs int8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['set']} | `{r['recipe']}` | {r['trials']} / {r['wall_seconds'] / 60:.1f} min "
             f"| {r['deployed_bytes'] / 1e6:.3f} MB ({r['serving_file']}) | {_times(r['deployed_ratio'])} "
             f"| {r['graph_bytes'] / 1e6:.3f} MB | {_times(r['graph_ratio'])} "
+            f"| {r['validation_loss_points']:.2f} "
             f"| {100 * r['parent_test_accuracy']:.1f} -> {100 * r['test_accuracy']:.1f} "
             f"({100 * (r['serving_test_accuracy'] or 0):.1f}) "
+            f"| {r['test_delta_points']:+.2f}{_se(r)} "
             f"| {'yes' if r['retrain']['recipe_reapplied'] else 'NO'} ({r['retrain']['seconds']:.0f} s) "
             f"| {r['p50_ms']:.3f} vs {r['int8_p50_ms']:.3f} ms ({r['p50_ratio_vs_int8']:.2f}x) |")
     # Rows of an earlier run kept as the README printed them (sets not re-run since), marked as such.
@@ -297,12 +332,20 @@ def _merge_tokenizers(only: str | None) -> dict[str, Any]:
 
 def main() -> None:
     parser = bench_parser(__doc__, RESULTS.name)
+    parser.add_argument("--paired-se", action="store_true", help="add each row's test-delta standard error "
+                        "(module doc)")
     parser.add_argument("--tokenizers", action="store_true", help="measure the chosen versions' tokenizers, plain "
                         "vs compact (module doc)")
     args = parser.parse_args()
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
     if args.tokenizers:
         results = _merge_tokenizers(args.only)
+    elif args.paired_se:
+        for name, row in list(results["rows"].items()):
+            if not args.only or name in args.only.split(","):
+                row = {**row, "test_delta_se_points": paired_se(row)}
+                print(name, f"{row['test_delta_points']:+.2f} ± {row['test_delta_se_points']:.2f}")
+                results = _merge_row(name, row)
     elif not args.readme_only:
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
         only = set(args.only.split(",")) if args.only else set(SETS)
