@@ -123,6 +123,7 @@ def _retrain(chosen: Any, corpus: Any, work: Path) -> dict[str, Any]:
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])
         writer.writerows(zip(corpus.validation.texts, corpus.validation.labels, strict=True))
+    shutil.rmtree(work / "retrained", ignore_errors=True)  # an earlier run's
     started = time.perf_counter()
     outcomes = run_retrain(str(chosen.path), new, RetrainOptions(epochs=1), work / "retrained", track=False)
     again = artifacts.load_version(outcomes[-1].version)
