@@ -272,6 +272,8 @@ class RecipeContext:
         weight_map: Keras weight path -> const name, to rebuild a trainable model (``tune``).
         tokenizer: the tokenizer whose ids the current weights' embedding rows follow.
         source: the parent version, named in messages.
+        teacher: a distilled version's ``tune`` steps train on its teacher's soft targets too; False (retrain
+            ``--no-teacher``) trains them on the labels alone and never loads the teacher.
     """
 
     config: Config
@@ -281,6 +283,7 @@ class RecipeContext:
     weight_map: dict[str, str]
     tokenizer: Tokenizer
     source: str = "the parent version"
+    teacher: bool = True
     _corpus: Corpus | None = field(default=None, init=False, repr=False)
     _encoded: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 

@@ -394,9 +394,13 @@ class RetrainTeacher:
         return float(self.record["alpha"])
 
 
-def check_recorded_teacher(cfg: Config, record: dict[str, Any], num_classes: int) -> RetrainTeacher:
+def check_recorded_teacher(cfg: Config, record: dict[str, Any], num_classes: int,
+                           version: str = "the version") -> RetrainTeacher:
     """The teacher ``record`` names (a distilled version's manifest ``teacher``), checked before any work: the
     package installed with the same weights (sha256) and the head in the cache with the same sha256.
+
+    A head missing from the cache is an error, not refitted here: a refit is only the recorded teacher if its
+    sha256 matches, and the error names the file, ``version`` and both ways on (--no-teacher, rebuilding the cache).
 
     Raises:
         DependencyError: the teacher extra is missing, or the installed package's weights differ from the record's.
@@ -436,9 +440,12 @@ def check_recorded_teacher(cfg: Config, record: dict[str, Any], num_classes: int
         found = _file_sha256(where)
     else:
         raise ModelError(f"the version's teacher record has a head of unknown kind {kind!r}; {RETRAIN_HINT}.")
-    if found is None:
-        raise ModelError(f"the teacher's head {key} ({kind}) is not in the teacher cache ({where}): retrain with "
-                         f"the cache the version was trained with (teacher.cache_dir), {RETRAIN_HINT}.")
+    if found is None:  # one line: the file, the version, and the two ways on (no refit: it must match the sha256)
+        raise ModelError(
+            f"{version}: its teacher's head file {where} is missing from the teacher cache ({kind} head {key}, "
+            f"sha256 {str(wanted_head)[:12]}…). Either pass --no-teacher to retrain on the labels alone, or rebuild "
+            f"the cache: copy {where.name} back from the cache the version was trained with, or run `lifecycle "
+            f"train {version}/config.yaml` (same data and teacher settings: it writes the head under the same key).")
     if wanted_head is None:  # a version written before heads were hashed: the cache's head is taken on trust
         log.warning("the version's teacher record has no head sha256 (written by an older lifecycle); using the "
                     "cached head %s (sha256 %s) unchecked", key, found[:12])

@@ -27,6 +27,7 @@ class TuneContext(Protocol):
     kernel_sizes: tuple[int, ...]
     weight_map: dict[str, str]
     tokenizer: Tokenizer
+    teacher: bool  # False: a distilled version's tune step trains on the labels alone (retrain --no-teacher)
 
     def corpus(self, step: str) -> Corpus: ...
 
@@ -60,7 +61,9 @@ def fine_tune(weights: Weights, context: TuneContext, epochs: int) -> tuple[Weig
     train = context.arrays("train", "tune")
     validation = context.arrays("validation", "tune")
     cfg = context.config
-    if cfg.teacher.enabled:  # a distilled student keeps learning from its teacher's soft targets (read from cache)
+    # A distilled student keeps learning from its teacher's soft targets (read from cache), unless told not to.
+    with_teacher = cfg.teacher.enabled and context.teacher
+    if with_teacher:
         from lifecycle import distill
 
         train = distill.tune_arrays(cfg, context.corpus("tune"), train, context.tokenizer, context.max_len)
@@ -68,7 +71,7 @@ def fine_tune(weights: Weights, context: TuneContext, epochs: int) -> tuple[Weig
     frozen = FrozenGraph(None, weights, context.kernel_sizes, context.weight_map, "int32", context.max_len)
     restored = restore_model(frozen, cfg, len(context.labels))
     model = restored.model
-    if cfg.teacher.enabled:
+    if with_teacher:
         distill.compile_student(model, cfg)
     train_cfg = cfg.train.model_copy(update={"epochs": epochs})
 
@@ -96,5 +99,6 @@ def fine_tune(weights: Weights, context: TuneContext, epochs: int) -> tuple[Weig
         "train_accuracy_after": train_accuracy_after,
         "validation_accuracy_before": val_accuracy,
         "validation_accuracy_after": val_accuracy_after,
+        **({"teacher": with_teacher} if cfg.teacher.enabled else {}),  # a distilled version: soft targets or not
     }
     return out, tuple(out), report

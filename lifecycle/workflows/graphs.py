@@ -283,7 +283,7 @@ def serving_kernels_of(version: artifacts.Version) -> str:
 
 def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_dir: Path | None = None,
                  track: bool = True, serving_kernels: str | None = None, on_step: StepCallback | None = None,
-                 sections: dict[str, Any] | None = None) -> StepOutcome:
+                 sections: dict[str, Any] | None = None, teacher: bool = True) -> StepOutcome:
     """Apply a compression recipe (``fp16``, ``int8``, ``prune:S``, ``vocab:N``, ``tune:E``...) to a frozen or
     compressed version.
 
@@ -296,7 +296,8 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     ``serving_kernels`` (``lifecycle.litert.KERNELS``) is how the int8 serving form runs its kernels; None keeps the
     parent's choice (``hybrid`` when the parent has none). ``on_step`` is called after each recipe step with its
     number, the step count, the step as text, the stored bytes before and after and the seconds it took.
-    ``sections`` adds manifest sections (``compress --budget``'s ``budget`` record).
+    ``sections`` adds manifest sections (``compress --budget``'s ``budget`` record). ``teacher`` False: a distilled
+    version's ``tune`` steps train on the labels alone, without loading its teacher (``retrain --no-teacher``).
     """
     import numpy as np
 
@@ -321,7 +322,7 @@ def run_compress(ref: str, recipe: str, output: Path | None = None, *, versions_
     source = load_graph_version(parent)
     tokenizer = load_tokenizer(parent.tokenizer_dir)
     context = RecipeContext(parent.config, parent.labels, parent.max_len, source.kernel_sizes, source.weight_map,
-                            tokenizer, str(parent.path))
+                            tokenizer, str(parent.path), teacher=teacher)
     weights, reports = source.weights, []
     for number, step in enumerate(steps, start=1):  # one step at a time, to report each as it ends
         started = time.perf_counter()

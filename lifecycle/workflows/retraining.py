@@ -66,7 +66,8 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
     A distilled parent (its lineage records a teacher) is fine-tuned as ``train`` distilled it: the loss mixes the
     labels and the recorded teacher's soft targets with the recorded temperature and alpha. The teacher is checked
     first (package installed, weights and head sha256 as recorded) and runs, in a nested ``teacher`` run, only on
-    the training texts the teacher cache lacks. ``options.teacher`` False (``--no-teacher``) trains on labels alone;
+    the training texts the teacher cache lacks. ``options.teacher`` False (``--no-teacher``) trains on labels alone,
+    and so do the ``tune:`` steps of the re-applied recipe (the teacher is never loaded);
     ``grow_labels`` needs it (the teacher's head knows only the parent's labels). ``retrain.teacher`` in the new
     manifest says which teacher was used, or why none was.
 
@@ -112,11 +113,13 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
     if teacher_record is None:
         skipped: dict[str, Any] = {"used": False, "reason": "the version records no teacher (not distilled)"}
     elif not options.teacher:
-        skipped = {"used": False, "reason": "--no-teacher", "package": teacher_record.get("package")}
+        # No teacher anywhere in this retrain: nor in the re-applied recipe's tune steps (tune_steps False).
+        skipped = {"used": False, "reason": "--no-teacher", "package": teacher_record.get("package"),
+                   "tune_steps": False}
     else:
         from lifecycle import distill
 
-        checked = distill.check_recorded_teacher(cfg, teacher_record, len(old_labels))
+        checked = distill.check_recorded_teacher(cfg, teacher_record, len(old_labels), str(parent.path))
     old = None
     try:
         old = load_corpus(cfg.data, cfg.name)
@@ -283,7 +286,7 @@ def run_retrain(ref: str, data: Path, options: RetrainOptions = RetrainOptions()
             target = output / recipe.replace(",", "+").replace(":", "-") if output else None
             # The re-frozen float version has no int8 kernels: the parent's serving choice is passed on explicitly.
             outcomes.append(run_compress(str(frozen.version), recipe, target, versions_dir=versions_dir, track=track,
-                                         serving_kernels=serving_kernels_of(parent)))
+                                         serving_kernels=serving_kernels_of(parent), teacher=options.teacher))
     return outcomes
 
 
