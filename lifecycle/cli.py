@@ -396,6 +396,8 @@ def compress(
     max_trials: Annotated[int, typer.Option("--max-trials", help="Recipes the budget search may try.")] = 24,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which the budget search starts "
                                                   "no new trial.", show_default=False)] = None,
+    no_teacher: Annotated[bool, flag("--no-teacher", help="A distilled version: its tune:E steps train on the "
+                                     "labels alone, without loading its teacher.")] = False,
 ) -> None:
     """Compress a frozen version: float16 or int8 storage, magnitude pruning, vocabulary pruning, a short fine-tune.
 
@@ -411,13 +413,14 @@ def compress(
             request = BudgetRequest(float(budget or 0), metric, relative, max_trials, timeout)
             with console.trial_progress(max_trials, metric) as on_trial:
                 searched = run_compress_budget(version, request, output, track=not no_track,
-                                               serving_kernels=serving_kernels, on_trial=on_trial)
+                                               serving_kernels=serving_kernels, on_trial=on_trial,
+                                               teacher=not no_teacher)
             return render.budget_search(searched)
         from lifecycle.workflows import run_compress
 
         with console.spinner(f"compressing ({recipe})"):
             outcome = run_compress(version, recipe or "", output, track=not no_track, serving_kernels=serving_kernels,
-                                   on_step=console.compress_step_printer())
+                                   on_step=console.compress_step_printer(), teacher=not no_teacher)
         render.step(render.step_title("compressed", outcome), outcome)
 
 

@@ -64,7 +64,7 @@ class _HeldOutView:
         return getattr(self._corpus, "validation" if name == "test" else name)
 
 
-def _search_context(parent: artifacts.Version, source: Any, tokenizer: Any) -> Any:
+def _search_context(parent: artifacts.Version, source: Any, tokenizer: Any, teacher: bool = True) -> Any:
     from lifecycle.compress import RecipeContext
 
     class _SearchContext(RecipeContext):
@@ -72,7 +72,7 @@ def _search_context(parent: artifacts.Version, source: Any, tokenizer: Any) -> A
             return _HeldOutView(super().corpus(step))
 
     return _SearchContext(parent.config, parent.labels, parent.max_len, source.kernel_sizes, source.weight_map,
-                          tokenizer, str(parent.path))
+                          tokenizer, str(parent.path), teacher=teacher)
 
 
 def search_space(width: int | None = None) -> budget.SearchSpace:
@@ -92,7 +92,7 @@ def search_space(width: int | None = None) -> budget.SearchSpace:
 class _Evaluator:
     """Measures recipes on the validation split, sharing the work of common prefixes."""
 
-    def __init__(self, parent: artifacts.Version, metric: str, serving_kernels: str) -> None:
+    def __init__(self, parent: artifacts.Version, metric: str, serving_kernels: str, teacher: bool = True) -> None:
         from tokenization.factory import load_tokenizer
 
         self.parent = parent
@@ -100,7 +100,7 @@ class _Evaluator:
         self.serving_kernels = serving_kernels
         self.source = load_graph_version(parent)
         tokenizer = load_tokenizer(parent.tokenizer_dir)
-        self.context = _search_context(parent, self.source, tokenizer)
+        self.context = _search_context(parent, self.source, tokenizer, teacher)
         self.cache: budget.PrefixCache[tuple[Any, Any]] = budget.PrefixCache((self.source.weights, tokenizer),
                                                                               self._apply)
 
@@ -148,9 +148,12 @@ TrialCallback = Callable[[budget.Trial], None]
 
 def run_compress_budget(ref: str, request: BudgetRequest, output: Path | None = None, *,
                         versions_dir: Path | None = None, track: bool = True, serving_kernels: str | None = None,
-                        on_trial: TrialCallback | None = None, space: budget.SearchSpace | None = None
-                        ) -> BudgetOutcome:
+                        on_trial: TrialCallback | None = None, space: budget.SearchSpace | None = None,
+                        teacher: bool = True) -> BudgetOutcome:
     """Find the smallest recipe within ``request``'s budget on the validation split and write it as a version.
+
+    ``teacher`` False: a distilled version's ``tune`` steps, in the trials and in the version written, train on the
+    labels alone (``compress --no-teacher``).
 
     Raises:
         ConfigError: a negative budget, an unknown metric, ``max_trials`` < 1, a timeout <= 0.
@@ -164,7 +167,7 @@ def run_compress_budget(ref: str, request: BudgetRequest, output: Path | None = 
         raise ModelError(f"--budget: {parent.path} is a {parent.kind} version; the search compresses a frozen or "
                          "compressed one. Run `lifecycle freeze` on it first.")
     kernels = serving_kernels or serving_kernels_of(parent)
-    evaluator = _Evaluator(parent, wanted.metric, kernels)
+    evaluator = _Evaluator(parent, wanted.metric, kernels, teacher)
     space = space or search_space(parent.manifest.tensors["weights/embedding"].shape[1])
     tracker = step_tracker(parent.config, track)
     name = f"budget-{wanted.amount:g}{'pct' if wanted.relative else ''}-{wanted.metric}"
@@ -193,7 +196,7 @@ def run_compress_budget(ref: str, request: BudgetRequest, output: Path | None = 
             del evaluator  # the cached weights of every prefix are no longer needed
             outcome = run_compress(ref, ",".join(result.chosen.recipe), output, versions_dir=versions_dir,
                                    track=track, serving_kernels=kernels,
-                                   sections={"budget": budget_record(result, request)})
+                                   sections={"budget": budget_record(result, request)}, teacher=teacher)
     if result.chosen is None:
         raise BudgetNotMetError(result.why_not())
     return BudgetOutcome(result, outcome, run_id)

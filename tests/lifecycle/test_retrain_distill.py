@@ -252,6 +252,26 @@ def test_no_teacher_reaches_the_reapplied_tune_step(distilled: dict, tmp_path: P
     assert [s["name"] for s in steps] == ["tune", "int8"] and steps[0]["report"]["teacher"] is False
 
 
+def test_compress_no_teacher_tunes_on_labels_alone(distilled: dict, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compress --no-teacher --recipe tune:1,int8` on a distilled version never locates the teacher (locating it
+    fails here) and its tune step records that it ran without."""
+    from typer.testing import CliRunner
+
+    from lifecycle import teacher
+    from lifecycle.cli import app
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the teacher was located during compress --no-teacher")
+
+    monkeypatch.setattr(teacher, "locate_teacher", unavailable)
+    done = CliRunner().invoke(app, ["compress", str(distilled["frozen"]), "--recipe", "tune:1,int8", "--no-teacher",
+                                    "--no-track", "--output", str(tmp_path / "v")])
+    assert done.exit_code == 0, done.output
+    steps = artifacts.load_version(tmp_path / "v").manifest.recipe_dicts()
+    assert [s["name"] for s in steps] == ["tune", "int8"] and steps[0]["report"]["teacher"] is False
+
+
 def test_missing_cached_head_is_one_error_naming_the_file_the_version_and_both_fixes(distilled: dict,
                                                                                     tmp_path: Path) -> None:
     """With the recorded head's file gone from the teacher cache, `retrain` exits 4 (a model error) with one Error
