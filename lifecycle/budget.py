@@ -15,7 +15,10 @@ first value within budget (a smaller recipe is then kept only if it is also with
    with ``tune:E`` after it, since a narrower embedding loses what a short fine-tune wins back (measured on TREC's
    word model: dim:64,int4 lost 2.4 test points, dim:64,tune:3,int4 0.2). The widths are bisected, not walked: the
    widest first (none kept if it is over budget), then the middle of the widths still open, so 15 widths cost at
-   most 5 trials and the kept width is the narrowest within budget up to the metric's noise between neighbours;
+   most 5 trials and the kept width is the narrowest within budget up to the metric's noise between neighbours.
+   When no width is within budget behind the coverage kept, the widths are bisected again without it: the coverage
+   may have spent the budget that a width, the larger saving, needs (the smallest trial within budget is still the
+   pick, so a coverage-only trial that comes out smaller still wins);
 4. sparsity, after the width (with its tune when a width was kept);
 5. with fine-tuning (``tune:E`` before the storage), when no width was kept: the sparsities more aggressive than
    step 4 kept;
@@ -282,6 +285,10 @@ def _greedy(space: SearchSpace, first_within: Callable[[Sequence[Recipe]], Recip
     head: Recipe = vocab[:1] if vocab and smaller(vocab, storage_recipe) else ()
     tune: Recipe = (f"tune:{space.tune_epochs}",) if space.tune_epochs else ()
     narrowed = narrowest_within([(*head, f"dim:{d}", *tune, storage) for d in space.dims])
+    if not narrowed and head and space.dims:
+        # The coverage kept may have spent the budget a width needs (a width is the larger saving): widths alone.
+        narrowed = narrowest_within([(f"dim:{d}", *tune, storage) for d in space.dims])
+        head = () if narrowed else head
     if narrowed:
         head = (*head, narrowed[len(head)])
         first_within([(*head, f"prune:{s:g}", *tune, storage) for s in space.sparsities])

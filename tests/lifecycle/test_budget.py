@@ -264,6 +264,30 @@ def test_a_vocabulary_coverage_that_saves_nothing_is_not_kept() -> None:
     assert word is not None and word.recipe == ("prune:0.5", "int8")
 
 
+def test_widths_are_tried_without_the_coverage_when_it_spent_the_budget() -> None:
+    """The coverage kept loses 0.9 of a 1-point budget, so no width fits behind it; a width alone loses 0.6 and is
+    the larger saving (dim:16 loses 0.96), so the widths are bisected again alone and the narrowest is chosen, with
+    the sparsities tried after it."""
+    def measure(recipe: tuple[str, ...]) -> Measurement:
+        points, size = 0.0, 1000.0
+        for step in recipe:
+            if step.startswith("vocab:"):
+                points, size = points + 0.9, size * 0.8
+            elif step.startswith("dim:"):
+                width = int(step[4:])
+                points, size = points + (64 - width) * 0.02, size * width / 64
+            elif step.startswith("prune:"):
+                points, size = points + 2.0, size * 0.5
+        return Measurement(int(size), int(size) + 5, 0.80 - points / 100)
+
+    space = SearchSpace(storages=("int4",), coverages=(0.9,), sparsities=(0.5,), tune_epochs=1, dims=(16, 32, 48))
+    result = search(measure, 0.80, Budget(1.0), space)
+    recipes = [t.recipe for t in result.trials]
+    assert ("vocab:coverage=0.9", "dim:48", "tune:1", "int4") in recipes  # behind the coverage first: over budget
+    assert result.chosen is not None and result.chosen.recipe == ("dim:16", "tune:1", "int4")
+    assert ("dim:16", "prune:0.5", "tune:1", "int4") in recipes  # the sparsities follow the width kept
+
+
 def test_a_finer_storage_is_tried_on_the_smallest_trials_within_budget() -> None:
     """Phase 6: int3 in place of int4 on the smallest trials within budget; here it loses too much on the narrowest
     one and fits on a wider one, which is then the smaller version."""
