@@ -215,12 +215,8 @@ def reduce_dim(weights: Weights, rank: int) -> tuple[Weights, tuple[str, ...]]:
     P^T W), which ignores what the kernels read. E W is never formed: with E = U S V^T (rank <= D), E W =
     U (S V^T W), so the SVD is of a D x C matrix. The result is the same CNN with an embedding ``rank`` wide: graph,
     serving form, restore and retrain need nothing new, and the conv layer does D / rank times fewer
-    multiplications. What the dropped singular values cost, a later ``tune:E`` wins back.
-
-    Measured on the validation split (2026-12-03, 539 TREC BPE and 960 MR questions, frozen float32 parents of
-    configs/trec-bpe.yaml and configs/mr-word.yaml, then ``vocab:coverage=0.99,dim:R[,tune:3],int4``): TREC BPE
-    R=152 lost 1.30 points untuned (E alone: 2.41), 1.11 tuned (1.67); R=88 tuned 1.67 (2.41); MR R=88 untuned
-    0.83 (2.60), R=96 tuned -0.21 (1.04).
+    multiplications. What the dropped singular values cost, a later ``tune:E`` wins back. benchmarks/dim_projection.py
+    compares it with the projection of E alone on validation (figures in the README, under the recipe steps).
 
     It runs on float32 dense weights only (before prune and the storage step: a factorization fills pruned zeros). A
     width at or above the embedding's leaves the weights as they are.
