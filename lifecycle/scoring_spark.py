@@ -44,6 +44,7 @@ from lifecycle.scoring import (
     check_columns,
     check_utf8,
     input_bytes,
+    output_schema,
 )
 
 log = logging.getLogger(__name__)
@@ -382,17 +383,15 @@ def build_class_archive(target: Path | None = None) -> Path:
         frame = _read(spark, files, ["text"]).withColumn("_mono", F.monotonically_increasing_id())
         _row_offsets(frame)
 
+        schema = output_schema()
+
         def fake_scores(batches: Iterator[Any]) -> Iterator[Any]:
             for batch in batches:
                 n = batch.num_rows
                 yield pa.RecordBatch.from_pydict(
                     {"id": [str(i) for i in range(n)], "label": ["a"] * n, "probability": [0.5] * n,
                      "top_labels": [["a"]] * n, "top_probabilities": [[0.5]] * n, "abstained": [False] * n,
-                     "version": ["v"] * n},
-                    schema=pa.schema([("id", pa.string()), ("label", pa.string()), ("probability", pa.float32()),
-                                      ("top_labels", pa.list_(pa.string())),
-                                      ("top_probabilities", pa.list_(pa.float32())), ("abstained", pa.bool_()),
-                                      ("version", pa.string())]))
+                     "version": ["v"] * n}, schema=schema)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
