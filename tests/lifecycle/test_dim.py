@@ -50,16 +50,16 @@ def test_the_factorization_keeps_pre_activations_closer_than_projecting_the_embe
                **{name: StoredTensor("float32", kernel) for name, kernel in kernels.items()}}
     out, _ = reduce_dim(weights, 5)
 
-    def activations(embedding: np.ndarray, name: str, kernel: np.ndarray) -> np.ndarray:
+    def activations(embedding: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         return np.einsum("vd,wdf->vwf", embedding, kernel)
 
     _, _, right = np.linalg.svd(table.astype(np.float64), full_matrices=False)
     projection = right[:5].T  # E alone: E P and P^T W
     ours = alone = 0.0
     for name, kernel in kernels.items():
-        before = activations(table, name, kernel)
-        ours += float(((activations(out["weights/embedding"].value, name, out[name].value) - before) ** 2).sum())
-        alone += float(((activations(table @ projection, name, np.einsum("dr,wdf->wrf", projection, kernel))
+        before = activations(table, kernel)
+        ours += float(((activations(out["weights/embedding"].value, out[name].value) - before) ** 2).sum())
+        alone += float(((activations(table @ projection, np.einsum("dr,wdf->wrf", projection, kernel))
                          - before) ** 2).sum())
     assert ours < 0.5 * alone  # the optimum over rank-5 factorizations: here 0.41 of the other's error
 
