@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from lifecycle.procstat import memory_status, process_tree  # noqa: E402 (standard library only)
 
 PARENT = REPO / "benchmarks/out/calibration-versions/stackoverflow-word/frozen"
-RECIPE = "vocab:coverage=0.95,dim:40,prune:0.7,tune:3,int4"  # StackOverflow's pick in README's bench:budget
+RECIPE = "vocab:coverage=0.95,dim:40,prune:0.7,tune:3,int3"  # StackOverflow's pick in README's bench:budget
 BUDGET_NAME = "stackoverflow-budget"
 TITLES = REPO.parent / "shared/data/StackOverflow/title_StackOverflow.txt"
 ENGINES = ("predict", "local", "spark", "spark_udf")

@@ -583,7 +583,8 @@ class Step:
 def _tune_summary(report: dict[str, Any]) -> str:
     if "epochs_run" not in report:
         return ""
-    return f" ({report['epochs_run']} epochs, peak {report['peak_epoch']}, {report['stop_reason']})"
+    peak = "start kept" if report.get("kept_start") else f"peak {report['peak_epoch']}"
+    return f" ({report['epochs_run']} epochs, {peak}, {report['stop_reason']})"
 
 
 STEPS: dict[str, Step] = {step.name: step for step in (

@@ -38,8 +38,9 @@ def fine_tune(weights: Weights, context: TuneContext, epochs: int) -> tuple[Weig
     """Train the current weights ``epochs`` more epochs on the training split, pruning mask kept, storage re-applied.
 
     The stored weights are dequantized into a trainable Keras CNN (``restore.restore_model``), trained with the
-    parent's settings (the epoch with the best validation score is kept) while every zero stays zero, read back and
-    stored as before: float16 casts again, int8 is quantized again from the tuned float values along the same axes.
+    parent's settings (the epoch with the best validation score is kept, and the starting weights when no epoch beats
+    them) while every zero stays zero, read back and stored as before: float16 casts again, int8 is quantized again
+    from the tuned float values along the same axes.
 
     Args:
         weights: the stored weights (any storage and layout).
@@ -47,8 +48,8 @@ def fine_tune(weights: Weights, context: TuneContext, epochs: int) -> tuple[Weig
         epochs: most epochs to train.
 
     Returns:
-        The tuned weights, every tensor, and the report: epochs run, training loss and validation accuracy before
-        and after.
+        The tuned weights, every tensor, and the report: epochs run, the peak epoch (0 and ``kept_start``: the
+        starting weights were kept), training loss and validation accuracy before and after.
 
     Raises:
         DataError: the parent's data cannot be read.
@@ -79,16 +80,19 @@ def fine_tune(weights: Weights, context: TuneContext, epochs: int) -> tuple[Weig
         loss, accuracy = model.evaluate(arrays.x, arrays.y, batch_size=train_cfg.batch_size, verbose=0)[:2]
         return float(loss), float(accuracy)
 
-    (train_loss, train_accuracy), (_, val_accuracy) = scores(train), scores(validation)
+    (train_loss, train_accuracy), (val_loss, val_accuracy) = scores(train), scores(validation)
+    # The weights as they came are the epoch to beat: a tune that does not improve validation changes nothing.
     result = train_lib.fit(model, train, validation, train_cfg,
-                           callbacks=[train_lib.keep_sparsity_callback(model, restored.masks)])
+                           callbacks=[train_lib.keep_sparsity_callback(model, restored.masks)],
+                           baseline={"val_loss": val_loss, "val_accuracy": val_accuracy})
     (train_loss_after, train_accuracy_after), (_, val_accuracy_after) = scores(train), scores(validation)
     tuned, _, _ = keras_weights(model)
     out = {name: store_like(name, stored, tuned[name].value) for name, stored in weights.items()}
     report = {
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
-        "peak_epoch": result.best_epoch + 1,
+        "peak_epoch": result.best_epoch + 1,  # 0: no epoch beat the weights it started from, which are kept
+        "kept_start": result.best_epoch < 0,
         "stop_reason": result.stop_reason,
         "patience_epochs": result.schedule.patience_epochs if result.schedule else None,
         "train_seconds": round(result.train_seconds, 3),

@@ -171,6 +171,7 @@ def fit(
     on_epoch: EpochCallback | None = None,
     callbacks: list[Any] | None = None,
     train_for_epoch: Callable[[int], Arrays] | None = None,
+    baseline: dict[str, float] | None = None,
 ) -> TrainResult:
     """Train until the monitored value plateaus; keep the weights of the best epoch by ``cfg.monitor``.
 
@@ -188,14 +189,22 @@ def fit(
         callbacks: extra Keras callbacks (progress bars).
         train_for_epoch: the training arrays of each epoch (BPE-dropout re-encodes the texts every epoch), used
             instead of ``train``; ``train`` still sizes the schedule.
+        baseline: the model's own validation logs before training (``val_loss``, ``val_accuracy``), for weights
+            that are already trained (a fine-tune): an epoch is kept only if it beats them, and when none does the
+            model is returned with the weights it came with (``best_epoch`` -1). Not with ``resume_dir``.
 
     Returns:
         The loop's history and why it stopped; the model holds the best weights on return.
     """
+    if baseline is not None and resume_dir is not None:
+        raise ValueError("fit: a baseline is for fine-tunes, which do not resume; pass one or the other")
     schedule = plan_schedule(cfg, len(train))
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": None, "best_epoch": -1, "wait": 0,
                              "stopped": False, "stop_reason": None, "train_seconds": 0.0,
                              "learning_rate": float(model.optimizer.learning_rate), "lr_reductions": 0}
+    if baseline is not None:  # the weights as given are the epoch to beat
+        state["best_score"] = list(_score(cfg, baseline))
+        state["_best_weights"] = [w.numpy().copy() for w in model.weights]
     if resume_dir is not None and (resume_dir / STATE_FILE).is_file():
         state.update(json.loads((resume_dir / STATE_FILE).read_text(encoding="utf-8")))
         _set_learning_rate(model, float(state["learning_rate"]))
@@ -248,8 +257,10 @@ def fit(
     elif "_best_weights" in state:
         model.set_weights(state.pop("_best_weights"))
     best_epoch = int(state["best_epoch"])
-    best_value = (float(state["history"][best_epoch].get(cfg.monitor, float("nan")))
-                  if 0 <= best_epoch < len(state["history"]) else float("nan"))
+    if 0 <= best_epoch < len(state["history"]):
+        best_value = float(state["history"][best_epoch].get(cfg.monitor, float("nan")))
+    else:
+        best_value = float((baseline or {}).get(cfg.monitor, float("nan")))
     return TrainResult(
         history=tuple(state["history"]),
         best_epoch=best_epoch,

@@ -275,6 +275,30 @@ def test_fit_reports_the_epoch_cap_when_it_ends_training() -> None:
     assert result.lr_reductions == 0 or cfg.reduce_lr_patience is None
 
 
+def test_fit_with_a_baseline_keeps_the_starting_weights_when_no_epoch_beats_them(tmp_path: Path) -> None:
+    """A fine-tune passes the model's own validation scores: an epoch must beat them to be kept."""
+    from lifecycle.train import STOP_MAX_EPOCHS, fit
+
+    model, cfg = _tiny_model()
+    cfg = cfg.model_copy(update={"epochs": 3, "patience": 10, "patience_steps": 0})
+    start = [w.numpy().copy() for w in model.weights]
+    # a perfect score on validation: no epoch can beat it
+    result = fit(model, _random_arrays(60, 1), _random_arrays(30, 2), cfg,
+                 baseline={"val_loss": 0.0, "val_accuracy": 1.0})
+    assert result.epochs_run == 3 and result.stop_reason == STOP_MAX_EPOCHS
+    assert result.best_epoch == -1 and result.summary()["peak_epoch"] == 0 and result.best_value == 1.0
+    for kept, first in zip(model.weights, start, strict=True):
+        np.testing.assert_array_equal(kept.numpy(), first)
+    # the worst score: the first epoch beats it, and training moves the weights as without a baseline
+    result = fit(model, _random_arrays(60, 1), _random_arrays(30, 2), cfg,
+                 baseline={"val_loss": float("inf"), "val_accuracy": 0.0})
+    assert result.best_epoch >= 0
+    assert any(not np.array_equal(w.numpy(), first) for w, first in zip(model.weights, start, strict=True))
+    with pytest.raises(ValueError, match="baseline"):
+        fit(model, _random_arrays(60, 1), _random_arrays(30, 2), cfg, resume_dir=tmp_path,
+            baseline={"val_loss": 0.0, "val_accuracy": 1.0})
+
+
 def test_stop_reason_and_peak_epoch_reach_the_manifest_and_mlflow(trained: dict, tracking_uri: str) -> None:
     import mlflow
 
