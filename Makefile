@@ -19,7 +19,7 @@ PG_BINDIR_GLOB := /usr/lib/postgresql/*/bin/initdb
 
 .PHONY: install install-postgres install-browser ui-check server install-bench install-teacher install-spark bench-score bench-score-memory bench-distill bench-calibration run test test-slow bench bench-compress bench-serve bench-tokenizers bench-experiments lint clean
 
-install: $(STAMP) $(TEACHER_STAMP) $(SPARK_STAMP)
+install: $(STAMP) $(TEACHER_STAMP) install-spark
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -47,13 +47,15 @@ $(TEACHER_STAMP): $(STAMP)
 # Then the JVM's class archive (AppCDS, ~/.cache/lifecycle/spark-classes-*.jsa; lifecycle.scoring_spark's
 # build_class_archive): a local[N] session maps it instead of loading Spark's classes from the jars. Without it (it
 # failed, or pyspark or java changed since) scoring works as before, only its start is slower.
+# The JVM class archive is checked on every call, not stamped: its name follows the JDK, pyspark and the flags, so
+# after an upgrade the old one is unused and this builds the new one (about a minute).
 install-spark: $(SPARK_STAMP)
+	@$(BIN)/python -c "from lifecycle.scoring_spark import ensure_class_archive as e; p, built = e(); print('class archive', 'built:' if built else 'present:', p)" \
+		|| echo "warning: no JVM class archive written; the Spark engine starts without it"
 
 $(SPARK_STAMP): $(STAMP)
 	command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
 	$(BIN)/python -m pip install --quiet -e ".[spark,dev]"
-	$(BIN)/python -c "from lifecycle.scoring_spark import build_class_archive as b; print('class archive', b())" \
-		|| echo "warning: no JVM class archive written; the Spark engine starts without it"
 	touch $(SPARK_STAMP)
 
 # Benchmark-only peers for benchmarks/compress_bench.py. TF-MOT requires tf-keras, which requires the full

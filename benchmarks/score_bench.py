@@ -243,6 +243,11 @@ def main() -> None:
     python = sys.executable
     cli = [python, "-m", "lifecycle", "-q"]
     version_path = ensure_version(args.version, args.out, cli)
+    if "spark" in engines:  # a stale archive (another JDK, other flags) would add its start-up to every Spark row
+        from lifecycle.scoring_spark import ensure_class_archive
+
+        archive, built = ensure_class_archive()
+        print("JVM class archive", "built" if built else "present", archive, flush=True)
     table, lines = prepare(args.out, args.rows)
     version, name = str(version_path), version_path.name
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

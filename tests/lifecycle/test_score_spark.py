@@ -116,6 +116,32 @@ def test_java_options_ask_for_the_class_archive_only_when_it_exists(tmp_path: Pa
     assert scoring_spark.local_java_options() == "-Xmx1g"
 
 
+def test_ensure_class_archive_builds_only_when_the_archive_of_this_setup_is_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive of another JDK or other flags has another name: it is missing for this setup, and one rebuild
+    brings it back; a present one is not rebuilt. (The real build runs in ``make install-spark``.)"""
+    from lifecycle import scoring_spark
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    built: list[Path] = []
+
+    def build(target: Path | None = None) -> Path:
+        assert target is not None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"archive")
+        built.append(target)
+        return target
+
+    monkeypatch.setattr(scoring_spark, "build_class_archive", build)
+    archive = scoring_spark.class_archive_path()
+    (tmp_path / "lifecycle").mkdir()
+    (tmp_path / "lifecycle" / "spark-classes-0000000000000000.jsa").write_bytes(b"another setup's")
+    assert scoring_spark.ensure_class_archive() == (archive, True) and built == [archive]
+    assert scoring_spark.ensure_class_archive() == (archive, False) and built == [archive]
+    archive.write_bytes(b"")  # cut short: as good as missing
+    assert scoring_spark.ensure_class_archive() == (archive, True) and len(built) == 2
+
+
 @pytest.mark.parametrize("archive", ["missing", "corrupt"])
 def test_a_missing_or_corrupt_class_archive_does_not_stop_a_session(archive: str, tmp_path: Path) -> None:
     """The archive flag given a path that holds nothing, or no archive of this JDK (a file left by another
