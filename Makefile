@@ -45,10 +45,9 @@ $(TEACHER_STAMP): $(STAMP)
 # `lifecycle score --engine spark` (the `spark` extra: pyspark) and the Java it runs on: Debian's
 # default-jre-headless when no java is on PATH. The Spark tests run in the default suite, so `install` includes it.
 # Then the JVM's class archive (AppCDS, ~/.cache/lifecycle/spark-classes-*.jsa; lifecycle.scoring_spark's
-# build_class_archive): a local[N] session maps it instead of loading Spark's classes from the jars. Without it (it
-# failed, or pyspark or java changed since) scoring works as before, only its start is slower.
-# The JVM class archive is checked on every call, not stamped: its name follows the JDK, pyspark and the flags, so
-# after an upgrade the old one is unused and this builds the new one (about a minute).
+# ensure_class_archive): a local[N] session maps it instead of loading Spark's classes from the jars. It is checked on
+# every call, not stamped: its name follows the JDK, pyspark and the flags, so after an upgrade this builds the new
+# one (about a minute). Without it (the build failed) scoring works as before, only its start is slower.
 install-spark: $(SPARK_STAMP)
 	@$(BIN)/python -c "from lifecycle.scoring_spark import ensure_class_archive as e; p, built = e(); print('class archive', 'built:' if built else 'present:', p)" \
 		|| echo "warning: no JVM class archive written; the Spark engine starts without it"
