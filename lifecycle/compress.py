@@ -204,19 +204,23 @@ def prune_magnitude(weights: Weights, sparsity: float) -> tuple[Weights, tuple[s
 EMBEDDING = "weights/embedding"
 
 
-def reduce_dim(weights: Weights, rank: int) -> tuple[Weights, tuple[str, ...]]:
+def reduce_dim(weights: Weights, rank: int, row_weights: np.ndarray | None = None) -> tuple[Weights, tuple[str, ...]]:
     """Narrow the embedding to ``rank`` columns, refactoring the conv kernels' input side to match.
 
     What the network computes from a token is its row of E W: the embedding E (V x D) times every conv kernel's
     per-position slice, side by side (W: D x C, C = the sum over widths of width x filters). The step replaces E and
-    W by the best rank-``rank`` factorization of that product, E' W' (E': V x rank, W': rank x C; truncated SVD of
-    E W, the singular values split evenly between the two factors). By Eckart-Young this keeps every token's conv
-    pre-activations closer, in total squared error, than projecting E alone on its own top singular vectors (E P,
-    P^T W), which ignores what the kernels read. E W is never formed: with E = U S V^T (rank <= D), E W =
-    U (S V^T W), so the SVD is of a D x C matrix. The result is the same CNN with an embedding ``rank`` wide: graph,
-    serving form, restore and retrain need nothing new, and the conv layer does D / rank times fewer
-    multiplications. What the dropped singular values cost, a later ``tune:E`` wins back. benchmarks/dim_projection.py
-    compares it with the projection of E alone on validation (figures in the README, under the recipe steps).
+    W by the best rank-``rank`` factorization of that product, E' W' (E': V x rank, W': rank x C), in the squared
+    error of each token's row weighted by ``row_weights`` (V values > 0; None: all equal): W' spans the top
+    ``rank`` right singular vectors of diag(sqrt(w)) E W (their singular values split evenly between the two
+    factors), and each row of E' is its token's row of E W projected there. By Eckart-Young this is the best such
+    factorization, and unweighted it keeps every token's conv pre-activations closer, in total, than projecting E
+    alone on its own top singular vectors (E P, P^T W), which ignores what the kernels read. The step ``dim:R``
+    weights every token alike: weighting each by its count in the training split kept the parent's outputs closer
+    at wide widths and less close at narrow ones, with no accuracy gain on validation (benchmarks/dim_projection.py
+    ``--fidelity``; figures in the README). E W is never formed: with
+    diag(sqrt(w)) E = U S V^T (rank <= D), the SVD is of S V^T W, a D x C matrix. The result is the same CNN with an
+    embedding ``rank`` wide: graph, serving form, restore and retrain need nothing new, and the conv layer does
+    D / rank times fewer multiplications. What the dropped singular values cost, a later ``tune:E`` wins back.
 
     It runs on float32 dense weights only (before prune and the storage step: a factorization fills pruned zeros). A
     width at or above the embedding's leaves the weights as they are.
@@ -235,11 +239,14 @@ def reduce_dim(weights: Weights, rank: int) -> tuple[Weights, tuple[str, ...]]:
                if name.startswith("weights/conv_") and name.endswith("/kernel")}  # each [w, D, F]
     # W: D x C, each kernel's positions side by side (kernel[j] is the D x F slice that reads position j).
     side = np.concatenate([k.transpose(1, 0, 2).reshape(dim, -1) for k in kernels.values()], axis=1)
-    left, singular, right = np.linalg.svd(table, full_matrices=False)  # E = left diag(singular) right
-    inner, values, outer = np.linalg.svd((singular[:, None] * right) @ side, full_matrices=False)
+    scaled = table if row_weights is None else table * np.sqrt(np.asarray(row_weights, np.float64))[:, None]
+    _, singular, right = np.linalg.svd(scaled, full_matrices=False)  # diag(sqrt(w)) E = U diag(singular) right
+    _, values, outer = np.linalg.svd((singular[:, None] * right) @ side, full_matrices=False)
     root = np.sqrt(values[:rank])
+    # E' = E W outer_r^T / root: each token's row of E W in the kept directions (a zero pad row stays zero).
+    reads = np.divide(outer[:rank].T, root, out=np.zeros_like(outer[:rank].T), where=root > 0)
     out: Weights = dict(weights)
-    out[EMBEDDING] = StoredTensor("float32", ((left @ inner[:, :rank]) * root).astype(np.float32))
+    out[EMBEDDING] = StoredTensor("float32", (table @ (side @ reads)).astype(np.float32))
     factor = root[:, None] * outer[:rank]  # rank x C
     changed = [EMBEDDING]
     column = 0

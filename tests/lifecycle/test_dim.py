@@ -64,6 +64,36 @@ def test_the_factorization_keeps_pre_activations_closer_than_projecting_the_embe
     assert ours < 0.5 * alone  # the optimum over rank-5 factorizations: here 0.41 of the other's error
 
 
+def test_row_weights_spend_the_width_on_the_heavy_rows_and_equal_weights_change_nothing() -> None:
+    from lifecycle.compress import reduce_dim
+    from lifecycle.storage import StoredTensor
+
+    rng = np.random.default_rng(2)
+    table = rng.normal(size=(120, 12)).astype(np.float32)
+    table[0] = 0.0  # the pad row
+    table[1:21] = rng.normal(size=(20, 4)) @ rng.normal(size=(4, 12))  # the frequent rows: 4 directions between them
+    kernel = rng.normal(size=(3, 12, 6)).astype(np.float32)
+    weights = {"weights/embedding": StoredTensor("float32", table),
+               "weights/conv_3/kernel": StoredTensor("float32", kernel)}
+    counts = np.ones(120)
+    counts[1:21] = 1000.0  # 20 frequent tokens, the rest seen about once
+
+    def row_errors(out: dict) -> np.ndarray:
+        before = np.einsum("vd,wdf->vwf", table, kernel)
+        after = np.einsum("vd,wdf->vwf", out["weights/embedding"].value, out["weights/conv_3/kernel"].value)
+        return ((after - before) ** 2).sum(axis=(1, 2))
+
+    plain, _ = reduce_dim(weights, 4)
+    weighted, _ = reduce_dim(weights, 4, counts)
+    plain_errors, weighted_errors = row_errors(plain), row_errors(weighted)
+    # The frequent rows come out (almost) exact, the weighted total is the smaller, and the pad row stays zero.
+    assert weighted_errors[1:21].sum() < 0.05 * plain_errors[1:21].sum()
+    assert (counts * weighted_errors).sum() < (counts * plain_errors).sum()
+    assert not weighted["weights/embedding"].value[0].any()
+    same, _ = reduce_dim(weights, 4, np.full(120, 7.0))  # equal weights: the unweighted factorization's product
+    np.testing.assert_allclose(row_errors(same), plain_errors, rtol=1e-4, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def narrowed(frozen: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from lifecycle.workflows import run_compress
