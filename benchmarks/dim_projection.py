@@ -4,8 +4,9 @@ the factorization with each token's row weighted by its training count (``reduce
 2026-12-03 and not taken: ``--fidelity`` compares the two without int4 or tune, by agreement with the parent and KL).
 
 For each set: the frozen float32 parent of benchmarks/budget_bench.py (trained there from the shipped config, seed
-13, when missing), then each recipe, once with today's ``dim`` and once with E projected on its own top R right
-singular vectors (E P, P^T W; kept here as the reference). Prints one line per (set, recipe, projection) with the
+13, when missing), then each recipe once per projection (``--projection``): today's ``dim`` (factorized), the
+count-weighted factorization, and E projected on its own top R right singular vectors (E P, P^T W; kept here as the
+reference). Prints one line per (set, recipe, projection) with the
 validation accuracy and the points lost against the parent, and writes benchmarks/out/dim_projection.json; the
 README is not rewritten (its `dim:R` table quotes these lines).
 
@@ -44,11 +45,6 @@ def count_weighted(weights: Any, context: Any, rank: int) -> tuple[Any, tuple[st
 
     counts = count_ids(context.token_ids("train", "dim"), int(weights[EMBEDDING].shape[0]))
     return (*reduce_dim(weights, rank, counts.astype(float) + 1.0), {})
-
-
-def with_context(transform: Any) -> Any:
-    """A pure ``dim`` transform as a step that takes the recipe's context (and ignores it)."""
-    return lambda weights, context, rank: (*transform(weights, rank), {})
 
 
 def projected_alone(weights: Any, rank: int) -> tuple[Any, tuple[str, ...]]:
@@ -123,6 +119,7 @@ def main() -> None:
     if args.fidelity:
         widths = [int(w) for w in args.fidelity.split(",")]
         target = OUT.with_name("dim_fidelity.json")
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps([row for name in sets for row in fidelity(name, widths)], indent=1))
         return
     from budget_bench import _parents
