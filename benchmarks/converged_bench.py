@@ -24,13 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The calibration benchmark's sets and their trained checkpoints (benchmarks/calibration_bench.py, beside this one).
-from calibration_bench import RUNS as SETS  # noqa: E402
-from calibration_bench import trained_checkpoint  # noqa: E402
+# The calibration benchmark's sets and their trained checkpoints (benchmarks/calibration_bench.py, beside this one),
+# and TREC's BPE model (trained there too, by the budget benchmark, under the same name).
+from calibration_bench import RUNS, trained_checkpoint  # noqa: E402
 from readme import bench_parser, cpu_model, write_block  # noqa: E402  (benchmarks/readme.py, beside this script)
 
 OUT = ROOT / "benchmarks" / "out"
 RECIPE = "vocab:coverage=0.97,prune:0.85,tune:5,int8"
+SETS = [*RUNS, ("trec-bpe", "trec-bpe.yaml")]
 
 
 def _train_epoch_seconds(checkpoint: Path, frozen: Path) -> float:
