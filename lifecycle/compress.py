@@ -210,17 +210,17 @@ def reduce_dim(weights: Weights, rank: int, row_weights: np.ndarray | None = Non
     What the network computes from a token is its row of E W: the embedding E (V x D) times every conv kernel's
     per-position slice, side by side (W: D x C, C = the sum over widths of width x filters). The step replaces E and
     W by the best rank-``rank`` factorization of that product, E' W' (E': V x rank, W': rank x C), in the squared
-    error of each token's row weighted by ``row_weights`` (V values > 0; None: all equal): W' spans the top
-    ``rank`` right singular vectors of diag(sqrt(w)) E W (their singular values split evenly between the two
-    factors), and each row of E' is its token's row of E W projected there. By Eckart-Young this is the best such
-    factorization, and unweighted it keeps every token's conv pre-activations closer, in total, than projecting E
-    alone on its own top singular vectors (E P, P^T W), which ignores what the kernels read. The step ``dim:R``
-    weights every token alike: weighting each by its count in the training split kept the parent's outputs closer
-    at wide widths and less close at narrow ones, with no accuracy gain on validation (benchmarks/dim_projection.py
-    ``--fidelity``; figures in the README). E W is never formed: with
-    diag(sqrt(w)) E = U S V^T (rank <= D), the SVD is of S V^T W, a D x C matrix. The result is the same CNN with an
-    embedding ``rank`` wide: graph, serving form, restore and retrain need nothing new, and the conv layer does
-    D / rank times fewer multiplications. What the dropped singular values cost, a later ``tune:E`` wins back.
+    error of each token's row weighted by ``row_weights`` (V values > 0; None: all equal): W' spans the top ``rank``
+    right singular vectors of diag(sqrt(w)) E W (their singular values split evenly between the two factors), and
+    each row of E' is its token's row of E W projected there. By Eckart-Young this is the best such factorization,
+    and unweighted it keeps every token's conv pre-activations closer, in total, than projecting E alone on its own
+    top singular vectors (E P, P^T W), which ignores what the kernels read. The step ``dim:R`` weights every token
+    alike: weighting each by its count in the training split kept the parent's outputs closer at wide widths and
+    less close at narrow ones, with no accuracy gain on validation (benchmarks/dim_projection.py ``--fidelity``;
+    figures in the README). E W is never formed: with diag(sqrt(w)) E = U S V^T (rank <= D), the SVD is of S V^T W,
+    a D x C matrix. The result is the same CNN with an embedding ``rank`` wide: graph, serving form, restore and
+    retrain need nothing new, and the conv layer does D / rank times fewer multiplications. What the dropped
+    singular values cost, a later ``tune:E`` wins back.
 
     It runs on float32 dense weights only (before prune and the storage step: a factorization fills pruned zeros). A
     width at or above the embedding's leaves the weights as they are.
