@@ -41,6 +41,9 @@ SEEDS3 = (13, 1, 2)
 # tokenizer's pattern before BPE, an end-of-word mark, and ids the training split never encodes to read as unk.
 WORDS_BPE = ["tokenizer.bpe.vocab_size=words", "tokenizer.bpe.token_pattern='[\\w'']+|[^\\w\\s]'",
              "tokenizer.bpe.word_end=true", "tokenizer.bpe.drop_unseen=true"]
+# Every training word whole (vocab_size: all) with the same pattern, mark and unk rule: the training split encodes as
+# the word tokenizer's, and with BPE-dropout the pieces an unseen word is cut into are trained too.
+ALL_BPE = ["tokenizer.bpe.vocab_size=all", *WORDS_BPE[1:]]
 # (row name, config file, --set overrides, seeds). Test accuracy moves by about a point between seeds on these
 # small test sets (TREC: 500 questions), so the rows compared with Kim (2014) average three seeds.
 RUNS: list[tuple[str, str, list[str], tuple[int, ...]]] = [
@@ -54,6 +57,8 @@ RUNS: list[tuple[str, str, list[str], tuple[int, ...]]] = [
     ("trec-bpe/words-end-unseen", "trec-bpe.yaml", WORDS_BPE, SEEDS3),
     ("trec-bpe/words-end-unseen-dropout0.1", "trec-bpe.yaml", [*WORDS_BPE, "tokenizer.bpe.dropout=0.1"], SEEDS3),
     ("mr-bpe/words-end-unseen-dropout0.1", "mr-bpe.yaml", [*WORDS_BPE, "tokenizer.bpe.dropout=0.1"], (13,)),
+    ("trec-bpe/all-end-unseen-dropout0.1", "trec-bpe.yaml", [*ALL_BPE, "tokenizer.bpe.dropout=0.1"], SEEDS3),
+    ("mr-bpe/all-end-unseen-dropout0.1", "mr-bpe.yaml", [*ALL_BPE, "tokenizer.bpe.dropout=0.1"], SEEDS3),
     # BPE-dropout (training split only, re-encoded each epoch), the probability of Provilkov et al. (2020).
     ("trec-bpe/dropout0.1", "trec-bpe.yaml", ["tokenizer.bpe.dropout=0.1"], SEEDS3),
     ("trec-bpe/dropout0.2", "trec-bpe.yaml", ["tokenizer.bpe.dropout=0.2"], SEEDS3),

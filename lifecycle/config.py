@@ -154,7 +154,9 @@ class DataConfig(_Section):
 class BPEConfig(_Section):
     vocab_size: StrictInt | str = Field(
         8000, description="Number of BPE tokens including pad, unk, bos and eos; \"words\": one per distinct "
-        "word of the training split (plus the specials), the size a word vocabulary of the same data has."
+        "word of the training split (plus the specials), the size a word vocabulary of the same data has; \"all\": "
+        "every merge the training split supports, so each training word is one token (with drop_unseen, the "
+        "training texts encode as a word vocabulary would, and only unseen words are cut into pieces)."
     )
     coverage: Finite = Field(
         1.0, gt=0, le=1, description="Fraction of characters covered; rarer characters become unk."
@@ -172,7 +174,8 @@ class BPEConfig(_Section):
     drop_unseen: StrictBool = Field(
         False, description="Ids that the training split never encodes to (merges used only inside longer tokens, "
         "whose embedding rows training never updates) encode as unk, as a word missing from a word vocabulary does; "
-        "they leave the embedding."
+        "they leave the embedding. With dropout, the pieces of a few dropout encodings of the training split count "
+        "as seen too (training sees them)."
     )
     dropout: Finite = Field(
         0.0, ge=0, lt=1, description="BPE-dropout (Provilkov et al. 2020): while training the model, each merge is "
@@ -185,9 +188,9 @@ class BPEConfig(_Section):
     @field_validator("vocab_size")
     @classmethod
     def _check_vocab_size(cls, size: int | str) -> int | str:
-        if isinstance(size, str) and size != "words":
-            raise _rule("must be a whole number >= 8 or \"words\"",
-                        "Write e.g. 8000, or words to read it from the data")
+        if isinstance(size, str) and size not in ("words", "all"):
+            raise _rule("must be a whole number >= 8, \"words\" or \"all\"",
+                        "Write e.g. 8000, or words or all to read it from the data")
         if isinstance(size, int) and size < 8:
             raise _rule("Input should be greater than or equal to 8", "Count pad, unk, bos and eos among the ids")
         return size

@@ -153,7 +153,8 @@ class BPETokenizer(PaddedEncoder):
         Returns:
             The trained tokenizer. Its ``vocab_size`` may be below ``cfg.vocab_size`` when the texts support no more
             merges (a warning is logged). ``cfg.vocab_size`` ``"words"`` asks for as many ids as a word vocabulary of
-            the same texts would hold (:func:`words_vocab_size`).
+            the same texts would hold (:func:`words_vocab_size`); ``"all"`` for every merge the texts support
+            (:func:`all_merges_vocab_size`, no warning).
 
         Raises:
             TokenizerError: no texts, only whitespace, or ``cfg.vocab_size`` too small for the characters in the data.
@@ -174,7 +175,12 @@ class BPETokenizer(PaddedEncoder):
                 f"The {len(texts)} training texts are empty or whitespace, so the bpe vocabulary would be empty. "
                 "Check the data section of the config."
             )
-        vocab_size = words_vocab_size(lines) if cfg.vocab_size == VOCAB_FROM_WORDS else int(cfg.vocab_size)
+        if cfg.vocab_size == VOCAB_FROM_WORDS:
+            vocab_size = words_vocab_size(lines)
+        elif cfg.vocab_size == VOCAB_ALL_MERGES:
+            vocab_size = all_merges_vocab_size(lines)
+        else:
+            vocab_size = int(cfg.vocab_size)
         yttm = _youtokentome()
         with contextlib.ExitStack() as stack:
             if workdir is None:
@@ -207,11 +213,11 @@ class BPETokenizer(PaddedEncoder):
                 model_path,
                 lowercase=cfg.lowercase,
                 info={"requested_vocab_size": vocab_size, "coverage": cfg.coverage,
-                      **({"vocab_size_from": VOCAB_FROM_WORDS} if cfg.vocab_size == VOCAB_FROM_WORDS else {})},
+                      **({"vocab_size_from": cfg.vocab_size} if isinstance(cfg.vocab_size, str) else {})},
                 token_pattern=token_pattern,
                 word_end=word_end,
             )
-        if tokenizer.vocab_size < vocab_size:
+        if tokenizer.vocab_size < vocab_size and cfg.vocab_size != VOCAB_ALL_MERGES:  # "all" asks for the bound
             logger.warning(
                 "tokenizer.bpe.vocab_size=%s is more than these %d texts support: youtokentome stopped at %d tokens. "
                 "Lower tokenizer.bpe.vocab_size to %d or less to silence this.",
@@ -224,7 +230,15 @@ class BPETokenizer(PaddedEncoder):
             # Ids the training texts never encode to are merges only ever used inside longer tokens: their embedding
             # rows would never be trained, yet the pieces of an unseen word often land on them. They become unk
             # (kept_ids.npy), as a word the vocabulary lacks does, and their rows leave the model.
-            seen = np.unique(np.fromiter((i for row in tokenizer.tokenize_ids(texts) for i in row), dtype=np.int64))
+            # With BPE-dropout the training epochs also see the smaller pieces dropout leaves, and those pieces are
+            # what an unseen word is cut into: the ids of a few dropout encodings count as seen too.
+            dropout = float(getattr(cfg, "dropout", 0.0) or 0.0)
+            rows = tokenizer.tokenize_ids(texts)
+            if dropout > 0:
+                prepared = tokenizer._prepare(texts)
+                for _ in range(DROPOUT_SEEN_PASSES):
+                    rows += tokenizer._bpe.encode(prepared, output_type=yttm.OutputType.ID, dropout_prob=dropout)
+            seen = np.unique(np.fromiter((i for row in rows for i in row), dtype=np.int64))
             kept = np.union1d(np.arange(N_SPECIAL), seen)
             if kept.size < tokenizer.vocab_size:
                 logger.info("tokenizer.bpe.drop_unseen: %d of %d ids never occur in the training texts; they encode "
@@ -482,6 +496,10 @@ class BPETokenizer(PaddedEncoder):
 
 # tokenizer.bpe.vocab_size's value that reads the size from the training texts (see words_vocab_size).
 VOCAB_FROM_WORDS = "words"
+VOCAB_ALL_MERGES = "all"
+# With tokenizer.bpe.dropout, drop_unseen keeps the ids of this many dropout encodings of the training texts as well
+# (youtokentome's sampling is unseeded, so the rarest of those pieces may differ between two runs).
+DROPOUT_SEEN_PASSES = 4
 
 
 def words_vocab_size(lines: Sequence[str]) -> int:
@@ -497,6 +515,20 @@ def words_vocab_size(lines: Sequence[str]) -> int:
         for word in found:
             chars.update(word)
     return max(N_SPECIAL + len(words), N_SPECIAL + len(chars) + 1)
+
+
+def all_merges_vocab_size(lines: Sequence[str]) -> int:
+    """The BPE size ``vocab_size: all`` asks for: at least every merge ``lines`` support, so youtokentome stops only
+    when every training word is one token (the specials, one id per distinct character, and at most len(word) - 1
+    merges per distinct word). With ``drop_unseen`` the training texts then encode exactly as a word vocabulary of
+    them would, and only words the training split lacks are cut into pieces."""
+    words: set[str] = set()
+    chars: set[str] = {WORD_START}
+    for line in lines:
+        words.update(_WORDS.findall(line))
+    for word in words:
+        chars.update(word)
+    return N_SPECIAL + len(chars) + 1 + sum(len(word) for word in words)
 
 
 _FIX = "Re-run `lifecycle tokenize` (or train and save the tokenizer again) to rebuild the directory."

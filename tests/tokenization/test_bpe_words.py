@@ -4,6 +4,7 @@ it), the end-of-word mark, and tokenizer files written before either setting exi
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_vocab_size_words_reads_the_training_texts(chatterbot_texts, bpe_cfg, wo
     bpe.save(tmp_path)
     metadata = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
     assert metadata["vocab_size_from"] == "words" and metadata["requested_vocab_size"] == bpe.vocab_size
-    with pytest.raises(ConfigError, match=r'tokenizer\.bpe\.vocab_size: must be a whole number >= 8 or "words"'):
+    with pytest.raises(ConfigError, match=r'tokenizer\.bpe\.vocab_size: must be a whole number >= 8, "words" or "all"'):
         validate({"tokenizer": {"kind": "bpe", "bpe": {"vocab_size": "many"}}}, "test")
 
 
@@ -132,3 +133,33 @@ def test_drop_unseen_turns_never_trained_ids_into_unk(chatterbot_texts, bpe_cfg,
     assert ((tmp_path / "kept_ids.mask").is_file() or (tmp_path / "kept_ids.npy").is_file()) and json.loads(
         (tmp_path / "tokenizer.json").read_text(encoding="utf-8"))["drop_unseen"] is True
     assert loaded.tokenize_ids([*texts[:100], *unseen]) == dropped.tokenize_ids([*texts[:100], *unseen])
+
+
+def test_vocab_size_all_makes_every_training_word_one_token(chatterbot_texts, bpe_cfg, word_cfg,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    texts = chatterbot_texts
+    with caplog.at_level(logging.WARNING, logger="tokenization.bpe"):
+        bpe = train_tokenizer(texts, bpe_cfg(vocab_size="all", token_pattern=WORDS, word_end=True, drop_unseen=True))
+    assert "is more than these" not in caplog.text  # "all" asks for the bound; stopping under it is the point
+    word = train_tokenizer(texts, word_cfg(token_pattern=WORDS))
+    # the training texts come out as the word vocabulary cuts them: one token per word, the same ids in all
+    assert [len(row) for row in bpe.tokenize_ids(texts)] == [len(row) for row in word.tokenize_ids(texts)]
+    assert bpe.vocab_size == word.vocab_size
+    # a size that only cuts the vocabulary by half leaves some training words in pieces
+    smaller = train_tokenizer(texts, bpe_cfg(vocab_size=word.vocab_size // 2, token_pattern=WORDS, word_end=True))
+    assert sum(map(len, smaller.tokenize_ids(texts))) > sum(map(len, word.tokenize_ids(texts)))
+    assert bpe._info["vocab_size_from"] == "all"
+
+
+def test_drop_unseen_with_dropout_keeps_the_pieces_dropout_trains(chatterbot_texts, bpe_cfg) -> None:
+    texts = chatterbot_texts
+    settings = {"vocab_size": "all", "token_pattern": WORDS, "word_end": True, "drop_unseen": True}
+    plain = train_tokenizer(texts, bpe_cfg(**settings))
+    dropped = train_tokenizer(texts, bpe_cfg(**settings, dropout=0.1))
+    # the deterministic encoding's ids are kept either way; with dropout, pieces of the training words are kept too
+    # (compared as strings: two youtokentome trainings may number the same tokens differently)
+    assert set(plain.vocab) < set(dropped.vocab)
+    assert dropped.tokenize(texts) == plain.tokenize(texts)
+    # a word the training split lacks: all its pieces are unk without dropout, fewer of them with it
+    unseen = ["what is artificialness and superintelligencey ?"]
+    assert plain.tokenize_ids(unseen)[0].count(1) > dropped.tokenize_ids(unseen)[0].count(1)
