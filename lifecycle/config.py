@@ -288,6 +288,12 @@ class TrainConfig(_Section):
         None, ge=1, description="Epochs without improvement before each learning-rate reduction; null: half the "
         "early-stopping patience, rounded down, at least 1 (so the rate is lowered before training stops)."
     )
+    word_dropout: Finite = Field(
+        0.0, ge=0, lt=1, description="Word dropout: every epoch, each token of the training split (pads and the "
+        "specials aside) is read as unk with this probability, drawn anew per epoch from train.seed, so the unk row "
+        "is trained and the model learns to do without any one word, as it must for words it has never seen. "
+        "Validation, test and serving are unchanged. 0: off."
+    )
     monitor: Literal["val_loss", "val_accuracy"] = Field(
         "val_accuracy",
         description="Validation metric that picks the kept epoch (restore-best) and drives early stopping and "

@@ -88,3 +88,23 @@ def dropout_encoder(texts: Sequence[str], y: np.ndarray, tokenizer: Tokenizer, m
         return Arrays(encode(texts, max_len, dropout).astype(np.int32, copy=False), y)
 
     return for_epoch
+
+
+def word_dropout_encoder(base: Arrays, for_epoch: Callable[[int], Arrays] | None, rate: float,
+                         seed: int) -> Callable[[int], Arrays] | None:
+    """The training arrays of each epoch (``for_epoch``'s, else ``base``) with each token id past the specials read
+    as unk with probability ``rate``, drawn from ``seed`` and the epoch (``train.word_dropout``); ``for_epoch``
+    itself when ``rate`` is 0."""
+    from tokenization.base import N_SPECIAL, UNK
+
+    if rate <= 0:
+        return for_epoch
+
+    def with_unks(epoch: int) -> Arrays:
+        arrays = for_epoch(epoch) if for_epoch is not None else base
+        rng = np.random.default_rng([seed, epoch])
+        x = np.array(arrays.x, dtype=np.int32, copy=True)
+        x[(x >= N_SPECIAL) & (rng.random(x.shape) < rate)] = UNK
+        return Arrays(x, arrays.y)
+
+    return with_unks

@@ -200,7 +200,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
     from lifecycle import model as model_lib
     from lifecycle import train as train_lib
     from lifecycle.console import Stage
-    from lifecycle.dataset import dropout_encoder, encode_corpus
+    from lifecycle.dataset import dropout_encoder, encode_corpus, word_dropout_encoder
 
     run_file = work / "run.json"
     tracker = make_tracker(cfg.tracking, cfg.name)
@@ -261,6 +261,7 @@ def _train_in(cfg: Config, corpus: Corpus, work: Path, output: Path, unique: boo
         # BPE-dropout re-encodes every training text (a distilled student's unlabelled ones too) each epoch.
         texts = (*corpus.train.texts, *(teaching.unlabelled_texts if teaching is not None else ()))
         train_for_epoch = dropout_encoder(texts, train_arrays.y, tokenizer, cfg.tokenizer.max_len, dropout)
+        train_for_epoch = word_dropout_encoder(train_arrays, train_for_epoch, cfg.train.word_dropout, cfg.train.seed)
         result = train_lib.fit(model, train_arrays, data.validation, cfg.train, resume_dir=resume_dir,
                                on_epoch=on_epoch, callbacks=callbacks, train_for_epoch=train_for_epoch)
         stage = Stage(progress)

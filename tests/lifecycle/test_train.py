@@ -415,3 +415,56 @@ def test_run_train_with_the_word_bpe_settings(data_dir: Path, tmp_path: Path) ->
     assert predictions[0].label in version.manifest.labels
     # The tokenizer ships its model and metadata only: youtokentome's training text and log stay in a scratch folder.
     assert {p.name for p in (outcome.version / "tokenizer").iterdir()} == set(metadata["files"]) | {"tokenizer.json"}
+
+
+def test_word_dropout_reads_training_tokens_as_unk_anew_each_epoch() -> None:
+    from lifecycle.dataset import Arrays, word_dropout_encoder
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((400, 30), dtype=np.int32)
+    x[:, :20] = rng.integers(4, 900, size=(400, 20))  # 20 tokens then pads
+    x[:, 0] = 2  # a bos
+    base = Arrays(x, np.zeros(400, dtype=np.int32))
+    assert word_dropout_encoder(base, None, 0.0, 13) is None
+    encode = word_dropout_encoder(base, None, 0.25, 13)
+    first, second = encode(0), encode(1)
+    changed = first.x != x
+    # only tokens past the specials change, and only to unk; about the asked share of them
+    assert set(first.x[changed].tolist()) == {1} and not changed[:, 20:].any() and not changed[:, 0].any()
+    assert 0.23 < changed[:, 1:20].mean() < 0.27
+    assert not np.array_equal(first.x, second.x)  # drawn anew every epoch ...
+    np.testing.assert_array_equal(first.x, word_dropout_encoder(base, None, 0.25, 13)(0).x)  # ... from the seed
+    assert not np.array_equal(first.x, word_dropout_encoder(base, None, 0.25, 14)(0).x)
+    np.testing.assert_array_equal(base.x, x)  # the split itself is left as it was
+    # on top of a per-epoch encoder (BPE-dropout), its arrays are the ones dropped
+    shifted = word_dropout_encoder(base, lambda epoch: Arrays(x + 1, base.y), 0.25, 13)(0).x
+    assert ((shifted == x + 1) | (shifted == 1)).all()
+
+
+def test_run_train_applies_word_dropout_to_the_training_split_only(data_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifecycle import train as train_lib
+    from lifecycle.workflows import run_train
+
+    seen: dict[str, object] = {}
+    real_fit = train_lib.fit
+
+    def spy_fit(model, train, validation, cfg, **kwargs):
+        seen["train"], seen["validation"] = train.x.copy(), validation.x
+        seen["epoch0"] = kwargs["train_for_epoch"](0).x
+        return real_fit(model, train, validation, cfg, **kwargs)
+
+    monkeypatch.setattr(train_lib, "fit", spy_fit)
+    cfg = mr_config("tracking.enabled=false", "train.word_dropout=0.2", "train.epochs=1", "data.limit=300")
+    outcome = run_train(cfg, tmp_path / "v", versions_dir=tmp_path / "versions")
+    train, epoch0 = seen["train"], seen["epoch0"]
+    tokens = train >= 4
+    assert ((epoch0 == train) | (epoch0 == 1)).all() and 0.1 < (epoch0[tokens] == 1).mean() < 0.3
+    # validation (like test and serving) keeps the version's own tokenizer's ids, no unk added
+    from lifecycle.corpus import load_corpus
+    from tokenization.factory import load_tokenizer
+
+    tokenizer = load_tokenizer(outcome.version / "tokenizer")
+    validation_texts = list(load_corpus(cfg.data, cfg.name).validation.texts)
+    np.testing.assert_array_equal(seen["validation"], tokenizer.encode(validation_texts, cfg.tokenizer.max_len))
+    assert np.isfinite(outcome.metrics["test_accuracy"])
