@@ -59,6 +59,10 @@ RUNS: list[tuple[str, str, list[str], tuple[int, ...]]] = [
     ("mr-bpe/words-end-unseen-dropout0.1", "mr-bpe.yaml", [*WORDS_BPE, "tokenizer.bpe.dropout=0.1"], (13,)),
     ("trec-bpe/all-end-unseen-dropout0.1", "trec-bpe.yaml", [*ALL_BPE, "tokenizer.bpe.dropout=0.1"], SEEDS3),
     ("mr-bpe/all-end-unseen-dropout0.1", "mr-bpe.yaml", [*ALL_BPE, "tokenizer.bpe.dropout=0.1"], SEEDS3),
+    # Word dropout (train.word_dropout): training tokens read as unk, so the model learns to do without a word.
+    ("trec-word/word-dropout0.1", "trec-word.yaml", ["train.word_dropout=0.1"], SEEDS3),
+    ("trec-bpe/all-end-unseen-dropout0.1-word-dropout0.1", "trec-bpe.yaml",
+     [*ALL_BPE, "tokenizer.bpe.dropout=0.1", "train.word_dropout=0.1"], SEEDS3),
     # BPE-dropout (training split only, re-encoded each epoch), the probability of Provilkov et al. (2020).
     ("trec-bpe/dropout0.1", "trec-bpe.yaml", ["tokenizer.bpe.dropout=0.1"], SEEDS3),
     ("trec-bpe/dropout0.2", "trec-bpe.yaml", ["tokenizer.bpe.dropout=0.2"], SEEDS3),
