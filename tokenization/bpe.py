@@ -234,10 +234,8 @@ class BPETokenizer(PaddedEncoder):
             # what an unseen word is cut into: the ids of a few dropout encodings count as seen too.
             dropout = float(getattr(cfg, "dropout", 0.0) or 0.0)
             rows = tokenizer.tokenize_ids(texts)
-            if dropout > 0:
-                prepared = tokenizer._prepare(texts)
-                for _ in range(DROPOUT_SEEN_PASSES):
-                    rows += tokenizer._bpe.encode(prepared, output_type=yttm.OutputType.ID, dropout_prob=dropout)
+            for _ in range(DROPOUT_SEEN_PASSES if dropout > 0 else 0):
+                rows += tokenizer._dropout_ids(texts, dropout)
             seen = np.unique(np.fromiter((i for row in rows for i in row), dtype=np.int64))
             kept = np.union1d(np.arange(N_SPECIAL), seen)
             if kept.size < tokenizer.vocab_size:
@@ -346,14 +344,16 @@ class BPETokenizer(PaddedEncoder):
         """
         check_texts(texts, "BPETokenizer.encode_with_dropout")
         check_max_len(max_len)
+        return pad_rows(self._dropout_ids(texts, dropout), int(max_len))
+
+    def _dropout_ids(self, texts: Sequence[str], dropout: float) -> list[list[int]]:
+        """Unpadded ids per text under BPE-dropout (see :meth:`encode_with_dropout`)."""
         if not 0.0 <= dropout < 1.0:
             raise TokenizerError(f"tokenizer.bpe.dropout must be in [0, 1). Received: {dropout!r}.")
-        prepared = self._prepare(texts)
-        rows = self._bpe.encode(prepared, output_type=_youtokentome().OutputType.ID, dropout_prob=float(dropout))
+        rows = self._bpe.encode(self._prepare(texts), output_type=_youtokentome().OutputType.ID,
+                                dropout_prob=float(dropout))
         table = self._old_to_new
-        if table is not None:
-            rows = [[table[token_id] for token_id in row] for row in rows]
-        return pad_rows(rows, int(max_len))
+        return rows if table is None else [[table[token_id] for token_id in row] for row in rows]
 
     def keep_ids(self, kept_ids: np.ndarray) -> BPETokenizer:
         """The vocabulary shrunk to ``kept_ids`` (ascending, specials first): id ``i`` becomes ``kept_ids[i]``.
@@ -502,18 +502,23 @@ VOCAB_ALL_MERGES = "all"
 DROPOUT_SEEN_PASSES = 4
 
 
+def _words_and_chars(lines: Sequence[str]) -> tuple[set[str], set[str]]:
+    """The distinct words of ``lines`` (as prepared for youtokentome) and their characters, the word start included."""
+    words: set[str] = set()
+    for line in lines:
+        words.update(_WORDS.findall(line))
+    chars: set[str] = {WORD_START}
+    for word in words:
+        chars.update(word)
+    return words, chars
+
+
 def words_vocab_size(lines: Sequence[str]) -> int:
     """The BPE size ``vocab_size: words`` asks for: the specials plus one id per distinct word of ``lines`` (as
     prepared for youtokentome), the size a word vocabulary of the same texts has with min_count 1. Frequent words then
     come out whole, while the rarest are left in pieces that training sees, so pieces of unseen words have trained
     embeddings. Never below what youtokentome needs: one id per distinct character and one merge."""
-    words: set[str] = set()
-    chars: set[str] = {WORD_START}
-    for line in lines:
-        found = _WORDS.findall(line)
-        words.update(found)
-        for word in found:
-            chars.update(word)
+    words, chars = _words_and_chars(lines)
     return max(N_SPECIAL + len(words), N_SPECIAL + len(chars) + 1)
 
 
@@ -522,12 +527,7 @@ def all_merges_vocab_size(lines: Sequence[str]) -> int:
     when every training word is one token (the specials, one id per distinct character, and at most len(word) - 1
     merges per distinct word). With ``drop_unseen`` the training texts then encode exactly as a word vocabulary of
     them would, and only words the training split lacks are cut into pieces."""
-    words: set[str] = set()
-    chars: set[str] = {WORD_START}
-    for line in lines:
-        words.update(_WORDS.findall(line))
-    for word in words:
-        chars.update(word)
+    words, chars = _words_and_chars(lines)
     return N_SPECIAL + len(chars) + 1 + sum(len(word) for word in words)
 
 
